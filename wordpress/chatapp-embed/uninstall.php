@@ -1,0 +1,12 @@
+<?php
+/**
+ * Remove the plugin's data when it is deleted from the Plugins screen.
+ *
+ * The shared secret lives only in wp-config.php, so there is nothing else to remove.
+ *
+ * @package ChatappEmbed
+ */
+
+defined( 'WP_UNINSTALL_PLUGIN' ) || exit;
+
+delete_option( 'chatapp_url' );

@@ -1,0 +1,683 @@
+<?php
+/**
+ * Plain-PHP tests for the Chatapp Embed plugin, run against the stand-ins in stubs.php.
+ *
+ * Usage: php wordpress/tests/run.php
+ *
+ * Constants cannot be undefined, so each scenario (no constants, the shared secret, CHATAPP_URL,
+ * uninstall) runs in its own PHP process. Any notice, warning or deprecation fails the case that
+ * raised it; one raised while loading the plugin fails the whole scenario. The last line is
+ * "N passed, M failed"; the exit status is non-zero when anything failed.
+ *
+ * @package ChatappEmbed
+ */
+
+error_reporting( E_ALL );
+ini_set( 'display_errors', '1' );
+
+const CHATAPP_TEST_PLUGIN_DIR = __DIR__ . '/../chatapp-embed';
+const CHATAPP_TEST_SECRET     = 'test-secret-0123456789abcdef0123456789abcdef';
+const CHATAPP_TEST_URL        = 'https://chat.example';
+
+set_error_handler(
+	static function ( int $errno, string $errstr, string $errfile, int $errline ): bool {
+		throw new ErrorException( "PHP error {$errno}: {$errstr} at {$errfile}:{$errline}", 0, $errno, $errfile, $errline );
+	}
+);
+
+/**
+ * A failed expectation.
+ */
+class Chatapp_Test_Failure extends Exception {
+}
+
+$GLOBALS['chatapp_test_cases'] = array();
+
+/** Register a test case for a scenario. */
+function chatapp_test_case( string $scenario, string $name, callable $fn ): void {
+	$GLOBALS['chatapp_test_cases'][ $scenario ][ $name ] = $fn;
+}
+
+/** Fail the current case unless $condition holds. */
+function check( bool $condition, string $message ): void {
+	if ( ! $condition ) {
+		throw new Chatapp_Test_Failure( $message );
+	}
+}
+
+/** Fail the current case unless $actual is identical to $expected. */
+function check_same( $expected, $actual, string $message = '' ): void {
+	if ( $expected !== $actual ) {
+		throw new Chatapp_Test_Failure( ( '' !== $message ? $message . ': ' : '' ) . 'expected ' . var_export( $expected, true ) . ', got ' . var_export( $actual, true ) );
+	}
+}
+
+/** Capture what a callable echoes. */
+function chatapp_test_capture( callable $fn ): string {
+	ob_start();
+	try {
+		$fn();
+	} finally {
+		$out = (string) ob_get_clean();
+	}
+	return $out;
+}
+
+/**
+ * Every iframe in $html, each as a map of attribute name => decoded value.
+ *
+ * @return array<int, array<string, string>>
+ */
+function chatapp_test_iframes( string $html ): array {
+	preg_match_all( '/<iframe\b([^>]*)>/i', $html, $matches );
+	$frames = array();
+	foreach ( $matches[1] as $raw ) {
+		preg_match_all( '/\s([a-zA-Z][a-zA-Z0-9-]*)(?:="([^"]*)")?/', $raw, $attrs, PREG_SET_ORDER );
+		$rest = trim( (string) preg_replace( '/\s([a-zA-Z][a-zA-Z0-9-]*)(?:="([^"]*)")?/', '', $raw ) );
+		check( '' === $rest, 'iframe tag has unparseable text: ' . $rest );
+		$frame = array();
+		foreach ( $attrs as $attr ) {
+			check( ! isset( $frame[ $attr[1] ] ), 'duplicate attribute ' . $attr[1] );
+			$frame[ $attr[1] ] = html_entity_decode( $attr[2] ?? '', ENT_QUOTES | ENT_HTML5, 'UTF-8' );
+		}
+		$frames[] = $frame;
+	}
+	return $frames;
+}
+
+/** The one iframe in $html; fails unless there is exactly one. */
+function chatapp_test_one_iframe( string $html ): array {
+	$frames = chatapp_test_iframes( $html );
+	check_same( 1, count( $frames ), 'number of iframes in ' . $html );
+	check_same( 1, substr_count( strtolower( $html ), '</iframe>' ), 'closing iframe tags' );
+	return $frames[0];
+}
+
+/** Render [ai_chat] with the given attributes ('' as WordPress passes when there are none). */
+function chatapp_test_render( $atts = '' ): string {
+	return chatapp_test_shortcode( 'ai_chat', $atts );
+}
+
+/** Decode base64url. */
+function chatapp_test_b64url_decode( string $data ): string {
+	check( 1 === preg_match( '/^[A-Za-z0-9_-]*$/', $data ), 'not base64url without padding: ' . $data );
+	$decoded = base64_decode( strtr( $data, '-_', '+/' ) . str_repeat( '=', ( 4 - strlen( $data ) % 4 ) % 4 ), true );
+	check( false !== $decoded, 'bad base64url' );
+	return $decoded;
+}
+
+/**
+ * Verify an HS256 JWT independently of the plugin's encoder; return array( header, claims ).
+ */
+function chatapp_test_jwt_verify( string $token, string $secret ): array {
+	$parts = explode( '.', $token );
+	check_same( 3, count( $parts ), 'JWT segments' );
+	$expected = hash_hmac( 'sha256', $parts[0] . '.' . $parts[1], $secret, true );
+	check( hash_equals( $expected, chatapp_test_b64url_decode( $parts[2] ) ), 'JWT signature does not verify' );
+	$header = json_decode( chatapp_test_b64url_decode( $parts[0] ), true );
+	$claims = json_decode( chatapp_test_b64url_decode( $parts[1] ), true );
+	check( is_array( $header ) && is_array( $claims ), 'JWT header or claims are not JSON objects' );
+	return array( $header, $claims );
+}
+
+/** Check every attribute an [ai_chat] iframe must carry. */
+function chatapp_test_check_frame( array $frame, string $src, string $title, int $height ): void {
+	check_same(
+		array( 'allow', 'class', 'data-chatapp-embed', 'data-chatapp-origin', 'height', 'id', 'loading', 'referrerpolicy', 'src', 'style', 'title' ),
+		( function ( array $names ): array {
+			sort( $names );
+			return $names;
+		} )( array_keys( $frame ) ),
+		'iframe attributes'
+	);
+	check_same( $src, $frame['src'], 'src' );
+	check_same( $title, $frame['title'], 'title' );
+	check_same( (string) $height, $frame['height'], 'height' );
+	check_same( "width:100%;height:{$height}px;border:none;", $frame['style'], 'style' );
+	check_same( 'lazy', $frame['loading'], 'loading' );
+	check_same( 'clipboard-write', $frame['allow'], 'allow' );
+	check_same( 'strict-origin-when-cross-origin', $frame['referrerpolicy'], 'referrerpolicy' );
+	check_same( '', $frame['data-chatapp-embed'], 'data-chatapp-embed' );
+	check( 1 === preg_match( '/^chatapp-embed-\d+$/', $frame['id'] ), 'id ' . $frame['id'] );
+}
+
+/** Load the plugin as WordPress would, with the stand-ins. */
+function chatapp_test_load_plugin(): void {
+	require_once __DIR__ . '/stubs.php';
+	require_once CHATAPP_TEST_PLUGIN_DIR . '/chatapp-embed.php';
+}
+
+/** Run php with arguments; return array( exit code, stdout, stderr ). */
+function chatapp_test_php( array $args ): array {
+	$cmd  = array_merge( array( PHP_BINARY, '-d', 'error_reporting=' . E_ALL, '-d', 'display_errors=stderr' ), $args );
+	$proc = proc_open( $cmd, array( 1 => array( 'pipe', 'w' ), 2 => array( 'pipe', 'w' ) ), $pipes, __DIR__ );
+	check( is_resource( $proc ), 'cannot start ' . PHP_BINARY );
+	$out = (string) stream_get_contents( $pipes[1] );
+	$err = (string) stream_get_contents( $pipes[2] );
+	fclose( $pipes[1] );
+	fclose( $pipes[2] );
+	return array( proc_close( $proc ), $out, $err );
+}
+
+// ---------------------------------------------------------------------------
+// Scenario "plain": no constants defined.
+
+chatapp_test_case(
+	'plain',
+	'anonymous visitor gets exactly one iframe of /embed without sso',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		$html  = chatapp_test_render();
+		$frame = chatapp_test_one_iframe( $html );
+		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed', 'AI chat', 600 );
+		check_same( CHATAPP_TEST_URL, $frame['data-chatapp-origin'], 'origin' );
+		check( false === strpos( $html, 'sso=' ), 'anonymous src carries sso' );
+		check( false === stripos( $html, '<script' ), 'inline script in output' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'shortcode enqueues the resize script in the footer',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		check_same( array(), $GLOBALS['chatapp_wp']['enqueued'], 'enqueued before render' );
+		chatapp_test_render( array() );
+		check_same( array( 'chatapp-embed' ), $GLOBALS['chatapp_wp']['enqueued'], 'enqueued' );
+		$script = $GLOBALS['chatapp_wp']['scripts']['chatapp-embed'];
+		check_same( 'https://wp.example/wp-content/plugins/chatapp-embed/assets/chatapp-embed.js', $script['src'], 'script src' );
+		check_same( true, $script['args'], 'in footer' );
+		check_same( '1.0.0', $script['ver'], 'version' );
+		check( is_file( CHATAPP_TEST_PLUGIN_DIR . '/assets/chatapp-embed.js' ), 'script file missing' );
+		check_same( array(), $GLOBALS['chatapp_wp']['localized'], 'no localized inline data' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'two shortcodes render two iframes with distinct ids',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		$frames = chatapp_test_iframes( chatapp_test_render() . chatapp_test_render( array( 'height' => '400' ) ) );
+		check_same( 2, count( $frames ), 'iframes' );
+		check( $frames[0]['id'] !== $frames[1]['id'], 'ids repeat: ' . $frames[0]['id'] );
+		check_same( '400', $frames[1]['height'], 'second height' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'base URL with a path and port keeps them; origin drops the path',
+	static function (): void {
+		update_option( 'chatapp_url', 'https://Example.COM:8443/chat/' );
+		$frame = chatapp_test_one_iframe( chatapp_test_render() );
+		check_same( 'https://example.com:8443/chat/embed', $frame['src'], 'src' );
+		check_same( 'https://example.com:8443', $frame['data-chatapp-origin'], 'origin' );
+		check_same( 'https://example.com', chatapp_embed_origin( 'https://example.com:443/x' ), 'default https port' );
+		check_same( 'http://example.com', chatapp_embed_origin( 'http://example.com:80' ), 'default http port' );
+		check_same( 'http://127.0.0.1:8000', chatapp_embed_origin( 'http://127.0.0.1:8000' ), 'explicit port' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'logged-in user without the secret is anonymous; only admins see a notice',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		chatapp_test_login( new WP_User( 7, 'Subscriber' ) );
+		$html = chatapp_test_render();
+		check_same( CHATAPP_TEST_URL . '/embed', chatapp_test_one_iframe( $html )['src'], 'src' );
+		check( false === strpos( $html, 'chatapp-embed-notice' ), 'notice shown to a non-admin' );
+
+		chatapp_test_login( new WP_User( 1, 'Admin' ), array( 'manage_options' ) );
+		$html = chatapp_test_render();
+		check_same( CHATAPP_TEST_URL . '/embed', chatapp_test_one_iframe( $html )['src'], 'admin src' );
+		check( false !== strpos( $html, 'chatapp-embed-notice' ), 'no notice for the admin' );
+		check( false !== strpos( $html, 'CHATAPP_WP_SHARED_SECRET' ), 'notice does not name the constant' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'no URL configured renders only an HTML comment for visitors',
+	static function (): void {
+		foreach ( array( null, '', 'javascript:alert(1)', 'ftp://chat.example' ) as $stored ) {
+			chatapp_test_reset();
+			if ( null !== $stored ) {
+				// Written straight to the database, bypassing the sanitize callback.
+				$GLOBALS['chatapp_wp']['options']['chatapp_url'] = $stored;
+			}
+			$html = chatapp_test_render();
+			check_same( array(), chatapp_test_iframes( $html ), 'iframes for ' . var_export( $stored, true ) );
+			check_same( '', trim( (string) preg_replace( '/<!--.*?-->/s', '', $html ) ), 'visible output' );
+			check( false !== strpos( $html, '<!--' ), 'no HTML comment' );
+			check_same( array(), $GLOBALS['chatapp_wp']['enqueued'], 'script enqueued without an iframe' );
+		}
+		chatapp_test_login( new WP_User( 1, 'Admin' ), array( 'manage_options' ) );
+		$html = chatapp_test_render();
+		check_same( array(), chatapp_test_iframes( $html ), 'iframes for admin' );
+		check( false !== strpos( $html, 'chatapp-embed-notice' ), 'no notice for the admin' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'hostile title is escaped inside one attribute',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		$title = '"><script>alert(1)</script>';
+		$html  = chatapp_test_render( array( 'title' => $title ) );
+		$frame = chatapp_test_one_iframe( $html );
+		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed', $title, 600 );
+		check( false === stripos( $html, '<script' ), 'script tag leaked: ' . $html );
+		check( false !== strpos( $html, 'title="&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' ), 'title not escaped as expected: ' . $html );
+
+		$frame = chatapp_test_one_iframe( chatapp_test_render( array( 'title' => "x' onmouseover='alert(1)" ) ) );
+		check_same( "x' onmouseover='alert(1)", $frame['title'], 'single quotes' );
+		check_same( 'AI chat', chatapp_test_one_iframe( chatapp_test_render( array( 'title' => '   ' ) ) )['title'], 'blank title' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'hostile and odd heights are clamped whole pixels',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		$html = chatapp_test_render( array( 'height' => '100 onload=alert(1)' ) );
+		chatapp_test_check_frame( chatapp_test_one_iframe( $html ), CHATAPP_TEST_URL . '/embed', 'AI chat', 200 );
+		check( false === stripos( $html, 'onload' ), 'onload leaked: ' . $html );
+		$table = array(
+			array( '800', 800 ),
+			array( '800px', 800 ),
+			array( ' 750 ', 750 ),
+			array( '199', 200 ),
+			array( '2001', 2000 ),
+			array( '99999999999999999999', 2000 ),
+			array( '1e9', 2000 ),
+			array( '-50', 200 ),
+			array( '0', 600 ),
+			array( '', 600 ),
+			array( 'abc', 600 ),
+			array( '"><img src=x onerror=alert(1)>', 600 ),
+			array( array( 'nested' ), 600 ),
+		);
+		foreach ( $table as list( $given, $expected ) ) {
+			$html  = chatapp_test_render( array( 'height' => $given ) );
+			$frame = chatapp_test_one_iframe( $html );
+			check_same( (string) $expected, $frame['height'], 'height for ' . var_export( $given, true ) );
+			check( false === stripos( $html, 'onerror' ), 'onerror leaked' );
+		}
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'unknown attributes are ignored',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		$frame = chatapp_test_one_iframe( chatapp_test_render( array( 'src' => 'javascript:alert(1)', 'onload' => 'alert(1)', 0 => 'x' ) ) );
+		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed', 'AI chat', 600 );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'sanitize callback keeps only http(s) URLs without trailing slash',
+	static function (): void {
+		$table = array(
+			array( 'https://chat.example/', 'https://chat.example' ),
+			array( '  http://chat.example:8000//  ', 'http://chat.example:8000' ),
+			array( 'HTTPS://Chat.Example/sub/path/?q=1#frag', 'https://chat.example/sub/path' ),
+			array( 'https://user:pass@chat.example', 'https://chat.example' ),
+			array( 'http://[::1]:8000', 'http://[::1]:8000' ),
+			array( 'chat.example', 'http://chat.example' ),
+			array( 'javascript:alert(1)', '' ),
+			array( 'JaVaScRiPt:alert(1)', '' ),
+			array( " java\tscript:alert(1)", '' ),
+			array( 'data:text/html,<script>alert(1)</script>', '' ),
+			array( 'ftp://chat.example', '' ),
+			array( 'file:///etc/passwd', '' ),
+			array( '//evil.example', '' ),
+			array( '/relative', '' ),
+			array( '', '' ),
+			array( null, '' ),
+			array( array( 'https://chat.example' ), '' ),
+		);
+		foreach ( $table as list( $given, $expected ) ) {
+			chatapp_test_reset();
+			check_same( $expected, chatapp_embed_sanitize_url( $given ), 'sanitize ' . var_export( $given, true ) );
+		}
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'a rejected URL keeps the previous value and reports a settings error',
+	static function (): void {
+		do_action( 'admin_init' );
+		update_option( 'chatapp_url', 'https://good.example/' );
+		check_same( 'https://good.example', get_option( 'chatapp_url' ), 'stored' );
+		update_option( 'chatapp_url', 'javascript:alert(1)' );
+		check_same( 'https://good.example', get_option( 'chatapp_url' ), 'after javascript:' );
+		check_same( 1, count( $GLOBALS['chatapp_wp']['settings_errors'] ), 'settings errors' );
+		update_option( 'chatapp_url', '' );
+		check_same( '', get_option( 'chatapp_url' ), 'cleared' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'settings are registered through the Settings API',
+	static function (): void {
+		do_action( 'admin_init' );
+		do_action( 'admin_menu' );
+		$setting = $GLOBALS['chatapp_wp']['settings']['chatapp_url'] ?? null;
+		check( is_array( $setting ), 'chatapp_url not registered' );
+		check_same( 'chatapp_embed_sanitize_url', $setting['sanitize_callback'], 'sanitize_callback' );
+		check_same( 'string', $setting['type'], 'type' );
+		check_same( array( 'chatapp_url' ), array_keys( $GLOBALS['chatapp_wp']['settings'] ), 'only chatapp_url is stored' );
+		$page = $GLOBALS['chatapp_wp']['pages']['chatapp-embed'] ?? null;
+		check( is_array( $page ), 'options page not added' );
+		check_same( 'manage_options', $page['capability'], 'capability' );
+		check_same( 'Chatapp', $page['menu_title'], 'menu title' );
+		check( isset( $GLOBALS['chatapp_wp']['fields']['chatapp-embed']['chatapp_embed_main']['chatapp_embed_url'] ), 'URL field' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'settings page: editable URL, secret reported as not defined, frame origin shown',
+	static function (): void {
+		do_action( 'admin_init' );
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		check_same( '', chatapp_test_capture( 'chatapp_embed_render_settings_page' ), 'page for a non-admin' );
+		chatapp_test_login( new WP_User( 1, 'Admin' ), array( 'manage_options' ) );
+		$page = chatapp_test_capture( 'chatapp_embed_render_settings_page' );
+		check( false !== strpos( $page, 'action="options.php"' ), 'form action' );
+		check( false !== strpos( $page, 'name="option_page" value="chatapp-embed"' ), 'settings_fields group' );
+		check( 1 === preg_match( '/<input type="url"[^>]*name="chatapp_url"[^>]*value="https:\/\/chat\.example"/', $page ), 'URL input: ' . $page );
+		check( false === strpos( $page, 'readonly' ), 'field is read-only' );
+		check( false !== strpos( $page, 'type="submit"' ), 'no submit button' );
+		check( false !== strpos( $page, 'Not defined' ), 'secret status' );
+		check( false !== strpos( $page, 'CHATAPP_EMBED_ORIGINS=https://wp.example' ), 'frame origin hint' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'plugins screen links to the settings page',
+	static function (): void {
+		$links = apply_filters( 'plugin_action_links_chatapp-embed/chatapp-embed.php', array( 'deactivate' => '<a>Deactivate</a>' ) );
+		check_same( 2, count( $links ), 'links' );
+		check( false !== strpos( end( $links ), 'options-general.php?page=chatapp-embed' ), 'settings link' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'JWT encoder matches the well-known jwt.io example token',
+	static function (): void {
+		check_same(
+			'eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiaWF0IjoxNTE2MjM5MDIyfQ.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c',
+			chatapp_embed_jwt_encode( array( 'sub' => '1234567890', 'name' => 'John Doe', 'iat' => 1516239022 ), 'your-256-bit-secret' )
+		);
+		check_same( '', chatapp_embed_jwt_encode( array( 'sub' => '1' ), '' ), 'empty secret' );
+		check_same( '', chatapp_embed_secret(), 'secret without the constant' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'SSO claims are exactly sub, name, site, iat, exp, aud',
+	static function (): void {
+		$claims = chatapp_embed_sso_claims( new WP_User( 42, 'Ada' ), 1700000000 );
+		check_same(
+			array( 'sub' => '42', 'name' => 'Ada', 'site' => 'https://wp.example', 'iat' => 1700000000, 'exp' => 1700000300, 'aud' => 'chatapp' ),
+			$claims
+		);
+		$before = time();
+		$claims = chatapp_embed_sso_claims( new WP_User( 42, 'Ada' ) );
+		check( $claims['iat'] >= $before && $claims['iat'] <= time(), 'iat is not now' );
+		check_same( 300, $claims['exp'] - $claims['iat'], 'lifetime' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'SSO token is empty for a logged-out user and signs odd names',
+	static function (): void {
+		check_same( '', chatapp_embed_sso_token( new WP_User(), null, CHATAPP_TEST_SECRET ), 'logged out' );
+		$name  = "Zoë \"<b>\" O'Brien \xff";
+		$token = chatapp_embed_sso_token( new WP_User( 3, $name ), 1700000000, CHATAPP_TEST_SECRET );
+		list( $header, $claims ) = chatapp_test_jwt_verify( $token, CHATAPP_TEST_SECRET );
+		check_same( array( 'alg' => 'HS256', 'typ' => 'JWT' ), $header, 'header' );
+		check_same( "Zoë \"<b>\" O'Brien \u{fffd}", $claims['name'], 'name' );
+	}
+);
+
+// ---------------------------------------------------------------------------
+// Scenario "secret": CHATAPP_WP_SHARED_SECRET is defined.
+
+chatapp_test_case(
+	'secret',
+	'logged-in user gets ?sso= with a verifying JWT carrying exactly the contract claims',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		chatapp_test_login( new WP_User( 42, 'Ada "Countess" <Lovelace>' ), array( 'manage_options' ) );
+		$before = time();
+		$html   = chatapp_test_render();
+		$frame  = chatapp_test_one_iframe( $html );
+		check( false === strpos( $html, 'chatapp-embed-notice' ), 'notice despite the secret' );
+		check( 1 === preg_match( '#^https://chat\.example/embed\?sso=([A-Za-z0-9_.-]+)$#', $frame['src'], $m ), 'src ' . $frame['src'] );
+		chatapp_test_check_frame( $frame, $frame['src'], 'AI chat', 600 );
+		list( $header, $claims ) = chatapp_test_jwt_verify( $m[1], CHATAPP_TEST_SECRET );
+		check_same( array( 'alg' => 'HS256', 'typ' => 'JWT' ), $header, 'header' );
+		check_same( array( 'sub', 'name', 'site', 'iat', 'exp', 'aud' ), array_keys( $claims ), 'claim names' );
+		check_same( '42', $claims['sub'], 'sub is the user id as a string' );
+		check_same( 'Ada "Countess" <Lovelace>', $claims['name'], 'name' );
+		check_same( 'https://wp.example', $claims['site'], 'site' );
+		check_same( 'chatapp', $claims['aud'], 'aud' );
+		check( is_int( $claims['iat'] ) && $claims['iat'] >= $before && $claims['iat'] <= time(), 'iat is not now' );
+		check( is_int( $claims['exp'] ) && $claims['exp'] > $claims['iat'] && $claims['exp'] - $claims['iat'] <= 600, 'exp not within 10 minutes of iat' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'token does not verify with another secret',
+	static function (): void {
+		$token = chatapp_embed_sso_token( new WP_User( 42, 'Ada' ) );
+		chatapp_test_jwt_verify( $token, CHATAPP_TEST_SECRET );
+		try {
+			chatapp_test_jwt_verify( $token, CHATAPP_TEST_SECRET . 'x' );
+		} catch ( Chatapp_Test_Failure $expected ) {
+			return;
+		}
+		check( false, 'verified with the wrong secret' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'anonymous visitor gets no sso even when the secret is set',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		check_same( CHATAPP_TEST_URL . '/embed', chatapp_test_one_iframe( chatapp_test_render() )['src'], 'src' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'settings page says the secret is defined and never shows it',
+	static function (): void {
+		do_action( 'admin_init' );
+		chatapp_test_login( new WP_User( 1, 'Admin' ), array( 'manage_options' ) );
+		$page = chatapp_test_capture( 'chatapp_embed_render_settings_page' );
+		check( false !== strpos( $page, 'Defined in wp-config.php' ), 'secret status' );
+		check( false === strpos( $page, CHATAPP_TEST_SECRET ), 'secret shown' );
+		check( false === strpos( $page, substr( CHATAPP_TEST_SECRET, 0, 8 ) ), 'part of the secret shown' );
+		check( ! in_array( CHATAPP_TEST_SECRET, $GLOBALS['chatapp_wp']['options'], true ), 'secret stored as an option' );
+	}
+);
+
+// ---------------------------------------------------------------------------
+// Scenario "url-constant": CHATAPP_URL overrides the option.
+
+chatapp_test_case(
+	'url-constant',
+	'CHATAPP_URL overrides the chatapp_url option',
+	static function (): void {
+		update_option( 'chatapp_url', 'https://option.example' );
+		$frame = chatapp_test_one_iframe( chatapp_test_render() );
+		chatapp_test_check_frame( $frame, 'https://const.example/embed', 'AI chat', 600 );
+		check_same( 'https://const.example', $frame['data-chatapp-origin'], 'origin' );
+	}
+);
+
+chatapp_test_case(
+	'url-constant',
+	'settings page shows the constant read-only and posts nothing back',
+	static function (): void {
+		do_action( 'admin_init' );
+		update_option( 'chatapp_url', 'https://option.example' );
+		chatapp_test_login( new WP_User( 1, 'Admin' ), array( 'manage_options' ) );
+		$page = chatapp_test_capture( 'chatapp_embed_render_settings_page' );
+		check( 1 === preg_match( '/<input type="url"[^>]*value="https:\/\/const\.example"[^>]*readonly/', $page ), 'read-only field: ' . $page );
+		check( false === strpos( $page, 'name="chatapp_url"' ), 'constant value would be posted into the option' );
+		check( false === strpos( $page, 'type="submit"' ), 'submit button despite nothing to save' );
+		check( false !== strpos( $page, 'CHATAPP_URL' ), 'does not say the constant is in charge' );
+	}
+);
+
+// ---------------------------------------------------------------------------
+// Scenario "url-constant-invalid": a CHATAPP_URL that is not http(s).
+
+chatapp_test_case(
+	'url-constant-invalid',
+	'a javascript: CHATAPP_URL renders no iframe',
+	static function (): void {
+		update_option( 'chatapp_url', 'https://option.example' );
+		check_same( array(), chatapp_test_iframes( chatapp_test_render() ), 'iframes' );
+	}
+);
+
+// ---------------------------------------------------------------------------
+// Scenario "uninstall": WP_UNINSTALL_PLUGIN is defined, the plugin is not loaded.
+
+chatapp_test_case(
+	'uninstall',
+	'uninstall deletes the chatapp_url option and nothing else',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'blogname', 'Site' );
+		require CHATAPP_TEST_PLUGIN_DIR . '/uninstall.php';
+		check( ! array_key_exists( 'chatapp_url', $GLOBALS['chatapp_wp']['options'] ), 'chatapp_url left behind' );
+		check_same( 'Site', get_option( 'blogname' ), 'other option' );
+	}
+);
+
+// ---------------------------------------------------------------------------
+// Scenario "direct": each PHP file, requested directly, exits silently.
+
+chatapp_test_case(
+	'direct',
+	'plugin files exit silently outside WordPress',
+	static function (): void {
+		foreach ( array( 'chatapp-embed.php', 'includes/jwt.php', 'uninstall.php' ) as $file ) {
+			list( $code, $out, $err ) = chatapp_test_php( array( CHATAPP_TEST_PLUGIN_DIR . '/' . $file ) );
+			check_same( array( 0, '', '' ), array( $code, $out, $err ), $file );
+		}
+	}
+);
+
+chatapp_test_case(
+	'direct',
+	'uninstall.php deletes nothing without WP_UNINSTALL_PLUGIN',
+	static function (): void {
+		$code = 'require ' . var_export( __DIR__ . '/stubs.php', true ) . ';'
+			. 'update_option("chatapp_url", "https://kept.example");'
+			. 'register_shutdown_function(function () { echo get_option("chatapp_url", "deleted"); });'
+			. 'require ' . var_export( CHATAPP_TEST_PLUGIN_DIR . '/uninstall.php', true ) . ';'
+			. 'echo "not exited;";';
+		check_same( array( 0, 'https://kept.example', '' ), chatapp_test_php( array( '-r', $code ) ) );
+	}
+);
+
+// ---------------------------------------------------------------------------
+// Runner.
+
+$chatapp_test_setup = array(
+	'plain'                => static function (): void {
+		chatapp_test_load_plugin();
+	},
+	'secret'               => static function (): void {
+		define( 'CHATAPP_WP_SHARED_SECRET', CHATAPP_TEST_SECRET );
+		chatapp_test_load_plugin();
+	},
+	'url-constant'         => static function (): void {
+		define( 'CHATAPP_URL', 'https://const.example/' );
+		chatapp_test_load_plugin();
+	},
+	'url-constant-invalid' => static function (): void {
+		define( 'CHATAPP_URL', 'javascript:alert(1)' );
+		chatapp_test_load_plugin();
+	},
+	'uninstall'            => static function (): void {
+		define( 'WP_UNINSTALL_PLUGIN', 'chatapp-embed/chatapp-embed.php' );
+		require_once __DIR__ . '/stubs.php';
+	},
+	'direct'               => static function (): void {
+	},
+);
+
+/** Run one scenario's cases in this process, printing "ok"/"not ok" lines and a count line. */
+function chatapp_test_run_scenario( string $scenario, callable $setup ): void {
+	define( 'WP_DEBUG', true );
+	$setup();
+	$passed = 0;
+	$failed = 0;
+	foreach ( $GLOBALS['chatapp_test_cases'][ $scenario ] as $name => $fn ) {
+		chatapp_test_reset_if_loaded();
+		try {
+			$fn();
+			++$passed;
+			echo "ok - {$scenario}: {$name}\n";
+		} catch ( Throwable $e ) {
+			++$failed;
+			echo "not ok - {$scenario}: {$name}\n    # " . str_replace( "\n", "\n    # ", $e->getMessage() ) . "\n";
+		}
+	}
+	echo "#counts {$passed} {$failed}\n";
+}
+
+/** Reset the stand-ins' state between cases when they are loaded. */
+function chatapp_test_reset_if_loaded(): void {
+	if ( function_exists( 'chatapp_test_reset' ) ) {
+		chatapp_test_reset();
+	}
+}
+
+$chatapp_test_args = isset( $argv ) ? array_slice( $argv, 1 ) : array();
+if ( isset( $chatapp_test_args[0] ) && 0 === strpos( $chatapp_test_args[0], '--scenario=' ) ) {
+	$chatapp_test_scenario = substr( $chatapp_test_args[0], strlen( '--scenario=' ) );
+	chatapp_test_run_scenario( $chatapp_test_scenario, $chatapp_test_setup[ $chatapp_test_scenario ] );
+	exit( 0 );
+}
+
+$chatapp_test_passed = 0;
+$chatapp_test_failed = 0;
+foreach ( array_keys( $chatapp_test_setup ) as $chatapp_test_scenario ) {
+	list( $code, $out, $err ) = chatapp_test_php( array( __FILE__, '--scenario=' . $chatapp_test_scenario ) );
+	$counted = preg_match( '/^#counts (\d+) (\d+)$/m', $out, $m );
+	echo (string) preg_replace( '/^#counts.*\n?/m', '', $out );
+	if ( 0 !== $code || 1 !== $counted || '' !== $err ) {
+		++$chatapp_test_failed;
+		echo "not ok - {$chatapp_test_scenario}: scenario crashed (exit {$code})\n    # " . str_replace( "\n", "\n    # ", trim( $err ) ) . "\n";
+	}
+	if ( 1 === $counted ) {
+		$chatapp_test_passed += (int) $m[1];
+		$chatapp_test_failed += (int) $m[2];
+	}
+}
+echo "{$chatapp_test_passed} passed, {$chatapp_test_failed} failed\n";
+exit( 0 === $chatapp_test_failed ? 0 : 1 );

@@ -1,0 +1,314 @@
+<?php
+/**
+ * Minimal stand-ins for the WordPress functions the plugin calls.
+ *
+ * Escaping stand-ins really escape, so tests about escaping mean something.
+ * All state lives in $GLOBALS['chatapp_wp'] and is reset by chatapp_test_reset().
+ *
+ * @package ChatappEmbed
+ */
+
+if ( ! defined( 'ABSPATH' ) ) {
+	define( 'ABSPATH', __DIR__ . '/' );
+}
+
+/**
+ * A WordPress user, as much of one as the plugin reads.
+ */
+class WP_User {
+	/** @var int */
+	public $ID = 0;
+	/** @var string */
+	public $display_name = '';
+	/** @var string */
+	public $user_login = '';
+
+	public function __construct( int $id = 0, string $display_name = '', string $user_login = '' ) {
+		$this->ID           = $id;
+		$this->display_name = $display_name;
+		$this->user_login   = $user_login;
+	}
+
+	public function exists(): bool {
+		return $this->ID > 0;
+	}
+}
+
+/**
+ * Forget every option, user, hook, script and setting registered so far.
+ */
+function chatapp_test_reset(): void {
+	$shortcodes = $GLOBALS['chatapp_wp']['shortcodes'] ?? array();
+	$actions    = $GLOBALS['chatapp_wp']['actions'] ?? array();
+	$filters    = $GLOBALS['chatapp_wp']['filters'] ?? array();
+	$GLOBALS['chatapp_wp'] = array(
+		// Registrations made when the plugin file loads survive a reset.
+		'shortcodes'      => $shortcodes,
+		'actions'         => $actions,
+		'filters'         => $filters,
+		'options'         => array(),
+		'user'            => new WP_User(),
+		'caps'            => array(),
+		'home'            => 'https://wp.example',
+		'scripts'         => array(),
+		'enqueued'        => array(),
+		'localized'       => array(),
+		'settings'        => array(),
+		'sections'        => array(),
+		'fields'          => array(),
+		'pages'           => array(),
+		'settings_errors' => array(),
+		'unique_id'       => 0,
+	);
+}
+chatapp_test_reset();
+
+/** Log a user in with the given capabilities. */
+function chatapp_test_login( WP_User $user, array $caps = array() ): void {
+	$GLOBALS['chatapp_wp']['user'] = $user;
+	$GLOBALS['chatapp_wp']['caps'] = $caps;
+}
+
+// Hooks and shortcodes.
+
+function add_action( $hook, $callback, $priority = 10, $accepted_args = 1 ) {
+	$GLOBALS['chatapp_wp']['actions'][ $hook ][] = $callback;
+	return true;
+}
+
+function do_action( $hook, ...$args ) {
+	foreach ( $GLOBALS['chatapp_wp']['actions'][ $hook ] ?? array() as $callback ) {
+		call_user_func_array( $callback, $args );
+	}
+}
+
+function add_filter( $hook, $callback, $priority = 10, $accepted_args = 1 ) {
+	$GLOBALS['chatapp_wp']['filters'][ $hook ][] = $callback;
+	return true;
+}
+
+function apply_filters( $hook, $value, ...$args ) {
+	foreach ( $GLOBALS['chatapp_wp']['filters'][ $hook ] ?? array() as $callback ) {
+		$value = call_user_func( $callback, $value, ...$args );
+	}
+	return $value;
+}
+
+function add_shortcode( $tag, $callback ) {
+	$GLOBALS['chatapp_wp']['shortcodes'][ $tag ] = $callback;
+}
+
+/** Run a registered shortcode the way do_shortcode() would. */
+function chatapp_test_shortcode( string $tag, $atts = '', $content = '' ) {
+	return call_user_func( $GLOBALS['chatapp_wp']['shortcodes'][ $tag ], $atts, $content, $tag );
+}
+
+function shortcode_atts( $pairs, $atts, $shortcode = '' ) {
+	$atts = (array) $atts;
+	$out  = array();
+	foreach ( $pairs as $name => $default ) {
+		$out[ $name ] = array_key_exists( $name, $atts ) ? $atts[ $name ] : $default;
+	}
+	if ( $shortcode ) {
+		$out = apply_filters( "shortcode_atts_{$shortcode}", $out, $pairs, $atts, $shortcode );
+	}
+	return $out;
+}
+
+// Translation: identity.
+
+function __( $text, $domain = 'default' ) {
+	return $text;
+}
+
+function esc_html__( $text, $domain = 'default' ) {
+	return esc_html( $text );
+}
+
+function esc_attr__( $text, $domain = 'default' ) {
+	return esc_attr( $text );
+}
+
+// Escaping and sanitising: real escaping, close to WordPress's own.
+
+function esc_html( $text ) {
+	return htmlspecialchars( (string) $text, ENT_QUOTES | ENT_SUBSTITUTE, 'UTF-8', false );
+}
+
+function esc_attr( $text ) {
+	return htmlspecialchars( (string) $text, ENT_QUOTES | ENT_SUBSTITUTE, 'UTF-8', false );
+}
+
+function wp_allowed_protocols() {
+	return array( 'http', 'https', 'ftp', 'ftps', 'mailto', 'news', 'irc', 'irc6', 'ircs', 'gopher', 'nntp', 'feed', 'telnet', 'mms', 'rtsp', 'sms', 'svn', 'tel', 'fax', 'xmpp', 'webcal', 'urn' );
+}
+
+function esc_url( $url, $protocols = null, $_context = 'display' ) {
+	$url = trim( (string) $url );
+	if ( '' === $url ) {
+		return '';
+	}
+	// Like WordPress: drop every character that cannot appear in a URL (spaces, quotes, angle brackets, controls).
+	$url = str_replace( ' ', '%20', ltrim( $url ) );
+	$url = (string) preg_replace( '|[^a-z0-9-~+_.?#=!&;,/:%@$\|*\'()\[\]\x80-\xff]|i', '', $url );
+	if ( '' === $url ) {
+		return '';
+	}
+	if ( false === strpos( $url, ':' ) && ! in_array( $url[0], array( '/', '#', '?' ), true ) && ! preg_match( '/^[a-z0-9-]+?\.php/i', $url ) ) {
+		$url = 'http://' . $url;
+	}
+	$protocols = null === $protocols ? wp_allowed_protocols() : $protocols;
+	if ( preg_match( '/^([^:\/?#]+):/', $url, $m ) && ! in_array( strtolower( $m[1] ), $protocols, true ) ) {
+		return '';
+	}
+	if ( 'display' === $_context ) {
+		$url = str_replace( array( '&amp;', '&', "'" ), array( '&#038;', '&#038;', '&#039;' ), $url );
+	}
+	return $url;
+}
+
+function esc_url_raw( $url, $protocols = null ) {
+	return esc_url( $url, $protocols, 'db' );
+}
+
+function absint( $maybeint ) {
+	return abs( (int) $maybeint );
+}
+
+function wp_parse_url( $url, $component = -1 ) {
+	return parse_url( (string) $url, $component );
+}
+
+function wp_json_encode( $data, $options = 0, $depth = 512 ) {
+	return json_encode( $data, $options | JSON_INVALID_UTF8_SUBSTITUTE, $depth );
+}
+
+function wp_unique_id( $prefix = '' ) {
+	return $prefix . (string) ++$GLOBALS['chatapp_wp']['unique_id'];
+}
+
+// Options, backed by an array.
+
+function get_option( $option, $default_value = false ) {
+	return array_key_exists( $option, $GLOBALS['chatapp_wp']['options'] ) ? $GLOBALS['chatapp_wp']['options'][ $option ] : $default_value;
+}
+
+function update_option( $option, $value, $autoload = null ) {
+	$value = apply_filters( "sanitize_option_{$option}", $value, $option, $value );
+	$GLOBALS['chatapp_wp']['options'][ $option ] = $value;
+	return true;
+}
+
+function delete_option( $option ) {
+	$existed = array_key_exists( $option, $GLOBALS['chatapp_wp']['options'] );
+	unset( $GLOBALS['chatapp_wp']['options'][ $option ] );
+	return $existed;
+}
+
+// Users.
+
+function wp_get_current_user() {
+	return $GLOBALS['chatapp_wp']['user'];
+}
+
+function is_user_logged_in() {
+	return wp_get_current_user()->exists();
+}
+
+function current_user_can( $capability, ...$args ) {
+	return in_array( $capability, $GLOBALS['chatapp_wp']['caps'], true );
+}
+
+// URLs and paths.
+
+function home_url( $path = '', $scheme = null ) {
+	return rtrim( $GLOBALS['chatapp_wp']['home'], '/' ) . ( $path ? '/' . ltrim( $path, '/' ) : '' );
+}
+
+function admin_url( $path = '', $scheme = 'admin' ) {
+	return home_url( '/wp-admin/' . ltrim( $path, '/' ) );
+}
+
+function plugin_basename( $file ) {
+	return basename( dirname( $file ) ) . '/' . basename( $file );
+}
+
+function plugin_dir_path( $file ) {
+	return rtrim( dirname( $file ), '/' ) . '/';
+}
+
+function plugin_dir_url( $file ) {
+	return home_url( '/wp-content/plugins/' . basename( dirname( $file ) ) . '/' );
+}
+
+function plugins_url( $path = '', $plugin = '' ) {
+	$base = $plugin ? rtrim( plugin_dir_url( $plugin ), '/' ) : home_url( '/wp-content/plugins' );
+	return $base . ( $path ? '/' . ltrim( $path, '/' ) : '' );
+}
+
+// Scripts.
+
+function wp_register_script( $handle, $src, $deps = array(), $ver = false, $args = array() ) {
+	$GLOBALS['chatapp_wp']['scripts'][ $handle ] = compact( 'src', 'deps', 'ver', 'args' );
+	return true;
+}
+
+function wp_enqueue_script( $handle, $src = '', $deps = array(), $ver = false, $args = array() ) {
+	if ( $src ) {
+		wp_register_script( $handle, $src, $deps, $ver, $args );
+	}
+	$GLOBALS['chatapp_wp']['enqueued'][] = $handle;
+}
+
+function wp_localize_script( $handle, $object_name, $l10n ) {
+	$GLOBALS['chatapp_wp']['localized'][ $handle ][ $object_name ] = $l10n;
+	return true;
+}
+
+// Settings API.
+
+function register_setting( $option_group, $option_name, $args = array() ) {
+	$GLOBALS['chatapp_wp']['settings'][ $option_name ] = array( 'group' => $option_group ) + $args;
+	if ( ! empty( $args['sanitize_callback'] ) ) {
+		add_filter( "sanitize_option_{$option_name}", $args['sanitize_callback'] );
+	}
+}
+
+function add_options_page( $page_title, $menu_title, $capability, $menu_slug, $callback = '', $position = null ) {
+	$GLOBALS['chatapp_wp']['pages'][ $menu_slug ] = compact( 'page_title', 'menu_title', 'capability', 'callback' );
+	return 'settings_page_' . $menu_slug;
+}
+
+function add_settings_section( $id, $title, $callback, $page, $args = array() ) {
+	$GLOBALS['chatapp_wp']['sections'][ $page ][ $id ] = compact( 'title', 'callback' );
+}
+
+function add_settings_field( $id, $title, $callback, $page, $section = 'default', $args = array() ) {
+	$GLOBALS['chatapp_wp']['fields'][ $page ][ $section ][ $id ] = compact( 'title', 'callback', 'args' );
+}
+
+function add_settings_error( $setting, $code, $message, $type = 'error' ) {
+	$GLOBALS['chatapp_wp']['settings_errors'][] = compact( 'setting', 'code', 'message', 'type' );
+}
+
+function settings_fields( $option_group ) {
+	echo '<input type="hidden" name="option_page" value="' . esc_attr( $option_group ) . '" />';
+}
+
+function do_settings_sections( $page ) {
+	foreach ( $GLOBALS['chatapp_wp']['sections'][ $page ] ?? array() as $id => $section ) {
+		echo '<h2>' . esc_html( $section['title'] ) . '</h2>';
+		if ( $section['callback'] ) {
+			call_user_func( $section['callback'], $section );
+		}
+		foreach ( $GLOBALS['chatapp_wp']['fields'][ $page ][ $id ] ?? array() as $field ) {
+			echo '<div class="field"><span>' . esc_html( $field['title'] ) . '</span>';
+			call_user_func( $field['callback'], $field['args'] );
+			echo '</div>';
+		}
+	}
+}
+
+function submit_button( $text = null, $type = 'primary', $name = 'submit', $wrap = true, $other_attributes = null ) {
+	echo '<input type="submit" name="' . esc_attr( $name ) . '" class="button button-' . esc_attr( $type ) . '" value="' . esc_attr( $text ? $text : 'Save Changes' ) . '" />';
+}
