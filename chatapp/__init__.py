@@ -1,0 +1,78 @@
+"""chatapp: a self-hosted streaming AI chat service."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+from flask import Response
+from flask import request
+from werkzeug.exceptions import HTTPException
+
+from chatapp.config import load_config
+from chatapp.errors import error_response
+from chatapp.extensions import init_state
+
+log = logging.getLogger("chatapp")
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the application: config, extensions, blueprints."""
+    config = load_config(overrides=test_config)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
+    app.config["MAX_FORM_MEMORY_SIZE"] = config["MAX_BODY_BYTES"]
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    init_state(app, config)
+    if config["EPHEMERAL_KEY"]:
+        log.warning(
+            "CHATAPP_SECRET_KEY is not set: tokens are signed with an ephemeral "
+            "key and stop working when the service restarts"
+        )
+
+    from chatapp import api
+    from chatapp import ops
+    from chatapp import pages
+
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(ops.bp)
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault(
+            "Referrer-Policy", "strict-origin-when-cross-origin"
+        )
+        return response
+
+    _register_error_pages(app)
+    return app
+
+
+# HTTP errors the API answers in its own words, as SPEC's JSON.
+_API_CODES = {
+    400: ("invalid_input", "The request is malformed."),
+    404: ("not_found", "Not found."),
+    405: ("method_not_allowed", "That method is not allowed here."),
+    413: ("payload_too_large", "The request body is too large."),
+}
+
+
+def _register_error_pages(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response | HTTPException:
+        if not request.path.startswith("/api/"):
+            return exc
+        code, message = _API_CODES.get(exc.code or 500, ("internal", "Server error."))
+        return error_response(exc.code or 500, code, message)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response | tuple[str, int]:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        if request.path.startswith("/api/"):
+            return error_response(500, "internal", "Something went wrong on our side.")
+        return "Internal server error", 500

@@ -1,0 +1,85 @@
+"""Starting a turn: ownership, context from history, exactly-once keys."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from chatapp.errors import ApiError
+from chatapp.history import StoredMessage
+from chatapp.providers.base import ChatRequest
+from chatapp.providers.base import Message
+from chatapp.relay import Relay
+from chatapp.streams import TurnInfo
+from chatapp.tokens import Identity
+
+
+def new_id() -> str:
+    """Mint an opaque, unguessable id for a turn or a conversation."""
+    return secrets.token_urlsafe(16)
+
+
+def context(history: list[StoredMessage], max_chars: int) -> list[Message]:
+    """Keep the newest earlier messages that fit `max_chars`, oldest first."""
+    kept: list[Message] = []
+    used = 0
+    for stored in reversed(history):
+        used += len(stored.content)
+        if used > max_chars:
+            break
+        kept.append(Message(stored.role, stored.content))
+    kept.reverse()
+    # Providers want the conversation to open with the user.
+    while kept and kept[0].role != "user":
+        kept.pop(0)
+    return kept
+
+
+def start_turn(
+    relay: Relay,
+    config: dict[str, Any],
+    identity: Identity,
+    message: str,
+    conversation_id: str | None,
+    idempotency_key: str | None,
+    describe: Callable[[str, str], dict[str, Any]],
+) -> tuple[dict[str, Any], bool]:
+    """Start a turn (or find the one this key started); return body and newness.
+
+    `describe(turn_id, conversation_id)` builds the response body, so that a
+    retry with the same key gets the very same body back.
+    """
+    history = relay.history
+    if conversation_id is not None:
+        if history.owner(conversation_id) != identity.owner:
+            raise ApiError(404, "not_found", "No such conversation.")
+    turn_id = new_id()
+    cid = conversation_id or new_id()
+    body = describe(turn_id, cid)
+    if idempotency_key:
+        ttl = config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"]
+        earlier = history.claim_idempotency(
+            f"{identity.owner}|{idempotency_key}", json.dumps(body), ttl
+        )
+        if earlier is not None:
+            return json.loads(earlier), False
+    earlier_messages = history.messages(cid) if conversation_id else []
+    if conversation_id is None:
+        history.create(cid, identity.owner)
+    now = time.time()
+    history.append(cid, StoredMessage("user", message, now))
+    request = ChatRequest(
+        model=config["MODEL"],
+        system=config["SYSTEM_PROMPT"],
+        messages=(
+            *context(earlier_messages, config["HISTORY_MAX_CHARS"]),
+            Message("user", message),
+        ),
+        max_output_tokens=config["MAX_OUTPUT_TOKENS"],
+        temperature=config["TEMPERATURE"],
+    )
+    relay.start(TurnInfo(turn_id, identity.owner, cid, now), request)
+    return body, True

@@ -1,0 +1,228 @@
+"""Settings: defaults, then CHATAPP_* environment, then test overrides."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from chatapp.errors import ConfigError
+
+# Set by gunicorn.conf.py in the master so that every worker signs with the
+# same throw-away key when no CHATAPP_SECRET_KEY is given.
+EPHEMERAL_KEY_ENV = "CHATAPP_EPHEMERAL_SECRET_KEY"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful, concise assistant on a website. Answer in Markdown."
+)
+
+PROVIDER_DEFAULTS: dict[str, dict[str, str]] = {
+    "demo": {"base_url": "", "model": "demo", "key_env": ""},
+    "openai": {
+        "base_url": "https://api.openai.com/v1",
+        "model": "gpt-4o-mini",
+        "key_env": "OPENAI_API_KEY",
+    },
+    "anthropic": {
+        "base_url": "https://api.anthropic.com",
+        "model": "claude-sonnet-4-5",
+        "key_env": "ANTHROPIC_API_KEY",
+    },
+}
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw.strip())
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise ValueError(f"must be {bound}")
+        return value
+
+    return parse
+
+
+def _float(lo: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw.strip())
+        if not value >= lo:
+            raise ValueError(f"must be a number >= {lo}")
+        return value
+
+    return parse
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return parse
+
+
+def _text(raw: str) -> str:
+    return raw.strip()
+
+
+def _temperature(raw: str) -> float:
+    value = float(raw.strip())
+    if not 0 <= value <= 2:
+        raise ValueError("must be between 0 and 2")
+    return value
+
+
+def _redis_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must start with redis://, rediss:// or unix://")
+    return value
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = []
+    for item in raw.split():
+        origin = item.rstrip("/")
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise ValueError(f"{item!r} is not an origin like https://example.com")
+        origins.append(origin)
+    return tuple(origins)
+
+
+def _keys(raw: str) -> tuple[str, ...]:
+    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
+    if not keys:
+        raise ValueError("must hold at least one key")
+    return keys
+
+
+# name -> (environment variable, parser, default)
+SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
+    "ENV": ("CHATAPP_ENV", _choice("development", "production"), "development"),
+    "SECRET_KEYS": ("CHATAPP_SECRET_KEY", _keys, ()),
+    "PROVIDER": ("CHATAPP_PROVIDER", _choice(*PROVIDER_DEFAULTS), "demo"),
+    "PROVIDER_BASE_URL": ("CHATAPP_PROVIDER_BASE_URL", _text, ""),
+    "MODEL": ("CHATAPP_MODEL", _text, ""),
+    "SYSTEM_PROMPT": ("CHATAPP_SYSTEM_PROMPT", _text, DEFAULT_SYSTEM_PROMPT),
+    "MAX_OUTPUT_TOKENS": ("CHATAPP_MAX_OUTPUT_TOKENS", _int(1, 1_000_000), 1024),
+    "TEMPERATURE": ("CHATAPP_TEMPERATURE", _temperature, None),
+    "MAX_MESSAGE_CHARS": ("CHATAPP_MAX_MESSAGE_CHARS", _int(1, 1_000_000), 4000),
+    "REDIS_URL": ("CHATAPP_REDIS_URL", _redis_url, ""),
+    "RATE_LIMITS": ("CHATAPP_RATE_LIMITS", _text, "10/minute;200/day"),
+    "MAX_STREAMS_PER_CLIENT": ("CHATAPP_MAX_STREAMS_PER_CLIENT", _int(1), 3),
+    "TOKEN_TTL": ("CHATAPP_TOKEN_TTL", _int(60), 7200),
+    "STREAM_TTL": ("CHATAPP_STREAM_TTL", _int(10), 600),
+    "HISTORY_TTL": ("CHATAPP_HISTORY_TTL", _int(60), 86400),
+    "HEARTBEAT_SECONDS": ("CHATAPP_HEARTBEAT_SECONDS", _float(0.1), 15.0),
+    "ORPHAN_SECONDS": ("CHATAPP_ORPHAN_SECONDS", _float(0.5), 30.0),
+    "UPSTREAM_CONNECT_TIMEOUT": ("CHATAPP_UPSTREAM_CONNECT_TIMEOUT", _float(0.1), 5.0),
+    "UPSTREAM_IDLE_TIMEOUT": ("CHATAPP_UPSTREAM_IDLE_TIMEOUT", _float(0.1), 30.0),
+    "UPSTREAM_TOTAL_TIMEOUT": ("CHATAPP_UPSTREAM_TOTAL_TIMEOUT", _float(1), 300.0),
+    "EMBED_ORIGINS": ("CHATAPP_EMBED_ORIGINS", _origins, ()),
+    "WP_SHARED_SECRET": ("CHATAPP_WP_SHARED_SECRET", _text, ""),
+    "TRUSTED_PROXY_HOPS": ("CHATAPP_TRUSTED_PROXY_HOPS", _int(0, 10), 0),
+    "DAILY_TOKEN_BUDGET": ("CHATAPP_DAILY_TOKEN_BUDGET", _int(0), 0),
+    "CACHE_TTL": ("CHATAPP_CACHE_TTL", _int(0), 0),
+    # Not in SPEC's table: the demo provider's pace, so tests and benches can
+    # make it fast; the size of a request body we read at all.
+    "DEMO_DELAY_MS": ("CHATAPP_DEMO_DELAY_MS", _int(0, 10_000), 30),
+    "MAX_BODY_BYTES": ("CHATAPP_MAX_BODY_BYTES", _int(1024), 64 * 1024),
+    "HISTORY_MAX_CHARS": ("CHATAPP_HISTORY_MAX_CHARS", _int(0), 24_000),
+    "WORKER_MAX_STREAMS": ("CHATAPP_WORKER_MAX_STREAMS", _int(1), 4000),
+}
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build the validated settings from defaults, environment and overrides."""
+    env = os.environ if environ is None else environ
+    config: dict[str, Any] = {}
+    for name, (var, parse, default) in SETTINGS.items():
+        raw = env.get(var)
+        if raw is None or raw.strip() == "":
+            config[name] = default
+            continue
+        try:
+            config[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
+    if overrides:
+        config.update(overrides)
+
+    provider = PROVIDER_DEFAULTS[config["PROVIDER"]]
+    config["PROVIDER_BASE_URL"] = (
+        config["PROVIDER_BASE_URL"] or provider["base_url"]
+    ).rstrip("/")
+    config["MODEL"] = config["MODEL"] or provider["model"]
+    key_env = provider["key_env"]
+    config.setdefault(
+        "PROVIDER_API_KEY", env.get(key_env, "").strip() if key_env else ""
+    )
+    if key_env and not config["PROVIDER_API_KEY"]:
+        raise ConfigError(
+            f"CHATAPP_PROVIDER={config['PROVIDER']} needs {key_env}; set it in the "
+            "environment (it stays on the server)"
+        )
+    if config["PROVIDER_BASE_URL"] and not config["PROVIDER_BASE_URL"].startswith(
+        ("http://", "https://")
+    ):
+        raise ConfigError("CHATAPP_PROVIDER_BASE_URL must be an http(s) URL")
+
+    config["SYSTEM_PROMPT"] = _read_prompt(config["SYSTEM_PROMPT"])
+    config["EPHEMERAL_KEY"] = False
+    if not config["SECRET_KEYS"]:
+        if config["ENV"] == "production":
+            raise ConfigError(
+                "CHATAPP_ENV=production needs CHATAPP_SECRET_KEY "
+                "(generate one with: python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))')"
+            )
+        shared = env.get(EPHEMERAL_KEY_ENV, "")
+        config["SECRET_KEYS"] = (shared or secrets.token_urlsafe(32),)
+        config["EPHEMERAL_KEY"] = True
+    if config["UPSTREAM_IDLE_TIMEOUT"] > config["UPSTREAM_TOTAL_TIMEOUT"]:
+        raise ConfigError(
+            "CHATAPP_UPSTREAM_IDLE_TIMEOUT must not exceed "
+            "CHATAPP_UPSTREAM_TOTAL_TIMEOUT"
+        )
+    if config["WP_SHARED_SECRET"] and len(config["WP_SHARED_SECRET"].encode()) < 32:
+        raise ConfigError(
+            "CHATAPP_WP_SHARED_SECRET must be at least 32 bytes long "
+            "(HS256 needs a key as long as its hash)"
+        )
+    _check_rate_limits(config["RATE_LIMITS"])
+    return config
+
+
+def _read_prompt(value: str) -> str:
+    if not value.startswith("@"):
+        return value
+    path = Path(value[1:]).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"CHATAPP_SYSTEM_PROMPT=@{path}: cannot read it ({exc.strerror})"
+        ) from exc
+    if not text:
+        raise ConfigError(f"CHATAPP_SYSTEM_PROMPT=@{path}: the file is empty")
+    return text
+
+
+def _check_rate_limits(value: str) -> None:
+    # Imported here so that config stays importable without the limiter.
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"CHATAPP_RATE_LIMITS={value!r} is invalid: expected e.g. "
+            "'10/minute;200/day'"
+        ) from exc

@@ -1,0 +1,85 @@
+"""The exception tree and the one JSON error helper.
+
+ChatappError
+  ConfigError      bad settings: start-up stops with one line
+  ApiError         a refused request: status + SPEC error code, sent as JSON
+  ProviderError    the upstream failed: an SPEC `error` event code
+  StoreError       shared state (Redis) failed
+"""
+
+from __future__ import annotations
+
+from flask import Response
+from flask import jsonify
+
+
+class ChatappError(Exception):
+    """Base of every error chatapp raises on purpose."""
+
+
+class ConfigError(ChatappError):
+    """A setting is missing or invalid; the message is one line for operators."""
+
+
+class ApiError(ChatappError):
+    """A request refused with a status and a SPEC error code."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+        self.headers = headers or {}
+
+
+class ProviderError(ChatappError):
+    """The provider failed; `code` is one of SPEC's error event codes."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class StoreError(ChatappError):
+    """Shared state could not be read or written."""
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    retry_after: int | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Answer an API error as SPEC's JSON body, never cached."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    response.headers["Cache-Control"] = "no-store"
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(max(1, int(retry_after)))
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def api_error_response(exc: ApiError) -> Response:
+    """Turn a raised ApiError into its JSON answer."""
+    return error_response(
+        exc.status,
+        exc.code,
+        exc.message,
+        retry_after=exc.retry_after,
+        headers=exc.headers,
+    )

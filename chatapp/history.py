@@ -1,0 +1,115 @@
+"""Conversations and idempotency keys: who owns what, and what was said.
+
+`MemoryHistory` serves one process; `RedisHistory` (history_redis.py) shares
+conversations across workers and hosts. Both expire a conversation
+`HISTORY_TTL` seconds after its last message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """One message of a conversation as kept."""
+
+    role: str
+    content: str
+    created_at: float
+
+
+class History(Protocol):
+    """What the views and the relay need from conversation storage."""
+
+    def create(self, conversation_id: str, owner: str) -> None:
+        """Start an empty conversation owned by `owner`."""
+
+    def owner(self, conversation_id: str) -> str | None:
+        """Return the conversation's owner, or None when unknown or expired."""
+
+    def append(self, conversation_id: str, message: StoredMessage) -> None:
+        """Add a message and renew the conversation's lifetime."""
+
+    def messages(self, conversation_id: str) -> list[StoredMessage]:
+        """Return the conversation's messages, oldest first."""
+
+    def claim_idempotency(self, key: str, value: str, ttl: float) -> str | None:
+        """Store `value` under `key` unless taken; return the earlier value if so."""
+
+
+@dataclass
+class _Conversation:
+    owner: str
+    expires_at: float
+    messages: list[StoredMessage] = field(default_factory=list)
+
+
+class MemoryHistory:
+    """Conversations and idempotency keys in this process's memory."""
+
+    def __init__(
+        self,
+        ttl: float,
+        *,
+        max_messages: int = 200,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ttl = ttl
+        self._max_messages = max_messages
+        self._clock = clock
+        self._conversations: dict[str, _Conversation] = {}
+        self._keys: dict[str, tuple[str, float]] = {}
+        self._next_sweep = 0.0
+
+    def _sweep(self) -> float:
+        now = self._clock()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 30
+            for cid in [
+                c for c, v in self._conversations.items() if v.expires_at <= now
+            ]:
+                del self._conversations[cid]
+            for key in [k for k, (_, exp) in self._keys.items() if exp <= now]:
+                del self._keys[key]
+        return now
+
+    def _get(self, conversation_id: str) -> _Conversation | None:
+        now = self._sweep()
+        conversation = self._conversations.get(conversation_id)
+        if conversation is None or conversation.expires_at <= now:
+            return None
+        return conversation
+
+    def create(self, conversation_id: str, owner: str) -> None:
+        self._conversations[conversation_id] = _Conversation(
+            owner, self._sweep() + self._ttl
+        )
+
+    def owner(self, conversation_id: str) -> str | None:
+        conversation = self._get(conversation_id)
+        return conversation.owner if conversation else None
+
+    def append(self, conversation_id: str, message: StoredMessage) -> None:
+        conversation = self._get(conversation_id)
+        if conversation is None:
+            return
+        conversation.messages.append(message)
+        del conversation.messages[: -self._max_messages]
+        conversation.expires_at = self._clock() + self._ttl
+
+    def messages(self, conversation_id: str) -> list[StoredMessage]:
+        conversation = self._get(conversation_id)
+        return list(conversation.messages) if conversation else []
+
+    def claim_idempotency(self, key: str, value: str, ttl: float) -> str | None:
+        now = self._sweep()
+        held = self._keys.get(key)
+        if held is not None and held[1] > now:
+            return held[0]
+        self._keys[key] = (value, now + ttl)
+        return None

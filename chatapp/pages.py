@@ -1,0 +1,72 @@
+"""Blueprint: the chat page at / and the framable one at /embed."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from flask import Response
+from flask import render_template
+from flask import request
+
+from chatapp.extensions import state
+from chatapp.tokens import SSOExpired
+from chatapp.tokens import SSOInvalid
+from chatapp.tokens import WPUser
+from chatapp.tokens import new_identity
+from chatapp.tokens import verify_wp_sso
+
+bp = Blueprint("pages", __name__)
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
+    "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors {ancestors}"
+)
+
+
+def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
+    st = state()
+    origins = list(st.config["EMBED_ORIGINS"]) if embed else []
+    token = st.signer.page_token(new_identity(wp_user))
+    html = render_template(
+        "chat.html",
+        token=token,
+        embed=embed,
+        embed_origins=origins,
+        max_message_chars=st.config["MAX_MESSAGE_CHARS"],
+    )
+    response = Response(html, mimetype="text/html")
+    response.headers["Content-Security-Policy"] = CSP.format(
+        ancestors=" ".join(["'self'", *origins])
+    )
+    if not embed:
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    # Every render mints a fresh token: never let a cache share one.
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/")
+def index() -> Response:
+    """Serve the standalone chat page."""
+    return _page(embed=False)
+
+
+@bp.get("/embed")
+def embed() -> Response:
+    """Serve the chat for iframes, signing in a WordPress user by SSO."""
+    sso = request.args.get("sso")
+    wp_user = None
+    if sso:
+        try:
+            wp_user = verify_wp_sso(sso, state().config["WP_SHARED_SECRET"])
+        except SSOExpired:
+            wp_user = None  # degrade to an anonymous visitor
+        except SSOInvalid:
+            return Response(
+                render_template("refused.html"),
+                status=403,
+                mimetype="text/html",
+                headers={"Cache-Control": "no-store"},
+            )
+    return _page(embed=True, wp_user=wp_user)

@@ -1,0 +1,147 @@
+"""Anthropic Messages streaming."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+import requests
+
+from chatapp.errors import ProviderError
+from chatapp.providers.base import ChatRequest
+from chatapp.providers.base import Chunk
+from chatapp.providers.streaming import event_batches
+from chatapp.providers.streaming import parse_json
+
+API_VERSION = "2023-06-01"
+STOP_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "tool_use": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "refusal": "content_filter",
+}
+ERROR_TYPES = {
+    "overloaded_error": ("provider_unavailable", True),
+    "api_error": ("provider_unavailable", True),
+    "rate_limit_error": ("provider_rate_limited", True),
+    "timeout_error": ("provider_timeout", True),
+}
+
+
+class AnthropicProvider:
+    """Stream answers from the Anthropic Messages API."""
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        *,
+        session: requests.Session,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        idle_timeout: float,
+    ) -> None:
+        self._session = session
+        self._url = f"{base_url}/v1/messages"
+        self._headers = {
+            "x-api-key": api_key,
+            "anthropic-version": API_VERSION,
+            "Accept": "text/event-stream",
+        }
+        self._timeouts = {
+            "connect_timeout": connect_timeout,
+            "idle_timeout": idle_timeout,
+        }
+
+    def stream(self, request: ChatRequest) -> Generator[list[Chunk]]:
+        """Yield the answer's chunks per network read."""
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_output_tokens,
+            "messages": [
+                {"role": m.role, "content": m.content} for m in request.messages
+            ],
+            "stream": True,
+        }
+        if request.system:
+            body["system"] = request.system
+        if request.temperature is not None:
+            body["temperature"] = min(request.temperature, 1.0)
+        state = _State()
+        batches = event_batches(
+            self._session, self._url, headers=self._headers, body=body, **self._timeouts
+        )
+        try:
+            for events in batches:
+                chunks: list[Chunk] = []
+                for event in events:
+                    chunks.extend(state.handle(event.event, parse_json(event.data)))
+                if chunks:
+                    yield chunks
+                if state.stopped:
+                    return
+        finally:
+            batches.close()
+        raise ProviderError(
+            "provider_unavailable",
+            "The provider closed the connection before the answer was complete.",
+            retryable=True,
+        )
+
+
+class _State:
+    def __init__(self) -> None:
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.stopped = False
+
+    def handle(self, event: str, payload: dict[str, Any]) -> list[Chunk]:
+        kind = payload.get("type", event)
+        if kind == "content_block_delta":
+            delta = payload.get("delta") or {}
+            text = delta.get("text") if delta.get("type") == "text_delta" else None
+            return [Chunk(text=text)] if isinstance(text, str) and text else []
+        if kind == "message_start":
+            usage = (payload.get("message") or {}).get("usage") or {}
+            self._take_usage(usage)
+            return []
+        if kind == "message_delta":
+            usage = payload.get("usage") or {}
+            self._take_usage(usage)
+            reason = (payload.get("delta") or {}).get("stop_reason")
+            chunks = [
+                Chunk(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+            ]
+            if isinstance(reason, str):
+                chunks.append(Chunk(finish_reason=STOP_REASONS.get(reason, "stop")))
+            return chunks
+        if kind == "message_stop":
+            self.stopped = True
+            return []
+        if kind == "error":
+            error = payload.get("error") or {}
+            code, retryable = ERROR_TYPES.get(
+                str(error.get("type")), ("provider_error", False)
+            )
+            raise ProviderError(
+                code, "The provider reported an error mid-answer.", retryable=retryable
+            )
+        return []
+
+    def _take_usage(self, usage: dict[str, Any]) -> None:
+        inputs = [
+            usage.get(k)
+            for k in (
+                "input_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            )
+        ]
+        counted = [v for v in inputs if isinstance(v, int)]
+        if counted:
+            self.input_tokens = sum(counted)
+        if isinstance(usage.get("output_tokens"), int):
+            self.output_tokens = usage["output_tokens"]

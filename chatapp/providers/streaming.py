@@ -1,0 +1,146 @@
+"""The HTTP edge shared by the SSE-speaking providers.
+
+Owns the upstream request: timeouts, status mapping, incremental decoding and
+closing the connection whatever happens. Transport errors leave here only as
+ProviderError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from typing import Any
+
+import requests
+import urllib3.exceptions
+
+from chatapp.errors import ProviderError
+from chatapp.sse_decoder import ServerSentEvent
+from chatapp.sse_decoder import SSEDecodeError
+from chatapp.sse_decoder import SSEDecoder
+
+READ_SIZE = 64 * 1024
+# Bounds what an error body may cost us to read.
+ERROR_BODY_LIMIT = 16 * 1024
+
+_TIMEOUTS = (
+    requests.exceptions.ReadTimeout,
+    urllib3.exceptions.ReadTimeoutError,
+    TimeoutError,
+)
+_TRANSPORT = (
+    requests.exceptions.RequestException,
+    urllib3.exceptions.HTTPError,
+    OSError,
+)
+
+
+def status_error(status: int) -> ProviderError:
+    """Map an upstream HTTP status to SPEC's error event."""
+    if status in (401, 403):
+        return ProviderError("provider_error", "The provider refused our credentials.")
+    if status == 404:
+        return ProviderError(
+            "provider_error", "The provider does not know this model or URL."
+        )
+    if status == 429:
+        return ProviderError(
+            "provider_rate_limited",
+            "The provider is rate limiting us; try again shortly.",
+            retryable=True,
+        )
+    if status in (408, 504):
+        return ProviderError(
+            "provider_timeout", "The provider timed out.", retryable=True
+        )
+    if status >= 500:
+        return ProviderError(
+            "provider_unavailable",
+            "The provider is unavailable or overloaded; try again shortly.",
+            retryable=True,
+        )
+    return ProviderError(
+        "provider_error", f"The provider refused the request ({status})."
+    )
+
+
+def parse_json(data: str) -> dict[str, Any]:
+    """Parse one event's JSON data, or fail the turn with provider_error."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise ProviderError(
+            "provider_error", "The provider sent malformed data."
+        ) from exc
+    if not isinstance(value, dict):
+        raise ProviderError("provider_error", "The provider sent malformed data.")
+    return value
+
+
+def event_batches(
+    session: requests.Session,
+    url: str,
+    *,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    connect_timeout: float,
+    idle_timeout: float,
+) -> Generator[list[ServerSentEvent]]:
+    """POST and yield the SSE events each network read completes."""
+    response: requests.Response | None = None
+    try:
+        try:
+            response = session.post(
+                url,
+                json=body,
+                headers=headers,
+                stream=True,
+                timeout=(connect_timeout, idle_timeout),
+            )
+        except requests.exceptions.ConnectTimeout as exc:
+            raise ProviderError(
+                "provider_timeout",
+                "Could not connect to the provider in time.",
+                retryable=True,
+            ) from exc
+        except _TIMEOUTS as exc:
+            raise ProviderError(
+                "provider_timeout",
+                "The provider did not answer in time.",
+                retryable=True,
+            ) from exc
+        except _TRANSPORT as exc:
+            raise ProviderError(
+                "provider_unavailable", "Could not reach the provider.", retryable=True
+            ) from exc
+        if response.status_code != 200:
+            raise status_error(response.status_code)
+        decoder = SSEDecoder()
+        while True:
+            try:
+                data = response.raw.read1(READ_SIZE)
+            except _TIMEOUTS as exc:
+                raise ProviderError(
+                    "provider_timeout", "The provider went silent.", retryable=True
+                ) from exc
+            except _TRANSPORT as exc:
+                raise ProviderError(
+                    "provider_unavailable",
+                    "The connection to the provider dropped.",
+                    retryable=True,
+                ) from exc
+            if not data:
+                return
+            try:
+                events = decoder.feed(data)
+            except SSEDecodeError as exc:
+                raise ProviderError(
+                    "provider_error", "The provider sent an oversized line."
+                ) from exc
+            if events:
+                yield events
+    finally:
+        if response is not None:
+            # Closing (not releasing) drops the socket, so the provider sees
+            # the cancel at once and stops generating.
+            response.close()

@@ -1,0 +1,182 @@
+"""Signed page and stream tokens, and WordPress SSO verification.
+
+Each purpose has its own salt and max-age, so a token minted for one purpose
+never verifies for another. Keys rotate by a list: the first signs, all verify.
+This module signs and verifies; it never reads the request.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from itsdangerous import BadSignature
+from itsdangerous import SignatureExpired
+from itsdangerous import URLSafeTimedSerializer
+
+PAGE_SALT = "chatapp.page-token.v1"
+STREAM_SALT = "chatapp.stream-token.v1"
+REFRESH_GRACE_SECONDS = 7 * 24 * 3600
+SSO_AUDIENCE = "chatapp"
+SSO_MAX_LIFETIME = 600
+SSO_LEEWAY = 30
+
+
+class TokenInvalid(Exception):
+    """The token is missing, malformed, forged or for another purpose."""
+
+
+class TokenExpired(Exception):
+    """The token was genuine but is past its max-age."""
+
+
+class SSOInvalid(Exception):
+    """The WordPress SSO token is forged, malformed or breaks a rule."""
+
+
+class SSOExpired(Exception):
+    """The WordPress SSO token was genuine but has expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Who a page token speaks for: a random visitor, maybe a WordPress user."""
+
+    visitor: str
+    wp_user: str | None = None
+    wp_site: str | None = None
+    wp_name: str | None = None
+
+    @property
+    def owner(self) -> str:
+        """Key that owns conversations and turns."""
+        if self.wp_user is not None:
+            return f"wp:{self.wp_site or ''}:{self.wp_user}"
+        return f"v:{self.visitor}"
+
+
+@dataclass(frozen=True, slots=True)
+class WPUser:
+    """A verified WordPress user from an SSO token."""
+
+    sub: str
+    name: str
+    site: str
+
+
+def new_identity(wp_user: WPUser | None = None) -> Identity:
+    """Mint a fresh visitor, carrying the WordPress user when one is verified."""
+    visitor = secrets.token_urlsafe(12)
+    if wp_user is None:
+        return Identity(visitor)
+    return Identity(visitor, wp_user.sub, wp_user.site, wp_user.name)
+
+
+class TokenSigner:
+    """Sign and verify page and stream tokens with rotating keys."""
+
+    def __init__(
+        self, keys: tuple[str, ...], *, page_ttl: int, stream_ttl: int
+    ) -> None:
+        # itsdangerous signs with the last key of the list; SPEC says the first.
+        ordered = list(reversed(keys))
+        self._page = URLSafeTimedSerializer(ordered, salt=PAGE_SALT)
+        self._stream = URLSafeTimedSerializer(ordered, salt=STREAM_SALT)
+        self.page_ttl = page_ttl
+        self.stream_ttl = stream_ttl
+
+    def page_token(self, identity: Identity) -> str:
+        """Mint a page token for this identity."""
+        payload: dict[str, Any] = {"v": identity.visitor}
+        if identity.wp_user is not None:
+            payload.update(u=identity.wp_user, s=identity.wp_site, n=identity.wp_name)
+        return str(self._page.dumps(payload))
+
+    def read_page_token(self, token: str | None, *, grace: int = 0) -> Identity:
+        """Verify a page token; `grace` extends its max-age (for refresh)."""
+        payload = _loads(self._page, token, self.page_ttl + grace)
+        visitor = payload.get("v")
+        if not isinstance(visitor, str) or not visitor:
+            raise TokenInvalid("page token has no visitor")
+        user = payload.get("u")
+        return Identity(
+            visitor,
+            str(user) if user is not None else None,
+            payload.get("s"),
+            payload.get("n"),
+        )
+
+    def stream_token(self, turn_id: str) -> str:
+        """Mint the token that opens one turn's event stream."""
+        return str(self._stream.dumps({"t": turn_id}))
+
+    def check_stream_token(self, token: str | None, turn_id: str) -> None:
+        """Verify that a stream token opens this very turn."""
+        payload = _loads(self._stream, token, self.stream_ttl)
+        if payload.get("t") != turn_id:
+            raise TokenInvalid("stream token is for another turn")
+
+
+def _loads(
+    serializer: URLSafeTimedSerializer, token: str | None, max_age: int
+) -> dict[str, Any]:
+    if not token or not isinstance(token, str) or len(token) > 2048:
+        raise TokenInvalid("no token")
+    try:
+        payload = serializer.loads(token, max_age=max_age)
+    except SignatureExpired as exc:
+        raise TokenExpired("token expired") from exc
+    except BadSignature as exc:
+        raise TokenInvalid("bad token") from exc
+    if not isinstance(payload, dict):
+        raise TokenInvalid("bad token payload")
+    return payload
+
+
+def verify_wp_sso(token: str, secret: str, *, now: float | None = None) -> WPUser:
+    """Verify the WordPress plugin's HS256 JWT and return its user."""
+    if not secret:
+        raise SSOInvalid("WordPress SSO is not configured")
+    if not token or len(token) > 4096:
+        raise SSOInvalid("empty or oversized SSO token")
+    current = time.time() if now is None else now
+    try:
+        # PyJWT validates against the clock; shift the token's view when `now`
+        # is given (tests) by checking time claims ourselves.
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=SSO_AUDIENCE,
+            leeway=SSO_LEEWAY,
+            options={
+                "require": ["sub", "iat", "exp", "aud"],
+                "verify_exp": False,
+                "verify_iat": False,
+                "verify_nbf": False,
+            },
+        )
+    except jwt.InvalidTokenError as exc:
+        raise SSOInvalid(f"SSO token refused: {exc}") from exc
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if not isinstance(iat, int | float) or not isinstance(exp, int | float):
+        raise SSOInvalid("iat and exp must be numbers")
+    if exp - iat > SSO_MAX_LIFETIME or exp <= iat:
+        raise SSOInvalid("SSO token lifetime must be at most 10 minutes")
+    if iat > current + SSO_LEEWAY:
+        raise SSOInvalid("SSO token issued in the future")
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 64:
+        raise SSOInvalid("sub must be a non-empty string")
+    if exp + SSO_LEEWAY < current:
+        raise SSOExpired("SSO token expired")
+    name = claims.get("name")
+    site = claims.get("site")
+    return WPUser(
+        sub=sub,
+        name=name[:200] if isinstance(name, str) else "",
+        site=site[:500] if isinstance(site, str) else "",
+    )

@@ -1,0 +1,379 @@
+"""Real parts for the tests: redis-server, gunicorn services, a fake provider."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from chatapp.sse_decoder import ServerSentEvent
+from chatapp.sse_decoder import SSEDecoder
+from tests.fake_provider import FakeProvider
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+
+
+def free_port() -> int:
+    """Ask the OS for a free port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.02) -> Any:
+    """Poll a readiness probe of an external process until it holds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+# -- redis ------------------------------------------------------------------
+
+
+class RedisServer:
+    """A real redis-server on a free port, killable and restartable."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="chatapp-redis-")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self.ping, 10, "redis-server to answer")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def command(self, *args: str) -> bytes:
+        """Run one command with redis-cli and return its raw output."""
+        return subprocess.run(
+            ["redis-cli", "-p", str(self.port), *args],
+            check=True,
+            capture_output=True,
+        ).stdout
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def flush(self) -> None:
+        self.command("FLUSHALL")
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.kill()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+# -- the service under gunicorn ----------------------------------------------
+
+
+def _clean_env() -> dict[str, str]:
+    drop = ("CHATAPP_", "OPENAI_", "ANTHROPIC_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+
+
+@dataclass
+class Service:
+    """chatapp running under real gunicorn with gevent workers."""
+
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: Any = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Service:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for(self._ready, 30, f"the service on {self.url}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"gunicorn exited early:\n{self.log()}")
+        try:
+            return requests.get(self.url + "/healthz", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers' pids (children of the master)."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        try:
+            return [int(p) for p in children.read_text().split()]
+        except OSError:
+            return []
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class ServiceFactory:
+    """Start services with given settings; stop them all at teardown."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Service] = []
+
+    def __call__(self, **settings: Any) -> Service:
+        env = _clean_env()
+        env.update({"CHATAPP_DEMO_DELAY_MS": "2", "CHATAPP_LOG_LEVEL": "warning"})
+        env.update({k: str(v) for k, v in settings.items()})
+        port = free_port()
+        env["CHATAPP_BIND"] = f"127.0.0.1:{port}"
+        log_path = self.tmp / f"gunicorn-{port}.log"
+        service = Service(env, port, log_path)
+        self.started.append(service)
+        return service.start()
+
+    def stop_all(self) -> None:
+        for service in self.started:
+            service.stop()
+
+
+@pytest.fixture
+def service_factory(tmp_path: Path) -> Iterator[ServiceFactory]:
+    factory = ServiceFactory(tmp_path)
+    yield factory
+    factory.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_services(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ServiceFactory]:
+    factory = ServiceFactory(tmp_path_factory.mktemp("services"))
+    yield factory
+    factory.stop_all()
+
+
+# -- the fake provider -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fake_provider_server() -> Iterator[FakeProvider]:
+    with FakeProvider() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_provider(fake_provider_server: FakeProvider) -> FakeProvider:
+    fake_provider_server.reset()
+    return fake_provider_server
+
+
+def openai_settings(fake: FakeProvider, **extra: Any) -> dict[str, Any]:
+    return {
+        "CHATAPP_PROVIDER": "openai",
+        "CHATAPP_PROVIDER_BASE_URL": fake.openai_base_url,
+        "OPENAI_API_KEY": "test-openai-key-not-secret",
+        **extra,
+    }
+
+
+def anthropic_settings(fake: FakeProvider, **extra: Any) -> dict[str, Any]:
+    return {
+        "CHATAPP_PROVIDER": "anthropic",
+        "CHATAPP_PROVIDER_BASE_URL": fake.anthropic_base_url,
+        "ANTHROPIC_API_KEY": "test-anthropic-key-not-secret",
+        **extra,
+    }
+
+
+@pytest.fixture
+def openai_service(
+    module_services: ServiceFactory, fake_provider: FakeProvider
+) -> Service:
+    return _shared(module_services, openai_settings(fake_provider))
+
+
+@pytest.fixture
+def anthropic_service(
+    module_services: ServiceFactory, fake_provider: FakeProvider
+) -> Service:
+    return _shared(module_services, anthropic_settings(fake_provider))
+
+
+def _shared(factory: ServiceFactory, settings: dict[str, Any]) -> Service:
+    """Reuse one running service per settings within a module."""
+    for service in factory.started:
+        if all(service.env.get(k) == str(v) for k, v in settings.items()):
+            if service.proc is not None and service.proc.poll() is None:
+                return service
+    return factory(**settings)
+
+
+# -- a client that acts as a browser does -------------------------------------
+
+
+@dataclass
+class Turn:
+    """A started turn as the API described it."""
+
+    id: str
+    conversation_id: str
+    stream_url: str
+    cancel_url: str
+
+
+class ChatClient:
+    """Get a page token, start turns, read their streams: as a browser would."""
+
+    def __init__(self, base_url: str, token: str | None = None) -> None:
+        self.base_url = base_url
+        self.http = requests.Session()
+        self.token = token or self.page_token()
+
+    def page_token(self, path: str = "/") -> str:
+        html = self.http.get(self.base_url + path, timeout=10).text
+        marker = 'name="chatapp-token" content="'
+        start = html.index(marker) + len(marker)
+        return html[start : html.index('"', start)]
+
+    def post(self, **fields: Any) -> requests.Response:
+        headers = fields.pop("headers", {})
+        body = {"token": self.token, **fields}
+        return self.http.post(
+            self.base_url + "/api/chat", json=body, headers=headers, timeout=10
+        )
+
+    def start(self, message: str, **fields: Any) -> Turn:
+        response = self.post(message=message, **fields)
+        assert response.status_code == 201, response.text
+        body = response.json()
+        return Turn(
+            body["id"], body["conversation_id"], body["stream_url"], body["cancel_url"]
+        )
+
+    def open_stream(
+        self, turn: Turn, last_event_id: int | None = None, **kwargs: Any
+    ) -> requests.Response:
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        return self.http.get(
+            self.base_url + turn.stream_url,
+            headers=headers,
+            stream=True,
+            timeout=kwargs.pop("timeout", 30),
+            **kwargs,
+        )
+
+    def events(
+        self, turn: Turn, last_event_id: int | None = None, limit: int | None = None
+    ) -> list[ServerSentEvent]:
+        """Read the stream until `done` (or `limit` events) and close it."""
+        response = self.open_stream(turn, last_event_id)
+        assert response.status_code == 200, response.text
+        decoder = SSEDecoder()
+        out: list[ServerSentEvent] = []
+        try:
+            for data in response.raw.stream(1024, decode_content=False):
+                for event in decoder.feed(data):
+                    out.append(event)
+                    if event.event == "done" or (limit and len(out) >= limit):
+                        return out
+        finally:
+            response.close()
+        return out
+
+    def cancel(self, turn: Turn) -> requests.Response:
+        return self.http.post(self.base_url + turn.cancel_url, timeout=10)
+
+    def answer(self, message: str, **fields: Any) -> tuple[Turn, list[ServerSentEvent]]:
+        turn = self.start(message, **fields)
+        return turn, self.events(turn)
+
+
+def text_of(events: list[ServerSentEvent]) -> str:
+    """Join the delta texts of a stream."""
+    return "".join(json.loads(e.data)["text"] for e in events if e.event == "delta")
+
+
+def data_of(events: list[ServerSentEvent], name: str) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in events if e.event == name]

@@ -1,0 +1,91 @@
+"""Settings are read once, validated, and fail fast with one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatapp.config import load_config
+from chatapp.errors import ConfigError
+
+
+def test_no_settings_means_demo_memory_and_ephemeral_key() -> None:
+    config = load_config({})
+    assert config["PROVIDER"] == "demo"
+    assert config["REDIS_URL"] == ""
+    assert config["EPHEMERAL_KEY"] is True
+    assert len(config["SECRET_KEYS"]) == 1
+    assert config["MAX_OUTPUT_TOKENS"] == 1024
+    assert config["MAX_MESSAGE_CHARS"] == 4000
+    assert config["RATE_LIMITS"] == "10/minute;200/day"
+
+
+def test_workers_share_the_masters_ephemeral_key() -> None:
+    env = {"CHATAPP_EPHEMERAL_SECRET_KEY": "shared"}
+    assert load_config(env)["SECRET_KEYS"] == ("shared",)
+
+
+def test_key_list_rotates() -> None:
+    config = load_config({"CHATAPP_SECRET_KEY": "new, old ,"})
+    assert config["SECRET_KEYS"] == ("new", "old")
+    assert config["EPHEMERAL_KEY"] is False
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"CHATAPP_PROVIDER": "openai"}, "OPENAI_API_KEY"),
+        ({"CHATAPP_PROVIDER": "anthropic"}, "ANTHROPIC_API_KEY"),
+        ({"CHATAPP_PROVIDER": "gemini"}, "CHATAPP_PROVIDER"),
+        ({"CHATAPP_ENV": "production"}, "CHATAPP_SECRET_KEY"),
+        ({"CHATAPP_MAX_OUTPUT_TOKENS": "lots"}, "CHATAPP_MAX_OUTPUT_TOKENS"),
+        ({"CHATAPP_MAX_MESSAGE_CHARS": "0"}, "CHATAPP_MAX_MESSAGE_CHARS"),
+        ({"CHATAPP_TEMPERATURE": "3"}, "CHATAPP_TEMPERATURE"),
+        ({"CHATAPP_REDIS_URL": "http://x"}, "CHATAPP_REDIS_URL"),
+        ({"CHATAPP_RATE_LIMITS": "ten per minute"}, "CHATAPP_RATE_LIMITS"),
+        ({"CHATAPP_EMBED_ORIGINS": "https://a.example/path"}, "CHATAPP_EMBED_ORIGINS"),
+        ({"CHATAPP_WP_SHARED_SECRET": "short"}, "CHATAPP_WP_SHARED_SECRET"),
+        (
+            {"CHATAPP_SYSTEM_PROMPT": "@/nonexistent/prompt.txt"},
+            "CHATAPP_SYSTEM_PROMPT",
+        ),
+        ({"CHATAPP_PROVIDER_BASE_URL": "ftp://x"}, "CHATAPP_PROVIDER_BASE_URL"),
+    ],
+)
+def test_bad_settings_stop_with_one_line(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(env)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_provider_defaults_and_overrides() -> None:
+    config = load_config(
+        {
+            "CHATAPP_PROVIDER": "openai",
+            "OPENAI_API_KEY": "k",
+            "CHATAPP_PROVIDER_BASE_URL": "http://127.0.0.1:11434/v1/",
+            "CHATAPP_MODEL": "llama3.2",
+            "CHATAPP_TEMPERATURE": "0.2",
+        }
+    )
+    assert config["PROVIDER_BASE_URL"] == "http://127.0.0.1:11434/v1"
+    assert config["MODEL"] == "llama3.2"
+    assert config["TEMPERATURE"] == 0.2
+    assert config["PROVIDER_API_KEY"] == "k"
+
+
+def test_system_prompt_from_file(tmp_path: Path) -> None:
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("You answer in haiku.\n", encoding="utf-8")
+    config = load_config({"CHATAPP_SYSTEM_PROMPT": f"@{prompt}"})
+    assert config["SYSTEM_PROMPT"] == "You answer in haiku."
+
+
+def test_embed_origins_are_parsed() -> None:
+    config = load_config(
+        {"CHATAPP_EMBED_ORIGINS": "https://blog.example http://127.0.0.1:8080/"}
+    )
+    assert config["EMBED_ORIGINS"] == ("https://blog.example", "http://127.0.0.1:8080")

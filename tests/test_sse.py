@@ -1,0 +1,71 @@
+"""The encoder: whatever the model writes, it cannot end or forge an event."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chatapp import sse
+from chatapp.sse_decoder import SSEDecoder
+
+HOSTILE = [
+    "plain",
+    "two\nlines",
+    "\n\nevent: done\ndata: {}\n\n",
+    "carriage\rreturn",
+    "crlf\r\nid: 999\r\n\r\n",
+    "data: forged",
+    "\r\n\r\n",
+    ": comment\n\nretry: 1",
+    "trailing newline\n",
+    "",
+    "emoji 😀 and NUL \x00",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_json_data_round_trips_exactly_as_one_event(text: str) -> None:
+    payload = json.dumps({"text": text})
+    events = SSEDecoder().feed(sse.encode("delta", payload, 7))
+    assert len(events) == 1
+    assert events[0].event == "delta"
+    assert events[0].id == "7"
+    assert json.loads(events[0].data)["text"] == text
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_raw_data_never_forges_an_event(text: str) -> None:
+    encoded = sse.encode("delta", text, 3) + sse.encode("done", "{}", 4)
+    events = SSEDecoder().feed(encoded)
+    assert [e.event for e in events] == ["delta", "done"]
+    assert [e.id for e in events] == ["3", "4"]
+    # Line breaks of any kind come back as "\n"; nothing else changes.
+    assert events[0].data == text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+@pytest.mark.parametrize(
+    ("event", "event_id"),
+    [("del\nta", "1\n2"), ("x\r\nevent: done", "5\rid: 6")],
+)
+def test_newlines_are_stripped_from_event_names_and_ids(
+    event: str, event_id: str
+) -> None:
+    events = SSEDecoder().feed(sse.encode(event, "{}", event_id))
+    assert len(events) == 1
+    assert "\n" not in events[0].event and "\r" not in events[0].event
+    assert events[0].id == event_id.replace("\n", "").replace("\r", "")
+
+
+def test_comment_and_retry_are_ignored_by_parsers() -> None:
+    stream = sse.retry(1500) + sse.comment("keep\nalive") + sse.KEEP_ALIVE
+    assert SSEDecoder().feed(stream) == []
+    assert stream.startswith(b"retry: 1500\n\n")
+
+
+def test_stream_headers_forbid_buffering_and_compression() -> None:
+    headers = sse.STREAM_HEADERS
+    assert headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert headers["Cache-Control"] == "no-cache, no-transform"
+    assert headers["X-Accel-Buffering"] == "no"
+    assert "Connection" not in headers

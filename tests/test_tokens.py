@@ -1,0 +1,143 @@
+"""Page and stream tokens, key rotation, and WordPress SSO."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+
+from chatapp.tokens import Identity
+from chatapp.tokens import SSOExpired
+from chatapp.tokens import SSOInvalid
+from chatapp.tokens import TokenExpired
+from chatapp.tokens import TokenInvalid
+from chatapp.tokens import TokenSigner
+from chatapp.tokens import verify_wp_sso
+
+
+def signer(*keys: str, page_ttl: int = 60) -> TokenSigner:
+    return TokenSigner(keys or ("k1",), page_ttl=page_ttl, stream_ttl=60)
+
+
+def test_page_token_round_trips_identity() -> None:
+    identity = Identity("visitor1", "42", "https://blog.example", "Ada")
+    assert signer().read_page_token(signer().page_token(identity)) == identity
+
+
+def test_stream_token_is_not_a_page_token_and_vice_versa() -> None:
+    s = signer()
+    stream = s.stream_token("turn-1")
+    page = s.page_token(Identity("v"))
+    with pytest.raises(TokenInvalid):
+        s.read_page_token(stream)
+    with pytest.raises(TokenInvalid):
+        s.check_stream_token(page, "turn-1")
+
+
+def test_stream_token_is_bound_to_its_turn() -> None:
+    s = signer()
+    s.check_stream_token(s.stream_token("turn-1"), "turn-1")
+    with pytest.raises(TokenInvalid):
+        s.check_stream_token(s.stream_token("turn-1"), "turn-2")
+
+
+def test_rotation_first_key_signs_all_verify() -> None:
+    old = signer("old")
+    rotated = signer("new", "old")
+    token = old.page_token(Identity("v"))
+    assert rotated.read_page_token(token).visitor == "v"
+    fresh = rotated.page_token(Identity("w"))
+    with pytest.raises(TokenInvalid):
+        old.read_page_token(fresh)
+    assert signer("new").read_page_token(fresh).visitor == "w"
+
+
+@pytest.mark.parametrize("token", [None, "", "garbage", "a.b.c", "x" * 5000])
+def test_malformed_tokens_are_invalid(token: str | None) -> None:
+    with pytest.raises(TokenInvalid):
+        signer().read_page_token(token)
+
+
+def test_expired_page_token_is_expired_but_refreshable_within_grace() -> None:
+    token = signer().page_token(Identity("old"))
+    # A max-age below zero makes a token minted now look long expired.
+    later = TokenSigner(("k1",), page_ttl=-60, stream_ttl=60)
+    with pytest.raises(TokenExpired):
+        later.read_page_token(token)
+    assert later.read_page_token(token, grace=7 * 24 * 3600).visitor == "old"
+
+
+SECRET = "wp-shared-secret-of-at-least-32-bytes!"
+
+
+def sso(**overrides: object) -> str:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": "7",
+        "name": "Ada",
+        "site": "https://blog.example",
+        "iat": now,
+        "exp": now + 300,
+        "aud": "chatapp",
+    }
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+def test_sso_accepts_a_good_token() -> None:
+    user = verify_wp_sso(sso(), SECRET)
+    assert (user.sub, user.name, user.site) == ("7", "Ada", "https://blog.example")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        pytest.param(sso(aud="other"), id="wrong-audience"),
+        pytest.param(sso(sub=7), id="numeric-sub"),
+        pytest.param(sso(sub=None), id="no-sub"),
+        pytest.param(sso(exp=int(time.time()) + 3600), id="too-long-lived"),
+        pytest.param(
+            jwt.encode(
+                {"sub": "7"}, "another-secret-of-at-least-32-bytes", algorithm="HS256"
+            ),
+            id="bad-sig",
+        ),
+        pytest.param(
+            jwt.encode(
+                {"sub": "7", "aud": "chatapp", "iat": 1, "exp": 2},
+                SECRET * 2,
+                algorithm="HS512",
+            ),
+            id="hs512",
+        ),
+        pytest.param(sso() + "x", id="tampered"),
+        pytest.param("not.a.jwt", id="garbage"),
+    ],
+)
+def test_sso_refuses_bad_tokens(token: str) -> None:
+    with pytest.raises(SSOInvalid):
+        verify_wp_sso(token, SECRET)
+
+
+def test_sso_refuses_alg_none() -> None:
+    now = int(time.time())
+    token = jwt.encode(
+        {"sub": "7", "aud": "chatapp", "iat": now, "exp": now + 60},
+        key=None,
+        algorithm="none",
+    )
+    with pytest.raises(SSOInvalid):
+        verify_wp_sso(token, SECRET)
+
+
+def test_sso_expired_is_told_apart() -> None:
+    past = int(time.time()) - 3600
+    with pytest.raises(SSOExpired):
+        verify_wp_sso(sso(iat=past, exp=past + 300), SECRET)
+
+
+def test_sso_tolerates_small_clock_skew() -> None:
+    now = int(time.time())
+    assert verify_wp_sso(sso(iat=now + 10, exp=now + 310), SECRET).sub == "7"
