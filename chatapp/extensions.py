@@ -64,7 +64,8 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         from chatapp.redis_store import connect
 
         redis_client = connect(config["REDIS_URL"], config["WORKER_MAX_STREAMS"])
-        turns = RedisTurnLog(redis_client)
+        running = config["UPSTREAM_TOTAL_TIMEOUT"] + config["STREAM_TTL"] + 60
+        turns = RedisTurnLog(redis_client, running)
         history = RedisHistory(redis_client, config["HISTORY_TTL"])
     else:
         turns = MemoryTurnLog()

@@ -33,7 +33,7 @@ from chatapp.streams import TurnLog
 log = logging.getLogger(__name__)
 
 RETRY_MS = 2000
-LEASE_SECONDS = 6.0
+LEASE_SECONDS = 4.0
 SUPERVISE_EVERY = 1.0
 
 
@@ -100,7 +100,7 @@ class Relay:
         """Log the turn and start generating its answer at once."""
         s = self.settings
         self.turns.create(info, s.total_timeout + s.stream_ttl + LEASE_SECONDS)
-        self.turns.keep_alive([info.id], LEASE_SECONDS)
+        self.turns.pulse([info.id], LEASE_SECONDS)
         self.turns.touch_reader(info.id, s.orphan)
         run = _Run()
         self._producers[info.id] = run
@@ -257,13 +257,14 @@ class Relay:
             if not ids:
                 break
             try:
-                self.turns.keep_alive(ids, LEASE_SECONDS)
-                present = self.turns.readers_present(ids)
+                pulses = self.turns.pulse(ids, LEASE_SECONDS)
             except StoreError:
                 log.warning("supervisor: the turn log did not answer")
                 continue
-            for turn_id, alive in zip(ids, present, strict=True):
-                if not alive:
+            for turn_id, pulse in zip(ids, pulses, strict=True):
+                if pulse.cancel:
+                    self._cancel_local(turn_id, "cancelled")
+                elif not pulse.readers:
                     log.info("turn %s: no reader for %.0fs", turn_id, orphan)
                     self._cancel_local(turn_id, "orphaned")
 

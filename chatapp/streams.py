@@ -40,6 +40,14 @@ class Event:
     data: str
 
 
+@dataclass(frozen=True, slots=True)
+class TurnPulse:
+    """What a producer's supervisor learns about its turn each second."""
+
+    readers: bool  # a reader touched the turn within the orphan time
+    cancel: bool  # someone asked to cancel it
+
+
 class TurnLog(Protocol):
     """What the relay and the views need from a turn log."""
 
@@ -73,11 +81,8 @@ class TurnLog(Protocol):
     def touch_reader(self, turn_id: str, ttl: float) -> None:
         """Record that a reader is present for the next `ttl` seconds."""
 
-    def readers_present(self, turn_ids: list[str]) -> list[bool]:
-        """Tell, per turn, whether a reader touched it within its ttl."""
-
-    def keep_alive(self, turn_ids: list[str], ttl: float) -> None:
-        """Renew the lease of turns this process is producing."""
+    def pulse(self, turn_ids: list[str], lease: float) -> list[TurnPulse]:
+        """Renew these turns' producer leases; report readers and cancels."""
 
     def producer_alive(self, turn_id: str) -> bool:
         """Tell whether the turn's producer renewed its lease recently."""
@@ -183,16 +188,19 @@ class MemoryTurnLog:
         if turn is not None:
             turn.reader_until = self._clock() + ttl
 
-    def readers_present(self, turn_ids: list[str]) -> list[bool]:
+    def pulse(self, turn_ids: list[str], lease: float) -> list[TurnPulse]:
+        # No lease to renew: producer and readers share this process.
         now = self._clock()
-        present = []
+        pulses = []
         for turn_id in turn_ids:
             turn = self._get(turn_id)
-            present.append(bool(turn and turn.reader_until > now))
-        return present
-
-    def keep_alive(self, turn_ids: list[str], ttl: float) -> None:
-        """Nothing to renew: producer and readers share this process."""
+            pulses.append(
+                TurnPulse(
+                    readers=bool(turn and turn.reader_until > now),
+                    cancel=bool(turn and turn.cancel),
+                )
+            )
+        return pulses
 
     def producer_alive(self, turn_id: str) -> bool:
         return True

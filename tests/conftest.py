@@ -202,7 +202,16 @@ class ServiceFactory:
 
     def __call__(self, **settings: Any) -> Service:
         env = _clean_env()
-        env.update({"CHATAPP_DEMO_DELAY_MS": "2", "CHATAPP_LOG_LEVEL": "warning"})
+        env.update(
+            {
+                "CHATAPP_DEMO_DELAY_MS": "2",
+                "CHATAPP_LOG_LEVEL": "warning",
+                # Tests of other behaviour must not trip the visitor limits;
+                # the limits' own tests set them.
+                "CHATAPP_RATE_LIMITS": "100000/minute",
+                "CHATAPP_MAX_STREAMS_PER_CLIENT": "1000",
+            }
+        )
         env.update({k: str(v) for k, v in settings.items()})
         port = free_port()
         env["CHATAPP_BIND"] = f"127.0.0.1:{port}"
