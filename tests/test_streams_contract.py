@@ -17,7 +17,8 @@ pytestmark = pytest.mark.redis
 BOOT = (
     "from gevent import monkey; monkey.patch_all()\n"
     "import sys, pytest\n"
-    "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/gevent_contract.py']))\n"
+    "args = ['-q', '-p', 'no:cacheprovider', 'tests/gevent_contract.py']\n"
+    "sys.exit(pytest.main(args))\n"
 )
 
 

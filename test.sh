@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install what the tests need (once) and run them all: lint, types, tests.
+# The tests start their own redis-server, gunicorn services, fake provider
+# and headless Chromium, all on 127.0.0.1.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+command -v php >/dev/null || need+=(php-cli)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "test.sh: please install: ${need[*]} (apt-get install -y ${need[*]})" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+if [ requirements-dev.txt -nt .venv/.installed-dev ] || [ requirements.txt -nt .venv/.installed-dev ] \
+   || ! .venv/bin/python -c 'import pytest, playwright, ruff' 2>/dev/null; then
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
+  touch .venv/.installed-dev
+fi
+
+.venv/bin/ruff check chatapp tests bench wsgi.py gunicorn.conf.py
+.venv/bin/ruff format --check chatapp tests bench wsgi.py gunicorn.conf.py
+.venv/bin/mypy
+exec .venv/bin/pytest "$@"
