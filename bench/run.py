@@ -1,0 +1,1023 @@
+"""Run the chatapp benchmark: one command, everything on 127.0.0.1, bounded in time.
+
+    .venv/bin/python -m bench.run                 # the full run (about 10 min)
+    .venv/bin/python -m bench.run --quick         # a smoke test (under a minute)
+    .venv/bin/python -m bench.run --n 100,1000 --mode memory
+
+It starts a fake upstream (`bench.upstream`), for each N the floor (load
+client straight to the upstream), then per mode the service under gunicorn
+(memory: 1 worker; redis: 2 workers and a redis-server of its own), and the
+load client (`bench.loadgen`, its own processes). Per service run:
+
+1. hold: open N streams at once, read the workers' RSS, cancel them all;
+2. load: N browsers in a closed loop; figures come from a steady window;
+3. at the smallest N only, cancel: time cancels and vanished readers to the
+   upstream connection closing, against a silent and a streaming upstream.
+
+Service CPU and RSS are read from the gunicorn workers' /proc entries only.
+Every process started is stopped by its pid at the end, on error, on Ctrl-C
+and at the global deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import secrets
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from bench.procs import Children
+from bench.procs import children_of
+from bench.procs import cpu_seconds
+from bench.procs import free_port
+from bench.procs import raise_nofile_limit
+from bench.procs import rss_bytes
+from bench.procs import wait_until
+from bench.protocol import Pace
+from bench.protocol import marker
+from bench.stats import errors_text
+from bench.stats import histogram_percentile
+from bench.stats import markdown_table
+from bench.stats import merge_counts
+from bench.stats import ms
+from bench.stats import number
+from bench.stats import percentile
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TOKEN_MARK = 'name="chatapp-token" content="'
+CLIENT_START_SECONDS = 1.5
+QUIET_SAMPLE_SECONDS = 1.0
+QUIET_BUSY_CORES = 0.3
+CANCEL_LABELS = {
+    "cancel_silent": "cancel, upstream silent",
+    "cancel_streaming": "cancel, upstream streaming",
+    "vanish_silent": "reader vanished, upstream silent",
+    "vanish_streaming": "reader vanished, upstream streaming",
+}
+
+
+class DeadlineExceeded(Exception):
+    """The run's global deadline passed."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run; see `parse_args` for the meaning of each."""
+
+    ns: tuple[int, ...]
+    modes: tuple[str, ...]
+    pace: Pace
+    window: float
+    settle: float
+    drain: float
+    cancel_count: int
+    orphan_seconds: float
+    clients: int
+    deadline: float
+    out: Path
+    quick: bool
+    service_root: Path = ROOT
+    quiet_wait: float = 0.0
+    profile: bool = False
+
+    def ramp(self, n: int) -> float:
+        """Spread N starts: about 1,000 per second, 0.5 s at least."""
+        return min(5.0, max(0.5, n / 1000))
+
+    def client_count(self, n: int) -> int:
+        return self.clients or (1 if n <= 1000 else 2)
+
+
+@dataclass
+class Run:
+    """Everything measured, kept as plain data for the JSON report."""
+
+    machine: dict[str, Any]
+    options: dict[str, Any]
+    floor: dict[int, dict[str, Any]] = field(default_factory=dict)
+    service: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
+    cancel: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# -- the processes ------------------------------------------------------------
+
+
+class LineReader:
+    """Read JSON lines from a child's stdout with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self._stdout = proc.stdout
+        self._buf = b""
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._stdout, selectors.EVENT_READ)
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        """Return the next JSON line, or None at EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._selector.select(left):
+                return None
+            data = os.read(self._stdout.fileno(), 65536)
+            if not data:
+                return None
+            self._buf += data
+        line, self._buf = self._buf.split(b"\n", 1)
+        value: dict[str, Any] = json.loads(line)
+        return value
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+class Bench:
+    """Start, measure and stop the parts of one benchmark run."""
+
+    def __init__(self, options: Options, rundir: Path) -> None:
+        self.opt = options
+        self.rundir = rundir
+        self.children = Children()
+        self.upstream_port = 0
+        self.upstream: subprocess.Popen[bytes] | None = None
+        self.redis_port = 0
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.quiet_budget = options.quiet_wait
+        self.phases = 0  # numbers each client start: request ids stay unique
+
+    def log_file(self, name: str) -> Any:
+        return open(self.rundir / f"{name}.log", "ab")  # noqa: SIM115 - closed at exit
+
+    def time_left(self) -> float:
+        return self.opt.deadline - time.monotonic()
+
+    # -- upstream and redis -------------------------------------------------
+
+    def start_upstream(self) -> None:
+        self.upstream_port = free_port()
+        self.upstream = self.children.start(
+            "upstream",
+            [
+                PYTHON,
+                "-m",
+                "bench.upstream",
+                "--port",
+                str(self.upstream_port),
+                "--max-seconds",
+                str(int(self.time_left()) + 60),
+            ],
+            cwd=ROOT,
+            stderr=self.log_file("upstream"),
+        )
+        wait_until(self._upstream_up, 15, "the fake upstream")
+
+    def _upstream_up(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, 1)
+            conn.request("GET", "/_bench/journal?from=0")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+
+    def start_redis(self) -> None:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self.redis_port = free_port()
+        data_dir = self.rundir / "redis"
+        data_dir.mkdir(exist_ok=True)
+        self.redis = self.children.start(
+            "redis",
+            [
+                binary,
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(data_dir),
+                "--maxclients",
+                "30000",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=self.log_file("redis"),
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(self._redis_up, 15, "redis-server")
+
+    def redis_client(self) -> Any:
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=5)
+
+    def _redis_up(self) -> bool:
+        try:
+            return bool(self.redis_client().ping())
+        except OSError:
+            return False
+        except Exception as exc:  # redis.ConnectionError is not an OSError
+            if type(exc).__module__.startswith("redis"):
+                return False
+            raise
+
+    def redis_commands(self) -> dict[str, int]:
+        stats = self.redis_client().info("commandstats")
+        return {
+            name.removeprefix("cmdstat_"): int(value["calls"])
+            for name, value in stats.items()
+            if name != "cmdstat_info"
+        }
+
+    # -- the service --------------------------------------------------------
+
+    def start_service(self, mode: str, n: int, orphan: float | None = None) -> Service:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATAPP_")}
+        env.update(
+            {
+                "CHATAPP_BIND": f"127.0.0.1:{port}",
+                "CHATAPP_SECRET_KEY": secrets.token_urlsafe(32),
+                "CHATAPP_PROVIDER": "openai",
+                "CHATAPP_PROVIDER_BASE_URL": f"http://127.0.0.1:{self.upstream_port}/v1",
+                "OPENAI_API_KEY": "bench-key-not-secret",
+                "CHATAPP_MODEL": "bench-model",
+                "CHATAPP_RATE_LIMITS": "1000000/minute",
+                "CHATAPP_MAX_STREAMS_PER_CLIENT": "1000000",
+                # Each turn counts twice against it (its producer and its
+                # reader, see chatapp.limits.Gate.open_streams).
+                "CHATAPP_WORKER_MAX_STREAMS": str(max(4000, 2 * n + 1000)),
+                "CHATAPP_WORKER_CONNECTIONS": str(max(6000, 2 * n + 1000)),
+                "CHATAPP_LOG_LEVEL": "warning",
+            }
+        )
+        if orphan is not None:
+            env["CHATAPP_ORPHAN_SECONDS"] = str(orphan)
+        if mode == "redis":
+            self.redis_client().flushall()
+            env["CHATAPP_REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+            env["CHATAPP_WORKERS"] = "2"
+        else:
+            env["CHATAPP_WORKERS"] = "1"
+        proc = self.children.start(
+            f"gunicorn-{mode}-{n}",
+            [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            env=env,
+            cwd=self.opt.service_root,
+            stdout=self.log_file(f"service-{mode}-{n}"),
+            stderr=subprocess.STDOUT,
+        )
+        service = Service(proc, port, int(env["CHATAPP_WORKERS"]), mode)
+        wait_until(service.ready, 30, f"the service ({mode})", every=0.1)
+        return service
+
+    def stop_service(self, service: Service) -> None:
+        # SIGINT is gunicorn's quick shutdown: open streams are not waited for.
+        proc = service.proc
+        workers = service.workers()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.children.stop(proc, grace=2)
+        for pid in workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def profile(self, service: Service, name: str, seconds: float) -> None:
+        """Sample the workers with py-spy (if installed) over the window."""
+        spy = Path(PYTHON).with_name("py-spy")
+        if not spy.exists():
+            _say("--profile needs py-spy in the venv (pip install py-spy)")
+            return
+        for pid in service.workers():
+            self.children.start(
+                f"py-spy-{pid}",
+                [
+                    str(spy),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(max(1, int(seconds))),
+                    "--rate",
+                    "250",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(self.rundir / f"profile-{name}-{pid}.txt"),
+                ],
+                stderr=self.log_file("py-spy"),
+                stdout=self.log_file("py-spy"),
+            )
+
+    # -- load clients -------------------------------------------------------
+
+    def start_clients(
+        self, scenario: str, n: int, port: int, t0: float, **extra: Any
+    ) -> list[tuple[subprocess.Popen[bytes], LineReader]]:
+        opt = self.opt
+        count = opt.client_count(n) if scenario in ("load", "floor", "hold") else 1
+        base = {
+            "scenario": scenario,
+            "port": port,
+            "upstream_port": self.upstream_port,
+            "t0": t0,
+            "ramp": opt.ramp(n),
+            "settle": opt.settle,
+            "window": opt.window,
+            "drain": opt.drain,
+            "pace": asdict(opt.pace),
+            "orphan_seconds": opt.orphan_seconds,
+            "cancel_count": opt.cancel_count,
+            **extra,
+        }
+        end = t0 + base["ramp"] + base["settle"] + base["window"] + base["drain"]
+        base["deadline"] = min(end + 60, opt.deadline)
+        started = []
+        self.phases += 1
+        for k in range(count):
+            config = {
+                **base,
+                "vus": n // count + (1 if k < n % count else 0),
+                "name": f"p{self.phases}{scenario[0]}{n}c{k}",
+            }
+            proc = self.children.start(
+                f"loadgen-{scenario}-{k}",
+                [PYTHON, "-m", "bench.loadgen", "--config", json.dumps(config)],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.log_file(f"loadgen-{scenario}-{n}"),
+            )
+            started.append((proc, LineReader(proc)))
+        return started
+
+    def finish_clients(
+        self, clients: list[tuple[subprocess.Popen[bytes], LineReader]]
+    ) -> tuple[list[dict[str, Any]], float]:
+        """Wait for each client's result line; return results and client CPU."""
+        results, cpu = [], 0.0
+        for proc, reader in clients:
+            while True:
+                line = reader.next(max(1.0, self.time_left()))
+                if line is None:
+                    raise RuntimeError(
+                        f"a load client ended without a result (pid {proc.pid})"
+                    )
+                if line["event"] == "result":
+                    results.append(line["data"])
+                    cpu += float(line.get("cpu_seconds", 0.0))
+                    break
+            reader.close()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+            self.children.stop(proc, grace=1)
+        return results, cpu
+
+
+@dataclass
+class Service:
+    """A running gunicorn master and its workers."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    worker_count: int
+    mode: str
+
+    def workers(self) -> list[int]:
+        return children_of(self.proc.pid)
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError("gunicorn exited at start-up; see its log")
+        if len(self.workers()) < self.worker_count:
+            return False
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, 1)
+            conn.request("GET", "/healthz")
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+
+    def warm_up(self, turns: int) -> None:
+        """Run a few quick turns so that lazy imports and caches are done."""
+        for i in range(turns):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, 10)
+            conn.request("GET", "/")
+            html = conn.getresponse().read().decode()
+            start = html.index(TOKEN_MARK) + len(TOKEN_MARK)
+            token = html[start : html.index('"', start)]
+            text = f"warm up {marker(f'warm{i}', Pace(0, 0, 5))}"
+            body = json.dumps({"message": text, "token": token})
+            conn.request(
+                "POST", "/api/chat", body, {"Content-Type": "application/json"}
+            )
+            response = conn.getresponse()
+            turn = json.loads(response.read())
+            if response.status != 201:
+                raise RuntimeError(f"warm-up turn refused: {turn}")
+            conn.request(
+                "GET", turn["stream_url"], headers={"Accept": "text/event-stream"}
+            )
+            stream = conn.getresponse()
+            data = stream.read()
+            if b"event: done" not in data:
+                raise RuntimeError("warm-up turn did not finish")
+            conn.close()
+
+
+# -- system-wide CPU, to see what else ran --------------------------------------
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (all cores)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(bench: Bench, run: Run, phase: str) -> None:
+    """Wait (within the run's quiet budget) until other work leaves the CPUs.
+
+    The bench shares the machine; a phase measured while something else keeps
+    a core busy says more about that something. Ours are idle between phases.
+    """
+    while True:
+        before = machine_busy_seconds()
+        time.sleep(QUIET_SAMPLE_SECONDS)
+        busy = (machine_busy_seconds() - before) / QUIET_SAMPLE_SECONDS
+        if busy <= QUIET_BUSY_CORES or bench.quiet_budget <= 0:
+            break
+        bench.quiet_budget -= QUIET_SAMPLE_SECONDS
+        if bench.time_left() < 60:
+            break
+    if busy > QUIET_BUSY_CORES:
+        run.notes.append(f"{phase}: started while others kept {busy:.1f} cores busy")
+
+
+# -- phases --------------------------------------------------------------------
+
+
+def run_loop_phase(
+    bench: Bench, scenario: str, n: int, port: int, service: Service | None = None
+) -> dict[str, Any]:
+    """Run `load` (through the service) or `floor` (straight to the upstream)."""
+    opt = bench.opt
+    t0 = time.monotonic() + CLIENT_START_SECONDS
+    clients = bench.start_clients(scenario, n, port, t0)
+    ws = t0 + opt.ramp(n) + opt.settle
+    we = ws + opt.window
+    client_pids = [p.pid for p, _ in clients]
+    upstream_pid = [bench.upstream.pid] if bench.upstream else []
+    redis_pid = [bench.redis.pid] if bench.redis and service else []
+    workers = service.workers() if service else []
+
+    def sample() -> dict[str, Any]:
+        taken = {
+            "t": time.monotonic(),
+            "workers_cpu": cpu_seconds(workers),
+            "client_cpu": cpu_seconds(client_pids),
+            "upstream_cpu": cpu_seconds(upstream_pid),
+            "redis_cpu": cpu_seconds(redis_pid),
+            "machine_busy": machine_busy_seconds(),
+        }
+        if service is not None and service.mode == "redis":
+            taken["redis_commands"] = bench.redis_commands()
+        return taken
+
+    _sleep_until(ws)
+    if service is not None and opt.profile:
+        bench.profile(service, f"{service.mode}-{n}", opt.window)
+    before = sample()
+    peak_rss = 0
+    while time.monotonic() < we:
+        peak_rss = max(peak_rss, rss_bytes(workers))
+        time.sleep(min(0.5, max(0.0, we - time.monotonic())))
+    after = sample()
+    results, _ = bench.finish_clients(clients)
+    span = after["t"] - before["t"]
+    merged = _merge(results)
+    tokens = merged["tokens_in_window"]
+    ours = sum(after[k] - before[k] for k in after if k.endswith("_cpu"))
+    out: dict[str, Any] = {
+        **merged,
+        "window_seconds": span,
+        "turns_per_second": merged["completed_in_window"] / span,
+        "tokens_per_second": tokens / span,
+        "client_cpu_share": (after["client_cpu"] - before["client_cpu"]) / span,
+        "upstream_cpu_share": (after["upstream_cpu"] - before["upstream_cpu"]) / span,
+        "machine_busy_cores": (after["machine_busy"] - before["machine_busy"]) / span,
+        "other_busy_cores": (after["machine_busy"] - before["machine_busy"] - ours)
+        / span,
+        "client_processes": len(clients),
+    }
+    if service is not None:
+        cpu = after["workers_cpu"] - before["workers_cpu"]
+        out["service_cpu_share"] = cpu / span
+        out["service_cpu_ms_per_1k_tokens"] = cpu * 1e6 / tokens if tokens else None
+        out["peak_rss_during_load"] = peak_rss
+        if "redis_commands" in after:
+            calls = {
+                name: after["redis_commands"].get(name, 0)
+                - before["redis_commands"].get(name, 0)
+                for name in after["redis_commands"]
+            }
+            calls = {k: v for k, v in calls.items() if v}
+            out["redis_calls"] = calls
+            out["redis_commands_per_token"] = (
+                sum(calls.values()) / tokens if tokens else None
+            )
+            cpu_redis = after["redis_cpu"] - before["redis_cpu"]
+            out["redis_cpu_ms_per_1k_tokens"] = (
+                cpu_redis * 1e6 / tokens if tokens else None
+            )
+    return out
+
+
+def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
+    """Open N streams, read the workers' RSS, then cancel them all."""
+    workers = service.workers()
+    idle = rss_bytes(workers)
+    t0 = time.monotonic() + CLIENT_START_SECONDS
+    clients = bench.start_clients("hold", n, service.port, t0)
+    held = 0
+    for _, reader in clients:
+        line = reader.next(max(1.0, bench.time_left()))
+        if line is None or line["event"] != "held":
+            raise RuntimeError("a hold client did not report its streams open")
+        held += int(line["held"])
+    time.sleep(1.0)
+    samples = []
+    for _ in range(3):
+        samples.append(rss_bytes(workers))
+        time.sleep(0.3)
+    open_rss = max(samples)
+    for proc, _ in clients:
+        assert proc.stdin is not None
+        proc.stdin.write(b"release\n")
+        proc.stdin.flush()
+    results, _ = bench.finish_clients(clients)
+    latencies = [x for r in results for x in r["cancel_latency"]]
+    errors = _merge(results)["errors"]
+    return {
+        "held": held,
+        "idle_rss": idle,
+        "open_rss": open_rss,
+        "rss_per_stream": (open_rss - idle) / held if held else None,
+        "cancel_p50": percentile(latencies, 50),
+        "cancel_p99": percentile(latencies, 99),
+        "cancelled": len(latencies),
+        "errors": errors,
+    }
+
+
+def run_cancel_phase(bench: Bench, service: Service) -> dict[str, Any]:
+    opt = bench.opt
+    t0 = time.monotonic() + CLIENT_START_SECONDS
+    clients = bench.start_clients(
+        "cancel", opt.cancel_count * 4, service.port, t0, window=0.0, ramp=2.0
+    )
+    results, _ = bench.finish_clients(clients)
+    result = results[0]
+    kinds = {}
+    for kind, values in result["latency"].items():
+        kinds[kind] = {
+            "n": len(values),
+            "p50": percentile(values, 50),
+            "p99": percentile(values, 99),
+            "max": max(values) if values else None,
+            "errors": result["errors"][kind],
+        }
+    return {"kinds": kinds, "other_errors": result["other_errors"]}
+
+
+def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    errors: dict[str, int] = {}
+    for r in results:
+        for kind, count in r["errors"].items():
+            errors[kind] = errors.get(kind, 0) + count
+    ttft = [x for r in results for x in r["ttft"]]
+    gaps = merge_counts(r["gaps"] for r in results)
+    return {
+        "errors": errors,
+        "ttft_n": len(ttft),
+        "ttft_p50": percentile(ttft, 50),
+        "ttft_p99": percentile(ttft, 99),
+        "gap_p50": histogram_percentile(gaps, 50),
+        "gap_p99": histogram_percentile(gaps, 99),
+        "gap_n": sum(gaps.values()),
+        **{
+            key: sum(r[key] for r in results)
+            for key in (
+                "started",
+                "completed",
+                "completed_in_window",
+                "tokens_in_window",
+                "cut",
+            )
+        },
+    }
+
+
+def _sleep_until(t: float) -> None:
+    delay = t - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+# -- the run ---------------------------------------------------------------------
+
+
+def execute(bench: Bench, run: Run) -> None:
+    opt = bench.opt
+    bench.start_upstream()
+    if "redis" in opt.modes:
+        bench.start_redis()
+    for mode in opt.modes:
+        # Its own service: a short orphan time, which would cancel turns whose
+        # reader is merely slow to arrive under the load phases' overload.
+        _say(f"{mode}: cancel phase (CHATAPP_ORPHAN_SECONDS={opt.orphan_seconds:g})")
+        service = bench.start_service(mode, opt.cancel_count * 4, opt.orphan_seconds)
+        try:
+            service.warm_up(4 * service.worker_count)
+            run.cancel[mode] = run_cancel_phase(bench, service)
+        finally:
+            bench.stop_service(service)
+    for n in opt.ns:
+        needed = _phase_estimate(opt, n) * (1 + len(opt.modes))
+        if bench.time_left() < needed:
+            run.notes.append(f"N={n} and above skipped: the global deadline was near")
+            _say(run.notes[-1])
+            break
+        _say(f"floor N={n}")
+        wait_for_quiet(bench, run, f"floor N={n}")
+        run.floor[n] = run_loop_phase(bench, "floor", n, bench.upstream_port)
+        _say(_floor_line(n, run.floor[n]))
+        for mode in opt.modes:
+            _say(f"{mode} N={n}: start")
+            service = bench.start_service(mode, n)
+            try:
+                service.warm_up(4 * service.worker_count)
+                time.sleep(0.5)
+                result: dict[str, Any] = {}
+                wait_for_quiet(bench, run, f"{mode} N={n}")
+                result["hold"] = run_hold_phase(bench, n, service)
+                _say(f"{mode} N={n}: hold {_hold_line(result['hold'])}")
+                result["load"] = run_loop_phase(bench, "load", n, service.port, service)
+                _say(f"{mode} N={n}: load {_load_line(result['load'])}")
+                run.service.setdefault(mode, {})[n] = result
+            finally:
+                bench.stop_service(service)
+
+
+def _phase_estimate(opt: Options, n: int) -> float:
+    return CLIENT_START_SECONDS + opt.ramp(n) + opt.settle + opt.window + opt.drain
+
+
+def _say(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def _floor_line(n: int, r: dict[str, Any]) -> str:
+    return (
+        f"floor N={n}: {r['turns_per_second']:.1f} turns/s, ttft p50 "
+        f"{ms(r['ttft_p50'])} ms p99 {ms(r['ttft_p99'])} ms, gap p99 "
+        f"{ms(r['gap_p99'])} ms, errors {errors_text(r['errors'])}"
+    )
+
+
+def _hold_line(r: dict[str, Any]) -> str:
+    per = r["rss_per_stream"]
+    return (
+        f"{r['held']} open, {number(per / 1024 if per else None)} KiB/stream, "
+        f"cancel p99 {ms(r['cancel_p99'])} ms, errors {errors_text(r['errors'])}"
+    )
+
+
+def _load_line(r: dict[str, Any]) -> str:
+    return (
+        f"{r['turns_per_second']:.1f} turns/s, ttft p50 {ms(r['ttft_p50'])} p99 "
+        f"{ms(r['ttft_p99'])} ms, gap p99 {ms(r['gap_p99'])} ms, "
+        f"service cpu {r['service_cpu_share']:.0%}, client cpu "
+        f"{r['client_cpu_share']:.0%}, errors {errors_text(r['errors'])}"
+    )
+
+
+# -- the report ------------------------------------------------------------------
+
+
+def report(run: Run) -> str:
+    """Render the tables of a run as Markdown."""
+    rows = []
+    for mode, by_n in run.service.items():
+        for n, result in sorted(by_n.items()):
+            load, hold = result["load"], result["hold"]
+            floor = run.floor.get(n, {})
+            errors = dict(load["errors"])
+            for kind, count in hold["errors"].items():
+                errors[f"hold_{kind}"] = errors.get(f"hold_{kind}", 0) + count
+            per = hold["rss_per_stream"]
+            rows.append(
+                [
+                    mode,
+                    f"{n:,}",
+                    number(load["turns_per_second"]),
+                    errors_text(errors),
+                    _added(load["ttft_p50"], floor.get("ttft_p50")),
+                    _added(load["ttft_p99"], floor.get("ttft_p99")),
+                    _added(load["gap_p99"], floor.get("gap_p99")),
+                    number(per / 1024 if per is not None else None),
+                    number(load.get("service_cpu_ms_per_1k_tokens"), 0),
+                    number(load.get("redis_commands_per_token"), 2),
+                    f"{load['service_cpu_share']:.0%}",
+                    f"{load['client_cpu_share']:.0%}",
+                ]
+            )
+    main = markdown_table(
+        [
+            "mode",
+            "N",
+            "turns/s",
+            "errors",
+            "TTFT+ p50 ms",
+            "TTFT+ p99 ms",
+            "gap+ p99 ms",
+            "RSS KiB/stream",
+            "CPU ms/1k tok",
+            "Redis cmd/tok",
+            "svc CPU",
+            "client CPU",
+        ],
+        rows,
+    )
+    detail_rows = []
+    for n, floor in sorted(run.floor.items()):
+        detail_rows.append(_detail_row("floor", n, floor, None))
+        for mode, by_n in run.service.items():
+            if n in by_n:
+                detail_rows.append(
+                    _detail_row(mode, n, by_n[n]["load"], by_n[n]["hold"])
+                )
+    detail = markdown_table(
+        [
+            "run",
+            "N",
+            "turns/s",
+            "tok/s",
+            "TTFT p50",
+            "TTFT p99",
+            "gap p50",
+            "gap p99",
+            "cut",
+            "upstream CPU",
+            "client CPU",
+            "others",
+            "cancel@N p99",
+            "peak RSS MiB",
+        ],
+        detail_rows,
+    )
+    cancel_rows = []
+    for mode, result in run.cancel.items():
+        for kind, k in result["kinds"].items():
+            cancel_rows.append(
+                [
+                    mode,
+                    CANCEL_LABELS.get(kind, kind),
+                    str(k["n"]),
+                    ms(k["p50"], 0),
+                    ms(k["p99"], 0),
+                    ms(k["max"], 0),
+                    errors_text(k["errors"]),
+                ]
+            )
+    cancel = markdown_table(
+        ["mode", "what", "n", "p50 ms", "p99 ms", "max ms", "errors"], cancel_rows
+    )
+    parts = [
+        "Service figures (added = service minus floor at the same N and percentile):",
+        "",
+        main,
+        "",
+        "Raw latencies (ms), throughput and where the CPU went "
+        "(shares of one core over the window):",
+        "",
+        detail,
+        "",
+        "Cancel and vanished reader → upstream connection closed:",
+        "",
+        cancel,
+    ]
+    if run.notes:
+        parts += ["", *(f"Note: {note}" for note in run.notes)]
+    return "\n".join(parts)
+
+
+def _added(value: float | None, floor: float | None) -> str:
+    if value is None or floor is None:
+        return "—"
+    return f"{(value - floor) * 1000:+.1f}"
+
+
+def _detail_row(
+    name: str, n: int, r: dict[str, Any], hold: dict[str, Any] | None
+) -> list[str]:
+    return [
+        name,
+        f"{n:,}",
+        number(r["turns_per_second"]),
+        number(r["tokens_per_second"], 0),
+        ms(r["ttft_p50"]),
+        ms(r["ttft_p99"]),
+        ms(r["gap_p50"]),
+        ms(r["gap_p99"]),
+        str(r["cut"]),
+        f"{r['upstream_cpu_share']:.0%}",
+        f"{r['client_cpu_share']:.0%}",
+        f"{max(0.0, r['other_busy_cores']):.0%}",
+        ms(hold["cancel_p99"], 0) if hold else "—",
+        number(r["peak_rss_during_load"] / 2**20, 0) if hold else "—",
+    ]
+
+
+def describe_machine() -> dict[str, Any]:
+    cpu_model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu_model = line.split(":", 1)[1].strip()
+            break
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    versions = {}
+    for name in ("gevent", "gunicorn", "greenlet", "flask", "redis", "requests"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing package is just not shown
+            versions[name] = "?"
+    redis_version = "?"
+    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if Path(binary).exists():
+        redis_version = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "cpu_model": cpu_model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "redis_server": redis_version,
+        "loadavg_at_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+# -- entry point -----------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("--n", default=None, help="concurrent streams, comma-separated")
+    parser.add_argument("--mode", default=None, help="memory,redis (default both)")
+    parser.add_argument("--quick", action="store_true", help="a smoke test, < 60 s")
+    parser.add_argument("--window", type=float, default=None, help="seconds measured")
+    parser.add_argument("--ttft-ms", type=int, default=200)
+    parser.add_argument("--token-ms", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=50)
+    parser.add_argument("--cancel-count", type=int, default=None, help="per kind")
+    parser.add_argument("--orphan-seconds", type=float, default=2.0)
+    parser.add_argument(
+        "--clients", type=int, default=0, help="load client processes (0: auto)"
+    )
+    parser.add_argument(
+        "--deadline", type=float, default=None, help="seconds for the whole run"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="JSON report path")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="seconds, in all, to wait for other work to leave the CPUs "
+        "before phases (default 0 with --quick, else 120)",
+    )
+    parser.add_argument(
+        "--service-root",
+        type=Path,
+        default=ROOT,
+        help="directory holding wsgi.py and chatapp/ (default: this checkout)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the workers with py-spy during each load window",
+    )
+    args = parser.parse_args(argv)
+    quick = bool(args.quick)
+    ns = args.n or ("100" if quick else "100,500,1000,2000,5000")
+    modes = args.mode or "memory,redis"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Options(
+        ns=tuple(int(x) for x in ns.split(",") if x.strip()),
+        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+        pace=Pace(args.ttft_ms, args.token_ms, args.tokens),
+        window=args.window or (3.0 if quick else 15.0),
+        settle=0.5 if quick else 2.0,
+        drain=3.0 if quick else 10.0,
+        cancel_count=args.cancel_count or (10 if quick else 100),
+        orphan_seconds=args.orphan_seconds,
+        clients=args.clients,
+        deadline=time.monotonic() + (args.deadline or (58.0 if quick else 900.0)),
+        out=args.out or ROOT / "bench" / "results" / f"{stamp}.json",
+        quick=quick,
+        service_root=args.service_root.resolve(),
+        quiet_wait=(
+            args.quiet_wait
+            if args.quiet_wait is not None
+            else (0.0 if quick else 120.0)
+        ),
+        profile=bool(args.profile),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    opt = parse_args(argv)
+    for mode in opt.modes:
+        if mode not in ("memory", "redis"):
+            raise SystemExit(f"bench: unknown mode {mode!r}")
+    raise_nofile_limit()
+    opt.out.parent.mkdir(parents=True, exist_ok=True)
+    rundir = opt.out.with_suffix("")
+    rundir.mkdir(parents=True, exist_ok=True)
+    run = Run(describe_machine(), {**asdict(opt), "out": str(opt.out)})
+    bench = Bench(opt, rundir)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    def on_alarm(_signum: int, _frame: Any) -> None:
+        raise DeadlineExceeded("the global deadline passed")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(max(1, int(bench.time_left()) + 1))
+    status = 0
+    try:
+        execute(bench, run)
+    except DeadlineExceeded as exc:
+        run.notes.append(f"stopped early: {exc}")
+        status = 2
+    except KeyboardInterrupt:
+        run.notes.append("interrupted")
+        status = 130
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        run.notes.append(f"failed: {exc} (logs in {rundir})")
+        status = 1
+    finally:
+        signal.alarm(0)
+        bench.children.stop_all()
+    text = report(run)
+    opt.out.write_text(json.dumps(asdict(run), indent=1, default=str))
+    print(text)
+    print(f"\nJSON report: {opt.out}; process logs: {rundir}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
