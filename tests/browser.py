@@ -1,0 +1,352 @@
+"""Playwright helpers: Debian's headless chromium and a chat page driver.
+
+The browser tests never download a browser: they drive `/usr/bin/chromium`
+(apt-get install chromium) and fail, not skip, when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Browser
+from playwright.sync_api import BrowserContext
+from playwright.sync_api import ConsoleMessage
+from playwright.sync_api import Locator
+from playwright.sync_api import Page
+from playwright.sync_api import Playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+TIMEOUT_MS = 15_000
+
+# Runs before any page script, so it sees every CSP violation the page
+# causes, including ones during parsing.
+WATCH_CSP = """
+window.__cspViolations = [];
+document.addEventListener('securitypolicyviolation', (e) => {
+  window.__cspViolations.push(`${e.violatedDirective} ${e.blockedURI}`);
+});
+"""
+
+# Records every distinct text the latest answer shows, from the DOM itself,
+# so a test can see the answer grow without sleeping or racing the stream.
+RECORD_ANSWER_STATES = """
+() => {
+  window.__answerStates = [];
+  const log = document.querySelector('[data-chatapp-log]');
+  const record = () => {
+    const answers = log.querySelectorAll('[data-role="assistant"] .msg__body');
+    const text = answers.length ? answers[answers.length - 1].textContent.trim() : '';
+    const states = window.__answerStates;
+    if (text && states[states.length - 1] !== text) states.push(text);
+  };
+  new MutationObserver(record).observe(log, {
+    childList: true, subtree: true, characterData: true,
+  });
+}
+"""
+
+
+def launch_chromium(playwright: Playwright) -> Browser:
+    """Start Debian's chromium headless; fail loudly when it is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
+    )
+
+
+@dataclass
+class PageWatch:
+    """Console errors, uncaught exceptions and CSP violations of one page."""
+
+    console_errors: list[str] = field(default_factory=list)
+    page_errors: list[str] = field(default_factory=list)
+
+    def attach(self, page: Page) -> None:
+        page.on("console", self._console)
+        page.on("pageerror", lambda exc: self.page_errors.append(str(exc)))
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if message.type == "error":
+            self.console_errors.append(message.text)
+
+
+def new_context(browser: Browser, **options: Any) -> BrowserContext:
+    """A fresh profile (own storage) with the CSP watcher installed."""
+    options.setdefault("viewport", DESKTOP)
+    context = browser.new_context(**options)
+    context.set_default_timeout(TIMEOUT_MS)
+    context.add_init_script(WATCH_CSP)
+    return context
+
+
+class ChatPage:
+    """Drive the chat page the way a person does: type, press keys, read."""
+
+    def __init__(self, page: Page, base_url: str) -> None:
+        self.page = page
+        self.base_url = base_url
+        self.watch = PageWatch()
+        self.watch.attach(page)
+
+    # -- navigation -----------------------------------------------------
+
+    def open(self, path: str = "/") -> ChatPage:
+        self.page.goto(self.base_url + path)
+        return self.wait_ready()
+
+    def reload(self) -> ChatPage:
+        self.page.reload()
+        return self.wait_ready()
+
+    def wait_ready(self) -> ChatPage:
+        """Wait until the script is wired up and any restore has finished."""
+        self.page.wait_for_selector("form[data-chatapp-form][data-ready]")
+        return self
+
+    # -- the hooks SPEC promises ----------------------------------------
+
+    @property
+    def form(self) -> Locator:
+        return self.page.locator("form[data-chatapp-form]")
+
+    @property
+    def textarea(self) -> Locator:
+        return self.form.locator("textarea[name=message]")
+
+    @property
+    def send_button(self) -> Locator:
+        return self.form.locator("[type=submit]")
+
+    @property
+    def stop_button(self) -> Locator:
+        return self.page.locator("[data-chatapp-stop]")
+
+    def messages(self, role: str) -> Locator:
+        return self.page.locator(f'[data-chatapp-log] [data-role="{role}"]')
+
+    @property
+    def answers(self) -> Locator:
+        return self.messages("assistant")
+
+    @property
+    def errors(self) -> Locator:
+        return self.messages("error")
+
+    # -- actions --------------------------------------------------------
+
+    def send(self, text: str) -> None:
+        """Type a message and press Enter, as a person would."""
+        self.textarea.fill(text)
+        self.textarea.press("Enter")
+
+    def record_answer_states(self) -> None:
+        self.page.evaluate(RECORD_ANSWER_STATES)
+
+    def answer_states(self) -> list[str]:
+        return list(self.page.evaluate("() => window.__answerStates"))
+
+    def wait_answer_finished(self, index: int = -1) -> Locator:
+        """Wait until answer `index` is no longer thinking or streaming."""
+        answer = self.answers.nth(index) if index >= 0 else self.answers.last
+        answer.wait_for()
+        self.page.wait_for_function(
+            """([index]) => {
+              const all = document.querySelectorAll(
+                '[data-chatapp-log] [data-role="assistant"]');
+              const el = index >= 0 ? all[index] : all[all.length - 1];
+              return el && !['thinking', 'streaming'].includes(el.dataset.state);
+            }""",
+            arg=[index],
+        )
+        return answer
+
+    def wait_idle(self) -> None:
+        """Wait until no turn is running (the Stop button is hidden again)."""
+        self.page.wait_for_function(
+            "() => document.querySelector('[data-chatapp-stop]').hidden"
+        )
+
+    def answer_text(self, index: int = -1) -> str:
+        answer = self.answers.nth(index) if index >= 0 else self.answers.last
+        # marked ends blocks with a newline; the text people see has none.
+        return str(answer.locator(".msg__body").text_content()).strip()
+
+    def stored_state(self) -> dict[str, Any] | None:
+        raw = self.page.evaluate("() => localStorage.getItem('chatapp:v1')")
+        return json.loads(raw) if raw else None
+
+    # -- problems -------------------------------------------------------
+
+    def csp_violations(self) -> list[str]:
+        return list(self.page.evaluate("() => window.__cspViolations || []"))
+
+    def assert_clean(self, allow: tuple[str, ...] = ()) -> None:
+        """No uncaught exception, CSP violation or unexpected console error."""
+        assert self.watch.page_errors == [], self.watch.page_errors
+        assert self.csp_violations() == []
+        unexpected = [
+            text
+            for text in self.watch.console_errors
+            if not any(allowed in text for allowed in allow)
+        ]
+        assert unexpected == [], unexpected
+
+
+# -- a network that drops the answer mid-stream --------------------------------
+
+REQUEST_LINE = re.compile(rb"^[A-Z]+ (\S+) HTTP/1\.[01]\r\n")
+
+
+class _Link:
+    """One browser connection and its twin to the service."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self.streaming = False
+        self.ids = 0
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for sock in (self.client, self.upstream):
+            # shutdown first: it wakes the other pump blocked in recv().
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+
+class CuttingProxy:
+    """A loopback TCP proxy in front of the service that drops one stream.
+
+    The browser loads the page through it. Once the first EventSource
+    response (not a poll) has carried `cut_after` event ids, the proxy closes
+    that connection, as a flaky network would; the browser's own reconnect
+    then goes through untouched. Every event-stream request head is kept, so
+    a test can read the Last-Event-ID the browser sent.
+    """
+
+    def __init__(self, upstream_url: str, cut_after: int) -> None:
+        parts = urlsplit(upstream_url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
+        self.cut_after = cut_after
+        self.stream_requests: list[str] = []
+        self.cuts = 0
+        self._lock = threading.Lock()
+        self._links: list[_Link] = []
+        self._threads: list[threading.Thread] = []
+        self._running = True
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self._spawn(self._accept)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+
+    def last_event_ids(self) -> list[str | None]:
+        """The Last-Event-ID of each event-stream request, None when absent."""
+        found = []
+        for head in self.stream_requests:
+            match = re.search(r"(?im)^last-event-id:\s*(\S+)", head)
+            found.append(match.group(1) if match else None)
+        return found
+
+    def close(self) -> None:
+        self._running = False
+        with self._lock:
+            links = list(self._links)
+        for link in links:
+            link.close()
+        for thread in self._threads:
+            thread.join(5)
+        self._listener.close()
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while self._running:
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            link = _Link(client, upstream)
+            with self._lock:
+                self._links.append(link)
+            self._spawn(self._to_service, link)
+            self._spawn(self._to_browser, link)
+
+    def _to_service(self, link: _Link) -> None:
+        try:
+            while data := link.client.recv(65536):
+                match = REQUEST_LINE.match(data)
+                if match:
+                    # A new request on this (keep-alive) connection.
+                    path = match.group(1)
+                    link.streaming = b"/events?" in path and b"poll=1" not in path
+                    link.ids = 0
+                    if link.streaming:
+                        with self._lock:
+                            self.stream_requests.append(data.decode("latin-1"))
+                link.upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            link.close()
+
+    def _to_browser(self, link: _Link) -> None:
+        try:
+            while data := link.upstream.recv(65536):
+                link.client.sendall(data)
+                if not link.streaming:
+                    continue
+                link.ids += data.count(b"\nid: ")
+                with self._lock:
+                    cut = self.cuts == 0 and link.ids >= self.cut_after
+                    if cut:
+                        self.cuts += 1
+                if cut:
+                    return
+        except OSError:
+            pass
+        finally:
+            link.close()
