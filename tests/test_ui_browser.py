@@ -464,6 +464,63 @@ def test_reload_restores_the_conversation_and_continues_it(chat: ChatPage) -> No
     chat.assert_clean()
 
 
+BLOCK_STORAGE = """
+Object.defineProperty(window, 'localStorage', {
+  get() { throw new DOMException('The operation is insecure.', 'SecurityError'); },
+});
+"""
+
+
+def test_chat_works_when_storage_is_blocked(
+    context: BrowserContext, openai_service: Any
+) -> None:
+    # Third-party iframes may get no storage at all; the chat must not care.
+    context.add_init_script(BLOCK_STORAGE)
+    chat = ChatPage(context.new_page(), openai_service.url).open()
+    chat.send(fake("No storage, no problem."))
+    chat.wait_answer_finished()
+    chat.send(fake("Still the same conversation."))
+    chat.wait_answer_finished()
+
+    assert chat.answer_text(0) == "No storage, no problem."
+    assert chat.answer_text(1) == "Still the same conversation."
+    expect(chat.errors).to_have_count(0)
+    chat.assert_clean()
+
+
+def test_expired_conversation_carries_on_in_a_new_one(chat: ChatPage) -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def gone_once(route: Route, request: Request) -> None:
+        body = json.loads(request.post_data or "{}")
+        bodies.append(body)
+        if len(bodies) == 1:
+            route.fulfill(**json_error(404, "not_found"))
+        else:
+            route.continue_()
+
+    chat.open()
+    chat.send(fake("Before."))
+    chat.wait_answer_finished()
+    before = chat.stored_state()
+    assert before is not None
+    chat.page.route("**/api/chat", gone_once)
+
+    chat.send(fake("After."))
+    chat.wait_answer_finished()
+
+    assert chat.answer_text() == "After."
+    assert bodies[0]["conversation_id"] == before["conversationId"]
+    assert "conversation_id" not in bodies[1]
+    expect(chat.errors).to_have_count(1)
+    expect(chat.errors.first).to_contain_text("starts a new one")
+    expect(chat.messages("user")).to_have_count(2)
+    after = chat.stored_state()
+    assert after is not None
+    assert after["conversationId"] != before["conversationId"]
+    chat.assert_clean(allow=(f"{FAILED_LOAD} 404",))
+
+
 # -- refusals ---------------------------------------------------------------
 
 

@@ -450,6 +450,7 @@
     constructor({ text = '', finished = false } = {}) {
       this.text = text;
       this.frame = 0;
+      this.offline = false;
       this.body = h('div', { class: 'msg__body markdown' });
       this.note = h('p', { class: 'msg__note', hidden: true });
       this.copy = copyButton('Copy answer', () => this.text);
@@ -506,9 +507,11 @@
 
     /** Show a transient connection note while the turn is still running. */
     setConnection(online) {
-      if (this.node.dataset.state === 'thinking' || this.node.dataset.state === 'streaming') {
-        this.setNote(online ? '' : 'Reconnecting…', online ? '' : 'muted');
-      }
+      const running = this.node.dataset.state === 'thinking' || this.node.dataset.state === 'streaming';
+      if (!running || this.offline === !online) return;
+      this.offline = !online;
+      if (!online) this.setNote('Reconnecting…', 'muted');
+      else if (this.note.textContent === 'Reconnecting…') this.setNote('');
     }
 
     finish(state, note = '', noteKind = '') {
@@ -543,7 +546,12 @@
       this.button = action
         ? h('button', { type: 'button', class: 'btn btn--small' }, icon(action.icon), h('span', { text: action.label }))
         : null;
-      this.button?.addEventListener('click', () => action.run(this));
+      this.button?.addEventListener('click', () => {
+      action.run(this);
+      // The button just left the page with its notice; keep the keyboard
+      // where the conversation continues.
+      if (!this.node.isConnected) ui.input.focus({ preventScroll: true });
+    });
       this.node = h(
         'article',
         { class: `msg notice notice--${kind}`, 'data-role': 'error', 'aria-label': kind === 'info' ? 'Note' : 'Problem' },
@@ -1035,8 +1043,8 @@
       const length = codePoints(this.text());
       const over = length > config.maxChars;
       ui.send.disabled = !this.canSend();
-      ui.input.toggleAttribute('aria-invalid', over);
       if (over) ui.input.setAttribute('aria-invalid', 'true');
+      else ui.input.removeAttribute('aria-invalid');
       const showCounter = length >= config.maxChars * COUNTER_FROM;
       ui.counter.hidden = !showCounter;
       ui.counter.classList.toggle('is-over', over);
@@ -1073,11 +1081,11 @@
       conversation.set(saved.conversationId);
       resumePending(saved.pending, history.messages ?? []);
     } catch {
+      // Kept in storage: a later reload may well succeed.
       thread.add(new Notice({
         text: "Your earlier messages couldn't be loaded. New messages start a new conversation.",
         kind: 'info',
       }).node);
-      conversation.forget();
     } finally {
       ui.log.removeAttribute('aria-busy');
       composer.setRestoring(false);
