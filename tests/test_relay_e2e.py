@@ -285,6 +285,25 @@ def test_stall_ends_with_provider_timeout_and_closes_upstream(
     assert fake_provider.closed_by_client == 1
 
 
+def test_whole_turn_deadline_ends_with_provider_timeout(
+    module_services: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    service = module_services(
+        **openai_settings(
+            fake_provider,
+            CHATAPP_UPSTREAM_TOTAL_TIMEOUT="1",
+            CHATAPP_UPSTREAM_IDLE_TIMEOUT="1",
+        )
+    )
+    slow = Behaviour(text="tick " * 100, delay_ms=100, pieces=5)
+    _, events = ChatClient(service.url).answer(slow.as_directive())
+    assert 0 < len(text_of(events)) < len(slow.text or "")
+    assert data_of(events, "error")[0]["code"] == "provider_timeout"
+    assert data_of(events, "done") == [{"finish_reason": "error"}]
+    assert fake_provider.wait_all_closed(5)
+    assert fake_provider.closed_by_client == 1
+
+
 def test_unreachable_provider_is_unavailable(service_factory: ServiceFactory) -> None:
     with socket_closed_port() as port:
         service = service_factory(
