@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import time
@@ -36,6 +37,19 @@ def context(history: list[StoredMessage], max_chars: int) -> list[Message]:
     while kept and kept[0].role != "user":
         kept.pop(0)
     return kept
+
+
+def cache_key(request: ChatRequest, provider: str) -> str:
+    """Name a first-turn answer by everything that shapes it."""
+    shape = [
+        provider,
+        request.model,
+        request.system,
+        request.max_output_tokens,
+        request.temperature,
+        [(m.role, m.content) for m in request.messages],
+    ]
+    return hashlib.sha256(json.dumps(shape).encode()).hexdigest()
 
 
 def start_turn(
@@ -81,5 +95,13 @@ def start_turn(
         max_output_tokens=config["MAX_OUTPUT_TOKENS"],
         temperature=config["TEMPERATURE"],
     )
-    relay.start(TurnInfo(turn_id, identity.owner, cid, now), request)
+    info = TurnInfo(turn_id, identity.owner, cid, now)
+    key = None
+    if config["CACHE_TTL"] and conversation_id is None:
+        key = cache_key(request, config["PROVIDER"])
+        cached = history.cached_answer(key)
+        if cached is not None:
+            relay.replay(info, cached)
+            return body, True
+    relay.start(info, request, cache_key=key)
     return body, True

@@ -82,6 +82,7 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             total_timeout=config["UPSTREAM_TOTAL_TIMEOUT"],
             heartbeat=config["HEARTBEAT_SECONDS"],
             orphan=config["ORPHAN_SECONDS"],
+            cache_ttl=config["CACHE_TTL"],
         ),
     )
     state = State(config, signer, turns, history, provider, relay, http, redis_client)

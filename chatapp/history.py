@@ -41,6 +41,12 @@ class History(Protocol):
     def claim_idempotency(self, key: str, value: str, ttl: float) -> str | None:
         """Store `value` under `key` unless taken; return the earlier value if so."""
 
+    def cached_answer(self, key: str) -> str | None:
+        """Return the answer cached under `key`, if any."""
+
+    def cache_answer(self, key: str, value: str, ttl: float) -> None:
+        """Keep an answer under `key` for `ttl` seconds."""
+
 
 @dataclass
 class _Conversation:
@@ -113,3 +119,11 @@ class MemoryHistory:
             return held[0]
         self._keys[key] = (value, now + ttl)
         return None
+
+    def cached_answer(self, key: str) -> str | None:
+        now = self._sweep()
+        held = self._keys.get("answer|" + key)
+        return held[0] if held is not None and held[1] > now else None
+
+    def cache_answer(self, key: str, value: str, ttl: float) -> None:
+        self._keys["answer|" + key] = (value, self._sweep() + ttl)

@@ -11,6 +11,7 @@ Keys (the `{id}` hash tag keeps one turn's keys on one cluster slot):
   chatapp:conv:{id}            hash: owner
   chatapp:conv:{id}:messages   list of JSON messages
   chatapp:idem:<owner>|<key>   the body first returned for an idempotency key
+  chatapp:answer:<sha256>      a cached first-turn answer (CHATAPP_CACHE_TTL)
 
 Every Redis failure leaves this module as StoreError.
 """
@@ -259,3 +260,12 @@ class RedisHistory:
                 return None
             earlier = self._r.get(name)
         return str(earlier) if earlier is not None else None
+
+    def cached_answer(self, key: str) -> str | None:
+        with _guard("read cached answer"):
+            value = self._r.get(f"chatapp:answer:{key}")
+        return str(value) if value is not None else None
+
+    def cache_answer(self, key: str, value: str, ttl: float) -> None:
+        with _guard("cache answer"):
+            self._r.set(f"chatapp:answer:{key}", value, ex=max(1, int(ttl)))

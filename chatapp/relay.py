@@ -51,6 +51,7 @@ class RelaySettings:
     total_timeout: float
     heartbeat: float
     orphan: float
+    cache_ttl: float = 0
 
 
 @dataclass
@@ -64,6 +65,7 @@ class TurnOutcome:
     output_tokens: int | None
     output_chars: int
     first_token_seconds: float | None
+    cached: bool = False
 
 
 def _json(value: dict[str, Any]) -> str:
@@ -96,13 +98,15 @@ class Relay:
 
     # -- producing --------------------------------------------------------
 
-    def start(self, info: TurnInfo, request: ChatRequest) -> None:
+    def start(
+        self, info: TurnInfo, request: ChatRequest, cache_key: str | None = None
+    ) -> None:
         """Log the turn and start generating its answer at once."""
         s = self.settings
         self.turns.create(info, s.total_timeout + s.stream_ttl + LEASE_SECONDS)
         self.turns.pulse([info.id], LEASE_SECONDS)
         self.turns.touch_reader(info.id, s.orphan)
-        run = _Run()
+        run = _Run(cache_key)
         self._producers[info.id] = run
         run.greenlet = gevent.spawn(self._produce, info, request, run)
         if self._supervisor is None or self._supervisor.dead:
@@ -217,12 +221,45 @@ class Relay:
             sum(map(len, pieces)),
             first_token,
         )
-        self._finish(writer, outcome, "".join(pieces))
+        text = "".join(pieces)
+        if run.cache_key and finish == "stop" and text:
+            cached = {"text": text, "input": input_tokens, "output": output_tokens}
+            try:
+                self.history.cache_answer(run.cache_key, _json(cached), s.cache_ttl)
+            except StoreError:
+                log.warning("turn %s: could not cache its answer", info.id)
+        self._finish(writer, outcome, text)
 
-    def _finish(self, writer: _Writer, outcome: TurnOutcome, text: str) -> None:
+    def replay(self, info: TurnInfo, cached: str) -> None:
+        """Serve a cached answer as a complete turn, without a provider call."""
+        s = self.settings
+        answer = json.loads(cached)
+        self.turns.create(info, s.stream_ttl + LEASE_SECONDS)
+        writer = _Writer(self.turns, info.id)
+        writer.add(
+            "start",
+            {
+                "id": info.id,
+                "conversation_id": info.conversation_id,
+                "provider": s.provider,
+                "model": s.model,
+                "cached": True,
+            },
+        )
+        writer.add("delta", {"text": answer["text"]})
+        # Nothing was spent upstream: no usage event, and zero to settle.
+        outcome = TurnOutcome(info, "stop", None, 0, 0, len(answer["text"]), None, True)
+        self._finish(writer, outcome, answer["text"], usage=False)
+
+    def _finish(
+        self, writer: _Writer, outcome: TurnOutcome, text: str, *, usage: bool = True
+    ) -> None:
         info = outcome.info
         try:
-            if outcome.input_tokens is not None or outcome.output_tokens is not None:
+            reported = (
+                outcome.input_tokens is not None or outcome.output_tokens is not None
+            )
+            if usage and reported:
                 writer.add(
                     "usage",
                     {
@@ -362,7 +399,8 @@ def _lost_store_events(after: int) -> bytes:
 class _Run:
     """A producer greenlet and whether, and where, it may be interrupted."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_key: str | None = None) -> None:
+        self.cache_key = cache_key
         self.greenlet: gevent.Greenlet | None = None
         self.cancel_reason = ""
         self.in_upstream = False

@@ -744,3 +744,37 @@ def test_key_never_reaches_the_browser(
     raw = json.dumps([e.data for e in events])
     assert "test-openai-key-not-secret" not in raw
     assert Path(openai_service.log_path).exists()
+
+
+# -- answer cache -------------------------------------------------------------------
+
+
+def test_cached_first_turn_answer_is_replayed_without_a_provider_call(
+    module_services: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    service = module_services(**openai_settings(fake_provider, CHATAPP_CACHE_TTL="60"))
+    question = "fake: | The cached answer, word for word."
+    first_turn, first = ChatClient(service.url).answer(question)
+    second_turn, second = ChatClient(service.url).answer(question)
+    assert text_of(second) == text_of(first) == "The cached answer, word for word."
+    assert data_of(first, "start")[0]["cached"] is False
+    assert data_of(second, "start")[0]["cached"] is True
+    assert data_of(second, "usage") == []
+    assert data_of(second, "done") == [{"finish_reason": "stop"}]
+    assert_well_formed(second)
+    assert len(fake_provider.requests) == 1
+    assert second_turn.conversation_id != first_turn.conversation_id
+
+
+def test_cache_skips_follow_ups_errors_and_other_questions(
+    module_services: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    service = module_services(**openai_settings(fake_provider, CHATAPP_CACHE_TTL="60"))
+    client = ChatClient(service.url)
+    turn, _ = client.answer("fake: | opening")
+    client.answer("fake: | opening", conversation_id=turn.conversation_id)
+    client.answer("fake: status=500 | failing")
+    _, retried = client.answer("fake: status=500 | failing")
+    client.answer("fake: | another question")
+    assert len(fake_provider.requests) == 5
+    assert data_of(retried, "start")[0]["cached"] is False
