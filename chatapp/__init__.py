@@ -9,10 +9,12 @@ from flask import Flask
 from flask import Response
 from flask import request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatapp.config import load_config
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
+from chatapp.limits import init_limits
 
 log = logging.getLogger("chatapp")
 
@@ -27,6 +29,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
+    init_limits(app)
+    hops = config["TRUSTED_PROXY_HOPS"]
+    if hops > 0:
+        # Only the last `hops` X-Forwarded-For entries are proxies we trust;
+        # anything a client put before them cannot buy a fresh limit.
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
+        )
     if config["EPHEMERAL_KEY"]:
         log.warning(
             "CHATAPP_SECRET_KEY is not set: tokens are signed with an ephemeral "

@@ -19,6 +19,9 @@ from chatapp.chat import start_turn
 from chatapp.errors import ApiError
 from chatapp.errors import api_error_response
 from chatapp.extensions import state
+from chatapp.limits import admit_turn
+from chatapp.limits import count_reader
+from chatapp.limits import token_refresh_limit
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
@@ -91,16 +94,22 @@ def chat() -> tuple[Response, int, dict[str, str]]:
             f"Messages are limited to {st.config['MAX_MESSAGE_CHARS']} characters.",
         )
     conversation_id = _text_field(fields, "conversation_id")
-    if conversation_id is not None and not _ID.match(conversation_id):
+    if conversation_id is not None and (
+        not _ID.match(conversation_id)
+        or st.history.owner(conversation_id) != identity.owner
+    ):
         raise ApiError(404, "not_found", "No such conversation.")
     key = request.headers.get("Idempotency-Key") or _text_field(
         fields, "client_turn_id"
     )
     if key is not None and not _KEY.match(key):
         raise ApiError(400, "invalid_input", "The idempotency key is malformed.")
-    body, _ = start_turn(
-        st.relay, st.config, identity, message, conversation_id, key, _describe
-    )
+    with admit_turn() as admission:  # rate limit, quota, streams, capacity
+        body, new = start_turn(
+            st.relay, st.config, identity, message, conversation_id, key, _describe
+        )
+        if new:
+            admission.started(body["id"])
     return (
         jsonify(body),
         201,
@@ -144,7 +153,9 @@ def events(turn_id: str) -> Response:
     if done_id is not None and after >= done_id:
         return Response(status=204, headers={"Cache-Control": "no-store"})
     gone = _client_gone(request.environ.get("gunicorn.socket"))
-    response = Response(relay.events(turn_id, after, gone), headers=sse.STREAM_HEADERS)
+    response = Response(
+        count_reader(relay.events(turn_id, after, gone)), headers=sse.STREAM_HEADERS
+    )
     response.direct_passthrough = True
     return response
 
@@ -207,6 +218,7 @@ def conversation(conversation_id: str) -> Response:
 
 
 @bp.post("/token")
+@token_refresh_limit
 def refresh_token() -> Response:
     """Renew a current or recently expired page token, same identity."""
     fields = _fields()

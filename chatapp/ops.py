@@ -8,6 +8,7 @@ from flask import jsonify
 
 from chatapp.errors import StoreError
 from chatapp.extensions import state
+from chatapp.limits import storage_problem
 
 bp = Blueprint("ops", __name__)
 
@@ -25,4 +26,7 @@ def readyz() -> tuple[Response, int]:
         state().turns.ping()
     except StoreError as exc:
         return jsonify({"status": "unavailable", "reason": str(exc)}), 503
+    problem = storage_problem()
+    if problem is not None:
+        return jsonify({"status": "unavailable", "reason": problem}), 503
     return jsonify({"status": "ready"}), 200
