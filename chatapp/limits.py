@@ -433,7 +433,8 @@ class Gate:
         if held is not None:
             self._settle(held, outcome)
             return
-        # Ended before the view tied it to its reservation: keep it briefly.
+        # Ended before the view tied it to its reservation (a cached replay
+        # ends inside start_turn): keep it until started() comes, briefly.
         now = time.monotonic()
         self._early = {
             k: v for k, v in self._early.items() if now - v[0] < EARLY_KEEP_SECONDS

@@ -437,6 +437,36 @@ def test_budget_is_spent_by_a_cancelled_turn(
     assert_refusal(client.post(message="one more"), 429, "quota_exceeded")
 
 
+def test_a_cached_replay_spends_nothing_and_holds_no_slot(
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+    clients: Callable[[str], ChatClient],
+) -> None:
+    service = service_factory(
+        **openai_settings(
+            fake_provider,
+            CHATAPP_CACHE_TTL="60",
+            CHATAPP_DAILY_TOKEN_BUDGET="30",
+            CHATAPP_MAX_OUTPUT_TOKENS="5",
+            CHATAPP_MAX_STREAMS_PER_CLIENT="1",
+        )
+    )
+    client = clients(service.url)
+    question = "fake: pieces=3 | abcdefghijklmno"
+    _, paid = client.answer(question)
+    [usage] = data_of(paid, "usage")
+    spent = usage["input_tokens"] + usage["output_tokens"]
+    # Room for a turn after the paid one; but were replays charged even their
+    # text (15 characters, 4 tokens), two of them would leave no room for a
+    # third one's hold.
+    assert spent + 5 <= 30 < spent + 2 * 4 + 5
+    for _ in range(3):
+        _, replay = client.answer(question)
+        assert data_of(replay, "start")[0]["cached"] is True
+        assert text_of(replay) == text_of(paid)
+    assert len(fake_provider.requests) == 1
+
+
 # -- Redis going away and coming back --------------------------------------------------
 
 
