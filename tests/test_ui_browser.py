@@ -464,6 +464,35 @@ def test_reload_restores_the_conversation_and_continues_it(chat: ChatPage) -> No
     chat.assert_clean()
 
 
+def test_reload_renews_a_remembered_token_that_has_expired(chat: ChatPage) -> None:
+    chat.open()
+    chat.send(fake("Kept across reloads."))
+    chat.wait_answer_finished()
+    looked_up: list[str] = []
+    renewed: list[str] = []
+
+    def expired_once(route: Route, request: Request) -> None:
+        looked_up.append(request.all_headers()["x-chat-token"])
+        if len(looked_up) == 1:
+            # What the service answers for a token past its lifetime.
+            route.fulfill(**json_error(404, "not_found"))
+        else:
+            route.continue_()
+
+    chat.page.route("**/api/conversations/*", expired_once)
+    chat.page.on(
+        "request",
+        lambda r: renewed.append(r.url) if r.url.endswith("/api/token") else None,
+    )
+    chat.reload()
+
+    expect(chat.answers).to_have_count(1)
+    assert chat.answer_text() == "Kept across reloads."
+    assert len(renewed) == 1
+    assert len(looked_up) == 2
+    chat.assert_clean(allow=(f"{FAILED_LOAD} 404",))
+
+
 BLOCK_STORAGE = """
 Object.defineProperty(window, 'localStorage', {
   get() { throw new DOMException('The operation is insecure.', 'SecurityError'); },

@@ -1102,16 +1102,22 @@
       candidates.push({ token: saved.token, renew: true });
     }
     candidates.push({ token: pageToken, renew: false });
+    const fetchHistory = () => callApi(
+      `${config.api}/conversations/${encodeURIComponent(saved.conversationId)}`,
+      { headers: { 'X-Chat-Token': session.token } },
+    );
     for (const { token, renew } of candidates) {
       session.use(token);
       try {
-        // A remembered token may be past its lifetime; renewing keeps the
-        // identity that owns the conversation (and fails once it is too old).
-        if (renew) await session.refresh();
-        return await callApi(
-          `${config.api}/conversations/${encodeURIComponent(saved.conversationId)}`,
-          { headers: { 'X-Chat-Token': session.token } },
-        );
+        try {
+          return await fetchHistory();
+        } catch (err) {
+          // A remembered token may be past its lifetime (the server then
+          // answers 404): renew it, same identity, and ask once more.
+          if (!renew || !(err instanceof ApiError) || err.status !== 404) throw err;
+          await session.refresh();
+          return await fetchHistory();
+        }
       } catch (err) {
         if (!(err instanceof ApiError) || (err.status !== 403 && err.status !== 404)) {
           session.use(pageToken);
