@@ -29,7 +29,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
-    init_limits(app)
+    gate = init_limits(app)
+    state = app.extensions["chatapp"]
+    state.metrics.watch_gauges(
+        lambda: {
+            "chatapp_active_turns": state.relay.running,
+            "chatapp_open_streams": gate.readers,
+        }
+    )
     hops = config["TRUSTED_PROXY_HOPS"]
     if hops > 0:
         # Only the last `hops` X-Forwarded-For entries are proxies we trust;

@@ -15,9 +15,12 @@ from flask import request
 from flask import url_for
 
 from chatapp import sse
+from chatapp.chat import earlier_turn
 from chatapp.chat import start_turn
 from chatapp.errors import ApiError
+from chatapp.errors import StoreError
 from chatapp.errors import api_error_response
+from chatapp.errors import error_response
 from chatapp.extensions import state
 from chatapp.limits import admit_turn
 from chatapp.limits import count_reader
@@ -33,7 +36,27 @@ _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 POLL_WAIT = 25.0
 
-bp.register_error_handler(ApiError, api_error_response)
+STORE_RETRY_AFTER = 5
+
+
+@bp.errorhandler(ApiError)
+def refused(exc: ApiError) -> Response:
+    """Answer a refusal as SPEC's JSON, counting limit refusals."""
+    if exc.status in (429, 503):
+        state().metrics.refused(exc.code)
+    return api_error_response(exc)
+
+
+@bp.errorhandler(StoreError)
+def store_unavailable(exc: StoreError) -> Response:
+    """Shared storage is away: ask the client to come back, never a 500."""
+    state().metrics.refused("over_capacity")
+    return error_response(
+        503,
+        "over_capacity",
+        "The service is briefly unavailable; try again in a few seconds.",
+        retry_after=STORE_RETRY_AFTER,
+    )
 
 
 def _fields() -> dict[str, Any]:
@@ -104,12 +127,16 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     )
     if key is not None and not _KEY.match(key):
         raise ApiError(400, "invalid_input", "The idempotency key is malformed.")
-    with admit_turn() as admission:  # rate limit, quota, streams, capacity
-        body, new = start_turn(
-            st.relay, st.config, identity, message, conversation_id, key, _describe
-        )
-        if new:
-            admission.started(body["id"])
+    # A retry of an accepted turn gets that turn back, whatever the limits say.
+    body = earlier_turn(st.relay, identity, key)
+    if body is None:
+        with admit_turn() as admission:  # rate limit, quota, streams, capacity
+            body, new = start_turn(
+                st.relay, st.config, identity, message, conversation_id, key, _describe
+            )
+            if new:
+                admission.started(body["id"])
+                st.metrics.turn_started()
     return (
         jsonify(body),
         201,

@@ -52,6 +52,21 @@ def cache_key(request: ChatRequest, provider: str) -> str:
     return hashlib.sha256(json.dumps(shape).encode()).hexdigest()
 
 
+def idempotency_scope(identity: Identity, key: str) -> str:
+    """Scope a client's idempotency key to its owner."""
+    return f"{identity.owner}|{key}"
+
+
+def earlier_turn(
+    relay: Relay, identity: Identity, key: str | None
+) -> dict[str, Any] | None:
+    """Return the body of the turn this idempotency key already started."""
+    if not key:
+        return None
+    earlier = relay.history.idempotent(idempotency_scope(identity, key))
+    return json.loads(earlier) if earlier is not None else None
+
+
 def start_turn(
     relay: Relay,
     config: dict[str, Any],
@@ -76,7 +91,7 @@ def start_turn(
     if idempotency_key:
         ttl = config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"]
         earlier = history.claim_idempotency(
-            f"{identity.owner}|{idempotency_key}", json.dumps(body), ttl
+            idempotency_scope(identity, idempotency_key), json.dumps(body), ttl
         )
         if earlier is not None:
             return json.loads(earlier), False

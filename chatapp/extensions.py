@@ -12,6 +12,7 @@ from requests.adapters import HTTPAdapter
 
 from chatapp.history import History
 from chatapp.history import MemoryHistory
+from chatapp.metrics import Metrics
 from chatapp.providers import build_provider
 from chatapp.providers.base import Provider
 from chatapp.relay import Relay
@@ -32,6 +33,7 @@ class State:
     provider: Provider
     relay: Relay
     http: requests.Session
+    metrics: Metrics
     redis: Any = None
 
 
@@ -85,7 +87,11 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             cache_ttl=config["CACHE_TTL"],
         ),
     )
-    state = State(config, signer, turns, history, provider, relay, http, redis_client)
+    metrics = Metrics(redis_client)
+    relay.on_finish.append(metrics.turn_finished)
+    state = State(
+        config, signer, turns, history, provider, relay, http, metrics, redis_client
+    )
     app.extensions["chatapp"] = state
     return state
 

@@ -41,6 +41,9 @@ class History(Protocol):
     def claim_idempotency(self, key: str, value: str, ttl: float) -> str | None:
         """Store `value` under `key` unless taken; return the earlier value if so."""
 
+    def idempotent(self, key: str) -> str | None:
+        """Return the value claimed under `key`, if any, without claiming it."""
+
     def cached_answer(self, key: str) -> str | None:
         """Return the answer cached under `key`, if any."""
 
@@ -119,6 +122,11 @@ class MemoryHistory:
             return held[0]
         self._keys[key] = (value, now + ttl)
         return None
+
+    def idempotent(self, key: str) -> str | None:
+        now = self._sweep()
+        held = self._keys.get(key)
+        return held[0] if held is not None and held[1] > now else None
 
     def cached_answer(self, key: str) -> str | None:
         now = self._sweep()

@@ -567,6 +567,7 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
         except redis.RedisError:
             retry_after = current.limit.get_expiry()
     retry_after = max(1, retry_after)
+    current_app.extensions["chatapp"].metrics.refused("rate_limited")
     return error_response(
         429,
         "rate_limited",

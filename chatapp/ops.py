@@ -1,4 +1,4 @@
-"""Blueprint: health, readiness and (later) metrics for operators."""
+"""Blueprint: health, readiness and metrics for operators."""
 
 from __future__ import annotations
 
@@ -30,3 +30,13 @@ def readyz() -> tuple[Response, int]:
     if problem is not None:
         return jsonify({"status": "unavailable", "reason": problem}), 503
     return jsonify({"status": "ready"}), 200
+
+
+@bp.get("/metrics")
+def metrics() -> tuple[Response, int] | Response:
+    """Serve Prometheus text, summed across workers (and hosts) via Redis."""
+    try:
+        text = state().metrics.render()
+    except StoreError as exc:
+        return jsonify({"status": "unavailable", "reason": str(exc)}), 503
+    return Response(text, mimetype="text/plain; version=0.0.4")

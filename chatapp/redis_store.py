@@ -261,6 +261,11 @@ class RedisHistory:
             earlier = self._r.get(name)
         return str(earlier) if earlier is not None else None
 
+    def idempotent(self, key: str) -> str | None:
+        with _guard("read idempotency key"):
+            value = self._r.get(f"chatapp:idem:{key}")
+        return str(value) if value is not None else None
+
     def cached_answer(self, key: str) -> str | None:
         with _guard("read cached answer"):
             value = self._r.get(f"chatapp:answer:{key}")

@@ -229,21 +229,22 @@ def test_redis_lost_mid_turn_ends_it_and_service_recovers(
 
     decoder = SSEDecoder()
     seen: list[str] = []
-    killed = False
     try:
         for data in response.raw.stream(256, decode_content=False):
             for event in decoder.feed(data):
                 seen.append(event.event)
-                if len(seen) == 5 and not killed:
+                if len(seen) == 5:
                     redis_server.kill()
-                    killed = True
             if seen and seen[-1] == "done":
                 break
+        refused = client.post(message="while Redis is away")
     finally:
         response.close()
-        if not killed:
-            redis_server.kill()
+        redis_server.kill()
         redis_server.start()
+    assert refused.status_code == 503
+    assert refused.json()["error"]["code"] == "over_capacity"
+    assert int(refused.headers["Retry-After"]) > 0
     assert seen[-2:] == ["error", "done"]
     assert fake_provider.wait_all_closed(10)
     wait_for(
