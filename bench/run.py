@@ -92,6 +92,7 @@ class Options:
     quick: bool
     service_root: Path = ROOT
     quiet_wait: float = 0.0
+    cancel_phase: bool = True
     profile: bool = False
 
     def ramp(self, n: int) -> float:
@@ -160,6 +161,7 @@ class Bench:
         self.redis: subprocess.Popen[bytes] | None = None
         self.quiet_budget = options.quiet_wait
         self.phases = 0  # numbers each client start: request ids stay unique
+        self.service_dir = snapshot_service(options.service_root, rundir / "service")
 
     def log_file(self, name: str) -> Any:
         return open(self.rundir / f"{name}.log", "ab")  # noqa: SIM115 - closed at exit
@@ -186,6 +188,15 @@ class Bench:
             stderr=self.log_file("upstream"),
         )
         wait_until(self._upstream_up, 15, "the fake upstream")
+
+    def upstream_counters(self) -> dict[str, int]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream_port, 5)
+        try:
+            conn.request("GET", "/_bench/journal?from=1000000000")
+            counters: dict[str, int] = json.loads(conn.getresponse().read())["counters"]
+            return counters
+        finally:
+            conn.close()
 
     def _upstream_up(self) -> bool:
         try:
@@ -283,7 +294,7 @@ class Bench:
             f"gunicorn-{mode}-{n}",
             [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             env=env,
-            cwd=self.opt.service_root,
+            cwd=self.service_dir,
             stdout=self.log_file(f"service-{mode}-{n}"),
             stderr=subprocess.STDOUT,
         )
@@ -456,6 +467,37 @@ class Service:
             conn.close()
 
 
+def snapshot_service(root: Path, into: Path) -> Path:
+    """Copy the service's code, so that edits made meanwhile do not mix in."""
+    shutil.rmtree(into, ignore_errors=True)
+    shutil.copytree(
+        root / "chatapp",
+        into / "chatapp",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    for name in ("wsgi.py", "gunicorn.conf.py"):
+        shutil.copy2(root / name, into / name)
+    return into
+
+
+def source_state(root: Path) -> dict[str, str]:
+    """Name the code measured: commit, and whether chatapp/ had local edits."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+
+    return {
+        "commit": git("rev-parse", "--short", "HEAD") or "?",
+        "local_edits": git("status", "--porcelain", "--", "chatapp", "wsgi.py")
+        or "none",
+    }
+
+
 # -- system-wide CPU, to see what else ran --------------------------------------
 
 
@@ -511,6 +553,7 @@ def run_loop_phase(
             "upstream_cpu": cpu_seconds(upstream_pid),
             "redis_cpu": cpu_seconds(redis_pid),
             "machine_busy": machine_busy_seconds(),
+            "upstream": bench.upstream_counters(),
         }
         if service is not None and service.mode == "redis":
             taken["redis_commands"] = bench.redis_commands()
@@ -541,6 +584,10 @@ def run_loop_phase(
         "other_busy_cores": (after["machine_busy"] - before["machine_busy"] - ours)
         / span,
         "client_processes": len(clients),
+        "upstream_connections_per_request": _ratio(
+            after["upstream"]["connections"] - before["upstream"]["connections"],
+            after["upstream"]["requests"] - before["upstream"]["requests"],
+        ),
     }
     if service is not None:
         cpu = after["workers_cpu"] - before["workers_cpu"]
@@ -628,12 +675,15 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         for kind, count in r["errors"].items():
             errors[kind] = errors.get(kind, 0) + count
     ttft = [x for r in results for x in r["ttft"]]
+    post = [x for r in results for x in r.get("post", [])]
     gaps = merge_counts(r["gaps"] for r in results)
     return {
         "errors": errors,
         "ttft_n": len(ttft),
         "ttft_p50": percentile(ttft, 50),
         "ttft_p99": percentile(ttft, 99),
+        "post_p50": percentile(post, 50),
+        "post_p99": percentile(post, 99),
         "gap_p50": histogram_percentile(gaps, 50),
         "gap_p99": histogram_percentile(gaps, 99),
         "gap_n": sum(gaps.values()),
@@ -650,6 +700,10 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _ratio(part: float, whole: float) -> float | None:
+    return part / whole if whole else None
+
+
 def _sleep_until(t: float) -> None:
     delay = t - time.monotonic()
     if delay > 0:
@@ -664,7 +718,7 @@ def execute(bench: Bench, run: Run) -> None:
     bench.start_upstream()
     if "redis" in opt.modes:
         bench.start_redis()
-    for mode in opt.modes:
+    for mode in opt.modes if opt.cancel_phase else ():
         # Its own service: a short orphan time, which would cancel turns whose
         # reader is merely slow to arrive under the load phases' overload.
         _say(f"{mode}: cancel phase (CHATAPP_ORPHAN_SECONDS={opt.orphan_seconds:g})")
@@ -797,6 +851,8 @@ def report(run: Run) -> str:
             "tok/s",
             "TTFT p50",
             "TTFT p99",
+            "POST p50",
+            "POST p99",
             "gap p50",
             "gap p99",
             "cut",
@@ -860,6 +916,8 @@ def _detail_row(
         number(r["tokens_per_second"], 0),
         ms(r["ttft_p50"]),
         ms(r["ttft_p99"]),
+        ms(r["post_p50"]) if hold else "—",
+        ms(r["post_p99"]) if hold else "—",
         ms(r["gap_p50"]),
         ms(r["gap_p99"]),
         str(r["cut"]),
@@ -931,6 +989,9 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--out", type=Path, default=None, help="JSON report path")
     parser.add_argument(
+        "--no-cancel", action="store_true", help="skip the cancel phase"
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=None,
@@ -973,6 +1034,7 @@ def parse_args(argv: list[str] | None) -> Options:
             else (0.0 if quick else 120.0)
         ),
         profile=bool(args.profile),
+        cancel_phase=not args.no_cancel,
     )
 
 
@@ -985,7 +1047,10 @@ def main(argv: list[str] | None = None) -> int:
     opt.out.parent.mkdir(parents=True, exist_ok=True)
     rundir = opt.out.with_suffix("")
     rundir.mkdir(parents=True, exist_ok=True)
-    run = Run(describe_machine(), {**asdict(opt), "out": str(opt.out)})
+    run = Run(
+        {**describe_machine(), "source": source_state(opt.service_root)},
+        {**asdict(opt), "out": str(opt.out)},
+    )
     bench = Bench(opt, rundir)
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -1013,6 +1078,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
         bench.children.stop_all()
     text = report(run)
+    shutil.rmtree(rundir / "service", ignore_errors=True)
     opt.out.write_text(json.dumps(asdict(run), indent=1, default=str))
     print(text)
     print(f"\nJSON report: {opt.out}; process logs: {rundir}")

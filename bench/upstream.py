@@ -123,6 +123,7 @@ class Upstream:
     def __init__(self) -> None:
         self.journal: list[tuple[str, str, float]] = []
         self.counters: dict[str, int] = {
+            "connections": 0,
             "requests": 0,
             "completed": 0,
             "closed_early": 0,
@@ -133,6 +134,7 @@ class Upstream:
     def handle(self, sock: socket.socket, _address: Any) -> None:
         """Serve one connection: requests one after another (keep-alive)."""
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.counters["connections"] += 1
         buf = bytearray()
         writer: gevent.Greenlet | None = None
         current: _Request | None = None
