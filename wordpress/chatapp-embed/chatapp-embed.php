@@ -176,12 +176,16 @@ function chatapp_embed_shortcode( $atts = array() ): string {
 			. chatapp_embed_admin_notice( __( 'Chatapp: set the chatapp URL under Settings → Chatapp to show the chat here.', 'chatapp-embed' ) );
 	}
 
-	$src    = $base . '/embed';
-	$notice = '';
+	$src     = $base . '/embed';
+	$notice  = '';
+	$loading = 'lazy';
 	if ( is_user_logged_in() ) {
 		$token = chatapp_embed_sso_token( wp_get_current_user() );
 		if ( '' !== $token ) {
 			$src .= '?sso=' . rawurlencode( $token );
+			// The SSO token lives minutes; a lazy frame far down the page could
+			// load after it expired and sign the user in anonymously.
+			$loading = 'eager';
 		} else {
 			$notice = chatapp_embed_admin_notice( __( 'Chatapp: CHATAPP_WP_SHARED_SECRET is not defined in wp-config.php, so logged-in users chat anonymously.', 'chatapp-embed' ) );
 		}
@@ -202,12 +206,13 @@ function chatapp_embed_shortcode( $atts = array() ): string {
 	);
 
 	return $notice . sprintf(
-		'<iframe id="%1$s" class="chatapp-embed" src="%2$s" title="%3$s" height="%4$d" style="width:100%%;height:%4$dpx;border:none;" loading="lazy" allow="clipboard-write" referrerpolicy="strict-origin-when-cross-origin" data-chatapp-embed data-chatapp-origin="%5$s"></iframe>',
+		'<iframe id="%1$s" class="chatapp-embed" src="%2$s" title="%3$s" height="%4$d" style="width:100%%;height:%4$dpx;border:none;" loading="%6$s" allow="clipboard-write" referrerpolicy="strict-origin-when-cross-origin" data-chatapp-embed data-chatapp-origin="%5$s"></iframe>',
 		esc_attr( wp_unique_id( 'chatapp-embed-' ) ),
 		esc_url( $src, array( 'http', 'https' ) ),
 		esc_attr( $title ),
 		$height,
-		esc_attr( chatapp_embed_origin( $base ) )
+		esc_attr( chatapp_embed_origin( $base ) ),
+		esc_attr( $loading )
 	);
 }
 add_shortcode( 'ai_chat', 'chatapp_embed_shortcode' );

@@ -121,7 +121,7 @@ function chatapp_test_jwt_verify( string $token, string $secret ): array {
 }
 
 /** Check every attribute an [ai_chat] iframe must carry. */
-function chatapp_test_check_frame( array $frame, string $src, string $title, int $height ): void {
+function chatapp_test_check_frame( array $frame, string $src, string $title, int $height, string $loading = 'lazy' ): void {
 	check_same(
 		array( 'allow', 'class', 'data-chatapp-embed', 'data-chatapp-origin', 'height', 'id', 'loading', 'referrerpolicy', 'src', 'style', 'title' ),
 		( function ( array $names ): array {
@@ -134,7 +134,7 @@ function chatapp_test_check_frame( array $frame, string $src, string $title, int
 	check_same( $title, $frame['title'], 'title' );
 	check_same( (string) $height, $frame['height'], 'height' );
 	check_same( "width:100%;height:{$height}px;border:none;", $frame['style'], 'style' );
-	check_same( 'lazy', $frame['loading'], 'loading' );
+	check_same( $loading, $frame['loading'], 'loading' );
 	check_same( 'clipboard-write', $frame['allow'], 'allow' );
 	check_same( 'strict-origin-when-cross-origin', $frame['referrerpolicy'], 'referrerpolicy' );
 	check_same( '', $frame['data-chatapp-embed'], 'data-chatapp-embed' );
@@ -469,7 +469,7 @@ chatapp_test_case(
 		$frame  = chatapp_test_one_iframe( $html );
 		check( false === strpos( $html, 'chatapp-embed-notice' ), 'notice despite the secret' );
 		check( 1 === preg_match( '#^https://chat\.example/embed\?sso=([A-Za-z0-9_.-]+)$#', $frame['src'], $m ), 'src ' . $frame['src'] );
-		chatapp_test_check_frame( $frame, $frame['src'], 'AI chat', 600 );
+		chatapp_test_check_frame( $frame, $frame['src'], 'AI chat', 600, 'eager' );
 		list( $header, $claims ) = chatapp_test_jwt_verify( $m[1], CHATAPP_TEST_SECRET );
 		check_same( array( 'alg' => 'HS256', 'typ' => 'JWT' ), $header, 'header' );
 		check_same( array( 'sub', 'name', 'site', 'iat', 'exp', 'aud' ), array_keys( $claims ), 'claim names' );
