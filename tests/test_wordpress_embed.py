@@ -1,0 +1,310 @@
+"""WordPress embedding end to end: the plugin's page, SSO, CSP, resizing.
+
+The host page is rendered by the plugin's own PHP and served from another
+loopback origin, as a WordPress site would be; the iframe talks to chatapp
+under real gunicorn; Debian's headless Chromium enforces the CSP.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+import requests
+from playwright.sync_api import Browser
+from playwright.sync_api import Frame
+from playwright.sync_api import Page
+from playwright.sync_api import sync_playwright
+
+from tests.browser import launch_chromium
+from tests.browser import new_context
+from tests.conftest import ROOT
+from tests.conftest import Service
+from tests.conftest import ServiceFactory
+from tests.conftest import openai_settings
+from tests.fake_provider import FakeProvider
+
+pytestmark = [pytest.mark.e2e, pytest.mark.php]
+
+SECRET = "wordpress-shared-secret-for-the-tests-0123456789"
+PLUGIN = ROOT / "wordpress" / "chatapp-embed"
+SCRIPT_PATH = "/wp-content/plugins/chatapp-embed/assets/chatapp-embed.js"
+
+
+class WordPressSite:
+    """A loopback 'WordPress' serving a page the plugin rendered, and its script."""
+
+    def __init__(self) -> None:
+        self.page = b""
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == SCRIPT_PATH.split("?")[0] or self.path.startswith(
+                    SCRIPT_PATH + "?"
+                ):
+                    body = (PLUGIN / "assets" / "chatapp-embed.js").read_bytes()
+                    kind = "text/javascript"
+                else:
+                    body, kind = site.page, "text/html; charset=utf-8"
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    def render(self, chatapp_url: str, user_id: int, name: str = "Ada") -> None:
+        """Render the page with the plugin's PHP for this user (0: logged out)."""
+        result = subprocess.run(
+            [
+                "php",
+                str(ROOT / "wordpress" / "tests" / "render_page.php"),
+                self.origin,
+                chatapp_url,
+                SECRET,
+                str(user_id),
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        self.page = result.stdout.encode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def site() -> Iterator[WordPressSite]:
+    wordpress = WordPressSite()
+    yield wordpress
+    wordpress.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = launch_chromium(playwright)
+        yield chromium
+        chromium.close()
+
+
+def mint(sub: str = "42", ttl: int | None = None) -> str:
+    """A token made by the plugin's own PHP code."""
+    args = ["php", str(ROOT / "wordpress" / "tests" / "mint_token.php"), SECRET]
+    args += [sub, "Ada", "https://blog.example"]
+    if ttl is not None:
+        args.append(str(ttl))
+    return subprocess.run(
+        args, capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
+
+
+def page_identity(html: str) -> dict[str, Any]:
+    """Read the (signed, not secret) payload of the page token in a page."""
+    marker = 'name="chatapp-token" content="'
+    token = html[html.index(marker) + len(marker) :].split('"', 1)[0]
+    payload = token.split(".")[0]
+    return dict(
+        json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    )
+
+
+def embed_service(factory: ServiceFactory, origins: str, **extra: Any) -> Service:
+    return factory(
+        CHATAPP_WP_SHARED_SECRET=SECRET, CHATAPP_EMBED_ORIGINS=origins, **extra
+    )
+
+
+# -- SSO over HTTP ------------------------------------------------------------------
+
+
+def test_sso_from_the_plugin_signs_the_user_in(service_factory: ServiceFactory) -> None:
+    service = embed_service(service_factory, "https://blog.example")
+    response = requests.get(service.url + "/embed", params={"sso": mint()}, timeout=10)
+    assert response.status_code == 200
+    identity = page_identity(response.text)
+    assert identity["u"] == "42"
+    assert identity["s"] == "https://blog.example"
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        pytest.param(
+            lambda t: t[:-2] + ("AA" if not t.endswith("AA") else "BB"), id="tampered"
+        ),
+        pytest.param(
+            lambda t: jwt.encode(
+                {**jwt.decode(t, options={"verify_signature": False})},
+                key=None,
+                algorithm="none",
+            ),
+            id="alg-none",
+        ),
+        pytest.param(
+            lambda t: jwt.encode(
+                {**jwt.decode(t, options={"verify_signature": False}), "aud": "other"},
+                SECRET,
+                algorithm="HS256",
+            ),
+            id="wrong-audience",
+        ),
+        pytest.param(
+            lambda t: jwt.encode(
+                {
+                    **jwt.decode(t, options={"verify_signature": False}),
+                    "exp": int(time.time()) + 3600,
+                },
+                SECRET,
+                algorithm="HS256",
+            ),
+            id="over-long",
+        ),
+    ],
+)
+def test_forged_sso_gets_a_403_page(
+    service_factory: ServiceFactory, forge: Any
+) -> None:
+    service = embed_service(service_factory, "https://blog.example")
+    response = requests.get(
+        service.url + "/embed", params={"sso": forge(mint())}, timeout=10
+    )
+    assert response.status_code == 403
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "chatapp-token" not in response.text
+    assert "Traceback" not in response.text
+
+
+def test_expired_sso_degrades_to_an_anonymous_visitor(
+    service_factory: ServiceFactory,
+) -> None:
+    service = embed_service(service_factory, "https://blog.example")
+    # A token the plugin made 20 minutes ago, for five minutes.
+    claims = jwt.decode(mint(), options={"verify_signature": False})
+    claims["iat"] = int(time.time()) - 1200
+    claims["exp"] = claims["iat"] + 300
+    old = jwt.encode(claims, SECRET, algorithm="HS256")
+    response = requests.get(service.url + "/embed", params={"sso": old}, timeout=10)
+    assert response.status_code == 200
+    assert "u" not in page_identity(response.text)
+
+
+def test_frame_ancestors_follow_the_setting(service_factory: ServiceFactory) -> None:
+    service = embed_service(
+        service_factory, "https://blog.example https://shop.example"
+    )
+    embed = requests.get(service.url + "/embed", timeout=10).headers
+    index = requests.get(service.url + "/", timeout=10).headers
+    assert (
+        "frame-ancestors 'self' https://blog.example https://shop.example"
+        in embed["Content-Security-Policy"]
+    )
+    assert "X-Frame-Options" not in embed
+    assert "frame-ancestors 'self'" in index["Content-Security-Policy"]
+    assert "https://blog.example" not in index["Content-Security-Policy"]
+    assert index["X-Frame-Options"] == "SAMEORIGIN"
+
+
+# -- in the browser -----------------------------------------------------------------
+
+
+def chat_frame(page: Page) -> Frame:
+    page.wait_for_selector("iframe[data-chatapp-embed]")
+    handle = page.query_selector("iframe[data-chatapp-embed]")
+    assert handle is not None
+    frame = handle.content_frame()
+    assert frame is not None
+    return frame
+
+
+FRAME_HEIGHT = (
+    "() => document.querySelector('iframe[data-chatapp-embed]')"
+    ".getBoundingClientRect().height"
+)
+
+
+def iframe_height(page: Page) -> int:
+    return int(
+        page.eval_on_selector(
+            "iframe[data-chatapp-embed]", "(f) => f.getBoundingClientRect().height"
+        )
+    )
+
+
+def test_allowed_wordpress_page_chats_in_the_iframe_and_is_resized(
+    browser: Browser,
+    service_factory: ServiceFactory,
+    site: WordPressSite,
+    fake_provider: FakeProvider,
+) -> None:
+    service = embed_service(
+        service_factory, site.origin, **openai_settings(fake_provider)
+    )
+    site.render(service.url, user_id=42)
+    long_answer = "\n\n".join(f"Paragraph {i} of a long answer." for i in range(30))
+    context = new_context(browser)
+    try:
+        page = context.new_page()
+        page.goto(site.origin + "/")
+        frame = chat_frame(page)
+        frame.wait_for_selector("form[data-chatapp-form][data-ready]")
+        assert page_identity(frame.content())["u"] == "42"
+        # The plugin's listener fits the frame to the chat: an empty chat is
+        # short, so the 600 px frame shrinks; a long answer makes it grow.
+        page.wait_for_function(FRAME_HEIGHT + " < 600")
+        box = frame.locator("form[data-chatapp-form] textarea[name=message]")
+        box.fill(f"fake: | {long_answer}")
+        box.press("Enter")
+        frame.wait_for_selector('[data-role="assistant"][data-state="done"]')
+        answer = frame.locator('[data-role="assistant"]').inner_text()
+        assert "Paragraph 29 of a long answer." in answer
+        page.wait_for_function(FRAME_HEIGHT + " > 900")
+        assert iframe_height(page) <= 2000
+    finally:
+        context.close()
+
+
+def test_page_from_an_origin_not_allowed_is_refused_by_the_browser(
+    browser: Browser, service_factory: ServiceFactory, site: WordPressSite
+) -> None:
+    service = embed_service(service_factory, "https://some-other-site.example")
+    site.render(service.url, user_id=0)
+    context = new_context(browser)
+    refusals: list[str] = []
+    try:
+        page = context.new_page()
+        page.on("console", lambda m: refusals.append(m.text))
+        page.goto(site.origin + "/")
+        page.wait_for_selector("iframe[data-chatapp-embed]")
+        frame = chat_frame(page)
+        frame.wait_for_load_state()
+        assert frame.url.startswith("chrome-error://") or frame.url == "about:blank"
+        assert frame.query_selector("[data-chatapp-form]") is None
+        assert iframe_height(page) == 600  # no resize message ever arrived
+    finally:
+        context.close()
