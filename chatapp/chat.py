@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from chatapp.errors import ApiError
 from chatapp.history import StoredMessage
 from chatapp.providers.base import ChatRequest
 from chatapp.providers.base import Message
@@ -79,12 +78,10 @@ def start_turn(
     """Start a turn (or find the one this key started); return body and newness.
 
     `describe(turn_id, conversation_id)` builds the response body, so that a
-    retry with the same key gets the very same body back.
+    retry with the same key gets the very same body back. The caller has
+    checked that `identity` owns `conversation_id`.
     """
     history = relay.history
-    if conversation_id is not None:
-        if history.owner(conversation_id) != identity.owner:
-            raise ApiError(404, "not_found", "No such conversation.")
     turn_id = new_id()
     cid = conversation_id or new_id()
     body = describe(turn_id, cid)
