@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-import requests
-
 from chatapp.errors import ProviderError
 from chatapp.providers.base import ChatRequest
 from chatapp.providers.base import Chunk
-from chatapp.providers.streaming import event_batches
+from chatapp.providers.streaming import SSEProvider
 from chatapp.providers.streaming import parse_json
 
 API_VERSION = "2023-06-01"
@@ -30,31 +28,14 @@ ERROR_TYPES = {
 }
 
 
-class AnthropicProvider:
+class AnthropicProvider(SSEProvider):
     """Stream answers from the Anthropic Messages API."""
 
+    path = "/v1/messages"
     name = "anthropic"
 
-    def __init__(
-        self,
-        *,
-        session: requests.Session,
-        base_url: str,
-        api_key: str,
-        connect_timeout: float,
-        idle_timeout: float,
-    ) -> None:
-        self._session = session
-        self._url = f"{base_url}/v1/messages"
-        self._headers = {
-            "x-api-key": api_key,
-            "anthropic-version": API_VERSION,
-            "Accept": "text/event-stream",
-        }
-        self._timeouts = {
-            "connect_timeout": connect_timeout,
-            "idle_timeout": idle_timeout,
-        }
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"x-api-key": api_key, "anthropic-version": API_VERSION}
 
     def stream(self, request: ChatRequest) -> Generator[list[Chunk]]:
         """Yield the answer's chunks per network read."""
@@ -71,9 +52,7 @@ class AnthropicProvider:
         if request.temperature is not None:
             body["temperature"] = min(request.temperature, 1.0)
         state = _State()
-        batches = event_batches(
-            self._session, self._url, headers=self._headers, body=body, **self._timeouts
-        )
+        batches = self.events(body)
         try:
             for events in batches:
                 chunks: list[Chunk] = []

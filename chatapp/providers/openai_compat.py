@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any
 
-import requests
-
 from chatapp.errors import ProviderError
 from chatapp.providers.base import ChatRequest
 from chatapp.providers.base import Chunk
-from chatapp.providers.streaming import event_batches
+from chatapp.providers.streaming import SSEProvider
 from chatapp.providers.streaming import parse_json
 
 FINISH_REASONS = {
@@ -22,30 +20,14 @@ FINISH_REASONS = {
 }
 
 
-class OpenAIProvider:
+class OpenAIProvider(SSEProvider):
     """Stream answers from an OpenAI-compatible /chat/completions endpoint."""
 
+    path = "/chat/completions"
     name = "openai"
 
-    def __init__(
-        self,
-        *,
-        session: requests.Session,
-        base_url: str,
-        api_key: str,
-        connect_timeout: float,
-        idle_timeout: float,
-    ) -> None:
-        self._session = session
-        self._url = f"{base_url}/chat/completions"
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Accept": "text/event-stream",
-        }
-        self._timeouts = {
-            "connect_timeout": connect_timeout,
-            "idle_timeout": idle_timeout,
-        }
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"}
 
     def stream(self, request: ChatRequest) -> Generator[list[Chunk]]:
         """Yield the answer's chunks per network read."""
@@ -63,9 +45,7 @@ class OpenAIProvider:
         if request.temperature is not None:
             body["temperature"] = request.temperature
         finished = False
-        batches = event_batches(
-            self._session, self._url, headers=self._headers, body=body, **self._timeouts
-        )
+        batches = self.events(body)
         try:
             for events in batches:
                 chunks: list[Chunk] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Generator
 from typing import Any
+from typing import ClassVar
 
 import requests
 import urllib3.exceptions
@@ -144,3 +145,40 @@ def event_batches(
             # Closing (not releasing) drops the socket, so the provider sees
             # the cancel at once and stops generating.
             response.close()
+
+
+class SSEProvider:
+    """Base of the providers that answer POST with an event stream."""
+
+    name: str
+    path: ClassVar[str]  # appended to the base URL
+
+    def __init__(
+        self,
+        *,
+        session: requests.Session,
+        base_url: str,
+        api_key: str,
+        connect_timeout: float,
+        idle_timeout: float,
+    ) -> None:
+        self._session = session
+        self._url = base_url + self.path
+        self._headers = {"Accept": "text/event-stream", **self.auth_headers(api_key)}
+        self._connect_timeout = connect_timeout
+        self._idle_timeout = idle_timeout
+
+    def auth_headers(self, api_key: str) -> dict[str, str]:
+        """Return the headers that carry the key and the API version."""
+        raise NotImplementedError
+
+    def events(self, body: dict[str, Any]) -> Generator[list[ServerSentEvent]]:
+        """POST `body` and yield the events of each network read."""
+        return event_batches(
+            self._session,
+            self._url,
+            headers=self._headers,
+            body=body,
+            connect_timeout=self._connect_timeout,
+            idle_timeout=self._idle_timeout,
+        )
