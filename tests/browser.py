@@ -12,6 +12,8 @@ import socket
 import threading
 from dataclasses import dataclass
 from dataclasses import field
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -350,3 +352,51 @@ class CuttingProxy:
             pass
         finally:
             link.close()
+
+
+class LocalSite:
+    """A real site on another loopback origin, serving fixed files.
+
+    Real, not routed: Chrome's local-network checks refuse a loopback frame
+    inside a page that did not itself come from a local address. `files`
+    maps a path (query ignored) to (body, content type); "/" is the page.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body, kind = site.files.get(
+                    self.path.split("?", 1)[0], (b"not found", "text/plain")
+                )
+                self.send_response(200 if body != b"not found" else 404)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_port}"
+
+    @property
+    def html(self) -> bytes:
+        return self.files.get("/", (b"", ""))[0]
+
+    @html.setter
+    def html(self, body: bytes) -> None:
+        self.files["/"] = (body, "text/html; charset=utf-8")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)

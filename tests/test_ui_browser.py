@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +27,7 @@ from tests.browser import DESKTOP
 from tests.browser import PHONE
 from tests.browser import ChatPage
 from tests.browser import CuttingProxy
+from tests.browser import LocalSite
 from tests.browser import launch_chromium
 from tests.browser import new_context
 from tests.fake_provider import Behaviour
@@ -693,45 +691,9 @@ PARENT_PAGE = """<!doctype html>
 </body></html>"""
 
 
-class ParentSite:
-    """A real page on another loopback origin that frames /embed.
-
-    Real, not routed: Chrome's local-network checks refuse a loopback frame
-    inside a page that did not itself come from a local address.
-    """
-
-    def __init__(self) -> None:
-        self.html = b""
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html; charset=utf-8")
-                self.send_header("Content-Length", str(len(site.html)))
-                self.end_headers()
-                self.wfile.write(site.html)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-
 @pytest.fixture
-def parent_site() -> Iterator[ParentSite]:
-    site = ParentSite()
+def parent_site() -> Iterator[LocalSite]:
+    site = LocalSite()
     yield site
     site.close()
 
@@ -740,7 +702,7 @@ def test_embed_reports_its_height_to_an_allowed_parent(
     context: BrowserContext,
     service_factory: Any,
     fake_provider: FakeProvider,
-    parent_site: ParentSite,
+    parent_site: LocalSite,
 ) -> None:
     service = service_factory(
         **openai_env(fake_provider, CHATAPP_EMBED_ORIGINS=parent_site.origin)
@@ -774,7 +736,7 @@ def test_embed_posts_nothing_to_a_parent_that_is_not_listed(
     context: BrowserContext,
     service_factory: Any,
     fake_provider: FakeProvider,
-    parent_site: ParentSite,
+    parent_site: LocalSite,
 ) -> None:
     service = service_factory(
         **openai_env(fake_provider, CHATAPP_EMBED_ORIGINS=parent_site.origin)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
-from http.server import ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -25,6 +22,7 @@ from playwright.sync_api import Frame
 from playwright.sync_api import Page
 from playwright.sync_api import sync_playwright
 
+from tests.browser import LocalSite
 from tests.browser import launch_chromium
 from tests.browser import new_context
 from tests.conftest import ROOT
@@ -40,38 +38,13 @@ PLUGIN = ROOT / "wordpress" / "chatapp-embed"
 SCRIPT_PATH = "/wp-content/plugins/chatapp-embed/assets/chatapp-embed.js"
 
 
-class WordPressSite:
+class WordPressSite(LocalSite):
     """A loopback 'WordPress' serving a page the plugin rendered, and its script."""
 
     def __init__(self) -> None:
-        self.page = b""
-        site = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if self.path == SCRIPT_PATH.split("?")[0] or self.path.startswith(
-                    SCRIPT_PATH + "?"
-                ):
-                    body = (PLUGIN / "assets" / "chatapp-embed.js").read_bytes()
-                    kind = "text/javascript"
-                else:
-                    body, kind = site.page, "text/html; charset=utf-8"
-                self.send_response(200)
-                self.send_header("Content-Type", kind)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_port}"
+        super().__init__()
+        script = (PLUGIN / "assets" / "chatapp-embed.js").read_bytes()
+        self.files[SCRIPT_PATH] = (script, "text/javascript")
 
     def render(self, chatapp_url: str, user_id: int, name: str = "Ada") -> None:
         """Render the page with the plugin's PHP for this user (0: logged out)."""
@@ -90,12 +63,7 @@ class WordPressSite:
             check=True,
             timeout=30,
         )
-        self.page = result.stdout.encode()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
+        self.html = result.stdout.encode()
 
 
 @pytest.fixture
