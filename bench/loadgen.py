@@ -405,6 +405,13 @@ class Client:
         counts: Counter[str] = Counter()
         cancels: dict[str, tuple[str, float]] = {}  # rid -> (cancel url, time)
         finished: Counter[str] = Counter()
+        # Seconds from each POST sent to: its 201, the stream's headers, and
+        # the first delta.
+        timeline: dict[str, list[float]] = {
+            "post": [],
+            "headers": [],
+            "first_delta": [],
+        }
 
         def vu(i: int) -> None:
             gevent.sleep(max(0.0, cfg.t0 + cfg.ramp * i / cfg.vus - time.monotonic()))
@@ -412,14 +419,19 @@ class Client:
             rid = self.rid("h")
             held = False
             try:
+                sent = time.monotonic()
                 turn = self.start_turn(conn, i, pace, rid, track=True)
+                posted = time.monotonic()
                 head = turn and self.open_stream(conn, turn["stream_url"])
                 if turn is None or head is None:
                     return
-                stream = Stream(self.rec, time.monotonic(), conn.chunks(head))
+                timeline["post"].append(posted - sent)
+                timeline["headers"].append(time.monotonic() - sent)
+                stream = Stream(self.rec, sent, conn.chunks(head))
                 if self.read_events(conn, stream, stop_after_deltas=1):
                     self.rec.errors["ended_before_release"] += 1
                     return
+                timeline["first_delta"].append(time.monotonic() - sent)
                 held = True
                 counts["held"] += 1
                 cancels[rid] = (turn["cancel_url"], 0.0)
@@ -451,6 +463,7 @@ class Client:
             "held": counts["held"],
             "finish": dict(finished),
             "cancel_latency": closes,
+            "timeline": timeline,
         }
 
     def _cancel_all(self, cancels: dict[str, tuple[str, float]]) -> list[float]:

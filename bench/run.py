@@ -636,6 +636,10 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
         proc.stdin.flush()
     results, _ = bench.finish_clients(clients)
     latencies = [x for r in results for x in r["cancel_latency"]]
+    timeline = {
+        step: [x for r in results for x in r["timeline"][step]]
+        for step in ("post", "headers", "first_delta")
+    }
     errors = _merge(results)["errors"]
     return {
         "held": held,
@@ -646,6 +650,11 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
         "cancel_p99": percentile(latencies, 99),
         "cancelled": len(latencies),
         "errors": errors,
+        **{
+            f"open_{step}_p{q}": percentile(values, q)
+            for step, values in timeline.items()
+            for q in (50, 99)
+        },
     }
 
 
@@ -653,7 +662,14 @@ def run_cancel_phase(bench: Bench, service: Service) -> dict[str, Any]:
     opt = bench.opt
     t0 = time.monotonic() + CLIENT_START_SECONDS
     clients = bench.start_clients(
-        "cancel", opt.cancel_count * 4, service.port, t0, window=0.0, ramp=2.0
+        "cancel",
+        opt.cancel_count * 4,
+        service.port,
+        t0,
+        window=0.0,
+        # About 40 starts a second: streaming turns then stay well within what
+        # the service relays, so a cancel is timed, not a queue behind tokens.
+        ramp=max(2.0, opt.cancel_count * 4 / 40),
     )
     results, _ = bench.finish_clients(clients)
     result = results[0]
@@ -774,7 +790,10 @@ def _floor_line(n: int, r: dict[str, Any]) -> str:
 def _hold_line(r: dict[str, Any]) -> str:
     per = r["rss_per_stream"]
     return (
-        f"{r['held']} open, {number(per / 1024 if per else None)} KiB/stream, "
+        f"{r['held']} open (first delta p50 {ms(r['open_first_delta_p50'])} ms, "
+        f"p99 {ms(r['open_first_delta_p99'])} ms; POST p99 "
+        f"{ms(r['open_post_p99'])} ms), "
+        f"{number(per / 1024 if per else None)} KiB/stream, "
         f"cancel p99 {ms(r['cancel_p99'])} ms, errors {errors_text(r['errors'])}"
     )
 
