@@ -247,6 +247,7 @@ class Relay:
             },
         )
         writer.add("delta", {"text": answer["text"]})
+        writer.flush()
         # Nothing was spent upstream: no usage event, and zero to settle.
         outcome = TurnOutcome(info, "stop", None, 0, 0, len(answer["text"]), None, True)
         self._finish(writer, outcome, answer["text"], usage=False)
@@ -268,20 +269,27 @@ class Relay:
                     },
                 )
             done_id = writer.add("done", {"finish_reason": outcome.finish_reason})
-            writer.flush()
-            self.turns.finish(info.id, done_id, self.settings.stream_ttl)
+            # Record the answer and the end before `done` goes out, so a
+            # client that saw `done` finds both: history and a 204 on reconnect.
             if text:
                 self.history.append(
                     info.conversation_id,
                     StoredMessage("assistant", text, time.time()),
                 )
+            self.turns.finish(info.id, done_id, self.settings.stream_ttl)
         except StoreError:
             log.exception("turn %s: could not record its end", info.id)
+        # Limits settle before `done` too: a visitor who sends the next
+        # message the moment this one ends must find its stream slot free.
         for hook in self.on_finish:
             try:
                 hook(outcome)
             except Exception:
                 log.exception("turn %s: finish hook failed", info.id)
+        try:
+            writer.flush()
+        except StoreError:
+            log.exception("turn %s: could not write its end", info.id)
 
     # -- supervising ------------------------------------------------------
 
@@ -378,8 +386,8 @@ class Relay:
             },
         )
         done_id = writer.add("done", {"finish_reason": "error"})
-        writer.flush()
         self.turns.finish(turn_id, done_id, self.settings.stream_ttl)
+        writer.flush()
         return False
 
 
