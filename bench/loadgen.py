@@ -166,12 +166,18 @@ class Stream:
         self.started = False
 
     def token_text(self, now: float, text: str) -> None:
+        """Take the text of a delta read at `now` (one `now` per socket read).
+
+        A gap is the wait between two reads that brought text: deltas that
+        arrive together in one read are one burst after one wait, not a
+        wait followed by waits of zero.
+        """
         rec = self.rec
         if self.first is None:
             self.first = now
             if rec.in_window(self.sent_at):
                 rec.ttft.append(now - self.sent_at)
-        elif rec.in_window(now):
+        elif now != self.last and rec.in_window(now):
             rec.gaps[int((now - self.last) / GAP_BUCKET)] += 1
         if rec.in_window(now):
             rec.tokens_in_window += len(text) // TOKEN_CHARS
