@@ -428,8 +428,10 @@ class Client:
                 sent = time.monotonic()
                 turn = self.start_turn(conn, i, pace, rid, track=True)
                 posted = time.monotonic()
-                head = turn and self.open_stream(conn, turn["stream_url"])
-                if turn is None or head is None:
+                if turn is None:
+                    return
+                head = self.open_stream(conn, turn["stream_url"])
+                if head is None:
                     return
                 timeline["post"].append(posted - sent)
                 timeline["headers"].append(time.monotonic() - sent)
@@ -530,7 +532,9 @@ class Client:
             conn = Connection(HOST, cfg.port)
             try:
                 turn = self.start_turn(conn, j, pace, rid, track=True)
-                head = turn and self.open_stream(conn, turn["stream_url"])
+                head = (
+                    None if turn is None else self.open_stream(conn, turn["stream_url"])
+                )
                 if turn is None or head is None:
                     errors[kind]["refused"] += 1
                     return

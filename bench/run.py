@@ -4,15 +4,16 @@
     .venv/bin/python -m bench.run --quick         # a smoke test (under a minute)
     .venv/bin/python -m bench.run --n 100,1000 --mode memory
 
-It starts a fake upstream (`bench.upstream`), for each N the floor (load
-client straight to the upstream), then per mode the service under gunicorn
-(memory: 1 worker; redis: 2 workers and a redis-server of its own), and the
-load client (`bench.loadgen`, its own processes). Per service run:
+It starts a fake upstream (`bench.upstream`) and, per mode, a cancel phase on
+a service of its own (short orphan time): cancels and vanished readers timed
+to the upstream connection closing, against a silent and a streaming
+upstream. Then for each N the floor (load client straight to the upstream)
+and per mode the service under gunicorn (memory: 1 worker; redis: 2 workers
+and a redis-server of its own) with the load client (`bench.loadgen`, its own
+processes):
 
 1. hold: open N streams at once, read the workers' RSS, cancel them all;
-2. load: N browsers in a closed loop; figures come from a steady window;
-3. at the smallest N only, cancel: time cancels and vanished readers to the
-   upstream connection closing, against a silent and a streaming upstream.
+2. load: N browsers in a closed loop; figures come from a steady window.
 
 Service CPU and RSS are read from the gunicorn workers' /proc entries only.
 Every process started is stopped by its pid at the end, on error, on Ctrl-C
@@ -995,9 +996,13 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--mode", default=None, help="memory,redis (default both)")
     parser.add_argument("--quick", action="store_true", help="a smoke test, < 60 s")
     parser.add_argument("--window", type=float, default=None, help="seconds measured")
-    parser.add_argument("--ttft-ms", type=int, default=200)
-    parser.add_argument("--token-ms", type=int, default=20)
-    parser.add_argument("--tokens", type=int, default=50)
+    parser.add_argument(
+        "--ttft-ms", type=int, default=200, help="upstream time to first token"
+    )
+    parser.add_argument(
+        "--token-ms", type=int, default=20, help="upstream gap between tokens"
+    )
+    parser.add_argument("--tokens", type=int, default=50, help="tokens per answer")
     parser.add_argument("--cancel-count", type=int, default=None, help="per kind")
     parser.add_argument("--orphan-seconds", type=float, default=2.0)
     parser.add_argument(
@@ -1078,6 +1083,8 @@ def main(argv: list[str] | None = None) -> int:
     def on_alarm(_signum: int, _frame: Any) -> None:
         raise DeadlineExceeded("the global deadline passed")
 
+    # Also when started in the background, where a shell ignores SIGINT.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGALRM, on_alarm)
     signal.alarm(max(1, int(bench.time_left()) + 1))
