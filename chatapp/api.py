@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+import gevent.monkey
 from flask import Blueprint
 from flask import Response
 from flask import jsonify
@@ -31,6 +32,9 @@ from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+
+_original_poll = gevent.monkey.get_original("select", "poll")
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 _KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -189,17 +193,22 @@ def events(turn_id: str) -> Response:
 
 def _client_gone(sock: socket.socket | None) -> Callable[[], bool]:
     """Tell, without blocking, whether the client has closed its connection."""
+    if sock is None:
+        return lambda: False
+    # The unpatched poll(2): gevent's select() first calls select(2), which
+    # refuses descriptors >= 1024 (FD_SETSIZE) with ValueError.
+    poller = _original_poll()
+    poller.register(sock.fileno(), select.POLLIN | _POLLRDHUP)
 
     def gone() -> bool:
-        if sock is None:
-            return False
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            # A readable socket at EOF is a client that went away; anything
-            # else readable is a pipelined request we leave for later.
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
+            ready = poller.poll(0)
+        except OSError:
             return True
+        for _, mask in ready:
+            if mask & (_POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                return True
+        return False
 
     return gone
 

@@ -40,6 +40,8 @@ class State:
 def provider_session(pool_size: int) -> requests.Session:
     """Make the worker's one upstream session, pooled for its streams."""
     session = requests.Session()
+    # Environment proxies and ~/.netrc are looked up per request otherwise.
+    session.trust_env = False
     # The default pool keeps 10 connections and silently opens and drops the
     # rest; keep as many as the worker may stream at once. Never retry: a
     # replayed POST would be a second paid call.

@@ -412,8 +412,13 @@ class Gate:
 
     @property
     def open_streams(self) -> int:
-        """Streams this worker holds open: SSE readers and turns producing."""
-        return self.readers + self._relay.running
+        """Streams this worker holds open, counting a turn and its reader once.
+
+        Readers hold client connections (bounded by worker_connections);
+        producers hold upstream ones. A turn usually has both, so the larger
+        count is the load; a producer whose reader left still counts.
+        """
+        return max(self.readers, self._relay.running)
 
     def started(self, held: Reservation, turn_id: str) -> None:
         """Tie a reservation to the turn it admitted, until that turn ends."""

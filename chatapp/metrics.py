@@ -21,6 +21,8 @@ from chatapp.errors import StoreError
 from chatapp.relay import TurnOutcome
 
 TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+TTFT = "chatapp_time_to_first_token_seconds"
+TTFT_SLOT = "chatapp_ttft_slot"  # stored per bucket, not cumulative
 COUNTERS_KEY = "chatapp:metrics"
 GAUGES_KEY = "chatapp:metrics:gauges"
 GAUGE_EVERY = 5.0
@@ -96,13 +98,11 @@ class Metrics:
             ] = 1
         ttft = outcome.first_token_seconds
         if ttft is not None:
-            name = "chatapp_time_to_first_token_seconds"
-            for bound in TTFT_BUCKETS:
-                if ttft <= bound:
-                    counts[_field(f"{name}_bucket", {"le": str(bound)})] = 1
-            counts[_field(f"{name}_bucket", {"le": "+Inf"})] = 1
-            counts[_field(f"{name}_count")] = 1
-            counts[_field(f"{name}_sum")] = ttft
+            # One bucket per observation (cumulated when rendered) keeps this
+            # to a few Redis commands per turn.
+            bound = next((b for b in TTFT_BUCKETS if ttft <= b), None)
+            counts[_field(TTFT_SLOT, {"le": str(bound) if bound else "+Inf"})] = 1
+            counts[_field(f"{TTFT}_sum")] = ttft
         self._safe_add(counts)
 
     def _safe_add(self, counts: dict[str, float]) -> None:
@@ -132,7 +132,7 @@ class Metrics:
 
     def render(self) -> str:
         """Render every metric in the Prometheus text format."""
-        counters = self._read_counters()
+        counters = _cumulate(self._read_counters())
         gauges = self._read_gauges()
         lines: list[str] = []
         for name, (kind, text) in HELP.items():
@@ -146,7 +146,7 @@ class Metrics:
             }
             if not rows and kind == "counter" and "{" not in name:
                 rows = {name: 0.0}
-            for key in sorted(rows):
+            for key in sorted(rows, key=_order):
                 lines.append(f"{key} {_number(rows[key])}")
         return "\n".join(lines) + "\n"
 
@@ -183,3 +183,24 @@ class Metrics:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _order(key: str) -> tuple[str, float]:
+    """Sort series by name, histogram buckets by their bound, as Prometheus wants."""
+    name, _, labels = key.partition("{")
+    if 'le="' in labels:
+        return name, float(labels.split('le="', 1)[1].split('"', 1)[0])
+    return key, 0.0
+
+
+def _cumulate(counters: dict[str, float]) -> dict[str, float]:
+    """Turn stored per-bucket counts into Prometheus' cumulative buckets."""
+    slots = {k: v for k, v in counters.items() if k.startswith(TTFT_SLOT + "{")}
+    out = {k: v for k, v in counters.items() if k not in slots}
+    running = 0.0
+    for bound in [*map(str, TTFT_BUCKETS), "+Inf"]:
+        running += slots.get(_field(TTFT_SLOT, {"le": bound}), 0.0)
+        out[_field(f"{TTFT}_bucket", {"le": bound})] = running
+    out[_field(f"{TTFT}_count")] = running
+    out.setdefault(_field(f"{TTFT}_sum"), 0.0)
+    return out

@@ -68,8 +68,8 @@ class TurnOutcome:
     cached: bool = False
 
 
-def _json(value: dict[str, Any]) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+# One encoder for every event: json.dumps with options builds a new one per call.
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Relay:
@@ -125,7 +125,7 @@ class Relay:
         # Interrupt only a wait on the provider; a write to the turn log is
         # left to finish, and the producer checks the flag right after it.
         if run.in_upstream and run.greenlet is not None:
-            run.greenlet.kill(TurnCancelled(reason), block=False)
+            gevent.get_hub().loop.run_callback(_interrupt, run, reason)
 
     def _produce(self, info: TurnInfo, request: ChatRequest, run: _Run) -> None:
         s = self.settings
@@ -345,12 +345,12 @@ class Relay:
                     last_write = time.monotonic()
                 elif not self._producer_alive(turn_id):
                     continue  # the reaper wrote error + done; read them next
+                elif client_gone():
+                    return
                 now = time.monotonic()
                 if now - last_write >= s.heartbeat:
                     yield sse.KEEP_ALIVE
                     last_write = now
-                if client_gone():
-                    return
                 if now - last_touch >= wake:
                     self.turns.touch_reader(turn_id, s.orphan)
                     last_touch = now
@@ -402,6 +402,18 @@ def _lost_store_events(after: int) -> bytes:
     return sse.encode("error", error, after + 1) + sse.encode(
         "done", _json({"finish_reason": "error"}), after + 2
     )
+
+
+def _interrupt(run: _Run, reason: str) -> None:
+    """Raise TurnCancelled in a producer still waiting on its provider.
+
+    Runs in the hub. Checked here, when delivered, and not when asked: by
+    then the producer may be writing its end to the turn log, which an
+    exception must not cut short.
+    """
+    greenlet = run.greenlet
+    if run.in_upstream and greenlet is not None and not greenlet.dead:
+        greenlet.throw(TurnCancelled(reason))
 
 
 class _Run:

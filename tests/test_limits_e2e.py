@@ -295,7 +295,7 @@ def test_too_many_streams_until_one_ends(
     assert_refusal(client.post(message="fourth"), 429, "too_many_streams")
 
 
-def test_over_capacity_counts_producers_and_open_readers(
+def test_over_capacity_counts_the_larger_of_producers_and_readers(
     service_factory: ServiceFactory,
     fake_provider: FakeProvider,
     stalled: list[tuple[ChatClient, Turn]],
@@ -309,22 +309,28 @@ def test_over_capacity_counts_producers_and_open_readers(
         )
     )
     client = clients(service.url)
-    for _ in range(2):
+    # Three turns generating with nobody reading them fill the worker.
+    for _ in range(3):
         stalled.append((client, client.start(STALL)))
-    fake_provider.wait_for_stream_start(2)
-    reader = client.open_stream(stalled[0][1])
-    # Keep the chunk iterator: urllib3 closes the connection when it is dropped.
-    chunks = reader.raw.stream(16, decode_content=False)
-    try:
-        assert reader.status_code == 200
-        assert next(chunks).startswith(b"retry:")  # the reader is counted now
-        retry_after = assert_refusal(client.post(message="third"), 503, "over_capacity")
-        assert retry_after <= 30
-        assert client.http.get(service.url + "/healthz", timeout=5).status_code == 200
-    finally:
-        reader.close()
-    for c, turn in stalled:
+    fake_provider.wait_for_stream_start(3)
+    assert_refusal(client.post(message="fourth"), 503, "over_capacity")
+    assert client.http.get(service.url + "/healthz", timeout=5).status_code == 200
+    for c, turn in stalled[-3:]:
         c.cancel(turn)
+    # One turn with three readers fills it too.
+    stalled.append((client, accepted_within(client, STALL, 10)))
+    readers = [client.open_stream(stalled[-1][1]) for _ in range(3)]
+    # Keep the chunk iterators: urllib3 closes a connection when one is dropped.
+    chunks = [r.raw.stream(16, decode_content=False) for r in readers]
+    try:
+        for chunk in chunks:
+            assert next(chunk).startswith(b"retry:")  # the reader is counted now
+        retry_after = assert_refusal(client.post(message="again"), 503, "over_capacity")
+        assert retry_after <= 30
+    finally:
+        for reader in readers:
+            reader.close()
+    stalled[-1][0].cancel(stalled[-1][1])
     stalled.append((client, accepted_within(client, STALL, 10)))
 
 

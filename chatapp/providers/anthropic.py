@@ -10,6 +10,7 @@ from chatapp.providers.base import ChatRequest
 from chatapp.providers.base import Chunk
 from chatapp.providers.streaming import SSEProvider
 from chatapp.providers.streaming import parse_json
+from chatapp.providers.streaming import read_to_end
 
 API_VERSION = "2023-06-01"
 STOP_REASONS = {
@@ -61,6 +62,7 @@ class AnthropicProvider(SSEProvider):
                 if chunks:
                     yield chunks
                 if state.stopped:
+                    read_to_end(batches)
                     return
         finally:
             batches.close()

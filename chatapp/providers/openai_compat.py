@@ -10,6 +10,7 @@ from chatapp.providers.base import ChatRequest
 from chatapp.providers.base import Chunk
 from chatapp.providers.streaming import SSEProvider
 from chatapp.providers.streaming import parse_json
+from chatapp.providers.streaming import read_to_end
 
 FINISH_REASONS = {
     "stop": "stop",
@@ -47,9 +48,9 @@ class OpenAIProvider(SSEProvider):
         finished = False
         batches = self.events(body)
         try:
+            done = False
             for events in batches:
                 chunks: list[Chunk] = []
-                done = False
                 for event in events:
                     if event.data == "[DONE]":
                         done = True
@@ -59,6 +60,7 @@ class OpenAIProvider(SSEProvider):
                 if chunks:
                     yield chunks
                 if done:
+                    read_to_end(batches)
                     return
         finally:
             batches.close()

@@ -12,6 +12,7 @@ from collections.abc import Generator
 from typing import Any
 from typing import ClassVar
 
+import gevent
 import requests
 import urllib3.exceptions
 
@@ -21,6 +22,8 @@ from chatapp.sse_decoder import SSEDecodeError
 from chatapp.sse_decoder import SSEDecoder
 
 READ_SIZE = 64 * 1024
+# After the last event a body ends at once; never wait long for it.
+DRAIN_SECONDS = 1.0
 # Bounds what an error body may cost us to read.
 ERROR_BODY_LIMIT = 16 * 1024
 
@@ -89,6 +92,7 @@ def event_batches(
 ) -> Generator[list[ServerSentEvent]]:
     """POST and yield the SSE events each network read completes."""
     response: requests.Response | None = None
+    complete = False
     try:
         try:
             response = session.post(
@@ -131,6 +135,7 @@ def event_batches(
                     retryable=True,
                 ) from exc
             if not data:
+                complete = True
                 return
             try:
                 events = decoder.feed(data)
@@ -142,9 +147,23 @@ def event_batches(
                 yield events
     finally:
         if response is not None:
-            # Closing (not releasing) drops the socket, so the provider sees
-            # the cancel at once and stops generating.
-            response.close()
+            if complete:
+                # Read to its end: the connection goes back to the pool.
+                response.raw.release_conn()
+            else:
+                # Closing (not releasing) drops the socket, so the provider
+                # sees the cancel at once and stops generating.
+                response.close()
+
+
+def read_to_end(batches: Generator[list[ServerSentEvent]]) -> None:
+    """Read what is left of a finished answer, so its connection is reused."""
+    try:
+        with gevent.Timeout(DRAIN_SECONDS, False):
+            for _ in batches:
+                pass
+    except ProviderError:
+        pass  # the answer was complete; the connection is simply not reused
 
 
 class SSEProvider:
