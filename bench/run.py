@@ -636,9 +636,10 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
         proc.stdin.write(b"release\n")
         proc.stdin.flush()
     results, _ = bench.finish_clients(clients)
-    latencies = [x for r in results for x in r["cancel_latency"]]
+    # A client that hit its deadline reports errors but no timings.
+    latencies = [x for r in results for x in r.get("cancel_latency", [])]
     timeline = {
-        step: [x for r in results for x in r["timeline"][step]]
+        step: [x for r in results for x in r.get("timeline", {}).get(step, [])]
         for step in ("post", "headers", "first_delta")
     }
     errors = _merge(results)["errors"]
