@@ -405,8 +405,9 @@ def test_budget_is_spent_by_streamed_usage(
         [usage] = data_of(events, "usage")
         spent += usage["input_tokens"] + usage["output_tokens"]
         wait_charged(redis_server, "ip:127.0.0.1", spent)
-    assert 3 * 5 <= 30  # tokens held at start alone would admit a third turn
-    assert spent + 5 > 30  # the usage the answers reported does not
+    # Holds alone (3 x 5 <= 30) would admit a third turn; the reported usage
+    # does not.
+    assert spent + 5 > 30
     refused = client.post(message="over budget")
     retry_after = assert_refusal(refused, 429, "quota_exceeded")
     assert abs(retry_after - seconds_to_utc_midnight()) <= 5

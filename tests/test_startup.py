@@ -26,16 +26,7 @@ def test_wsgi_patches_gevent_before_anything_else() -> None:
         "assert urllib3.connection.socket.socket is socket.socket\n"
         "print('patched-first')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "patched-first" in result.stdout
+    assert "patched-first" in _run_probe(probe)
 
 
 def test_gunicorn_conf_never_imports_the_app() -> None:
@@ -45,6 +36,11 @@ def test_gunicorn_conf_never_imports_the_app() -> None:
         "assert 'chatapp' not in sys.modules and 'flask' not in sys.modules\n"
         "print('clean')\n"
     )
+    assert "clean" in _run_probe(probe)
+
+
+def _run_probe(probe: str) -> str:
+    """Run Python code in a fresh interpreter at the repo root; return stdout."""
     result = subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
@@ -54,7 +50,7 @@ def test_gunicorn_conf_never_imports_the_app() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "clean" in result.stdout
+    return result.stdout
 
 
 def _env(**extra: str) -> dict[str, str]:
