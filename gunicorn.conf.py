@@ -3,7 +3,9 @@
 import os
 import resource
 import secrets
+import shutil
 import sys
+import tempfile
 
 redis_url = os.environ.get("CHATAPP_REDIS_URL", "").strip()
 
@@ -22,7 +24,13 @@ preload_app = False
 # gevent workers notify the arbiter from their own loop, so a long stream
 # never looks like a hung worker.
 timeout = 30
-graceful_timeout = 20
+# On SIGTERM a worker lets running turns finish for CHATAPP_DRAIN_SECONDS,
+# ends the rest with error + done, and exits; gunicorn waits a little longer.
+try:
+    _drain = float(os.environ.get("CHATAPP_DRAIN_SECONDS") or 30)
+except ValueError:
+    _drain = 30.0  # the app refuses the setting with a clear line at start-up
+graceful_timeout = max(1, int(_drain) + 10)
 keepalive = 5
 accesslog = os.environ.get("CHATAPP_ACCESS_LOG") or None
 errorlog = "-"
@@ -40,3 +48,24 @@ if not os.environ.get("CHATAPP_SECRET_KEY", "").strip():
 # gunicornc's control socket sits at one fixed path per user, so two
 # instances on one host would fight over it; chatapp does not use it.
 control_socket_disable = True
+
+# Metrics: every worker writes its own files here and /metrics adds them up
+# (prometheus_client's multiprocess mode). A fresh folder per master start.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chatapp-metrics-")
+    _own_metrics_dir = True
+else:
+    _own_metrics_dir = False
+
+
+def child_exit(server, worker):  # noqa: ANN001, ANN201 -- gunicorn's hook
+    """Drop a finished worker's live gauges from the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):  # noqa: ANN001, ANN201 -- gunicorn's hook
+    """Remove the metrics folder this master made."""
+    if _own_metrics_dir:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -5,7 +5,10 @@ from gevent import monkey
 monkey.patch_all()
 
 import logging  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+
+import gevent  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
 from chatapp.errors import ConfigError  # noqa: E402
@@ -19,3 +22,23 @@ except ConfigError as exc:
     # 3 is gunicorn's "worker failed to boot": the master stops instead of
     # respawning the worker forever.
     sys.exit(3)
+
+
+def _drain_on_sigterm() -> None:
+    """On SIGTERM, let running turns finish, then end the rest (SPEC: drain).
+
+    gunicorn's own handler still runs: the worker stops accepting at once and
+    waits up to its graceful_timeout for open connections.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+    state = app.extensions["chatapp"]
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        gevent.spawn(state.relay.drain, state.config["DRAIN_SECONDS"])
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+_drain_on_sigterm()

@@ -14,7 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from chatapp.config import load_config
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
-from chatapp.limits import init_limits
+from chatapp.web.limiter import init_limits
 
 log = logging.getLogger("chatapp")
 
@@ -29,14 +29,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
-    gate = init_limits(app)
-    state = app.extensions["chatapp"]
-    state.metrics.watch_gauges(
-        lambda: {
-            "chatapp_active_turns": state.relay.running,
-            "chatapp_open_streams": gate.readers,
-        }
-    )
+    init_limits(app)
     hops = config["TRUSTED_PROXY_HOPS"]
     if hops > 0:
         # Only the last `hops` X-Forwarded-For entries are proxies we trust;
@@ -50,9 +43,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             "key and stop working when the service restarts"
         )
 
-    from chatapp import api
-    from chatapp import ops
-    from chatapp import pages
+    from chatapp.web import api
+    from chatapp.web import ops
+    from chatapp.web import pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)

@@ -127,6 +127,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "TRUSTED_PROXY_HOPS": ("CHATAPP_TRUSTED_PROXY_HOPS", _int(0, 10), 0),
     "DAILY_TOKEN_BUDGET": ("CHATAPP_DAILY_TOKEN_BUDGET", _int(0), 0),
     "CACHE_TTL": ("CHATAPP_CACHE_TTL", _int(0), 0),
+    "DRAIN_SECONDS": ("CHATAPP_DRAIN_SECONDS", _float(0.1), 30.0),
     # Not in SPEC's table: the demo provider's pace, so tests and benches can
     # make it fast; the size of a request body we read at all.
     "DEMO_DELAY_MS": ("CHATAPP_DEMO_DELAY_MS", _int(0, 10_000), 30),

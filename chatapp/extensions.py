@@ -10,16 +10,21 @@ from flask import Flask
 from flask import current_app
 from requests.adapters import HTTPAdapter
 
-from chatapp.history import History
-from chatapp.history import MemoryHistory
 from chatapp.metrics import Metrics
-from chatapp.providers import build_provider
-from chatapp.providers.base import Provider
-from chatapp.relay import Relay
-from chatapp.relay import RelaySettings
-from chatapp.streams import MemoryTurnLog
-from chatapp.streams import TurnLog
+from chatapp.store.conversations import History
+from chatapp.store.conversations import MemoryHistory
+from chatapp.store.events import EventLog
+from chatapp.store.events import MemoryEventLog
 from chatapp.tokens import TokenSigner
+from chatapp.turns.model import TurnSettings
+from chatapp.turns.relay import Relay
+from chatapp.turns.supervise import LEASE_SECONDS
+from chatapp.upstream import build_provider
+from chatapp.upstream.base import Provider
+
+# Pooled Redis connections a worker may open: commands are short and never
+# block (the follower and the cancel listener have connections of their own).
+REDIS_POOL_SIZE = 64
 
 
 @dataclass
@@ -28,7 +33,7 @@ class State:
 
     config: dict[str, Any]
     signer: TokenSigner
-    turns: TurnLog
+    events: EventLog
     history: History
     provider: Provider
     relay: Relay
@@ -59,40 +64,47 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         page_ttl=config["TOKEN_TTL"],
         stream_ttl=int(config["UPSTREAM_TOTAL_TIMEOUT"] + config["STREAM_TTL"] + 3600),
     )
-    turns: TurnLog
+    events: EventLog
     history: History
     redis_client = None
     if config["REDIS_URL"]:
-        from chatapp.redis_store import RedisHistory
-        from chatapp.redis_store import RedisTurnLog
-        from chatapp.redis_store import connect
+        from chatapp.store.conversations_redis import RedisHistory
+        from chatapp.store.events_redis import RedisEventLog
+        from chatapp.store.redis import connect
 
-        redis_client = connect(config["REDIS_URL"], config["WORKER_MAX_STREAMS"])
-        running = config["UPSTREAM_TOTAL_TIMEOUT"] + config["STREAM_TTL"] + 60
-        turns = RedisTurnLog(redis_client, running)
+        redis_client = connect(config["REDIS_URL"], REDIS_POOL_SIZE)
+        events = RedisEventLog(
+            redis_client,
+            running_ttl=config["UPSTREAM_TOTAL_TIMEOUT"]
+            + config["STREAM_TTL"]
+            + LEASE_SECONDS,
+            stream_ttl=config["STREAM_TTL"],
+            orphan=config["ORPHAN_SECONDS"],
+        )
         history = RedisHistory(redis_client, config["HISTORY_TTL"])
     else:
-        turns = MemoryTurnLog()
+        events = MemoryEventLog()
         history = MemoryHistory(config["HISTORY_TTL"])
     provider = build_provider(config, http)
     relay = Relay(
-        turns,
+        events,
         history,
         provider,
-        RelaySettings(
+        TurnSettings(
             provider=provider.name,
             model=config["MODEL"],
             stream_ttl=config["STREAM_TTL"],
             total_timeout=config["UPSTREAM_TOTAL_TIMEOUT"],
+            idle_timeout=config["UPSTREAM_IDLE_TIMEOUT"],
             heartbeat=config["HEARTBEAT_SECONDS"],
             orphan=config["ORPHAN_SECONDS"],
             cache_ttl=config["CACHE_TTL"],
         ),
     )
-    metrics = Metrics(redis_client)
-    relay.on_finish.append(metrics.turn_finished)
+    metrics = Metrics(lambda: relay.running)
+    relay.on_end.append(metrics.turn_ended)
     state = State(
-        config, signer, turns, history, provider, relay, http, metrics, redis_client
+        config, signer, events, history, provider, relay, http, metrics, redis_client
     )
     app.extensions["chatapp"] = state
     return state

@@ -1,8 +1,14 @@
-"""Outbound SSE: every byte the event stream sends goes through here."""
+"""Outbound SSE: every byte the event stream sends is made here, once.
+
+A turn's events are encoded into frames by its producer when they happen;
+the turn log keeps those bytes and readers only join and send them.
+"""
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 # Any of these ends a line for an EventSource parser (CRLF is two of them).
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -16,9 +22,27 @@ STREAM_HEADERS: dict[str, str] = {
 
 KEEP_ALIVE = b": keep-alive\n\n"
 
+# One encoder for every event: json.dumps with options builds a new one per call.
+_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# JSON-quote a string: escapes quotes, backslashes and every control
+# character, CR and LF included, so the result is always one line.
+_quote: Any = json.encoder.encode_basestring
+
 
 def _one_line(value: str) -> str:
     return _LINE_BREAK.sub("", value)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return scrub(text).encode()
+
+
+def scrub(text: str) -> str:
+    """Replace lone surrogates (which UTF-8 cannot carry) with U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def encode(event: str, data: str, event_id: int | str | None = None) -> bytes:
@@ -31,7 +55,41 @@ def encode(event: str, data: str, event_id: int | str | None = None) -> bytes:
     # back with "\n". A CR or CRLF comes back as "\n" -- JSON data (all we
     # send) escapes line breaks, so nothing is lost there.
     lines.extend(f"data: {line}" for line in _LINE_BREAK.split(data))
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
+    return _utf8("\n".join(lines) + "\n\n")
+
+
+def frame(event_id: int, event: str, data: dict[str, Any]) -> bytes:
+    """Encode a numbered event with JSON data: the bytes the log keeps."""
+    return encode(event, _json(data), event_id)
+
+
+def delta(event_id: int, text: str) -> bytes:
+    """Encode a `delta` event: the hot path, one line of JSON data."""
+    return b'id: %d\nevent: delta\ndata: {"text":%s}\n\n' % (
+        event_id,
+        _utf8(_quote(text)),
+    )
+
+
+def parse(frame_bytes: bytes) -> tuple[int, str, str]:
+    """Read back the id, event and data of a frame this module made."""
+    head, _, rest = frame_bytes.partition(b"\nevent: ")
+    event, _, data = rest.partition(b"\ndata: ")
+    return (
+        int(head.removeprefix(b"id: ")),
+        event.decode(),
+        data.rstrip(b"\n").decode(),
+    )
+
+
+def is_delta(frame_bytes: bytes) -> bool:
+    """Tell whether a frame is a `delta` event."""
+    return b"\nevent: delta\n" in frame_bytes
+
+
+def is_done(frame_bytes: bytes) -> bool:
+    """Tell whether a frame is the turn's `done` event."""
+    return b"\nevent: done\n" in frame_bytes
 
 
 def retry(milliseconds: int) -> bytes:

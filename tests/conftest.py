@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import requests
 
-from chatapp.sse_decoder import ServerSentEvent
-from chatapp.sse_decoder import SSEDecoder
+from chatapp.upstream.sse_decoder import ServerSentEvent
+from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.fake_provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[1]

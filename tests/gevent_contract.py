@@ -17,28 +17,26 @@ import gevent
 import gevent.event
 import pytest
 
-from chatapp.history import MemoryHistory
-from chatapp.history import StoredMessage
-from chatapp.redis_store import RedisHistory
-from chatapp.redis_store import RedisTurnLog
-from chatapp.redis_store import connect
-from chatapp.streams import Event
-from chatapp.streams import MemoryTurnLog
-from chatapp.streams import TurnInfo
+from chatapp import sse
+from chatapp.errors import StoreError
+from chatapp.store.conversations import MemoryHistory
+from chatapp.store.conversations import StoredMessage
+from chatapp.store.conversations_redis import RedisHistory
+from chatapp.store.events import MemoryEventLog
+from chatapp.store.events_redis import RedisEventLog
+from chatapp.store.redis import connect
+from chatapp.store.tail import Tail
+from chatapp.turns.model import TurnInfo
 
 
 class Backend:
-    """A turn log plus a way to run something a little later, concurrently."""
+    """A turn log as its producer writes it and as a reader elsewhere reads it."""
 
-    def __init__(self, name: str, log: Any, history: Any, later: Callable[..., None]):
+    def __init__(self, name: str, writer: Any, reader: Any, history: Any) -> None:
         self.name = name
-        self.log = log
+        self.writer = writer
+        self.reader = reader
         self.history = history
-        self.later = later
-
-
-def _later(delay: float, fn: Callable[[], None]) -> None:
-    gevent.spawn_later(delay, fn)
 
 
 REDIS_URL = os.environ.get("CHATAPP_TEST_REDIS_URL", "")
@@ -56,72 +54,104 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+def redis_log(client: Any, orphan: float = 30) -> RedisEventLog:
+    return RedisEventLog(client, running_ttl=60, stream_ttl=60, orphan=orphan)
+
+
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "memory":
-        yield Backend("memory", MemoryTurnLog(), MemoryHistory(60), _later)
+        log = MemoryEventLog()
+        yield Backend("memory", log, log, MemoryHistory(60))
         return
-    client = connect(request.getfixturevalue("redis_url"), 20)
-    yield Backend("redis", RedisTurnLog(client, 60), RedisHistory(client, 60), _later)
-    client.close()
+    url = request.getfixturevalue("redis_url")
+    a, b = connect(url, 20), connect(url, 20)
+    yield Backend("redis", redis_log(a), redis_log(b), RedisHistory(a, 60))
+    a.close()
+    b.close()
 
 
 def info(turn_id: str = "turn-0001") -> TurnInfo:
     return TurnInfo(turn_id, "v:owner", "conv-0001", 1_700_000_000.5)
 
 
-def events(first: int, last: int) -> list[Event]:
-    return [Event(i, "delta", f'{{"text":"{i}"}}') for i in range(first, last + 1)]
+def start(n: int = 1) -> bytes:
+    return sse.frame(n, "start", {"id": "turn-0001"})
 
 
-class TestTurnLogContract:
+def deltas(first: int, last: int) -> list[bytes]:
+    return [sse.delta(i, str(i)) for i in range(first, last + 1)]
+
+
+def done(n: int) -> bytes:
+    return sse.frame(n, "done", {"finish_reason": "stop"})
+
+
+def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        gevent.sleep(0.01)
+    return True
+
+
+def produced(backend: Backend, *batches: list[bytes]) -> Tail:
+    tail = backend.writer.create(info(), start(), 60)
+    for batch in batches:
+        backend.writer.append("turn-0001", tail, batch)
+    return tail
+
+
+class TestEventLogContract:
     def test_unknown_turn_is_none(self, backend: Backend) -> None:
-        assert backend.log.info("nope-nope") is None
-        assert backend.log.read("nope-nope", 0, 0) is None
-        assert backend.log.done_id("nope-nope") is None
+        assert backend.reader.info("nope-nope") is None
+        assert backend.reader.open("nope-nope") is None
 
     def test_create_then_info_round_trips(self, backend: Backend) -> None:
-        backend.log.create(info(), 60)
-        assert backend.log.info("turn-0001") == info()
+        produced(backend)
+        assert backend.reader.info("turn-0001") == info()
 
-    def test_read_from_any_id_returns_only_later_events(self, backend: Backend) -> None:
-        log = backend.log
-        log.create(info(), 60)
-        log.append("turn-0001", events(1, 3))
-        log.append("turn-0001", events(4, 6))
-        assert log.read("turn-0001", 0, 0) == events(1, 6)
-        assert log.read("turn-0001", 4, 0) == events(5, 6)
-        assert log.read("turn-0001", 6, 0) == []
+    def test_a_reader_anywhere_gets_every_frame_in_order(
+        self, backend: Backend
+    ) -> None:
+        produced(backend, deltas(2, 4), deltas(5, 7))
+        tail = backend.reader.open("turn-0001")
+        assert tail is not None
+        assert until(lambda: len(tail.frames) == 7)
+        assert tail.frames == [start(), *deltas(2, 7)]
+        assert not tail.done
+        backend.reader.close("turn-0001", tail)
 
-    def test_read_wakes_as_soon_as_an_event_is_written(self, backend: Backend) -> None:
-        log = backend.log
-        log.create(info(), 60)
-        log.append("turn-0001", events(1, 1))
-        backend.later(0.05, lambda: log.append("turn-0001", events(2, 2)))
+    def test_a_follower_wakes_as_soon_as_frames_are_written(
+        self, backend: Backend
+    ) -> None:
+        writer_tail = produced(backend)
+        tail = backend.reader.open("turn-0001")
+        assert tail is not None
+        gevent.spawn_later(
+            0.05, backend.writer.append, "turn-0001", writer_tail, deltas(2, 2)
+        )
         started = time.monotonic()
-        got = log.read("turn-0001", 1, 5.0)
-        assert got == events(2, 2)
-        assert time.monotonic() - started < 2.5  # woke on the write, not the timeout
+        tail.wait(5.0)
+        assert until(lambda: len(tail.frames) == 2, 1.0)
+        assert time.monotonic() - started < 1.5  # woke on the write
+        backend.reader.close("turn-0001", tail)
 
-    def test_read_times_out_empty(self, backend: Backend) -> None:
-        backend.log.create(info(), 60)
-        backend.log.append("turn-0001", events(1, 1))
-        assert backend.log.read("turn-0001", 1, 0.05) == []
+    def test_finish_ends_with_done_and_expires_after_ttl(
+        self, backend: Backend
+    ) -> None:
+        tail = produced(backend, deltas(2, 3))
+        backend.writer.finish("turn-0001", tail, [done(4)], 1)
+        read = backend.reader.open("turn-0001")
+        assert read is not None
+        assert until(lambda: read.done)
+        assert read.frames == [start(), *deltas(2, 3), done(4)]
+        backend.reader.close("turn-0001", read)
+        assert until(lambda: backend.reader.info("turn-0001") is None, 5)
+        assert backend.reader.open("turn-0001") is None
 
-    def test_finish_records_done_and_expires_after_ttl(self, backend: Backend) -> None:
-        log = backend.log
-        log.create(info(), 60)
-        log.append("turn-0001", [*events(1, 2), Event(3, "done", "{}")])
-        log.finish("turn-0001", 3, 1)
-        assert log.done_id("turn-0001") == 3
-        deadline = time.monotonic() + 5
-        while log.info("turn-0001") is not None and time.monotonic() < deadline:
-            gevent.sleep(0.1)
-        assert log.info("turn-0001") is None
-        assert log.read("turn-0001", 0, 0) is None
-
-    def test_cancel_is_seen_and_announced(self, backend: Backend) -> None:
-        log = backend.log
+    def test_cancel_is_announced_to_the_producer(self, backend: Backend) -> None:
         heard: list[str] = []
         announced = threading.Event()
 
@@ -129,51 +159,49 @@ class TestTurnLogContract:
             heard.append(turn_id)
             announced.set()
 
-        log.on_cancel(listener)
-        log.create(info(), 60)
-        assert not log.cancel_requested("turn-0001")
+        backend.writer.on_cancel(listener)
+        produced(backend)
+        assert backend.writer.cancels_requested(["turn-0001"]) == [False]
         if backend.name == "redis":
             gevent.sleep(0.3)  # let the subscriber greenlet subscribe
-        log.request_cancel("turn-0001")
-        assert log.cancel_requested("turn-0001")
-        deadline = time.monotonic() + 3
-        while not announced.is_set() and time.monotonic() < deadline:
-            gevent.sleep(0.02)
+        backend.reader.request_cancel("turn-0001")
+        assert backend.writer.cancels_requested(["turn-0001"]) == [True]
+        assert until(announced.is_set, 3)
         assert heard == ["turn-0001"]
-        assert log.pulse(["turn-0001"], 4)[0].cancel is True
-
-    def test_pulse_reports_readers_until_their_ttl_passes(
-        self, backend: Backend
-    ) -> None:
-        log = backend.log
-        log.create(info(), 60)
-        assert log.pulse(["turn-0001"], 4)[0].readers is False
-        log.touch_reader("turn-0001", 0.3)
-        assert log.pulse(["turn-0001"], 4)[0].readers is True
-        deadline = time.monotonic() + 3
-        while log.pulse(["turn-0001"], 4)[0].readers and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        assert log.pulse(["turn-0001"], 4)[0].readers is False
 
 
 class TestHistoryContract:
     def test_conversation_belongs_to_its_owner(self, backend: Backend) -> None:
         history = backend.history
         assert history.owner("conv-1") is None
-        history.create("conv-1", "v:alice")
+        first = StoredMessage("user", "hi", 1.0)
+        history.create("conv-1", "v:alice", first)
         assert history.owner("conv-1") == "v:alice"
-        assert history.messages("conv-1") == []
+        assert history.messages("conv-1") == [first]
 
     def test_messages_keep_their_order(self, backend: Backend) -> None:
         history = backend.history
-        history.create("conv-1", "v:alice")
         said = [
             StoredMessage("user", "hi\nthere", 1.5),
             StoredMessage("assistant", "hello ✓", 2.5),
         ]
-        for message in said:
-            history.append("conv-1", message)
+        history.create("conv-1", "v:alice", said[0])
+        history.append("conv-1", said[1])
         assert history.messages("conv-1") == said
+
+    def test_a_long_conversation_keeps_its_owner_and_newest(
+        self, backend: Backend
+    ) -> None:
+        history = type(backend.history)(
+            backend.history._r if backend.name == "redis" else 60,  # noqa: SLF001
+            *([60] if backend.name == "redis" else []),
+            max_messages=3,
+        )
+        history.create("conv-2", "v:bob", StoredMessage("user", "0", 0.0))
+        for n in range(1, 6):
+            history.append("conv-2", StoredMessage("user", str(n), float(n)))
+        assert [m.content for m in history.messages("conv-2")] == ["3", "4", "5"]
+        assert history.owner("conv-2") == "v:bob"
 
     def test_idempotency_key_is_claimed_once(self, backend: Backend) -> None:
         history = backend.history
@@ -182,52 +210,64 @@ class TestHistoryContract:
         assert history.claim_idempotency("k2", "other", 60) is None
 
 
-def test_redis_lease_marks_a_live_producer(redis_url: str) -> None:
+def test_redis_readers_elsewhere_are_seen_until_their_ttl(redis_url: str) -> None:
+    a, b = connect(redis_url, 5), connect(redis_url, 5)
+    writer, reader = redis_log(a), redis_log(b, orphan=0.3)
+    produced(Backend("redis", writer, reader, None))
+    assert writer.readers_elsewhere(["turn-0001"]) == [False]
+    tail = reader.open("turn-0001")
+    assert tail is not None
+    assert writer.readers_elsewhere(["turn-0001"]) == [True]
+    reader.close("turn-0001", tail)
+    assert until(lambda: writer.readers_elsewhere(["turn-0001"]) == [False], 3)
+
+
+def test_redis_writes_in_a_window_share_one_entry(redis_url: str) -> None:
     client = connect(redis_url, 5)
-    log = RedisTurnLog(client, 60)
-    log.create(info(), 60)
-    assert log.producer_alive("turn-0001") is False
-    log.pulse(["turn-0001"], 0.3)
-    assert log.producer_alive("turn-0001") is True
-    deadline = time.monotonic() + 3
-    while log.producer_alive("turn-0001") and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-    assert log.producer_alive("turn-0001") is False
-    log.append("turn-0001", events(1, 4))
-    assert log.claim_reap("turn-0001") == 4
-    assert log.claim_reap("turn-0001") is None  # one reaper only
-    client.close()
+    writer = redis_log(client)
+    tail = writer.create(info(), start(), 60)
+    for n in range(2, 12):
+        writer.append("turn-0001", tail, [sse.delta(n, str(n))])
+    writer.finish("turn-0001", tail, [done(12)], 60)
+    # The first delta goes out at once, the rest in the window, then the end.
+    assert client.xlen("chatapp:t:{turn-0001}") <= 4
+    read = redis_log(connect(redis_url, 5)).open("turn-0001")
+    assert read is not None and read.done
+    assert read.frames == [start(), *deltas(2, 11), done(12)]
 
 
-def test_memory_log_never_reaps_its_own_process() -> None:
-    log = MemoryTurnLog()
-    log.create(info(), 60)
-    assert log.producer_alive("turn-0001") is True
-    assert log.claim_reap("turn-0001") is None
+def test_redis_dead_producer_is_reaped_for_readers_elsewhere(redis_url: str) -> None:
+    a, b = connect(redis_url, 5), connect(redis_url, 5)
+    writer, reader = redis_log(a), redis_log(b)
+    writer.renew_lease(0.3)
+    produced(Backend("redis", writer, reader, None), deltas(2, 3))
+    tail = reader.open("turn-0001")
+    assert tail is not None
+    # The lease lapses and nothing more is written: readers get error + done.
+    assert until(lambda: tail.done, 10)
+    assert [sse.parse(f)[1] for f in tail.frames[-2:]] == ["error", "done"]
+    assert [sse.parse(f)[0] for f in tail.frames] == [1, 2, 3, 4, 5]
 
 
 def test_redis_outage_raises_store_error() -> None:
-    from chatapp.errors import StoreError
     from tests.conftest import free_port
 
-    client = connect(f"redis://127.0.0.1:{free_port()}/0", 5)
-    log = RedisTurnLog(client, 60)
+    log = redis_log(connect(f"redis://127.0.0.1:{free_port()}/0", 5))
     with pytest.raises(StoreError):
         log.info("turn-0001")
     with pytest.raises(StoreError):
         log.ping()
 
 
-def test_done_event_handling_unaffected_by_gevent_event_reuse() -> None:
-    # Many readers waiting on one memory turn all wake on one append.
-    log = MemoryTurnLog()
-    log.create(info(), 60)
-    results: list[Any] = []
+def test_many_readers_of_one_tail_all_wake_on_one_write() -> None:
+    log = MemoryEventLog()
+    tail = log.create(info(), start(), 60)
+    woke: list[int] = []
     readers = [
-        gevent.spawn(lambda: results.append(log.read("turn-0001", 0, 5)))
+        gevent.spawn(lambda: (tail.wait(5), woke.append(len(tail.frames))))
         for _ in range(50)
     ]
     gevent.sleep(0)
-    log.append("turn-0001", events(1, 1))
+    log.append("turn-0001", tail, deltas(2, 2))
     gevent.joinall(readers, timeout=5)
-    assert results == [events(1, 1)] * 50
+    assert woke == [2] * 50

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from chatapp.api import _client_gone
+from chatapp.web.stream import client_gone as _client_gone
 
 HIGH_FD = 1500  # above select()'s FD_SETSIZE of 1024
 

@@ -14,20 +14,21 @@ from chatapp import create_app
 from chatapp.config import load_config
 from chatapp.errors import ApiError
 from chatapp.errors import ConfigError
-from chatapp.limits import REDIS_TIMEOUT
-from chatapp.limits import Gate
-from chatapp.limits import LimitStore
-from chatapp.limits import MemoryLimitStore
-from chatapp.limits import RedisLimitStore
-from chatapp.limits import address_key
-from chatapp.limits import client_key
-from chatapp.limits import connect
-from chatapp.limits import seconds_to_utc_midnight
-from chatapp.limits import tokens_spent
-from chatapp.limits import utc_day
-from chatapp.relay import TurnOutcome
-from chatapp.streams import TurnInfo
+from chatapp.store.limits import LimitStore
+from chatapp.store.limits import MemoryLimitStore
+from chatapp.store.limits import RedisLimitStore
+from chatapp.store.redis import SOCKET_TIMEOUT as REDIS_TIMEOUT
+from chatapp.store.redis import connect as connect_pool
 from chatapp.tokens import Identity
+from chatapp.turns.admit import Gate
+from chatapp.turns.admit import seconds_to_utc_midnight
+from chatapp.turns.admit import tokens_spent
+from chatapp.turns.admit import utc_day
+from chatapp.turns.model import TurnEnd as TurnOutcome
+from chatapp.turns.model import TurnInfo
+from chatapp.web.limiter import address_key
+from chatapp.web.limiter import client_key
+from chatapp.web.limiter import key_for
 from tests.conftest import RedisServer
 from tests.conftest import wait_for
 
@@ -58,12 +59,18 @@ def _key(app: Any, **request: Any) -> str:
         return client_key()
 
 
+def connect(url: str) -> redis.Redis:
+    return connect_pool(url, 8)
+
+
 def test_a_wordpress_user_is_the_client_wherever_they_are(app: Any) -> None:
     signer = app.extensions["chatapp"].signer
-    user = signer.page_token(Identity("v1", "42", "https://blog.example", "Ann"))
+    user = Identity("v1", "42", "https://blog.example", "Ann")
     other_visit = signer.page_token(Identity("v2", "42", "https://blog.example"))
+    with app.test_request_context(environ_base={"REMOTE_ADDR": "192.0.2.1"}):
+        from_the_view = key_for(user)
     assert (
-        _key(app, json={"token": user}, environ_base={"REMOTE_ADDR": "192.0.2.1"})
+        from_the_view
         == _key(
             app,
             headers={"X-Chat-Token": other_visit},
@@ -71,16 +78,26 @@ def test_a_wordpress_user_is_the_client_wherever_they_are(app: Any) -> None:
         )
         == "wp:https://blog.example:42"
     )
-    assert _key(app, data={"token": user}) == "wp:https://blog.example:42"
+
+
+def test_the_key_function_never_reads_the_body(app: Any) -> None:
+    signer = app.extensions["chatapp"].signer
+    user = signer.page_token(Identity("v1", "42", "https://blog.example", "Ann"))
+    visitor = signer.page_token(Identity("v1"))
+    remote = {"REMOTE_ADDR": "192.0.2.1"}
+    assert _key(app, json={"token": user}, environ_base=remote) == "ip:192.0.2.1"
+    assert _key(app, json={"token": visitor}, environ_base=remote) == "ip:192.0.2.1"
+    deep = {"data": "[" * 5000 + "]" * 5000, "content_type": "application/json"}
+    assert _key(app, environ_base=remote, **deep) == "ip:192.0.2.1"
 
 
 def test_a_visitor_or_a_bad_token_is_the_address(app: Any) -> None:
     visitor = app.extensions["chatapp"].signer.page_token(Identity("v1"))
     remote = {"REMOTE_ADDR": "192.0.2.1"}
-    assert _key(app, json={"token": visitor}, environ_base=remote) == "ip:192.0.2.1"
-    assert _key(app, json={"token": "forged"}, environ_base=remote) == "ip:192.0.2.1"
-    broken = {"data": "{not json", "content_type": "application/json"}
-    assert _key(app, environ_base=remote, **broken) == "ip:192.0.2.1"
+    headers = {"X-Chat-Token": visitor}
+    assert _key(app, headers=headers, environ_base=remote) == "ip:192.0.2.1"
+    forged = {"X-Chat-Token": "forged"}
+    assert _key(app, headers=forged, environ_base=remote) == "ip:192.0.2.1"
 
 
 def test_a_budget_below_one_turns_hold_is_refused_at_start() -> None:
@@ -183,10 +200,9 @@ class TestStoreContract:
 # -- the gate, with Redis going away and back ------------------------------------------
 
 
-class NoTurns:
+def no_turns() -> int:
     """The relay as the gate sees it: how many turns this worker produces."""
-
-    running = 0
+    return 0
 
 
 @pytest.fixture
@@ -201,7 +217,7 @@ def private_redis() -> Iterator[RedisServer]:
 
 def _gate(client: redis.Redis | None, **settings: Any) -> Gate:
     config = load_config(environ={}, overrides=settings)
-    return Gate(config, NoTurns(), client)  # type: ignore[arg-type]
+    return Gate(config, no_turns, client)
 
 
 def _slots(server: RedisServer, client: str) -> int:

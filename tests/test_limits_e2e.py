@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from chatapp.limits import SLOT_MARGIN_SECONDS
+from chatapp.turns.admit import SLOT_MARGIN_SECONDS
 from tests.conftest import ChatClient
 from tests.conftest import RedisServer
 from tests.conftest import Service
@@ -144,11 +144,11 @@ def test_turn_past_the_rate_limit_gets_429_with_retry_after(
     client = clients(service.url)
     first_at = time.time()
     turns = []
-    for remaining in (2, 1, 0):
+    for _ in range(3):
         response = client.post(message="hello")
         assert response.status_code == 201, response.text
-        assert response.headers["X-RateLimit-Limit"] == "3"
-        assert response.headers["X-RateLimit-Remaining"] == str(remaining)
+        # A success costs no second look at the window just to fill headers.
+        assert "X-RateLimit-Remaining" not in response.headers
         turns.append(response.json())
     refused = client.post(message="one too many")
     retry_after = assert_refusal(refused, 429, "rate_limited")
@@ -517,10 +517,19 @@ def refresh(service: Service, address: str, token: str = "x") -> requests.Respon
     )
 
 
-def remaining(service: Service, address: str) -> int:
-    response = refresh(service, address)
-    assert response.status_code < 500, response.text
-    return int(response.headers["X-RateLimit-Remaining"])
+def headroom(service: Service, address: str, most: int = 30) -> int:
+    """Spend a visitor's token refreshes until refused; say how many went."""
+    for allowed in range(most + 1):
+        response = refresh(service, address)
+        assert response.status_code < 500, response.text
+        if response.status_code == 429:
+            return allowed
+    return most + 1
+
+
+def spend(service: Service, address: str, count: int) -> None:
+    for _ in range(count):
+        assert refresh(service, address).status_code == 403
 
 
 class Readiness:
@@ -554,17 +563,17 @@ def test_redis_outage_falls_back_to_memory_and_recovers(
     a, b = service_factory(**settings), service_factory(**settings)
     ready = Readiness([a, b])
     assert ready.all_answer(200)
-    assert [remaining(a, "192.0.2.1"), remaining(b, "192.0.2.1")] == [29, 28]
+    spend(a, "192.0.2.1", 10)
+    assert headroom(b, "192.0.2.1") == 20  # one window, shared
     visitors = [(a, clients(a.url).token), (b, clients(b.url).token)]
     with Trickle(visitors) as trickle:
         redis_server.kill()
         try:
             wait_for(lambda: ready.all_answer(503), 10, "/readyz to see the outage")
             # Limits still hold meanwhile, in each worker's memory.
-            counts = [remaining(a, "192.0.2.2") for _ in range(30)]
-            assert counts == list(range(29, -1, -1))
+            assert headroom(a, "192.0.2.2") == 30
             assert_refusal(refresh(a, "192.0.2.2"), 429, "rate_limited")
-            assert remaining(b, "192.0.2.2") == 29  # per worker, not shared
+            assert headroom(b, "192.0.2.2") == 30  # per worker, not shared
         finally:
             redis_server.start()
         back_at = time.monotonic()
@@ -574,7 +583,8 @@ def test_redis_outage_falls_back_to_memory_and_recovers(
         def shared() -> bool:
             n = next(probes)
             address = f"198.18.{n // 250}.{n % 250}"
-            return [remaining(a, address), remaining(b, address)] == [29, 28]
+            spend(a, address, 10)
+            return headroom(b, address) == 20
 
         wait_for(shared, 60, "limits to be shared again", every=0.5)
         print(f"limits shared {time.monotonic() - back_at:.1f}s after Redis is back")

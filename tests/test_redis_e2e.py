@@ -225,7 +225,7 @@ def test_redis_lost_mid_turn_ends_it_and_service_recovers(
         Behaviour(text="x " * 400, delay_ms=20, pieces=2).as_directive()
     )
     response = client.open_stream(turn)
-    from chatapp.sse_decoder import SSEDecoder
+    from chatapp.upstream.sse_decoder import SSEDecoder
 
     decoder = SSEDecoder()
     seen: list[str] = []

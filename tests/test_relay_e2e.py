@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import requests
 
-from chatapp.sse_decoder import SSEDecoder
+from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from chatapp import sse
-from chatapp.sse_decoder import SSEDecoder
+from chatapp.upstream.sse_decoder import SSEDecoder
 
 HOSTILE = [
     "plain",

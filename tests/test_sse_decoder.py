@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from chatapp.sse_decoder import ServerSentEvent
-from chatapp.sse_decoder import SSEDecodeError
-from chatapp.sse_decoder import SSEDecoder
+from chatapp.upstream.sse_decoder import ServerSentEvent
+from chatapp.upstream.sse_decoder import SSEDecodeError
+from chatapp.upstream.sse_decoder import SSEDecoder
 
 FIXTURES = Path("/work/shared/fixtures/providers")
 

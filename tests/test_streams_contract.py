@@ -35,5 +35,5 @@ def test_turn_log_contract_under_gevent(redis_server: RedisServer) -> None:
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     assert result.returncode == 0, result.stdout + result.stderr
     passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 20, summary
+    assert passed and int(passed.group(1)) >= 24, summary
     assert "failed" not in summary and "error" not in summary

@@ -6,10 +6,10 @@ from typing import Any
 
 import requests
 
-from chatapp.providers.anthropic import AnthropicProvider
-from chatapp.providers.base import Provider
-from chatapp.providers.demo import DemoProvider
-from chatapp.providers.openai_compat import OpenAIProvider
+from chatapp.upstream.anthropic import AnthropicProvider
+from chatapp.upstream.base import Provider
+from chatapp.upstream.demo import DemoProvider
+from chatapp.upstream.openai_compat import OpenAIProvider
 
 
 def build_provider(config: dict[str, Any], session: requests.Session) -> Provider:
@@ -22,7 +22,6 @@ def build_provider(config: dict[str, Any], session: requests.Session) -> Provide
         "base_url": config["PROVIDER_BASE_URL"],
         "api_key": config["PROVIDER_API_KEY"],
         "connect_timeout": config["UPSTREAM_CONNECT_TIMEOUT"],
-        "idle_timeout": config["UPSTREAM_IDLE_TIMEOUT"],
     }
     if name == "openai":
         return OpenAIProvider(**common)

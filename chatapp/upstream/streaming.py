@@ -1,8 +1,10 @@
 """The HTTP edge shared by the SSE-speaking providers.
 
-Owns the upstream request: timeouts, status mapping, incremental decoding and
-closing the connection whatever happens. Transport errors leave here only as
-ProviderError.
+Owns the upstream request: the connect timeout, no redirects, no compression,
+status mapping, incremental decoding and closing the connection whatever
+happens. Reads wait without a timer of their own: the relay's one watchdog
+per worker ends a turn whose provider went silent (turns/supervise.py).
+Transport errors leave here only as ProviderError.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import requests
 import urllib3.exceptions
 
 from chatapp.errors import ProviderError
-from chatapp.sse_decoder import ServerSentEvent
-from chatapp.sse_decoder import SSEDecodeError
-from chatapp.sse_decoder import SSEDecoder
+from chatapp.upstream.sse_decoder import ServerSentEvent
+from chatapp.upstream.sse_decoder import SSEDecodeError
+from chatapp.upstream.sse_decoder import SSEDecoder
 
 READ_SIZE = 64 * 1024
 # After the last event a body ends at once; never wait long for it.
@@ -52,6 +54,10 @@ def status_error(status: int) -> ProviderError:
             "provider_rate_limited",
             "The provider is rate limiting us; try again shortly.",
             retryable=True,
+        )
+    if 300 <= status < 400:
+        return ProviderError(
+            "provider_error", "The provider answered with a redirect, not followed."
         )
     if status in (408, 504):
         return ProviderError(
@@ -88,7 +94,6 @@ def event_batches(
     headers: dict[str, str],
     body: dict[str, Any],
     connect_timeout: float,
-    idle_timeout: float,
 ) -> Generator[list[ServerSentEvent]]:
     """POST and yield the SSE events each network read completes."""
     response: requests.Response | None = None
@@ -97,10 +102,13 @@ def event_batches(
         try:
             response = session.post(
                 url,
-                json=body,
+                data=json.dumps(body),
                 headers=headers,
                 stream=True,
-                timeout=(connect_timeout, idle_timeout),
+                # Reads are watched by the relay's watchdog, not by a timer
+                # per socket read; a redirect could carry the key elsewhere.
+                timeout=(connect_timeout, None),
+                allow_redirects=False,
             )
         except requests.exceptions.ConnectTimeout as exc:
             raise ProviderError(
@@ -120,6 +128,10 @@ def event_batches(
             ) from exc
         if response.status_code != 200:
             raise status_error(response.status_code)
+        if "text/event-stream" not in response.headers.get("Content-Type", ""):
+            raise ProviderError(
+                "provider_error", "The provider did not answer with an event stream."
+            )
         decoder = SSEDecoder()
         while True:
             try:
@@ -179,13 +191,17 @@ class SSEProvider:
         base_url: str,
         api_key: str,
         connect_timeout: float,
-        idle_timeout: float,
     ) -> None:
         self._session = session
         self._url = base_url + self.path
-        self._headers = {"Accept": "text/event-stream", **self.auth_headers(api_key)}
+        self._headers = {
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+            # The stream is read raw: a compressed body could not be decoded.
+            "Accept-Encoding": "identity",
+            **self.auth_headers(api_key),
+        }
         self._connect_timeout = connect_timeout
-        self._idle_timeout = idle_timeout
 
     def auth_headers(self, api_key: str) -> dict[str, str]:
         """Return the headers that carry the key and the API version."""
@@ -199,5 +215,4 @@ class SSEProvider:
             headers=self._headers,
             body=body,
             connect_timeout=self._connect_timeout,
-            idle_timeout=self._idle_timeout,
         )

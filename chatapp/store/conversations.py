@@ -1,6 +1,6 @@
 """Conversations and idempotency keys: who owns what, and what was said.
 
-`MemoryHistory` serves one process; `RedisHistory` (history_redis.py) shares
+`MemoryHistory` serves one process; `RedisHistory` (conversations_redis.py) shares
 conversations across workers and hosts. Both expire a conversation
 `HISTORY_TTL` seconds after its last message.
 """
@@ -26,8 +26,8 @@ class StoredMessage:
 class History(Protocol):
     """What the views and the relay need from conversation storage."""
 
-    def create(self, conversation_id: str, owner: str) -> None:
-        """Start an empty conversation owned by `owner`."""
+    def create(self, conversation_id: str, owner: str, first: StoredMessage) -> None:
+        """Start a conversation owned by `owner` with its first message."""
 
     def owner(self, conversation_id: str) -> str | None:
         """Return the conversation's owner, or None when unknown or expired."""
@@ -94,9 +94,9 @@ class MemoryHistory:
             return None
         return conversation
 
-    def create(self, conversation_id: str, owner: str) -> None:
+    def create(self, conversation_id: str, owner: str, first: StoredMessage) -> None:
         self._conversations[conversation_id] = _Conversation(
-            owner, self._sweep() + self._ttl
+            owner, self._sweep() + self._ttl, [first]
         )
 
     def owner(self, conversation_id: str) -> str | None:

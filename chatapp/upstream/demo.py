@@ -6,8 +6,8 @@ import re
 import time
 from collections.abc import Generator
 
-from chatapp.providers.base import ChatRequest
-from chatapp.providers.base import Chunk
+from chatapp.upstream.base import ChatRequest
+from chatapp.upstream.base import Chunk
 
 ANSWER = """Hello! I am the **chatapp demo provider**, so this answer is canned \
 and costs nothing. You asked:
@@ -39,7 +39,7 @@ class DemoProvider:
     def __init__(self, *, delay: float = 0.03) -> None:
         self._delay = delay
 
-    def stream(self, request: ChatRequest) -> Generator[list[Chunk]]:
+    def stream(self, request: ChatRequest) -> Generator[Chunk]:
         """Yield the canned answer a word at a time."""
         question = request.messages[-1].content if request.messages else ""
         quoted = " ".join(question.split())[:200] or "(nothing)"
@@ -48,11 +48,9 @@ class DemoProvider:
         for piece in pieces:
             if self._delay:
                 time.sleep(self._delay)
-            yield [Chunk(text=piece)]
-        yield [
-            Chunk(
-                input_tokens=sum(len(m.content) for m in request.messages) // 4 + 1,
-                output_tokens=len(pieces),
-            ),
-            Chunk(finish_reason="stop"),
-        ]
+            yield Chunk(text=piece)
+        yield Chunk(
+            input_tokens=sum(len(m.content) for m in request.messages) // 4 + 1,
+            output_tokens=len(pieces),
+            finish_reason="stop",
+        )

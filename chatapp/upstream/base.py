@@ -28,7 +28,7 @@ class ChatRequest:
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """A piece of the answer: text, and at the end usage and a finish reason."""
+    """What one network read brought: text, and at the end usage and reason."""
 
     text: str = ""
     input_tokens: int | None = None
@@ -36,15 +36,33 @@ class Chunk:
     finish_reason: str | None = None
 
 
+def merge(chunks: list[Chunk]) -> Chunk | None:
+    """Fold the chunks of one read into one; None when they say nothing."""
+    if not chunks:
+        return None
+    if len(chunks) == 1:
+        return chunks[0]
+    text = "".join(c.text for c in chunks)
+    input_tokens = output_tokens = finish_reason = None
+    for chunk in chunks:
+        if chunk.input_tokens is not None:
+            input_tokens = chunk.input_tokens
+        if chunk.output_tokens is not None:
+            output_tokens = chunk.output_tokens
+        if chunk.finish_reason:
+            finish_reason = chunk.finish_reason
+    return Chunk(text, input_tokens, output_tokens, finish_reason)
+
+
 class Provider(Protocol):
     """A streaming chat backend.
 
-    `stream` yields, for each network read, the chunks that read completed, so
-    the relay can write them to the turn log in one batch. It raises
+    `stream` yields, for each network read, one Chunk merging all that read
+    completed, so the relay writes one frame per read. It raises
     ProviderError for every failure and releases its connection when the
     iterator is closed (the relay closes it on cancel and timeout).
     """
 
     name: str
 
-    def stream(self, request: ChatRequest) -> Generator[list[Chunk]]: ...
+    def stream(self, request: ChatRequest) -> Generator[Chunk]: ...

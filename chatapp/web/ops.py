@@ -8,7 +8,8 @@ from flask import jsonify
 
 from chatapp.errors import StoreError
 from chatapp.extensions import state
-from chatapp.limits import storage_problem
+from chatapp.metrics import CONTENT_TYPE
+from chatapp.web.limiter import storage_problem
 
 bp = Blueprint("ops", __name__)
 
@@ -23,7 +24,7 @@ def healthz() -> Response:
 def readyz() -> tuple[Response, int]:
     """Answer 200 when shared storage answers, 503 with the reason otherwise."""
     try:
-        state().turns.ping()
+        state().events.ping()
     except StoreError as exc:
         return jsonify({"status": "unavailable", "reason": str(exc)}), 503
     problem = storage_problem()
@@ -33,10 +34,6 @@ def readyz() -> tuple[Response, int]:
 
 
 @bp.get("/metrics")
-def metrics() -> tuple[Response, int] | Response:
-    """Serve Prometheus text, summed across workers (and hosts) via Redis."""
-    try:
-        text = state().metrics.render()
-    except StoreError as exc:
-        return jsonify({"status": "unavailable", "reason": str(exc)}), 503
-    return Response(text, mimetype="text/plain; version=0.0.4")
+def metrics() -> Response:
+    """Serve Prometheus text, summed across this host's workers."""
+    return Response(state().metrics.render(), content_type=CONTENT_TYPE)

@@ -6,11 +6,12 @@ from collections.abc import Generator
 from typing import Any
 
 from chatapp.errors import ProviderError
-from chatapp.providers.base import ChatRequest
-from chatapp.providers.base import Chunk
-from chatapp.providers.streaming import SSEProvider
-from chatapp.providers.streaming import parse_json
-from chatapp.providers.streaming import read_to_end
+from chatapp.upstream.base import ChatRequest
+from chatapp.upstream.base import Chunk
+from chatapp.upstream.base import merge
+from chatapp.upstream.streaming import SSEProvider
+from chatapp.upstream.streaming import parse_json
+from chatapp.upstream.streaming import read_to_end
 
 API_VERSION = "2023-06-01"
 STOP_REASONS = {
@@ -38,7 +39,7 @@ class AnthropicProvider(SSEProvider):
     def auth_headers(self, api_key: str) -> dict[str, str]:
         return {"x-api-key": api_key, "anthropic-version": API_VERSION}
 
-    def stream(self, request: ChatRequest) -> Generator[list[Chunk]]:
+    def stream(self, request: ChatRequest) -> Generator[Chunk]:
         """Yield the answer's chunks per network read."""
         body: dict[str, Any] = {
             "model": request.model,
@@ -59,8 +60,9 @@ class AnthropicProvider(SSEProvider):
                 chunks: list[Chunk] = []
                 for event in events:
                     chunks.extend(state.handle(event.event, parse_json(event.data)))
-                if chunks:
-                    yield chunks
+                merged = merge(chunks)
+                if merged is not None:
+                    yield merged
                 if state.stopped:
                     read_to_end(batches)
                     return

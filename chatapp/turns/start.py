@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable
 from typing import Any
 
-from chatapp.history import StoredMessage
-from chatapp.providers.base import ChatRequest
-from chatapp.providers.base import Message
-from chatapp.relay import Relay
-from chatapp.streams import TurnInfo
+from chatapp.errors import ApiError
+from chatapp.store.conversations import History
+from chatapp.store.conversations import StoredMessage
 from chatapp.tokens import Identity
+from chatapp.turns.model import TurnInfo
+from chatapp.turns.relay import Relay
+from chatapp.upstream.base import ChatRequest
+from chatapp.upstream.base import Message
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
 def new_id() -> str:
@@ -57,13 +62,35 @@ def idempotency_scope(identity: Identity, key: str) -> str:
 
 
 def earlier_turn(
-    relay: Relay, identity: Identity, key: str | None
+    history: History, identity: Identity, key: str | None
 ) -> dict[str, Any] | None:
     """Return the body of the turn this idempotency key already started."""
     if not key:
         return None
-    earlier = relay.history.idempotent(idempotency_scope(identity, key))
+    earlier = history.idempotent(idempotency_scope(identity, key))
     return json.loads(earlier) if earlier is not None else None
+
+
+def check_conversation(
+    history: History, identity: Identity, conversation_id: str | None
+) -> None:
+    """Refuse a conversation id that is malformed, unknown or someone else's."""
+    if conversation_id is not None and (
+        not _ID.match(conversation_id)
+        or history.owner(conversation_id) != identity.owner
+    ):
+        raise ApiError(404, "not_found", "No such conversation.")
+
+
+def conversation_messages(
+    history: History, identity: Identity, conversation_id: str
+) -> list[dict[str, Any]]:
+    """Return a conversation's messages to its owner; 404 for anyone else."""
+    check_conversation(history, identity, conversation_id)
+    return [
+        {"role": m.role, "content": m.content, "created_at": m.created_at}
+        for m in history.messages(conversation_id)
+    ]
 
 
 def start_turn(
@@ -93,10 +120,11 @@ def start_turn(
         if earlier is not None:
             return json.loads(earlier), False
     earlier_messages = history.messages(cid) if conversation_id else []
-    if conversation_id is None:
-        history.create(cid, identity.owner)
     now = time.time()
-    history.append(cid, StoredMessage("user", message, now))
+    if conversation_id is None:
+        history.create(cid, identity.owner, StoredMessage("user", message, now))
+    else:
+        history.append(cid, StoredMessage("user", message, now))
     request = ChatRequest(
         model=config["MODEL"],
         system=config["SYSTEM_PROMPT"],

@@ -1,0 +1,469 @@
+"""The turn log on Redis Streams: resumable from any worker and any host.
+
+Keys (the `{id}` hash tag keeps one turn's keys on one cluster slot):
+
+  chatapp:t:{id}          stream; an entry holds frames joined, its id `n-0`
+                          is the SSE id of its last frame; entry `1-0` also
+                          holds the turn's facts (owner, conversation, worker)
+  chatapp:t:{id}:cancel   set when a cancel is asked
+  chatapp:t:{id}:reader   present while a reader elsewhere follows the turn
+  chatapp:t:{id}:reaped   claimed by the worker that ends a dead producer's turn
+  chatapp:worker:<id>     present while that worker produces turns (its lease)
+
+Writes: readers in the producer's own worker follow its in-process tail, so
+Redis only serves readers elsewhere. The first frames go out at once, later
+ones at most every WRITE_WINDOW seconds, joined into one entry.
+
+Reads: one greenlet per worker (the Follower) blocks in a single XREAD over
+every turn its readers follow, on a connection of its own, and extends one
+tail per turn that all of those readers share.
+
+Every Redis failure leaves this module as StoreError.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import redis
+
+from chatapp import sse
+from chatapp.errors import StoreError
+from chatapp.store.redis import guard
+from chatapp.store.tail import Tail
+from chatapp.turns.model import TurnInfo
+
+log = logging.getLogger(__name__)
+
+CANCEL_CHANNEL = "chatapp:cancel"
+# Readers elsewhere see a turn's text at most this much later than readers
+# in the producer's worker; the first token is never held back.
+WRITE_WINDOW = 0.1
+# The follower's XREAD blocks this long when nothing happens.
+BLOCK_MS = 5000
+# After each read, wait this long so that one XREAD brings many turns' news.
+GATHER_SECONDS = 0.005
+# A followed turn silent this long has its producer's lease checked.
+LEASE_CHECK_AFTER = 3.0
+# Redis may fail this long before followed turns are given up.
+STORE_GRACE = 2.0
+
+REAPED_ERROR = {
+    "code": "internal",
+    "message": "The server running this answer stopped.",
+    "retryable": True,
+}
+
+
+def _key(turn_id: str) -> str:
+    return f"chatapp:t:{{{turn_id}}}"
+
+
+def _worker_key(worker: str) -> str:
+    return f"chatapp:worker:{worker}"
+
+
+def _split(blob: bytes) -> list[bytes]:
+    """Split an entry's joined frames back into frames."""
+    return [part + b"\n\n" for part in blob.split(b"\n\n")[:-1]]
+
+
+class _Outbox:
+    """What a locally produced turn has written to Redis, and when."""
+
+    __slots__ = ("flushed", "flushed_at", "lock", "timer")
+
+    def __init__(self) -> None:
+        self.flushed = 1  # the start frame goes out with the turn's facts
+        self.flushed_at = 0.0
+        self.lock = gevent.lock.Semaphore()
+        self.timer: gevent.Greenlet | None = None
+
+
+class RedisEventLog:
+    """Turn log on Redis Streams, shared by every worker and host."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        running_ttl: float,
+        stream_ttl: float,
+        orphan: float,
+    ) -> None:
+        self._r: Any = client
+        self._running_ttl = int(running_ttl) + 1
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._local: dict[str, tuple[TurnInfo, Tail, _Outbox]] = {}
+        self._listeners: list[Callable[[str], None]] = []
+        self._resubscribed: list[Callable[[], None]] = []
+        self._subscriber: gevent.Greenlet | None = None
+        self.follower = Follower(client, stream_ttl=stream_ttl, orphan=orphan)
+
+    # -- the producer's side ------------------------------------------------
+
+    def create(self, info: TurnInfo, start: bytes, ttl: float) -> Tail:
+        key = _key(info.id)
+        fields = {
+            "f": start,
+            "o": info.owner,
+            "c": info.conversation_id,
+            "t": repr(info.created_at),
+            "w": self.worker,
+        }
+        with guard("create turn"), self._r.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, fields, id="1-0")
+            pipe.expire(key, int(ttl) + 1)
+            pipe.execute()
+        tail = Tail([start])
+        box = _Outbox()
+        box.flushed_at = time.monotonic()
+        self._local[info.id] = (info, tail, box)
+        return tail
+
+    def append(self, turn_id: str, tail: Tail, frames: list[bytes]) -> None:
+        tail.extend(frames)
+        local = self._local.get(turn_id)
+        if local is None:
+            return
+        box = local[2]
+        if box.timer is not None:
+            return  # a write is already due
+        due = box.flushed_at + WRITE_WINDOW - time.monotonic()
+        if due <= 0 or box.flushed <= 1:
+            self._flush(turn_id, tail, box)
+        else:
+            box.timer = gevent.spawn_later(due, self._timed_flush, turn_id)
+
+    def _timed_flush(self, turn_id: str) -> None:
+        local = self._local.get(turn_id)
+        if local is None:
+            return
+        _, tail, box = local
+        box.timer = None
+        try:
+            self._flush(turn_id, tail, box)
+        except StoreError as exc:
+            # Nothing is lost: the next write takes every unwritten frame.
+            log.warning("turn %s: delayed write failed (%s)", turn_id, exc)
+
+    def _flush(
+        self, turn_id: str, tail: Tail, box: _Outbox, expire: float | None = None
+    ) -> None:
+        with box.lock:
+            end = len(tail.frames)
+            if end <= box.flushed and expire is None:
+                return
+            key = _key(turn_id)
+            with guard("append frames"), self._r.pipeline(transaction=False) as pipe:
+                if end > box.flushed:
+                    blob = b"".join(tail.frames[box.flushed : end])
+                    pipe.xadd(key, {"f": blob}, id=f"{end}-0")
+                if expire is not None:
+                    pipe.expire(key, int(expire) + 1)
+                pipe.execute()
+            box.flushed = end
+            box.flushed_at = time.monotonic()
+
+    def finish(self, turn_id: str, tail: Tail, frames: list[bytes], ttl: float) -> None:
+        tail.extend(frames, done=True)
+        local = self._local.get(turn_id)
+        if local is None:
+            return
+        try:
+            self._flush(turn_id, tail, local[2], expire=ttl)
+        finally:
+            # Readers here that come later read Redis like everyone else.
+            self._local.pop(turn_id, None)
+
+    # -- the readers' side --------------------------------------------------
+
+    def open(self, turn_id: str) -> Tail | None:
+        local = self._local.get(turn_id)
+        if local is not None:
+            local[1].join()
+            return local[1]
+        return self.follower.open(turn_id)
+
+    def close(self, turn_id: str, tail: Tail) -> None:
+        tail.leave()
+        if tail.readers <= 0:
+            self.follower.drop(turn_id, tail)
+
+    def info(self, turn_id: str) -> TurnInfo | None:
+        local = self._local.get(turn_id)
+        if local is not None:
+            return local[0]
+        with guard("read turn"):
+            entries = self._r.xrange(_key(turn_id), "1-0", "1-0")
+        return _info(turn_id, entries[0][1]) if entries else None
+
+    # -- cancels, readers, leases ---------------------------------------------
+
+    def request_cancel(self, turn_id: str) -> None:
+        key = _key(turn_id) + ":cancel"
+        with guard("cancel"), self._r.pipeline(transaction=False) as pipe:
+            pipe.set(key, "1", ex=self._running_ttl)
+            pipe.publish(CANCEL_CHANNEL, turn_id)
+            pipe.execute()
+
+    def cancels_requested(self, turn_ids: list[str]) -> list[bool]:
+        return self._exist([_key(t) + ":cancel" for t in turn_ids], "read cancels")
+
+    def readers_elsewhere(self, turn_ids: list[str]) -> list[bool]:
+        return self._exist([_key(t) + ":reader" for t in turn_ids], "read readers")
+
+    def _exist(self, keys: list[str], what: str) -> list[bool]:
+        if not keys:
+            return []
+        with guard(what), self._r.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.exists(key)
+            return [bool(n) for n in pipe.execute()]
+
+    def renew_lease(self, seconds: float) -> None:
+        with guard("renew lease"):
+            self._r.set(_worker_key(self.worker), "1", px=int(seconds * 1000))
+
+    def on_cancel(self, callback: Callable[[str], None]) -> None:
+        self._listeners.append(callback)
+        if self._subscriber is None:
+            self._subscriber = gevent.spawn(self._listen)
+
+    def on_resubscribe(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` whenever cancels may have been missed."""
+        self._resubscribed.append(callback)
+
+    def _listen(self) -> None:
+        """Relay cancel requests from any host to this worker's producers."""
+        first = True
+        while True:
+            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.subscribe(CANCEL_CHANNEL)
+                if not first:
+                    for callback in self._resubscribed:
+                        callback()
+                first = False
+                while True:
+                    message = pubsub.get_message(timeout=30)
+                    if message and message.get("type") == "message":
+                        turn_id = message["data"].decode()
+                        for listener in self._listeners:
+                            listener(turn_id)
+            except redis.RedisError:
+                log.warning("cancel listener lost Redis; reconnecting")
+                first = False
+                gevent.sleep(0.5)
+            finally:
+                pubsub.close()
+
+    def ping(self) -> None:
+        with guard("ping"):
+            self._r.ping()
+
+
+def _info(turn_id: str, fields: dict[bytes, bytes]) -> TurnInfo:
+    return TurnInfo(
+        turn_id,
+        fields[b"o"].decode(),
+        fields[b"c"].decode(),
+        float(fields[b"t"]),
+    )
+
+
+class _Mirror:
+    """A turn produced elsewhere, as this worker follows it."""
+
+    __slots__ = ("heard_at", "key", "tail", "worker")
+
+    def __init__(self, key: str, tail: Tail, worker: str) -> None:
+        self.key = key
+        self.tail = tail
+        self.worker = worker
+        self.heard_at = time.monotonic()
+
+
+class Follower:
+    """One XREAD per worker for every turn its readers follow from elsewhere."""
+
+    def __init__(self, client: redis.Redis, *, stream_ttl: float, orphan: float):
+        self._r: Any = client
+        self.stream_ttl = stream_ttl
+        self.orphan = orphan
+        self._mirrors: dict[str, _Mirror] = {}
+        self._kick = gevent.event.Event()
+        self._blocked_id: int | None = None  # our connection's id while it blocks
+        self._unblocking = False
+        self._loop: gevent.Greenlet | None = None
+
+    def open(self, turn_id: str) -> Tail | None:
+        """Join the readers of a turn produced elsewhere, catching up first."""
+        mirror = self._mirrors.get(turn_id)
+        if mirror is None:
+            key = _key(turn_id)
+            with guard("read turn"):
+                entries = self._r.xrange(key, "-", "+")
+            if not entries:
+                return None
+            mirror = self._mirrors.get(turn_id)  # another reader came meanwhile
+            if mirror is None:
+                frames = [f for _, fields in entries for f in _split(fields[b"f"])]
+                tail = Tail(frames, done=sse.is_done(frames[-1]))
+                mirror = _Mirror(key, tail, entries[0][1][b"w"].decode())
+                if not tail.done:
+                    self._follow(turn_id, mirror)
+        mirror.tail.join()
+        return mirror.tail
+
+    def drop(self, turn_id: str, tail: Tail) -> None:
+        """Stop following a turn nobody here reads any more."""
+        mirror = self._mirrors.get(turn_id)
+        if mirror is not None and mirror.tail is tail:
+            del self._mirrors[turn_id]
+
+    def _follow(self, turn_id: str, mirror: _Mirror) -> None:
+        self._mirrors[turn_id] = mirror
+        with guard("mark reader"):
+            self._r.set(mirror.key + ":reader", "1", px=int(self.orphan * 1000))
+        if self._loop is None or self._loop.dead:
+            self._loop = gevent.spawn(self._run)
+        self._kick.set()
+        if self._blocked_id is not None and not self._unblocking:
+            # The XREAD in flight does not name this turn yet: end its wait.
+            self._unblocking = True
+            try:
+                self._r.client_unblock(self._blocked_id)
+            except redis.RedisError:
+                pass  # the read ends by itself within BLOCK_MS
+
+    def _run(self) -> None:
+        conn: Any = None
+        failing_since: float | None = None
+        next_chores = 0.0
+        while True:
+            if not self._mirrors:
+                self._kick.clear()
+                self._kick.wait()
+                continue
+            try:
+                if conn is None:
+                    conn = self._connection()
+                now = time.monotonic()
+                if now >= next_chores:
+                    next_chores = now + min(1.0, self.orphan / 3)
+                    self._chores(now)
+                self._read(conn)
+                failing_since = None
+            except redis.RedisError as exc:
+                if conn is not None:
+                    conn.disconnect()
+                conn = None
+                self._blocked_id = None
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since >= STORE_GRACE:
+                    log.warning("follower: Redis is away (%s)", type(exc).__name__)
+                    for mirror in self._mirrors.values():
+                        mirror.tail.lose()
+                    self._mirrors.clear()
+                gevent.sleep(0.2)
+                continue
+            gevent.sleep(GATHER_SECONDS)
+
+    def _connection(self) -> Any:
+        pool = self._r.connection_pool
+        kwargs = dict(pool.connection_kwargs)
+        kwargs["socket_timeout"] = BLOCK_MS / 1000 + 5
+        conn = pool.connection_class(**kwargs)
+        conn.connect()
+        conn.send_command("CLIENT", "ID")
+        conn.client_id = int(conn.read_response())
+        return conn
+
+    def _read(self, conn: Any) -> None:
+        mirrors = {m.key: (t, m) for t, m in self._mirrors.items()}
+        keys = list(mirrors)
+        ids = [f"{len(m.tail.frames)}-0" for _, m in mirrors.values()]
+        conn.send_command("XREAD", "BLOCK", BLOCK_MS, "STREAMS", *keys, *ids)
+        self._blocked_id = conn.client_id
+        self._unblocking = False
+        try:
+            reply = conn.read_response()
+        finally:
+            self._blocked_id = None
+        now = time.monotonic()
+        for raw_key, entries in _streams(reply):
+            found = mirrors.get(raw_key.decode())
+            if found is None:
+                continue
+            turn_id, mirror = found
+            frames: list[bytes] = []
+            for _, fields in entries:
+                frames.extend(_split(_fields(fields)[b"f"]))
+            if not frames:
+                continue
+            done = sse.is_done(frames[-1])
+            mirror.tail.extend(frames, done=done)
+            mirror.heard_at = now
+            if done and self._mirrors.get(turn_id) is mirror:
+                del self._mirrors[turn_id]
+
+    def _chores(self, now: float) -> None:
+        """Tell producers readers are here; end turns whose producer died."""
+        followed = list(self._mirrors.items())
+        with self._r.pipeline(transaction=False) as pipe:
+            for _, mirror in followed:
+                if mirror.tail.readers > 0:
+                    pipe.set(mirror.key + ":reader", "1", px=int(self.orphan * 1000))
+            pipe.execute()
+        quiet = [(t, m) for t, m in followed if now - m.heard_at >= LEASE_CHECK_AFTER]
+        if not quiet:
+            return
+        workers = sorted({m.worker for _, m in quiet})
+        with self._r.pipeline(transaction=False) as pipe:
+            for worker in workers:
+                pipe.exists(_worker_key(worker))
+            alive = dict(zip(workers, pipe.execute(), strict=True))
+        for turn_id, mirror in quiet:
+            if not alive[mirror.worker]:
+                self._reap(turn_id, mirror)
+
+    def _reap(self, turn_id: str, mirror: _Mirror) -> None:
+        """End a dead producer's turn with error + done, once, for everyone."""
+        if not self._r.set(mirror.key + ":reaped", "1", nx=True, ex=60):
+            return  # another worker does it; its entry reaches us as usual
+        last = len(mirror.tail.frames)
+        frames = [
+            sse.frame(last + 1, "error", REAPED_ERROR),
+            sse.frame(last + 2, "done", {"finish_reason": "error"}),
+        ]
+        with self._r.pipeline(transaction=False) as pipe:
+            pipe.xadd(mirror.key, {"f": b"".join(frames)}, id=f"{last + 2}-0")
+            pipe.expire(mirror.key, int(self.stream_ttl) + 1)
+            pipe.execute()
+        log.warning("turn %s: its producer %s stopped", turn_id, mirror.worker)
+
+
+def _streams(reply: Any) -> list[tuple[bytes, list[Any]]]:
+    """Read an XREAD reply (RESP2 list or RESP3 map) as (key, entries) pairs."""
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return list(reply.items())
+    return [(item[0], item[1]) for item in reply]
+
+
+def _fields(raw: Any) -> dict[bytes, bytes]:
+    if isinstance(raw, dict):
+        return raw
+    return dict(zip(raw[::2], raw[1::2], strict=True))

@@ -1,0 +1,1 @@
+"""Turns: start, produce, read and supervise; no Flask in here."""

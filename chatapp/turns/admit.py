@@ -1,0 +1,294 @@
+"""Who may start a turn now: token budgets, stream slots, capacity.
+
+A chat POST that passed validation and the rate limit (web/limiter.py) is
+admitted in SPEC's order:
+
+  quota       CHATAPP_DAILY_TOKEN_BUDGET per client, UTC day    429 quota_exceeded
+  streams     CHATAPP_MAX_STREAMS_PER_CLIENT turns generating   429 too_many_streams
+  capacity    CHATAPP_WORKER_MAX_STREAMS open on this worker    503 over_capacity
+
+What a turn holds is settled from its `TurnEnd` record. With Redis, slots and
+budgets are shared by every worker and host; when Redis does not answer,
+each part falls back to this process's memory by itself (so, meanwhile,
+every worker counts alone) and returns to Redis when it answers again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+from typing import TypeVar
+
+import redis
+
+from chatapp.errors import ApiError
+from chatapp.store.limits import LimitStore
+from chatapp.store.limits import MemoryLimitStore
+from chatapp.store.limits import RedisLimitStore
+from chatapp.turns.model import TurnEnd
+
+log = logging.getLogger(__name__)
+
+# After Redis failed, use memory this long before asking Redis again.
+REDIS_RETRY_SECONDS = 2.0
+# A slot outlives its turn's deadline by this much, then frees itself: this
+# is what returns the slots of a crashed worker.
+SLOT_MARGIN_SECONDS = 5.0
+STREAMS_RETRY_AFTER = 5
+CAPACITY_RETRY_AFTER = 10
+# Settles for turns the view has not yet claimed are kept this long.
+EARLY_KEEP_SECONDS = 300.0
+CHARS_PER_TOKEN = 4
+NORMAL_ENDS = frozenset(("stop", "length", "content_filter"))
+
+T = TypeVar("T")
+
+
+def utc_day(now: float) -> str:
+    """Name the UTC day that `now` falls in."""
+    return datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
+
+
+def seconds_to_utc_midnight(now: float) -> int:
+    """Whole seconds (at least 1) until the next UTC day begins."""
+    return max(1, math.ceil(86400 - now % 86400))
+
+
+def estimate_tokens(chars: int) -> int:
+    """Guess tokens from characters of text (about four to a token)."""
+    return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
+
+
+def tokens_spent(outcome: TurnEnd) -> int:
+    """Tokens a finished turn cost: its usage, else an estimate of its text.
+
+    A cancelled or failed turn may report usage from before the text it
+    streamed (Anthropic counts output at the start), so its text is a floor.
+    """
+    output = outcome.output_tokens
+    if output is None or outcome.finish_reason not in NORMAL_ENDS:
+        output = max(output or 0, estimate_tokens(outcome.output_chars))
+    return (outcome.input_tokens or 0) + output
+
+
+@dataclass
+class Reservation:
+    """What an admitted turn holds until it ends, and in which store."""
+
+    client: str
+    ticket: str
+    day: str
+    tokens: int
+    tokens_store: LimitStore | None
+    slot_store: LimitStore | None
+
+
+class Gate:
+    """This worker's admission of turns, and its count of open streams."""
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        running: Callable[[], int],
+        client: redis.Redis | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._running = running
+        self._clock = clock
+        self._budget = int(config["DAILY_TOKEN_BUDGET"])
+        self._hold = int(config["MAX_OUTPUT_TOKENS"])
+        self._max_streams = int(config["MAX_STREAMS_PER_CLIENT"])
+        self._max_open = int(config["WORKER_MAX_STREAMS"])
+        self._slot_lifetime = (
+            float(config["UPSTREAM_TOTAL_TIMEOUT"]) + SLOT_MARGIN_SECONDS
+        )
+        self.redis = client
+        self.memory = MemoryLimitStore()
+        self._shared = RedisLimitStore(client) if client is not None else None
+        self._redis_down_until: float | None = None
+        self._held: dict[str, Reservation] = {}
+        self._early: dict[str, tuple[float, TurnEnd]] = {}
+        self.readers = 0
+
+    # -- admission ------------------------------------------------------------
+
+    def admit(self, client: str) -> Reservation:
+        """Hold budget and a stream slot for a new turn, or refuse it."""
+        now = self._clock()
+        held = Reservation(
+            client, secrets.token_urlsafe(12), utc_day(now), 0, None, None
+        )
+        try:
+            if self._budget > 0:
+                ok, held.tokens_store = self._call(
+                    lambda s: s.hold_tokens(client, held.day, self._hold, self._budget)
+                )
+                if not ok:
+                    held.tokens_store = None
+                    raise ApiError(
+                        429,
+                        "quota_exceeded",
+                        "Today's usage limit is reached; it resets at midnight UTC.",
+                        retry_after=seconds_to_utc_midnight(now),
+                    )
+                held.tokens = self._hold
+            ok, held.slot_store = self._call(
+                lambda s: s.take_slot(
+                    client, held.ticket, self._max_streams, self._slot_lifetime
+                )
+            )
+            if not ok:
+                held.slot_store = None
+                raise ApiError(
+                    429,
+                    "too_many_streams",
+                    "Too many answers are being written for you at once; wait "
+                    "for one to finish or stop it.",
+                    retry_after=STREAMS_RETRY_AFTER,
+                )
+            if self.open_streams >= self._max_open:
+                raise ApiError(
+                    503,
+                    "over_capacity",
+                    "The server is busy; try again in a few seconds.",
+                    retry_after=CAPACITY_RETRY_AFTER,
+                )
+        except ApiError:
+            self.release(held)
+            raise
+        return held
+
+    @property
+    def open_streams(self) -> int:
+        """Streams this worker holds open, counting a turn and its reader once.
+
+        Readers hold client connections (bounded by worker_connections);
+        producers hold upstream ones. A turn usually has both, so the larger
+        count is the load; a producer whose reader left still counts.
+        """
+        return max(self.readers, self._running())
+
+    def started(self, held: Reservation, turn_id: str) -> None:
+        """Tie a reservation to the turn it admitted, until that turn ends."""
+        early = self._early.pop(turn_id, None)
+        if early is not None:
+            self._settle(held, early[1])
+        else:
+            self._held[turn_id] = held
+
+    def release(self, held: Reservation) -> None:
+        """Give back all a reservation holds: the turn never started."""
+        self._free(held, spent=0)
+
+    def turn_finished(self, outcome: TurnEnd) -> None:
+        """Free the slot of a turn that ended and charge what it spent."""
+        held = self._held.pop(outcome.info.id, None)
+        if held is not None:
+            self._settle(held, outcome)
+            return
+        # Ended before the view tied it to its reservation (a cached replay
+        # ends inside start_turn): keep it until started() comes, briefly.
+        now = time.monotonic()
+        self._early = {
+            k: v for k, v in self._early.items() if now - v[0] < EARLY_KEEP_SECONDS
+        }
+        self._early[outcome.info.id] = (now, outcome)
+
+    def _settle(self, held: Reservation, outcome: TurnEnd) -> None:
+        self._free(held, spent=tokens_spent(outcome))
+
+    def _free(self, held: Reservation, spent: int) -> None:
+        slot_store, tokens_store = held.slot_store, held.tokens_store
+        if slot_store is not None:
+            self._quietly(lambda: slot_store.free_slot(held.client, held.ticket))
+        if tokens_store is not None and spent != held.tokens:
+            delta = spent - held.tokens
+            self._quietly(lambda: tokens_store.add_tokens(held.client, held.day, delta))
+
+    def reader_opened(self) -> None:
+        """Count an SSE response as an open stream of this worker."""
+        self.readers += 1
+
+    def reader_closed(self) -> None:
+        """Count an SSE response out again."""
+        self.readers -= 1
+
+    # -- Redis, or memory while Redis is away -----------------------------------
+
+    def _call(self, op: Callable[[LimitStore], T]) -> tuple[T, LimitStore]:
+        shared = self._shared
+        down_until = self._redis_down_until
+        if shared is not None and (
+            down_until is None or time.monotonic() >= down_until
+        ):
+            try:
+                result = op(shared)
+            except redis.RedisError as exc:
+                self._redis_failed(exc)
+            else:
+                if down_until is not None:
+                    log.warning("limits: Redis answers again; limits are shared")
+                    self._redis_down_until = None
+                return result, shared
+        return op(self.memory), self.memory
+
+    def _redis_failed(self, exc: redis.RedisError) -> None:
+        if self._redis_down_until is None:
+            log.warning(
+                "limits: Redis did not answer (%s); counting in this worker's "
+                "memory until it does, so limits are per worker meanwhile",
+                type(exc).__name__,
+            )
+        self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+
+    def _quietly(self, op: Callable[[], None]) -> None:
+        # A slot Redis did not free expires by itself; unsettled tokens stay
+        # held (the client is charged MAX_OUTPUT_TOKENS for that turn).
+        try:
+            op()
+        except redis.RedisError as exc:
+            log.warning("limits: could not settle a turn (%s)", type(exc).__name__)
+
+    def storage_problem(self) -> str | None:
+        """Say why the limits' shared storage does not answer, if it does not."""
+        if self.redis is None:
+            return None
+        try:
+            self.redis.ping()
+        except redis.RedisError as exc:
+            return f"rate-limit storage (Redis) does not answer ({type(exc).__name__})"
+        return None
+
+
+class Admission:
+    """A turn's admission: released on leaving unless the turn started."""
+
+    def __init__(self, gate: Gate, held: Reservation) -> None:
+        self._gate = gate
+        self._held = held
+        self._started = False
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def started(self, turn_id: str) -> None:
+        """The turn runs: keep what it holds until it ends."""
+        self._started = True
+        self._gate.started(self._held, turn_id)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._started:
+            self._gate.release(self._held)

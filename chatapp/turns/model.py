@@ -1,0 +1,45 @@
+"""Plain values the turn machinery passes around: no I/O, no Flask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class TurnInfo:
+    """The fixed facts of one turn."""
+
+    id: str
+    owner: str
+    conversation_id: str
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEnd:
+    """How a turn ended: the record that limits, metrics and logs consume."""
+
+    info: TurnInfo
+    finish_reason: str
+    error_code: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    output_chars: int
+    first_token_seconds: float | None
+    max_gap_seconds: float | None = None
+    cancel_seconds: float | None = None  # from a client's cancel to upstream closed
+    cached: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSettings:
+    """The timing and size bounds the turn machinery works with."""
+
+    provider: str
+    model: str
+    stream_ttl: float
+    total_timeout: float
+    idle_timeout: float
+    heartbeat: float
+    orphan: float
+    cache_ttl: float = 0

@@ -1,0 +1,82 @@
+"""Readers: a turn's frames from the log to one client, live until `done`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from collections.abc import Generator
+from typing import Any
+
+from chatapp import sse
+from chatapp.store.tail import Tail
+
+RETRY_MS = 2000
+
+_LOST = sse.encode(
+    "error",
+    json.dumps(
+        {
+            "code": "internal",
+            "message": "Lost the connection to shared storage.",
+            "retryable": True,
+        }
+    ),
+) + sse.encode("done", json.dumps({"finish_reason": "error"}))
+
+
+def finished(tail: Tail, after: int) -> bool:
+    """Tell whether a reader at `after` has already had the turn's `done`."""
+    return tail.done and after == len(tail.frames)
+
+
+def stream(
+    tail: Tail,
+    after: int,
+    *,
+    heartbeat: float,
+    wake: float,
+    client_gone: Callable[[], bool],
+) -> Generator[bytes]:
+    """Yield the turn's SSE bytes after event `after`, live until `done`."""
+    yield sse.retry(RETRY_MS)
+    last_write = time.monotonic()
+    while True:
+        frames = tail.frames
+        end = len(frames)
+        if end > after:
+            chunk = frames[after] if end == after + 1 else b"".join(frames[after:end])
+            after = end
+            yield chunk
+            last_write = time.monotonic()
+            continue
+        if tail.done:
+            if after > end:
+                # The reader saw more than the log kept (its producer died
+                # before writing all it had sent): still end with the end.
+                yield b"".join(f for f in frames[-2:] if not sse.is_delta(f))
+            return
+        if tail.lost:
+            # No ids: made-up ones could hide real events on a resume.
+            yield _LOST
+            return
+        tail.wait(wake)
+        if len(tail.frames) > after or tail.done or tail.lost:
+            continue
+        if client_gone():
+            return
+        now = time.monotonic()
+        if now - last_write >= heartbeat:
+            yield sse.KEEP_ALIVE
+            last_write = now
+
+
+def poll(tail: Tail, after: int, wait: float) -> tuple[list[dict[str, Any]], bool]:
+    """Return events after `after`, waiting up to `wait` when none are ready."""
+    if len(tail.frames) <= after and not tail.done and not tail.lost:
+        tail.wait(wait)
+    events = []
+    for frame in tail.frames[after:]:
+        event_id, event, data = sse.parse(frame)
+        events.append({"id": event_id, "event": event, "data": data})
+    return events, tail.done or tail.lost

@@ -1,0 +1,118 @@
+"""The per-worker supervisor: watchdog, orphans and the producers' lease.
+
+One greenlet watches every turn this worker produces: it ends a turn whose
+provider went silent or ran past the whole-turn deadline, cancels a turn
+nobody reads any more, and renews the lease that tells other hosts this
+worker is still producing. One timer for all turns, instead of one per
+socket read.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import gevent
+
+from chatapp.errors import ProviderError
+from chatapp.errors import StoreError
+from chatapp.store.events import EventLog
+from chatapp.turns.model import TurnSettings
+from chatapp.turns.produce import Run
+from chatapp.turns.produce import TurnCancelled
+from chatapp.turns.produce import interrupt
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 4.0
+SHARED_EVERY = 1.0  # lease and orphan checks touch shared storage this often
+
+
+class Supervisor:
+    """Watch this worker's running turns while there are any."""
+
+    def __init__(
+        self,
+        runs: dict[str, Run],
+        events: EventLog,
+        settings: TurnSettings,
+        cancel: Callable[[str, str], None],
+    ) -> None:
+        self._runs = runs
+        self._events = events
+        self._settings = settings
+        self._cancel = cancel
+        self._greenlet: gevent.Greenlet | None = None
+        self._lease_at = -SHARED_EVERY
+        s = settings
+        self.tick = max(0.05, min(1.0, s.idle_timeout / 4, s.orphan / 4))
+
+    def watch(self) -> None:
+        """Make sure the watch runs, and that this worker's lease is fresh."""
+        if time.monotonic() - self._lease_at >= SHARED_EVERY:
+            self._renew_lease()
+        if self._greenlet is None or self._greenlet.dead:
+            self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        shared_at = time.monotonic()
+        while self._runs:
+            gevent.sleep(self.tick)
+            now = time.monotonic()
+            self._watchdog(now)
+            if now - shared_at >= SHARED_EVERY:
+                shared_at = now
+                self._renew_lease()
+                self._orphans(now)
+
+    def _watchdog(self, now: float) -> None:
+        idle = self._settings.idle_timeout
+        for run in list(self._runs.values()):
+            if now >= run.deadline:
+                interrupt(
+                    run,
+                    ProviderError(
+                        "provider_timeout",
+                        "The answer took longer than the server allows.",
+                        retryable=True,
+                    ),
+                )
+            elif run.in_upstream and now - run.last_read >= idle:
+                interrupt(
+                    run,
+                    ProviderError(
+                        "provider_timeout", "The provider went silent.", retryable=True
+                    ),
+                )
+
+    def _orphans(self, now: float) -> None:
+        orphan = self._settings.orphan
+        alone = [
+            run
+            for run in list(self._runs.values())
+            if run.tail.readers <= 0 and now - run.tail.seen >= orphan
+        ]
+        if not alone:
+            return
+        try:
+            elsewhere = self._events.readers_elsewhere([r.info.id for r in alone])
+        except StoreError:
+            log.warning("supervisor: shared storage did not answer")
+            return
+        for run, read in zip(alone, elsewhere, strict=True):
+            if read:
+                run.tail.seen = now - orphan * 2 / 3  # look again in orphan/3
+            else:
+                log.info("turn %s: no reader for %.0fs", run.info.id, orphan)
+                self._cancel(run.info.id, "orphaned")
+
+    def _renew_lease(self) -> None:
+        try:
+            self._events.renew_lease(LEASE_SECONDS)
+            self._lease_at = time.monotonic()
+        except StoreError:
+            log.warning("supervisor: could not renew this worker's lease")
+
+
+__all__ = ["LEASE_SECONDS", "Supervisor", "TurnCancelled"]

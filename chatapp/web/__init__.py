@@ -1,0 +1,1 @@
+"""The web layer: blueprints, request parsing, the SSE response, the limiter."""

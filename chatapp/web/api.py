@@ -1,0 +1,196 @@
+"""Blueprint: the JSON and SSE API under /api."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint
+from flask import Response
+from flask import jsonify
+from flask import request
+from flask import url_for
+
+from chatapp.errors import ApiError
+from chatapp.errors import StoreError
+from chatapp.errors import api_error_response
+from chatapp.errors import error_response
+from chatapp.extensions import state
+from chatapp.store.tail import Tail
+from chatapp.tokens import REFRESH_GRACE_SECONDS
+from chatapp.tokens import TokenExpired
+from chatapp.tokens import TokenInvalid
+from chatapp.turns import read
+from chatapp.turns.start import check_conversation
+from chatapp.turns.start import conversation_messages
+from chatapp.turns.start import earlier_turn
+from chatapp.turns.start import start_turn
+from chatapp.web import parse
+from chatapp.web.limiter import admit_turn
+from chatapp.web.limiter import gate
+from chatapp.web.limiter import token_refresh_limit
+from chatapp.web.stream import event_stream
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+POLL_WAIT = 25.0
+STORE_RETRY_AFTER = 5
+
+
+@bp.errorhandler(ApiError)
+def refused(exc: ApiError) -> Response:
+    """Answer a refusal as SPEC's JSON, counting limit refusals."""
+    if exc.status in (429, 503):
+        state().metrics.refused(exc.code)
+    return api_error_response(exc)
+
+
+@bp.errorhandler(StoreError)
+def store_unavailable(exc: StoreError) -> Response:
+    """Shared storage is away: ask the client to come back, never a 500."""
+    state().metrics.storage_error()
+    state().metrics.refused("over_capacity")
+    return error_response(
+        503,
+        "over_capacity",
+        "The service is briefly unavailable; try again in a few seconds.",
+        retry_after=STORE_RETRY_AFTER,
+    )
+
+
+def _describe(turn_id: str, conversation_id: str) -> dict[str, Any]:
+    token = state().signer.stream_token(turn_id)
+    return {
+        "id": turn_id,
+        "conversation_id": conversation_id,
+        "stream_url": url_for("api.events", turn_id=turn_id, t=token),
+        "cancel_url": url_for("api.cancel", turn_id=turn_id, t=token),
+    }
+
+
+@bp.post("/chat")
+def chat() -> tuple[Response, int, dict[str, str]]:
+    """Start a turn; generation begins now, the answer streams from stream_url."""
+    st = state()
+    values = parse.fields()
+    who = parse.identity(parse.page_token(values))
+    message = parse.message(values)
+    conversation_id = parse.text_field(values, "conversation_id")
+    check_conversation(st.history, who, conversation_id)
+    key = parse.idempotency_key(values)
+    # A retry of an accepted turn gets that turn back, whatever the limits say.
+    body = earlier_turn(st.history, who, key)
+    if body is None:
+        with admit_turn(who) as admission:  # rate limit, quota, streams, capacity
+            body, new = start_turn(
+                st.relay, st.config, who, message, conversation_id, key, _describe
+            )
+            if new:
+                admission.started(body["id"])
+                st.metrics.turn_started()
+    headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
+    return jsonify(body), 201, headers
+
+
+def _check_stream_token(turn_id: str, token: str | None) -> None:
+    if not parse.ID.match(turn_id):
+        raise ApiError(404, "not_found", "No such turn.")
+    try:
+        state().signer.check_stream_token(token, turn_id)
+    except (TokenInvalid, TokenExpired) as exc:
+        raise ApiError(
+            403, "invalid_token", "A valid stream token is required."
+        ) from exc
+
+
+def _open_turn(turn_id: str, token: str | None) -> Tail:
+    """Check the stream token, then follow the turn; 404 when it is gone."""
+    _check_stream_token(turn_id, token)
+    tail = state().relay.open(turn_id)
+    if tail is None:
+        raise ApiError(404, "not_found", "No such turn, or it has expired.")
+    return tail
+
+
+@bp.get("/chat/<turn_id>/events")
+def events(turn_id: str) -> Response:
+    """Serve the turn's events as SSE (or JSON with ?poll=1) from an event id."""
+    st = state()
+    tail = _open_turn(turn_id, request.args.get("t"))
+    after = parse.last_event_id()
+    if read.finished(tail, after) or request.args.get("poll") == "1":
+        try:
+            return _poll(tail, after)
+        finally:
+            st.relay.close(turn_id, tail)
+    readers = gate()  # the callback below runs outside the app context
+    readers.reader_opened()
+    st.metrics.stream_opened(resumed=after > 0)
+
+    def closed(cause: str | None) -> None:
+        st.relay.close(turn_id, tail)
+        readers.reader_closed()
+        st.metrics.stream_closed(cause)
+
+    return event_stream(
+        tail,
+        after,
+        environ=request.environ,
+        heartbeat=st.config["HEARTBEAT_SECONDS"],
+        orphan=st.config["ORPHAN_SECONDS"],
+        on_close=closed,
+    )
+
+
+def _poll(tail: Tail, after: int) -> Response:
+    """Answer a reader after `done` with 204, else with the events as JSON."""
+    if read.finished(tail, after):
+        return Response(status=204, headers={"Cache-Control": "no-store"})
+    found, done = read.poll(tail, after, POLL_WAIT)
+    response = jsonify({"events": found, "done": done})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/chat/<turn_id>/cancel")
+def cancel(turn_id: str) -> tuple[Response, int]:
+    """Cancel a turn, from any worker; cancelling a finished turn is a no-op."""
+    st = state()
+    values = parse.fields()
+    stream_token = request.args.get("t") or parse.text_field(values, "t")
+    if stream_token:
+        _check_stream_token(turn_id, stream_token)
+        info = st.relay.info(turn_id)
+    else:
+        who = parse.identity(parse.page_token(values))
+        info = st.relay.info(turn_id) if parse.ID.match(turn_id) else None
+        if info is not None and info.owner != who.owner:
+            info = None
+    if info is None:
+        raise ApiError(404, "not_found", "No such turn, or it has expired.")
+    st.relay.cancel(turn_id)
+    return jsonify({"id": turn_id, "status": "cancelling"}), 202
+
+
+@bp.get("/conversations/<conversation_id>")
+def conversation(conversation_id: str) -> Response:
+    """Return a conversation's messages to its owner."""
+    token = request.headers.get("X-Chat-Token") or request.args.get("token")
+    try:
+        who = state().signer.read_page_token(token)
+    except (TokenInvalid, TokenExpired) as exc:
+        raise ApiError(404, "not_found", "No such conversation.") from exc
+    messages = conversation_messages(state().history, who, conversation_id)
+    response = jsonify({"id": conversation_id, "messages": messages})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/token")
+@token_refresh_limit
+def refresh_token() -> Response:
+    """Renew a current or recently expired page token, same identity."""
+    values = parse.fields()
+    who = parse.identity(parse.page_token(values), grace=REFRESH_GRACE_SECONDS)
+    response = jsonify({"token": state().signer.page_token(who)})
+    response.headers["Cache-Control"] = "no-store"
+    return response

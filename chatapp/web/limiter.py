@@ -1,0 +1,192 @@
+"""The rate limits, bound to the app: flask-limiter, keyed by client.
+
+A client is the verified WordPress user when the page token carries one, else
+the client address as seen through CHATAPP_TRUSTED_PROXY_HOPS proxies (an
+IPv6 address counts by its /64, what one subscriber gets). Visitor ids are
+free to mint, so they never carry limits alone.
+
+With Redis the limits live in flask-limiter's moving windows there
+(`LIMITS:LIMITER/chatapp/<client>/...`), on the worker's one Redis client.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+
+import redis
+from flask import Flask
+from flask import Response
+from flask import current_app
+from flask import g
+from flask import request
+from flask_limiter import Limiter
+from flask_limiter import RateLimitExceeded
+
+from chatapp.errors import ApiError
+from chatapp.errors import ConfigError
+from chatapp.errors import error_response
+from chatapp.tokens import REFRESH_GRACE_SECONDS
+from chatapp.tokens import Identity
+from chatapp.tokens import TokenExpired
+from chatapp.tokens import TokenInvalid
+from chatapp.turns.admit import Admission
+from chatapp.turns.admit import Gate
+
+EXTENSION = "chatapp.limits"
+TOKEN_REFRESH_LIMITS = "30/minute"
+
+
+def client_key() -> str:
+    """Name the client a request's limits count against; never raises."""
+    cached = g.get("chatapp_client_key")
+    if cached is None:
+        cached = key_for(_header_identity())
+    return str(cached)
+
+
+def key_for(identity: Identity | None) -> str:
+    """Name the client behind an identity read from this request."""
+    if identity is not None and identity.wp_user is not None:
+        key = identity.owner
+    else:
+        key = address_key(request.remote_addr)
+    g.chatapp_client_key = key
+    return key
+
+
+def address_key(address: str | None) -> str:
+    """Key an address: IPv4 as is, IPv6 by its /64 network."""
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return f"ip:{address or 'unknown'}"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return f"ip:{ip.ipv4_mapped}"
+        return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+    return f"ip:{ip}"
+
+
+def _header_identity() -> Identity | None:
+    """Read the page token from its header only: a body is never parsed here."""
+    token = request.headers.get("X-Chat-Token")
+    if not token:
+        return None
+    signer = current_app.extensions["chatapp"].signer
+    try:
+        # An old but genuine token still names its WordPress user truly.
+        identity: Identity = signer.read_page_token(token, grace=REFRESH_GRACE_SECONDS)
+    except (TokenInvalid, TokenExpired):
+        return None
+    return identity
+
+
+def _chat_rate_limits() -> str:
+    return str(current_app.extensions["chatapp"].config["RATE_LIMITS"])
+
+
+# The moving window keeps each client's recent hits and counts those younger
+# than the window: no burst of twice the limit across a window edge (as
+# fixed windows allow) and no approximation (as the sliding counter makes),
+# so Retry-After is exact: the moment the oldest counted hit leaves. Its cost,
+# one timestamp per allowed hit (at most the limit's amount), is small for
+# limits sized in messages. Bound to the app in init_limits().
+limiter = Limiter(
+    key_func=client_key,
+    strategy="moving-window",
+    key_prefix="chatapp",
+    # Our own handler writes the headers of a refusal; flask-limiter's would
+    # scan the window again on every answer.
+    headers_enabled=False,
+    in_memory_fallback_enabled=True,
+    swallow_errors=True,
+)
+
+token_refresh_limit = limiter.limit(TOKEN_REFRESH_LIMITS)
+
+
+@limiter.limit(_chat_rate_limits)
+def _count_chat_turn() -> None:
+    """Count a turn against the client's rate limits; raise when over them."""
+
+
+def gate() -> Gate:
+    """Return the current app's gate."""
+    value: Gate = current_app.extensions[EXTENSION]
+    return value
+
+
+def admit_turn(identity: Identity) -> Admission:
+    """Check a valid chat POST against every limit, in SPEC's order."""
+    if current_app.extensions["chatapp"].relay.draining:
+        raise ApiError(
+            503,
+            "over_capacity",
+            "The server is restarting; try again in a few seconds.",
+            retry_after=5,
+        )
+    client = key_for(identity)
+    _count_chat_turn()
+    return Admission(gate(), gate().admit(client))
+
+
+def storage_problem() -> str | None:
+    """Say why the limits' shared storage does not answer, if it does not."""
+    return gate().storage_problem()
+
+
+def _rate_limited(exc: RateLimitExceeded) -> Response:
+    headers: dict[str, str] = {}
+    retry_after = 60
+    current = limiter.current_limit
+    if current is not None:
+        headers["X-RateLimit-Limit"] = str(current.limit.amount)
+        headers["X-RateLimit-Remaining"] = "0"
+        try:
+            reset = current.window[0]
+            retry_after = math.ceil(reset - time.time())
+            headers["X-RateLimit-Reset"] = str(math.ceil(reset))
+        except redis.RedisError:
+            retry_after = current.limit.get_expiry()
+    retry_after = max(1, retry_after)
+    current_app.extensions["chatapp"].metrics.refused("rate_limited")
+    return error_response(
+        429,
+        "rate_limited",
+        f"Too many requests; try again in {retry_after} seconds.",
+        retry_after=retry_after,
+        headers=headers,
+    )
+
+
+def init_limits(app: Flask) -> Gate:
+    """Bind the limiter and this worker's gate to the app."""
+    st = app.extensions["chatapp"]
+    config = st.config
+    budget = config["DAILY_TOKEN_BUDGET"]
+    if 0 < budget < config["MAX_OUTPUT_TOKENS"]:
+        raise ConfigError(
+            f"CHATAPP_DAILY_TOKEN_BUDGET={budget} is below CHATAPP_MAX_OUTPUT_TOKENS"
+            f"={config['MAX_OUTPUT_TOKENS']}, which every turn holds when it "
+            "starts: no turn could ever start"
+        )
+    client = st.redis
+    if client is not None:
+        url = config["REDIS_URL"]
+        # limits names a Unix socket redis+unix://; the pool already knows it.
+        if url.startswith("unix://"):
+            url = "redis+unix://" + url.removeprefix("unix://")
+        app.config["RATELIMIT_STORAGE_URI"] = url
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
+            "connection_pool": client.connection_pool
+        }
+    else:
+        app.config["RATELIMIT_STORAGE_URI"] = "memory://"
+    state_gate = Gate(config, lambda: st.relay.running, client)
+    app.extensions[EXTENSION] = state_gate
+    st.relay.on_end.append(state_gate.turn_finished)
+    app.register_error_handler(RateLimitExceeded, _rate_limited)
+    limiter.init_app(app)
+    return state_gate

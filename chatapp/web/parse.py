@@ -1,0 +1,84 @@
+"""Reading requests into plain values, refusing what SPEC refuses."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import request
+
+from chatapp.errors import ApiError
+from chatapp.extensions import state
+from chatapp.tokens import Identity
+from chatapp.tokens import TokenExpired
+from chatapp.tokens import TokenInvalid
+
+ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
+_EVENT_ID = re.compile(r"^[0-9]{1,9}$")
+
+
+def fields() -> dict[str, Any]:
+    """Read the body as JSON or a form into a dict, refusing anything else."""
+    if request.is_json:
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:
+            data = None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_input", "The body must be a JSON object.")
+        return data
+    return request.form.to_dict()
+
+
+def text_field(values: dict[str, Any], name: str) -> str | None:
+    """Return a string field, None when absent or empty."""
+    value = values.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, "invalid_input", f"'{name}' must be a string.")
+    return value
+
+
+def identity(token: str | None, *, grace: int = 0) -> Identity:
+    """Read a page token, refusing a missing, foreign or expired one."""
+    try:
+        return state().signer.read_page_token(token, grace=grace)
+    except TokenExpired as exc:
+        raise ApiError(403, "token_expired", "The page token has expired.") from exc
+    except TokenInvalid as exc:
+        raise ApiError(403, "invalid_token", "A valid page token is required.") from exc
+
+
+def page_token(values: dict[str, Any]) -> str | None:
+    """Find the page token: header first, then the body."""
+    return request.headers.get("X-Chat-Token") or text_field(values, "token")
+
+
+def message(values: dict[str, Any]) -> str:
+    """Return the user's message, refusing an empty or over-long one."""
+    text = text_field(values, "message")
+    if text is None or not text.strip():
+        raise ApiError(400, "invalid_input", "Type a message first.")
+    most = state().config["MAX_MESSAGE_CHARS"]
+    if len(text) > most:
+        raise ApiError(
+            400, "message_too_long", f"Messages are limited to {most} characters."
+        )
+    return text
+
+
+def idempotency_key(values: dict[str, Any]) -> str | None:
+    """Return the client's key for exactly-once turns, if it sent one."""
+    key = request.headers.get("Idempotency-Key") or text_field(values, "client_turn_id")
+    if key is not None and not KEY.match(key):
+        raise ApiError(400, "invalid_input", "The idempotency key is malformed.")
+    return key
+
+
+def last_event_id() -> int:
+    """Return the id a reader already has (0 for none); ASCII digits only."""
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id", "")
+    raw = raw.strip()
+    return int(raw) if _EVENT_ID.match(raw) else 0

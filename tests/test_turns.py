@@ -1,0 +1,225 @@
+"""The turn machinery in-process: producer, readers, supervisor, drain.
+
+No gunicorn here: a Relay over the in-memory log, driven in greenlets. The
+providers are the built-in demo and small providers of the tests' own that
+speak the Provider protocol (the HTTP edge is tested end to end elsewhere).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Generator
+from collections.abc import Iterator
+
+import gevent
+import gevent.event
+import pytest
+
+from chatapp import sse
+from chatapp.errors import ProviderError
+from chatapp.store.conversations import MemoryHistory
+from chatapp.store.conversations import StoredMessage
+from chatapp.store.events import MemoryEventLog
+from chatapp.turns import read
+from chatapp.turns.model import TurnEnd
+from chatapp.turns.model import TurnInfo
+from chatapp.turns.model import TurnSettings
+from chatapp.turns.relay import Relay
+from chatapp.upstream.base import ChatRequest
+from chatapp.upstream.base import Chunk
+from chatapp.upstream.base import Message
+from chatapp.upstream.demo import DemoProvider
+
+REQUEST = ChatRequest("m", "", (Message("user", "hello"),), 100)
+
+
+class Scripted:
+    """A provider that yields given pieces, then stalls or ends as told."""
+
+    name = "scripted"
+
+    def __init__(self, pieces: list[str], *, stall: bool = False) -> None:
+        self.pieces = pieces
+        self.stall = stall
+        self.closed = gevent.event.Event()
+
+    def stream(self, request: ChatRequest) -> Generator[Chunk]:
+        try:
+            for piece in self.pieces:
+                gevent.sleep(0)
+                yield Chunk(text=piece)
+            if self.stall:
+                gevent.sleep(3600)
+            yield Chunk(input_tokens=3, output_tokens=len(self.pieces))
+            yield Chunk(finish_reason="stop")
+        finally:
+            self.closed.set()
+
+
+class Failing:
+    """A provider that fails after one piece, as the HTTP edge reports it."""
+
+    name = "failing"
+
+    def stream(self, request: ChatRequest) -> Generator[Chunk]:
+        yield Chunk(text="half")
+        raise ProviderError("provider_unavailable", "gone", retryable=True)
+
+
+def relay_with(provider: object, **settings: float) -> tuple[Relay, list[TurnEnd]]:
+    values = {
+        "stream_ttl": 60.0,
+        "total_timeout": 30.0,
+        "idle_timeout": 30.0,
+        "heartbeat": 15.0,
+        "orphan": 30.0,
+        **settings,
+    }
+    relay = Relay(
+        MemoryEventLog(),
+        MemoryHistory(60),
+        provider,  # type: ignore[arg-type]
+        TurnSettings(provider="p", model="m", **values),
+    )
+    ends: list[TurnEnd] = []
+    relay.on_end.append(ends.append)
+    return relay, ends
+
+
+def started(relay: Relay, turn_id: str = "turn-0001") -> TurnInfo:
+    info = TurnInfo(turn_id, "v:owner", "conv-0001", time.time())
+    relay.history.create(
+        info.conversation_id, info.owner, StoredMessage("user", "hello", 0)
+    )
+    relay.start(info, REQUEST)
+    return info
+
+
+def events_of(chunks: Iterator[bytes]) -> list[tuple[str, dict[str, object]]]:
+    body = b"".join(chunks)
+    out = []
+    for block in body.split(b"\n\n"):
+        if block.startswith(b"id: "):
+            _, event, data = sse.parse(block + b"\n\n")
+            out.append((event, json.loads(data)))
+    return out
+
+
+def follow(relay: Relay, turn_id: str, after: int = 0) -> list[tuple[str, dict]]:
+    tail = relay.open(turn_id)
+    assert tail is not None
+    try:
+        stream = read.stream(
+            tail, after, heartbeat=15, wake=0.05, client_gone=lambda: False
+        )
+        return events_of(stream)
+    finally:
+        relay.close(turn_id, tail)
+
+
+def test_a_turn_streams_its_text_then_usage_then_one_done() -> None:
+    relay, ends = relay_with(Scripted(["Hel", "lo", " there"]))
+    info = started(relay)
+    got = follow(relay, info.id)
+    assert [e for e, _ in got] == ["start", "delta", "delta", "delta", "usage", "done"]
+    assert "".join(d["text"] for e, d in got if e == "delta") == "Hello there"
+    assert got[-1][1] == {"finish_reason": "stop"}
+    assert [e.finish_reason for e in ends] == ["stop"]
+    assert relay.history.messages("conv-0001")[-1].content == "Hello there"
+
+
+def test_a_resumed_reader_gets_only_what_comes_after_its_id() -> None:
+    relay, _ = relay_with(Scripted(["a", "b", "c"]))
+    info = started(relay)
+    everything = follow(relay, info.id)
+    assert follow(relay, info.id, after=2) == everything[2:]
+    tail = relay.open(info.id)
+    assert tail is not None and read.finished(tail, len(everything))
+
+
+def test_the_demo_answer_concatenates_to_its_text() -> None:
+    relay, _ = relay_with(DemoProvider(delay=0))
+    info = started(relay)
+    text = "".join(d["text"] for e, d in follow(relay, info.id) if e == "delta")
+    assert text.startswith("Hello! I am the **chatapp demo provider**")
+    assert relay.history.messages("conv-0001")[-1].content == text
+
+
+def test_a_provider_error_ends_with_error_then_done() -> None:
+    relay, ends = relay_with(Failing())
+    info = started(relay)
+    got = follow(relay, info.id)
+    assert [e for e, _ in got] == ["start", "delta", "error", "done"]
+    assert got[2][1]["code"] == "provider_unavailable"
+    assert got[-1][1] == {"finish_reason": "error"}
+    assert ends[0].error_code == "provider_unavailable"
+
+
+def test_cancel_closes_the_upstream_and_ends_the_turn() -> None:
+    provider = Scripted(["a"], stall=True)
+    relay, ends = relay_with(provider)
+    info = started(relay)
+    gevent.spawn_later(0.05, relay.cancel, info.id)
+    got = follow(relay, info.id)
+    assert got[-1] == ("done", {"finish_reason": "cancelled"})
+    assert provider.closed.is_set()
+    assert ends[0].cancel_seconds is not None and ends[0].cancel_seconds < 1
+
+
+def test_the_watchdog_ends_a_silent_provider() -> None:
+    provider = Scripted(["a"], stall=True)
+    relay, _ = relay_with(provider, idle_timeout=0.2)
+    info = started(relay)
+    got = follow(relay, info.id)
+    assert got[-2][1]["code"] == "provider_timeout"
+    assert got[-1] == ("done", {"finish_reason": "error"})
+    assert provider.closed.is_set()
+
+
+def test_a_turn_nobody_reads_is_cancelled_as_an_orphan() -> None:
+    provider = Scripted([], stall=True)
+    relay, ends = relay_with(provider, orphan=0.2)
+    started(relay)
+    assert provider.closed.wait(5)
+    gevent.sleep(0.05)
+    assert [e.finish_reason for e in ends] == ["cancelled"]
+    assert ends[0].cancel_seconds is None  # not a client's cancel
+
+
+def test_lone_surrogates_from_the_provider_become_replacement_characters() -> None:
+    relay, _ = relay_with(Scripted(["x\ud800y"]))
+    info = started(relay)
+    got = follow(relay, info.id)
+    assert got[1] == ("delta", {"text": "x\ufffdy"})
+    assert relay.history.messages("conv-0001")[-1].content == "x\ufffdy"
+
+
+def test_drain_lets_short_turns_finish_and_ends_the_rest() -> None:
+    stalled = Scripted(["a"], stall=True)
+    relay, ends = relay_with(stalled)
+    info = started(relay)
+    drainer = gevent.spawn(relay.drain, 0.2)
+    got = follow(relay, info.id)
+    drainer.join(5)
+    assert relay.draining and relay.running == 0
+    assert got[-2][1]["code"] == "internal"
+    assert got[-1] == ("done", {"finish_reason": "error"})
+    assert stalled.closed.is_set()
+
+
+@pytest.mark.parametrize(
+    ("frame", "parsed"),
+    [
+        (sse.delta(7, 'say "hi"\nnow'), (7, "delta", '{"text":"say \\"hi\\"\\nnow"}')),
+        (
+            sse.frame(9, "done", {"finish_reason": "stop"}),
+            (9, "done", '{"finish_reason":"stop"}'),
+        ),
+    ],
+)
+def test_frames_read_back_as_written(
+    frame: bytes, parsed: tuple[int, str, str]
+) -> None:
+    assert frame.count(b"\n\n") == 1 and frame.endswith(b"\n\n")
+    assert sse.parse(frame) == parsed
