@@ -9,12 +9,14 @@ Transport errors leave here only as ProviderError.
 
 from __future__ import annotations
 
+import http.client
 import json
 from collections.abc import Generator
 from typing import Any
 from typing import ClassVar
 
 import gevent
+import orjson
 import requests
 import urllib3.exceptions
 
@@ -30,13 +32,12 @@ DRAIN_SECONDS = 1.0
 ERROR_BODY_LIMIT = 16 * 1024
 
 _TIMEOUTS = (
-    requests.exceptions.ReadTimeout,
-    urllib3.exceptions.ReadTimeoutError,
+    urllib3.exceptions.TimeoutError,
     TimeoutError,
 )
 _TRANSPORT = (
-    requests.exceptions.RequestException,
     urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
     OSError,
 )
 
@@ -75,20 +76,44 @@ def status_error(status: int) -> ProviderError:
 
 
 def parse_json(data: str) -> dict[str, Any]:
-    """Parse one event's JSON data, or fail the turn with provider_error."""
+    """Parse one event's JSON data, or fail the turn with provider_error.
+
+    orjson parses a provider chunk in about a third of the standard
+    library's time (2 us against 7 us, measured on the recorded OpenAI
+    chunks), once per token. It refuses a lone surrogate escape, which the
+    standard library reads (and the relay then replaces): such data takes
+    the slow path instead of failing the turn.
+    """
     try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise ProviderError(
-            "provider_error", "The provider sent malformed data."
-        ) from exc
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise ProviderError(
+                "provider_error", "The provider sent malformed data."
+            ) from exc
     if not isinstance(value, dict):
         raise ProviderError("provider_error", "The provider sent malformed data.")
     return value
 
 
+def upstream_pool(session: requests.Session, url: str) -> Any:
+    """Return the connection pool requests would use for `url`, TLS set up.
+
+    Preparing a request per turn (cookies, hooks, settings merged from the
+    environment) cost more CPU than the whole answer's decoding; the pool is
+    the same one requests sends through, with the same TLS verification.
+    """
+    prepared = requests.Request("POST", url).prepare()
+    adapter: Any = session.get_adapter(url)
+    return adapter.get_connection_with_tls_context(
+        prepared, verify=True, proxies=None, cert=None
+    )
+
+
 def event_batches(
-    session: requests.Session,
+    pool: Any,
     url: str,
     *,
     headers: dict[str, str],
@@ -96,38 +121,41 @@ def event_batches(
     connect_timeout: float,
 ) -> Generator[list[ServerSentEvent]]:
     """POST and yield the SSE events each network read completes."""
-    response: requests.Response | None = None
+    response: Any = None
     complete = False
     try:
         try:
-            response = session.post(
-                url,
-                data=json.dumps(body),
+            response = pool.urlopen(
+                "POST",
+                urllib3.util.parse_url(url).request_uri,
+                body=json.dumps(body).encode(),
                 headers=headers,
-                stream=True,
                 # Reads are watched by the relay's watchdog, not by a timer
-                # per socket read; a redirect could carry the key elsewhere.
-                timeout=(connect_timeout, None),
-                allow_redirects=False,
+                # per socket read; a redirect could carry the key elsewhere;
+                # a retried POST would be a second paid call.
+                timeout=urllib3.Timeout(connect=connect_timeout, read=None),
+                redirect=False,
+                retries=False,
+                assert_same_host=False,
+                preload_content=False,
+                decode_content=False,
             )
-        except requests.exceptions.ConnectTimeout as exc:
+        except urllib3.exceptions.NewConnectionError as exc:
             raise ProviderError(
-                "provider_timeout",
-                "Could not connect to the provider in time.",
-                retryable=True,
+                "provider_unavailable", "Could not reach the provider.", retryable=True
             ) from exc
         except _TIMEOUTS as exc:
             raise ProviderError(
                 "provider_timeout",
-                "The provider did not answer in time.",
+                "Could not connect to the provider in time.",
                 retryable=True,
             ) from exc
         except _TRANSPORT as exc:
             raise ProviderError(
                 "provider_unavailable", "Could not reach the provider.", retryable=True
             ) from exc
-        if response.status_code != 200:
-            raise status_error(response.status_code)
+        if response.status != 200:
+            raise status_error(response.status)
         if "text/event-stream" not in response.headers.get("Content-Type", ""):
             raise ProviderError(
                 "provider_error", "The provider did not answer with an event stream."
@@ -135,7 +163,7 @@ def event_batches(
         decoder = SSEDecoder()
         while True:
             try:
-                data = response.raw.read1(READ_SIZE)
+                data = response.read1(READ_SIZE)
             except _TIMEOUTS as exc:
                 raise ProviderError(
                     "provider_timeout", "The provider went silent.", retryable=True
@@ -161,7 +189,7 @@ def event_batches(
         if response is not None:
             if complete:
                 # Read to its end: the connection goes back to the pool.
-                response.raw.release_conn()
+                response.release_conn()
             else:
                 # Closing (not releasing) drops the socket, so the provider
                 # sees the cancel at once and stops generating.
@@ -192,8 +220,8 @@ class SSEProvider:
         api_key: str,
         connect_timeout: float,
     ) -> None:
-        self._session = session
         self._url = base_url + self.path
+        self._pool = upstream_pool(session, self._url)
         self._headers = {
             "Accept": "text/event-stream",
             "Content-Type": "application/json",
@@ -210,7 +238,7 @@ class SSEProvider:
     def events(self, body: dict[str, Any]) -> Generator[list[ServerSentEvent]]:
         """POST `body` and yield the events of each network read."""
         return event_batches(
-            self._session,
+            self._pool,
             self._url,
             headers=self._headers,
             body=body,
