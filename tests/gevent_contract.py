@@ -96,10 +96,12 @@ def until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
-def produced(backend: Backend, *batches: list[bytes]) -> Tail:
-    tail = backend.writer.create(info(), start(), 60)
+def produced(
+    backend: Backend, *batches: list[bytes], turn_id: str = "turn-0001"
+) -> Tail:
+    tail = backend.writer.create(info(turn_id), start(), 60)
     for batch in batches:
-        backend.writer.append("turn-0001", tail, batch)
+        backend.writer.append(turn_id, tail, batch)
     return tail
 
 
@@ -240,11 +242,12 @@ def test_redis_dead_producer_is_reaped_for_readers_elsewhere(redis_url: str) -> 
     a, b = connect(redis_url, 5), connect(redis_url, 5)
     writer, reader = redis_log(a), redis_log(b)
     writer.renew_lease(0.3)
-    produced(Backend("redis", writer, reader, None), deltas(2, 3))
-    tail = reader.open("turn-0001")
+    backend = Backend("redis", writer, reader, None)
+    produced(backend, deltas(2, 3), turn_id="turn-dead-1")
+    tail = reader.open("turn-dead-1")
     assert tail is not None
     # The lease lapses and nothing more is written: readers get error + done.
-    assert until(lambda: tail.done, 10)
+    assert until(lambda: tail.done, 20)
     assert [sse.parse(f)[1] for f in tail.frames[-2:]] == ["error", "done"]
     assert [sse.parse(f)[0] for f in tail.frames] == [1, 2, 3, 4, 5]
 

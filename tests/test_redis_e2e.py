@@ -245,7 +245,11 @@ def test_redis_lost_mid_turn_ends_it_and_service_recovers(
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "over_capacity"
     assert int(refused.headers["Retry-After"]) > 0
-    assert seen[-2:] == ["error", "done"]
+    # A reader in the producer's worker follows it in memory, so the answer
+    # goes on; a reader elsewhere gets error + done (SPEC: turns in flight
+    # continue or end with error + done). Never silence, never two dones.
+    assert seen.count("done") == 1 and seen[-1] == "done"
+    assert seen[-2] in ("usage", "error")
     assert fake_provider.wait_all_closed(10)
     wait_for(
         lambda: client.http.get(service.url + "/readyz").status_code == 200,

@@ -37,7 +37,6 @@ import gevent.lock
 import redis
 
 from chatapp import sse
-from chatapp.errors import StoreError
 from chatapp.store.redis import guard
 from chatapp.store.tail import Tail
 from chatapp.turns.model import TurnInfo
@@ -78,15 +77,13 @@ def _split(blob: bytes) -> list[bytes]:
 
 
 class _Outbox:
-    """What a locally produced turn has written to Redis, and when."""
+    """How much of a locally produced turn is in Redis already."""
 
-    __slots__ = ("flushed", "flushed_at", "lock", "timer")
+    __slots__ = ("flushed", "lock")
 
     def __init__(self) -> None:
         self.flushed = 1  # the start frame goes out with the turn's facts
-        self.flushed_at = 0.0
         self.lock = gevent.lock.Semaphore()
-        self.timer: gevent.Greenlet | None = None
 
 
 class RedisEventLog:
@@ -107,6 +104,9 @@ class RedisEventLog:
         self._listeners: list[Callable[[str], None]] = []
         self._resubscribed: list[Callable[[], None]] = []
         self._subscriber: gevent.Greenlet | None = None
+        # Turns with frames not yet in Redis, written together every window.
+        self._dirty: dict[str, tuple[TurnInfo, Tail, _Outbox]] = {}
+        self._writer: gevent.Greenlet | None = None
         self.follower = Follower(client, stream_ttl=stream_ttl, orphan=orphan)
 
     # -- the producer's side ------------------------------------------------
@@ -125,9 +125,7 @@ class RedisEventLog:
             pipe.expire(key, int(ttl) + 1)
             pipe.execute()
         tail = Tail([start])
-        box = _Outbox()
-        box.flushed_at = time.monotonic()
-        self._local[info.id] = (info, tail, box)
+        self._local[info.id] = (info, tail, _Outbox())
         return tail
 
     def append(self, turn_id: str, tail: Tail, frames: list[bytes]) -> None:
@@ -136,25 +134,52 @@ class RedisEventLog:
         if local is None:
             return
         box = local[2]
-        if box.timer is not None:
-            return  # a write is already due
-        due = box.flushed_at + WRITE_WINDOW - time.monotonic()
-        if due <= 0 or box.flushed <= 1:
-            self._flush(turn_id, tail, box)
-        else:
-            box.timer = gevent.spawn_later(due, self._timed_flush, turn_id)
-
-    def _timed_flush(self, turn_id: str) -> None:
-        local = self._local.get(turn_id)
-        if local is None:
+        if box.flushed <= 1:
+            self._flush(turn_id, tail, box)  # the first text is never held back
             return
-        _, tail, box = local
-        box.timer = None
+        self._dirty[turn_id] = local
+        if self._writer is None:
+            self._writer = gevent.spawn_later(WRITE_WINDOW, self._write_dirty)
+
+    def _write_dirty(self) -> None:
+        """Write every turn's new frames in one pipeline, once per window."""
         try:
-            self._flush(turn_id, tail, box)
-        except StoreError as exc:
-            # Nothing is lost: the next write takes every unwritten frame.
-            log.warning("turn %s: delayed write failed (%s)", turn_id, exc)
+            while self._dirty:
+                dirty, self._dirty = self._dirty, {}
+                self._write_batch(dirty)
+                if self._dirty:
+                    gevent.sleep(WRITE_WINDOW)
+        finally:
+            self._writer = None
+
+    def _write_batch(self, dirty: dict[str, tuple[TurnInfo, Tail, _Outbox]]) -> None:
+        batch = []
+        for turn_id, local in dirty.items():
+            box = local[2]
+            if not box.lock.acquire(blocking=False):
+                self._dirty[turn_id] = local  # being written right now: next time
+                continue
+            batch.append((turn_id, local, len(local[1].frames)))
+        try:
+            with self._r.pipeline(transaction=False) as pipe:
+                for turn_id, (_, tail, box), end in batch:
+                    blob = b"".join(tail.frames[box.flushed : end])
+                    pipe.xadd(_key(turn_id), {"f": blob}, id=f"{end}-0")
+                replies = pipe.execute(raise_on_error=False) if batch else []
+        except redis.RedisError as exc:
+            replies = [exc] * len(batch)
+        try:
+            for (turn_id, local, end), reply in zip(batch, replies, strict=True):
+                if isinstance(reply, Exception):
+                    # Nothing is lost: the next write takes every unwritten frame.
+                    log.warning("turn %s: delayed write failed (%s)", turn_id, reply)
+                    if turn_id in self._local:
+                        self._dirty[turn_id] = local
+                else:
+                    local[2].flushed = end
+        finally:
+            for _, local, _ in batch:
+                local[2].lock.release()
 
     def _flush(
         self, turn_id: str, tail: Tail, box: _Outbox, expire: float | None = None
@@ -172,7 +197,6 @@ class RedisEventLog:
                     pipe.expire(key, int(expire) + 1)
                 pipe.execute()
             box.flushed = end
-            box.flushed_at = time.monotonic()
 
     def finish(self, turn_id: str, tail: Tail, frames: list[bytes], ttl: float) -> None:
         tail.extend(frames, done=True)
