@@ -89,11 +89,12 @@ class Config:
     cancel_count: int = 50
     page_tokens: int = 8
     orphan_seconds: float = 2.0
-    # "own": a VU opens its streams on a keep-alive connection of their own,
-    # as a page's EventSource does beside its fetch() calls, so with several
-    # workers a stream is often read in another worker than the POST's.
-    # "same": the stream follows the POST on one connection (one worker).
-    stream_conn: str = "own"
+    # "same": the stream follows the POST on one keep-alive connection, so it
+    # is read in the worker that started the turn (as before this option).
+    # "own": a VU reads its streams on a connection of their own, as a page's
+    # EventSource does beside its fetch() calls; with several workers a
+    # stream is then often read in another worker than its POST's.
+    stream_conn: str = "same"
 
     @property
     def window_start(self) -> float:
@@ -431,6 +432,13 @@ class Client:
             events = Connection(HOST, port)
         turn = self.service_turn if cfg.scenario == "load" else self.floor_turn
         try:
+            if events is not conn:
+                # Open it now, in the ramp, as the POSTs' connection is opened
+                # by the first POST: the window sees kept-alive connections.
+                try:
+                    events.request("GET", "/healthz")
+                except HTTPError as exc:
+                    self.rec.errors[f"open_{exc.kind}"] += 1
             while time.monotonic() < stop_at:
                 self.in_turn.add(vu)
                 self.rec.started += 1

@@ -63,7 +63,7 @@ from bench.stats import percentile
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 TOKEN_MARK = 'name="chatapp-token" content="'
-CLIENT_START_SECONDS = 1.5
+CLIENT_START_SECONDS = 1.5  # a load client's start, gevent imported: ~0.3 s
 QUIET_SAMPLE_SECONDS = 1.0
 QUIET_BUSY_CORES = 0.3
 CANCEL_LABELS = {
@@ -142,10 +142,14 @@ class Options:
     service_root: Path = ROOT
     before_root: Path | None = None
     targets: tuple[Target, ...] = ()
-    stream_conn: str = "own"
+    stream_conn: str = "same"
     quiet_wait: float = 0.0
     cancel_phase: bool = True
     profile: bool = False
+
+    @property
+    def client_start(self) -> float:
+        return CLIENT_START_SECONDS / 2 if self.quick else CLIENT_START_SECONDS
 
     def ramp(self, n: int) -> float:
         """Spread N starts: about 1,000 per second, 0.5 s at least."""
@@ -678,7 +682,7 @@ def run_loop_phase(
 ) -> dict[str, Any]:
     """Run `load` (chatapp), `relay` (the plain relay) or `floor` (the upstream)."""
     opt = bench.opt
-    t0 = time.monotonic() + CLIENT_START_SECONDS
+    t0 = time.monotonic() + opt.client_start
     clients = bench.start_clients(scenario, n, port, t0)
     ws = t0 + opt.ramp(n) + opt.settle
     we = ws + opt.window
@@ -799,7 +803,7 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
     """Open N streams, read the workers' RSS, then cancel them all."""
     workers = service.workers()
     idle = rss_bytes(workers)
-    t0 = time.monotonic() + CLIENT_START_SECONDS
+    t0 = time.monotonic() + bench.opt.client_start
     scenario = "relay_hold" if service.target.kind == "plain" else "hold"
     clients = bench.start_clients(scenario, n, service.port, t0)
     held = 0
@@ -845,7 +849,7 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
 
 def run_cancel_phase(bench: Bench, service: Service) -> dict[str, Any]:
     opt = bench.opt
-    t0 = time.monotonic() + CLIENT_START_SECONDS
+    t0 = time.monotonic() + opt.client_start
     clients = bench.start_clients(
         "cancel",
         opt.cancel_count * 4,
@@ -975,12 +979,12 @@ def execute(bench: Bench, run: Run) -> None:
 
 
 def _phase_estimate(opt: Options, n: int) -> float:
-    return CLIENT_START_SECONDS + opt.ramp(n) + opt.settle + opt.window + opt.drain
+    return opt.client_start + opt.ramp(n) + opt.settle + opt.window + opt.drain
 
 
 def _n_estimate(opt: Options, n: int) -> float:
     """Seconds one N needs at least: the floor, and a hold and a load per target."""
-    hold = CLIENT_START_SECONDS + opt.ramp(n) + 3.0
+    hold = opt.client_start + opt.ramp(n) + 3.0
     return _phase_estimate(opt, n) + len(opt.targets) * (_phase_estimate(opt, n) + hold)
 
 
@@ -1103,12 +1107,17 @@ def report(run: Run) -> str:
         "",
         main,
     ]
-    if not split and any(t.kind == "chatapp" and t.workers > 1 for t in _targets(run)):
-        parts += [
-            "",
-            "Gap for a reader on another worker: not split, the service names no "
-            "worker (X-Chatapp-Worker header).",
-        ]
+    if any(t.kind == "chatapp" and t.workers > 1 for t in _targets(run)):
+        if run.options.get("stream_conn") != "own":
+            why = (
+                "every stream was read on its POST's connection, in the worker "
+                "that started the turn (--stream-conn own to read elsewhere)"
+            )
+        elif not split:
+            why = "not split: the service names no worker (X-Chatapp-Worker)"
+        else:
+            why = "gap+ p99 other: the readers whose POST another worker answered"
+        parts += ["", f"Readers on another worker: {why}."]
     scale = scale_rows(run)
     if scale:
         parts += [
@@ -1397,10 +1406,11 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--stream-conn",
         choices=("own", "same"),
-        default="own",
-        help="own: each VU reads its streams on a connection of their own, so "
-        "with 2 workers a reader is often in another worker than its POST; "
-        "same: on the POST's connection, in its worker (default own)",
+        default="same",
+        help="same: each VU reads its streams on its POSTs' connection, so in "
+        "the worker that started the turn; own: on a connection of their own, "
+        "so with 2 workers often in another worker, which the gap split by "
+        "worker needs (default same)",
     )
     parser.add_argument(
         "--profile",
@@ -1422,9 +1432,10 @@ def parse_args(argv: list[str] | None) -> Options:
         plain_workers = tuple(int(w) for w in args.plain_workers.split(",") if w)
     before_root = args.before_root.resolve() if args.before_root else None
     targets = make_targets(modes, before_root is not None, plain_workers)
-    # Default run about 15 min; the before rows add about 7.
+    # Default run about 15 min; the before rows add about 7 (30 s to --quick).
     deadline = args.deadline or (
-        (90.0 if quick else 900.0) + (0.0 if before_root is None else 420.0)
+        (90.0 if quick else 900.0)
+        + (0.0 if before_root is None else (30.0 if quick else 420.0))
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Options(
