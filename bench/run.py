@@ -812,7 +812,7 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
         if line is None or line["event"] != "held":
             raise RuntimeError("a hold client did not report its streams open")
         held += int(line["held"])
-    time.sleep(1.0)
+    time.sleep(0.3 if bench.opt.quick else 1.0)
     samples = []
     for _ in range(3):
         samples.append(rss_bytes(workers))
@@ -1432,10 +1432,11 @@ def parse_args(argv: list[str] | None) -> Options:
         plain_workers = tuple(int(w) for w in args.plain_workers.split(",") if w)
     before_root = args.before_root.resolve() if args.before_root else None
     targets = make_targets(modes, before_root is not None, plain_workers)
-    # Default run about 15 min; the before rows add about 7 (30 s to --quick).
+    # Default run about 15 min, the before rows add about 7. --quick takes
+    # about 80 s on a quiet machine; its deadline leaves room for a busy one.
     deadline = args.deadline or (
-        (90.0 if quick else 900.0)
-        + (0.0 if before_root is None else (30.0 if quick else 420.0))
+        (150.0 if quick else 900.0)
+        + (0.0 if before_root is None else (60.0 if quick else 420.0))
     )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Options(
