@@ -93,10 +93,6 @@ class Target:
     redis: bool = False
     code: str = "after"  # which checkout of chatapp: "after" or "before"
 
-    @property
-    def mode(self) -> str:
-        return "redis" if self.redis else "memory"
-
 
 def make_targets(
     modes: tuple[str, ...], before: bool, plain_workers: tuple[int, ...]
@@ -1116,7 +1112,10 @@ def report(run: Run) -> str:
         elif not split:
             why = "not split: the service names no worker (X-Chatapp-Worker)"
         else:
-            why = "gap+ p99 other: the readers whose POST another worker answered"
+            why = (
+                "the column gap+ p99 other counts only the streams read in "
+                "another worker than the one that answered their POST"
+            )
         parts += ["", f"Readers on another worker: {why}."]
     scale = scale_rows(run)
     if scale:
@@ -1420,7 +1419,9 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     ns = args.n or ("100" if quick else "100,500,1000,2000,5000")
-    modes = tuple(m.strip() for m in (args.mode or "memory,redis").split(",") if m)
+    modes = tuple(
+        m.strip() for m in (args.mode or "memory,redis").split(",") if m.strip()
+    )
     for mode in modes:
         if mode not in ("memory", "redis"):
             raise SystemExit(f"bench: unknown mode {mode!r}")
