@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import json
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
@@ -19,6 +20,10 @@ import gevent.socket
 
 MAX_HEAD = 64 * 1024
 READ_SIZE = 64 * 1024
+# gunicorn closes a keep-alive connection after 5 s without a request (its
+# `keepalive`); one idle for longer than this is replaced before it is used,
+# as a browser would retry, so that the race is not counted as an error.
+MAX_IDLE = 4.0
 
 
 class HTTPError(Exception):
@@ -55,6 +60,7 @@ class Connection:
         self.sock: socket.socket | None = None
         self._buf = bytearray()
         self._reusable = False
+        self._idle_since = 0.0
 
     def close(self) -> None:
         if self.sock is not None:
@@ -64,6 +70,8 @@ class Connection:
         self._reusable = False
 
     def _connect(self) -> socket.socket:
+        if self._reusable and time.monotonic() - self._idle_since > MAX_IDLE:
+            self._reusable = False
         if self.sock is None or not self._reusable:
             self.close()
             try:
@@ -180,6 +188,7 @@ class Connection:
 
     def _done(self, response: Response) -> None:
         self._reusable = response.headers.get("connection", "").lower() != "close"
+        self._idle_since = time.monotonic()
         if not self._reusable:
             self.close()
 

@@ -9,8 +9,12 @@ the fake upstream, with the same clock and the same parsing.
 Scenarios (``--config`` JSON, see `Config`):
 
 - ``load`` / ``floor``: VUs in a closed loop; figures are taken in a window.
+- ``relay``: the floor's client pointed at ``port``: the plain relay
+  (`bench.plain_relay`), which forwards the upstream's own format.
 - ``hold``: open every VU's stream and keep it open; print ``held``; on a
   ``release`` line on stdin cancel them all and time the upstream closes.
+- ``relay_hold``: the same through the plain relay, which has no cancel: on
+  ``release`` the client closes its connections.
 - ``cancel``: cancel or abandon turns against a silent and a streaming
   upstream and time the upstream closes.
 
@@ -59,6 +63,9 @@ CANCEL_KINDS = (
     "vanish_streaming",
 )
 STREAMING_DELTAS_BEFORE_ACT = 10
+# Optional: the pid of the worker that answered, so that a reader can tell
+# whether the turn it follows was started (and is produced) in another one.
+WORKER_HEADER = "x-chatapp-worker"
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,12 @@ class Config:
     cancel_count: int = 50
     page_tokens: int = 8
     orphan_seconds: float = 2.0
+    # "same": the stream follows the POST on one keep-alive connection, so it
+    # is read in the worker that started the turn (as before this option).
+    # "own": a VU reads its streams on a connection of their own, as a page's
+    # EventSource does beside its fetch() calls; with several workers a
+    # stream is then often read in another worker than its POST's.
+    stream_conn: str = "same"
 
     @property
     def window_start(self) -> float:
@@ -124,6 +137,13 @@ class Recorder:
         self.ttft: list[float] = []
         self.post: list[float] = []
         self.gaps: Counter[int] = Counter()
+        # The same gaps split by where the reader sat, when the service names
+        # its workers (WORKER_HEADER); keys "same" and "other".
+        self.gaps_by_worker: dict[str, Counter[int]] = {
+            "same": Counter(),
+            "other": Counter(),
+        }
+        self.turns_by_worker: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.started = 0
         self.completed = 0
@@ -139,6 +159,11 @@ class Recorder:
             "ttft": self.ttft,
             "post": self.post,
             "gaps": {str(k): v for k, v in self.gaps.items()},
+            "gaps_by_worker": {
+                where: {str(k): v for k, v in gaps.items()}
+                for where, gaps in self.gaps_by_worker.items()
+            },
+            "turns_by_worker": dict(self.turns_by_worker),
             "errors": dict(self.errors),
             "started": self.started,
             "completed": self.completed,
@@ -164,6 +189,7 @@ class Stream:
         self.deltas = 0
         self.finish: str | None = None
         self.started = False
+        self.split: Counter[int] | None = None  # also count gaps here
 
     def token_text(self, now: float, text: str) -> None:
         """Take the text of a delta read at `now` (one `now` per socket read).
@@ -178,7 +204,10 @@ class Stream:
             if rec.in_window(self.sent_at):
                 rec.ttft.append(now - self.sent_at)
         elif now != self.last and rec.in_window(now):
-            rec.gaps[int((now - self.last) / GAP_BUCKET)] += 1
+            bucket = int((now - self.last) / GAP_BUCKET)
+            rec.gaps[bucket] += 1
+            if self.split is not None:
+                self.split[bucket] += 1
         if rec.in_window(now):
             rec.tokens_in_window += len(text) // TOKEN_CHARS
         self.last = now
@@ -246,6 +275,7 @@ class Client:
             self.rec.errors[f"http_{response.status}_{_error_code(response)}"] += 1
             return None
         turn: dict[str, Any] = response.json()
+        turn["_worker"] = response.headers.get(WORKER_HEADER)
         return turn
 
     def open_stream(self, conn: Connection, url: str) -> Response | None:
@@ -302,7 +332,8 @@ class Client:
 
     # -- load and floor ---------------------------------------------------
 
-    def service_turn(self, conn: Connection, vu: int) -> None:
+    def service_turn(self, conn: Connection, events: Connection, vu: int) -> None:
+        """POST on `conn`, read the stream on `events` (maybe the same one)."""
         pace = self.cfg.pace
         sent = time.monotonic()
         turn = self.start_turn(conn, vu, pace, self.rid())
@@ -311,17 +342,34 @@ class Client:
             return
         if self.rec.in_window(sent):
             self.rec.post.append(time.monotonic() - sent)
-        head = self.open_stream(conn, turn["stream_url"])
+        head = self.open_stream(events, turn["stream_url"])
+        if head is None:
+            return
+        stream = Stream(self.rec, sent, events.chunks(head))
+        reader_worker = head.headers.get(WORKER_HEADER)
+        if turn["_worker"] and reader_worker:
+            where = "same" if turn["_worker"] == reader_worker else "other"
+            stream.split = self.rec.gaps_by_worker[where]
+            if self.rec.in_window(sent):
+                self.rec.turns_by_worker[where] += 1
+        self.read_events(events, stream)
+        stream.check(pace)
+
+    def floor_turn(self, conn: Connection, events: Connection, vu: int) -> None:
+        """The service's upstream call, straight to the upstream or the relay."""
+        pace = self.cfg.pace
+        sent = time.monotonic()
+        head = self.send_completion(conn, self.rid("f"), pace)
         if head is None:
             return
         stream = Stream(self.rec, sent, conn.chunks(head))
-        self.read_events(conn, stream)
+        self.read_completion(stream)
         stream.check(pace)
 
-    def floor_turn(self, conn: Connection, vu: int) -> None:
-        """The service's upstream call, made straight to the upstream."""
-        pace = self.cfg.pace
-        rid = self.rid("f")
+    def send_completion(
+        self, conn: Connection, rid: str, pace: Pace
+    ) -> Response | None:
+        """POST the service's upstream request; None (error counted) if refused."""
         body = json.dumps(
             {
                 "model": "bench-model",
@@ -337,7 +385,6 @@ class Client:
                 "max_tokens": 1024,
             }
         ).encode()
-        sent = time.monotonic()
         conn.send(
             "POST",
             "/v1/chat/completions",
@@ -349,11 +396,14 @@ class Client:
             body,
         )
         head = conn.head()
-        if head.status != 200:
+        if head.status != 200 or not head.chunked:
             self.rec.errors[f"http_{head.status}"] += 1
             conn.close()
-            return
-        stream = Stream(self.rec, sent, conn.chunks(head))
+            return None
+        return head
+
+    def read_completion(self, stream: Stream, stop_after_deltas: int = 0) -> bool:
+        """Read an upstream-format stream; True if it ended (see `read_events`)."""
         for piece in stream.chunks:
             now = time.monotonic()
             for _, data in stream.reader.feed(piece):
@@ -368,28 +418,42 @@ class Client:
                     stream.token_text(now, text)
                 if choices[0].get("finish_reason"):
                     stream.finish = choices[0]["finish_reason"]
-        stream.check(pace)
+            if stop_after_deltas > 0 and stream.deltas >= stop_after_deltas:
+                return False
+        return True
 
     def vu_loop(self, vu: int, stop_at: float) -> None:
         cfg = self.cfg
         gevent.sleep(max(0.0, cfg.t0 + cfg.ramp * vu / cfg.vus - time.monotonic()))
         port = cfg.upstream_port if cfg.scenario == "floor" else cfg.port
         conn = Connection(HOST, port)
-        turn = self.floor_turn if cfg.scenario == "floor" else self.service_turn
+        events = conn
+        if cfg.scenario == "load" and cfg.stream_conn == "own":
+            events = Connection(HOST, port)
+        turn = self.service_turn if cfg.scenario == "load" else self.floor_turn
         try:
+            if events is not conn:
+                # Open it now, in the ramp, as the POSTs' connection is opened
+                # by the first POST: the window sees kept-alive connections.
+                try:
+                    events.request("GET", "/healthz")
+                except HTTPError as exc:
+                    self.rec.errors[f"open_{exc.kind}"] += 1
             while time.monotonic() < stop_at:
                 self.in_turn.add(vu)
                 self.rec.started += 1
                 try:
-                    turn(conn, vu)
+                    turn(conn, events, vu)
                 except HTTPError as exc:
                     self.rec.errors[exc.kind] += 1
                     conn.close()
+                    events.close()
                     gevent.sleep(0.2)
                 finally:
                     self.in_turn.discard(vu)
         finally:
             conn.close()
+            events.close()
 
     def run_loop(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -471,6 +535,58 @@ class Client:
             "held": counts["held"],
             "finish": dict(finished),
             "cancel_latency": closes,
+            "timeline": timeline,
+        }
+
+    def run_relay_hold(self) -> dict[str, Any]:
+        """Hold N streams open through the plain relay; close them on release."""
+        cfg = self.cfg
+        pace = Pace(cfg.pace.ttft_ms, cfg.hold_gap_ms, 10_000)
+        counts: Counter[str] = Counter()
+        release = gevent.event.Event()
+        timeline: dict[str, list[float]] = {"headers": [], "first_delta": []}
+
+        def vu(i: int) -> None:
+            gevent.sleep(max(0.0, cfg.t0 + cfg.ramp * i / cfg.vus - time.monotonic()))
+            conn = Connection(HOST, cfg.port)
+            held = False
+            try:
+                sent = time.monotonic()
+                head = self.send_completion(conn, self.rid("h"), pace)
+                if head is None:
+                    return
+                timeline["headers"].append(time.monotonic() - sent)
+                stream = Stream(self.rec, sent, conn.chunks(head))
+                if self.read_completion(stream, stop_after_deltas=1):
+                    self.rec.errors["ended_before_release"] += 1
+                    return
+                timeline["first_delta"].append(time.monotonic() - sent)
+                held = True
+                counts["held"] += 1
+                release.wait()
+            except HTTPError as exc:
+                self.rec.errors[exc.kind] += 1
+            finally:
+                if not held:
+                    counts["failed"] += 1
+                conn.close()
+
+        vus = [gevent.spawn(vu, i) for i in range(cfg.vus)]
+        give_up = min(cfg.t0 + cfg.ramp + max(15.0, cfg.vus / 100), cfg.deadline - 8)
+        while counts["held"] + counts["failed"] < cfg.vus:
+            if time.monotonic() > give_up:
+                log("not every stream opened in time")
+                break
+            gevent.sleep(0.05)
+        emit("held", held=counts["held"])
+        _wait_stdin_line(cfg.deadline - 6)
+        release.set()
+        gevent.joinall(vus, timeout=10)
+        gevent.killall(vus, timeout=2)
+        return {
+            **self.rec.result(),
+            "held": counts["held"],
+            "cancel_latency": [],
             "timeline": timeline,
         }
 
@@ -661,7 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     run = {
         "load": client.run_loop,
         "floor": client.run_loop,
+        "relay": client.run_loop,
         "hold": client.run_hold,
+        "relay_hold": client.run_relay_hold,
         "cancel": client.run_cancel,
     }[cfg.scenario]
     started = os.times()

@@ -1,23 +1,26 @@
 """Run the chatapp benchmark: one command, everything on 127.0.0.1, bounded in time.
 
-    .venv/bin/python -m bench.run                 # the full run (about 10 min)
-    .venv/bin/python -m bench.run --quick         # a smoke test (under a minute)
+    .venv/bin/python -m bench.run                 # the full run (about 15 min)
+    .venv/bin/python -m bench.run --quick         # a smoke test (about 90 s)
     .venv/bin/python -m bench.run --n 100,1000 --mode memory
+    .venv/bin/python -m bench.run --before-root /tmp/before   # before and after
 
-It starts a fake upstream (`bench.upstream`) and, per mode, a cancel phase on
-a service of its own (short orphan time): cancels and vanished readers timed
-to the upstream connection closing, against a silent and a streaming
-upstream. Then for each N the floor (load client straight to the upstream)
-and per mode the service under gunicorn (memory: 1 worker; redis: 2 workers
-and a redis-server of its own) with the load client (`bench.loadgen`, its own
-processes):
+It starts a fake upstream (`bench.upstream`) and, per chatapp mode, a cancel
+phase on a service of its own (short orphan time): cancels and vanished
+readers timed to the upstream connection closing, against a silent and a
+streaming upstream. Then for each N the floor (load client straight to the
+upstream) and each target under gunicorn with the load client
+(`bench.loadgen`, its own processes). Targets: chatapp per mode (memory: 1
+worker; redis: 2 workers and a redis-server of its own), the same modes of an
+older checkout (`before-…`), and the yardstick `bench.plain_relay` with as
+many workers (`plain`, `plain2`). Per target:
 
 1. hold: open N streams at once, read the workers' RSS, cancel them all;
 2. load: N browsers in a closed loop; figures come from a steady window.
 
-Service CPU and RSS are read from the gunicorn workers' /proc entries only.
-Every process started is stopped by its pid at the end, on error, on Ctrl-C
-and at the global deadline.
+Service CPU and RSS are read from the gunicorn workers' /proc entries only
+(and redis-server's, in a column of its own). Every process started is
+stopped by its pid at the end, on error, on Ctrl-C and at the global deadline.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ from bench.stats import percentile
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 TOKEN_MARK = 'name="chatapp-token" content="'
-CLIENT_START_SECONDS = 1.5
+CLIENT_START_SECONDS = 1.5  # a load client's start, gevent imported: ~0.3 s
 QUIET_SAMPLE_SECONDS = 1.0
 QUIET_BUSY_CORES = 0.3
 CANCEL_LABELS = {
@@ -71,8 +74,49 @@ CANCEL_LABELS = {
 }
 
 
+SATURATED_SHARE = 0.95  # svc CPU from which one worker counts as saturated
+TOP_REDIS_COMMANDS = 6  # per turn, in the printed report (the JSON has all)
+PLAIN_APP = "bench.plain_relay:app"
+
+
 class DeadlineExceeded(Exception):
     """The run's global deadline passed."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One row of the report: a server measured at every N."""
+
+    label: str  # "memory", "before-redis", "plain2", ...
+    kind: str  # "chatapp" or "plain"
+    workers: int
+    redis: bool = False
+    code: str = "after"  # which checkout of chatapp: "after" or "before"
+
+
+def make_targets(
+    modes: tuple[str, ...], before: bool, plain_workers: tuple[int, ...]
+) -> tuple[Target, ...]:
+    """Name the rows, the yardstick first beside the modes of the same size."""
+    chatapp = {
+        mode: Target(mode, "chatapp", 2 if mode == "redis" else 1, mode == "redis")
+        for mode in modes
+    }
+    targets: list[Target] = []
+    for workers in sorted(set(plain_workers) | {t.workers for t in chatapp.values()}):
+        if workers in plain_workers:
+            label = "plain" if workers == 1 else f"plain{workers}"
+            targets.append(Target(label, "plain", workers))
+        for t in chatapp.values():
+            if t.workers == workers:
+                if before:
+                    targets.append(
+                        Target(
+                            f"before-{t.label}", "chatapp", workers, t.redis, "before"
+                        )
+                    )
+                targets.append(t)
+    return tuple(targets)
 
 
 @dataclass(frozen=True)
@@ -92,9 +136,16 @@ class Options:
     out: Path
     quick: bool
     service_root: Path = ROOT
+    before_root: Path | None = None
+    targets: tuple[Target, ...] = ()
+    stream_conn: str = "same"
     quiet_wait: float = 0.0
     cancel_phase: bool = True
     profile: bool = False
+
+    @property
+    def client_start(self) -> float:
+        return CLIENT_START_SECONDS / 2 if self.quick else CLIENT_START_SECONDS
 
     def ramp(self, n: int) -> float:
         """Spread N starts: about 1,000 per second, 0.5 s at least."""
@@ -111,6 +162,7 @@ class Run:
     machine: dict[str, Any]
     options: dict[str, Any]
     floor: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # target label -> N -> {"hold": ..., "load": ...}
     service: dict[str, dict[int, dict[str, Any]]] = field(default_factory=dict)
     cancel: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -162,7 +214,13 @@ class Bench:
         self.redis: subprocess.Popen[bytes] | None = None
         self.quiet_budget = options.quiet_wait
         self.phases = 0  # numbers each client start: request ids stay unique
-        self.service_dir = snapshot_service(options.service_root, rundir / "service")
+        self.service_dirs = {
+            "after": snapshot_service(options.service_root, rundir / "service")
+        }
+        if options.before_root is not None:
+            self.service_dirs["before"] = snapshot_service(
+                options.before_root, rundir / "service-before"
+            )
 
     def log_file(self, name: str) -> Any:
         return open(self.rundir / f"{name}.log", "ab")  # noqa: SIM115 - closed at exit
@@ -253,17 +311,22 @@ class Bench:
                 return False
             raise
 
-    def redis_commands(self) -> dict[str, int]:
+    def redis_commands(self) -> dict[str, tuple[int, int]]:
+        """Return calls and microseconds spent, per command, since start."""
         stats = self.redis_client().info("commandstats")
         return {
-            name.removeprefix("cmdstat_"): int(value["calls"])
+            name.removeprefix("cmdstat_"): (int(value["calls"]), int(value["usec"]))
             for name, value in stats.items()
             if name != "cmdstat_info"
         }
 
     # -- the service --------------------------------------------------------
 
-    def start_service(self, mode: str, n: int, orphan: float | None = None) -> Service:
+    def start_service(
+        self, target: Target, n: int, orphan: float | None = None
+    ) -> Service:
+        if target.kind == "plain":
+            return self._start_plain(target, n)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATAPP_")}
         env.update(
@@ -279,28 +342,70 @@ class Bench:
                 # Each turn counts twice against it (its producer and its
                 # reader, see chatapp.limits.Gate.open_streams).
                 "CHATAPP_WORKER_MAX_STREAMS": str(max(4000, 2 * n + 1000)),
-                "CHATAPP_WORKER_CONNECTIONS": str(max(6000, 2 * n + 1000)),
+                "CHATAPP_WORKER_CONNECTIONS": str(_worker_connections(n)),
                 "CHATAPP_LOG_LEVEL": "warning",
+                "CHATAPP_WORKERS": str(target.workers),
             }
         )
         if orphan is not None:
             env["CHATAPP_ORPHAN_SECONDS"] = str(orphan)
-        if mode == "redis":
+        if target.redis:
             self.redis_client().flushall()
             env["CHATAPP_REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
-            env["CHATAPP_WORKERS"] = "2"
-        else:
-            env["CHATAPP_WORKERS"] = "1"
         proc = self.children.start(
-            f"gunicorn-{mode}-{n}",
+            f"gunicorn-{target.label}-{n}",
             [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             env=env,
-            cwd=self.service_dir,
-            stdout=self.log_file(f"service-{mode}-{n}"),
+            cwd=self.service_dirs[target.code],
+            stdout=self.log_file(f"service-{target.label}-{n}"),
             stderr=subprocess.STDOUT,
         )
-        service = Service(proc, port, int(env["CHATAPP_WORKERS"]), mode)
-        wait_until(service.ready, 30, f"the service ({mode})", every=0.1)
+        service = Service(proc, port, target)
+        wait_until(service.ready, 30, f"the service ({target.label})", every=0.1)
+        return service
+
+    def _start_plain(self, target: Target, n: int) -> Service:
+        """Serve the plain relay as gunicorn.conf.py serves chatapp."""
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATAPP_")}
+        env["PYTHONPATH"] = str(ROOT)
+        env["PLAIN_RELAY_UPSTREAM"] = f"http://127.0.0.1:{self.upstream_port}"
+        argv = [
+            PYTHON,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(target.workers),
+            "--worker-class",
+            "gevent",
+            "--worker-connections",
+            str(_worker_connections(n)),
+            "--keep-alive",
+            "5",
+            "--timeout",
+            "30",
+            "--graceful-timeout",
+            "20",
+            "--error-logfile",
+            "-",
+            "--log-level",
+            "warning",
+            "--no-control-socket",
+            PLAIN_APP,
+        ]
+        proc = self.children.start(
+            f"gunicorn-{target.label}-{n}",
+            argv,
+            env=env,
+            # Not the checkout: gunicorn would read chatapp's gunicorn.conf.py.
+            cwd=self.rundir,
+            stdout=self.log_file(f"service-{target.label}-{n}"),
+            stderr=subprocess.STDOUT,
+        )
+        service = Service(proc, port, target)
+        wait_until(service.ready, 30, f"the plain relay ({target.label})", every=0.1)
         return service
 
     def stop_service(self, service: Service) -> None:
@@ -354,7 +459,8 @@ class Bench:
         self, scenario: str, n: int, port: int, t0: float, **extra: Any
     ) -> list[tuple[subprocess.Popen[bytes], LineReader]]:
         opt = self.opt
-        count = opt.client_count(n) if scenario in ("load", "floor", "hold") else 1
+        many = ("load", "floor", "relay", "hold", "relay_hold")
+        count = opt.client_count(n) if scenario in many else 1
         base = {
             "scenario": scenario,
             "port": port,
@@ -367,6 +473,7 @@ class Bench:
             "pace": asdict(opt.pace),
             "orphan_seconds": opt.orphan_seconds,
             "cancel_count": opt.cancel_count,
+            "stream_conn": opt.stream_conn,
             **extra,
         }
         end = t0 + base["ramp"] + base["settle"] + base["window"] + base["drain"]
@@ -415,14 +522,27 @@ class Bench:
         return results, cpu
 
 
+def _worker_connections(n: int) -> int:
+    # A VU may hold two connections (its POSTs and its stream), see
+    # bench.loadgen.Config.stream_conn.
+    return max(6000, 2 * n + 1000)
+
+
 @dataclass
 class Service:
     """A running gunicorn master and its workers."""
 
     proc: subprocess.Popen[bytes]
     port: int
-    worker_count: int
-    mode: str
+    target: Target
+
+    @property
+    def worker_count(self) -> int:
+        return self.target.workers
+
+    @property
+    def redis(self) -> bool:
+        return self.target.redis
 
     def workers(self) -> list[int]:
         return children_of(self.proc.pid)
@@ -443,6 +563,9 @@ class Service:
 
     def warm_up(self, turns: int) -> None:
         """Run a few quick turns so that lazy imports and caches are done."""
+        if self.target.kind == "plain":
+            self._warm_up_plain(turns)
+            return
         for i in range(turns):
             conn = http.client.HTTPConnection("127.0.0.1", self.port, 10)
             conn.request("GET", "/")
@@ -465,6 +588,24 @@ class Service:
             data = stream.read()
             if b"event: done" not in data:
                 raise RuntimeError("warm-up turn did not finish")
+            conn.close()
+
+    def _warm_up_plain(self, turns: int) -> None:
+        for i in range(turns):
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, 10)
+            text = f"warm up {marker(f'warm{i}', Pace(0, 0, 5))}"
+            body = json.dumps(
+                {"model": "bench-model", "stream": True, "messages": [text]}
+            )
+            conn.request(
+                "POST",
+                "/v1/chat/completions",
+                body,
+                {"Content-Type": "application/json"},
+            )
+            response = conn.getresponse()
+            if response.status != 200 or b"[DONE]" not in response.read():
+                raise RuntimeError("warm-up call through the plain relay failed")
             conn.close()
 
 
@@ -535,15 +676,16 @@ def wait_for_quiet(bench: Bench, run: Run, phase: str) -> None:
 def run_loop_phase(
     bench: Bench, scenario: str, n: int, port: int, service: Service | None = None
 ) -> dict[str, Any]:
-    """Run `load` (through the service) or `floor` (straight to the upstream)."""
+    """Run `load` (chatapp), `relay` (the plain relay) or `floor` (the upstream)."""
     opt = bench.opt
-    t0 = time.monotonic() + CLIENT_START_SECONDS
+    t0 = time.monotonic() + opt.client_start
     clients = bench.start_clients(scenario, n, port, t0)
     ws = t0 + opt.ramp(n) + opt.settle
     we = ws + opt.window
     client_pids = [p.pid for p, _ in clients]
     upstream_pid = [bench.upstream.pid] if bench.upstream else []
-    redis_pid = [bench.redis.pid] if bench.redis and service else []
+    uses_redis = bench.redis is not None and service is not None and service.redis
+    redis_pid = [bench.redis.pid] if bench.redis is not None and uses_redis else []
     workers = service.workers() if service else []
 
     def sample() -> dict[str, Any]:
@@ -556,13 +698,13 @@ def run_loop_phase(
             "machine_busy": machine_busy_seconds(),
             "upstream": bench.upstream_counters(),
         }
-        if service is not None and service.mode == "redis":
+        if uses_redis:
             taken["redis_commands"] = bench.redis_commands()
         return taken
 
     _sleep_until(ws)
     if service is not None and opt.profile:
-        bench.profile(service, f"{service.mode}-{n}", opt.window)
+        bench.profile(service, f"{service.target.label}-{n}", opt.window)
     before = sample()
     peak_rss = 0
     while time.monotonic() < we:
@@ -596,36 +738,77 @@ def run_loop_phase(
         out["service_cpu_ms_per_1k_tokens"] = cpu * 1e6 / tokens if tokens else None
         out["peak_rss_during_load"] = peak_rss
         if "redis_commands" in after:
-            calls = {
-                name: after["redis_commands"].get(name, 0)
-                - before["redis_commands"].get(name, 0)
-                for name in after["redis_commands"]
-            }
-            calls = {k: v for k, v in calls.items() if v}
-            out["redis_calls"] = calls
-            out["redis_commands_per_token"] = (
-                sum(calls.values()) / tokens if tokens else None
+            out.update(
+                _redis_figures(
+                    before["redis_commands"],
+                    after["redis_commands"],
+                    turns=merged["completed_in_window"],
+                    tokens=tokens,
+                )
             )
             cpu_redis = after["redis_cpu"] - before["redis_cpu"]
+            out["redis_cpu_share"] = cpu_redis / span
             out["redis_cpu_ms_per_1k_tokens"] = (
                 cpu_redis * 1e6 / tokens if tokens else None
             )
+            out["service_and_redis_cpu_ms_per_1k_tokens"] = (
+                (cpu + cpu_redis) * 1e6 / tokens if tokens else None
+            )
     return out
+
+
+def _redis_figures(
+    before: dict[str, tuple[int, int]],
+    after: dict[str, tuple[int, int]],
+    turns: int,
+    tokens: int,
+) -> dict[str, Any]:
+    """Redis commands over the window: in all, per token, and per turn by command.
+
+    Per turn divides by the turns completed in the window: in a steady closed
+    loop as many start as end there.
+    """
+    calls: dict[str, int] = {}
+    usec: dict[str, int] = {}
+    for name, (total, spent) in after.items():
+        was_calls, was_usec = before.get(name, (0, 0))
+        if total - was_calls:
+            calls[name] = total - was_calls
+            usec[name] = spent - was_usec
+    ranked = sorted(calls, key=lambda name: -calls[name])
+    return {
+        "redis_calls": calls,
+        "redis_usec": usec,
+        "redis_commands_per_token": sum(calls.values()) / tokens if tokens else None,
+        "redis_commands_per_turn": sum(calls.values()) / turns if turns else None,
+        "redis_per_turn": [
+            {
+                "command": name,
+                "calls": calls[name] / turns,
+                "per_token": calls[name] / tokens if tokens else None,
+                "redis_usec": usec[name] / turns,
+            }
+            for name in ranked
+        ]
+        if turns
+        else [],
+    }
 
 
 def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
     """Open N streams, read the workers' RSS, then cancel them all."""
     workers = service.workers()
     idle = rss_bytes(workers)
-    t0 = time.monotonic() + CLIENT_START_SECONDS
-    clients = bench.start_clients("hold", n, service.port, t0)
+    t0 = time.monotonic() + bench.opt.client_start
+    scenario = "relay_hold" if service.target.kind == "plain" else "hold"
+    clients = bench.start_clients(scenario, n, service.port, t0)
     held = 0
     for _, reader in clients:
         line = reader.next(max(1.0, bench.time_left()))
         if line is None or line["event"] != "held":
             raise RuntimeError("a hold client did not report its streams open")
         held += int(line["held"])
-    time.sleep(1.0)
+    time.sleep(0.3 if bench.opt.quick else 1.0)
     samples = []
     for _ in range(3):
         samples.append(rss_bytes(workers))
@@ -662,7 +845,7 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
 
 def run_cancel_phase(bench: Bench, service: Service) -> dict[str, Any]:
     opt = bench.opt
-    t0 = time.monotonic() + CLIENT_START_SECONDS
+    t0 = time.monotonic() + opt.client_start
     clients = bench.start_clients(
         "cancel",
         opt.cancel_count * 4,
@@ -695,6 +878,14 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     ttft = [x for r in results for x in r["ttft"]]
     post = [x for r in results for x in r.get("post", [])]
     gaps = merge_counts(r["gaps"] for r in results)
+    split = {}
+    for where in ("same", "other"):
+        part = merge_counts(r.get("gaps_by_worker", {}).get(where, {}) for r in results)
+        split[f"gap_{where}_worker_p99"] = histogram_percentile(part, 99)
+        split[f"gap_{where}_worker_n"] = sum(part.values())
+        split[f"turns_{where}_worker"] = sum(
+            r.get("turns_by_worker", {}).get(where, 0) for r in results
+        )
     return {
         "errors": errors,
         "ttft_n": len(ttft),
@@ -705,6 +896,7 @@ def _merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         "gap_p50": histogram_percentile(gaps, 50),
         "gap_p99": histogram_percentile(gaps, 99),
         "gap_n": sum(gaps.values()),
+        **split,
         **{
             key: sum(r[key] for r in results)
             for key in (
@@ -734,20 +926,25 @@ def _sleep_until(t: float) -> None:
 def execute(bench: Bench, run: Run) -> None:
     opt = bench.opt
     bench.start_upstream()
-    if "redis" in opt.modes:
+    if any(t.redis for t in opt.targets):
         bench.start_redis()
-    for mode in opt.modes if opt.cancel_phase else ():
+    for target in opt.targets if opt.cancel_phase else ():
+        if target.kind != "chatapp":
+            continue  # the plain relay has no cancel
         # Its own service: a short orphan time, which would cancel turns whose
         # reader is merely slow to arrive under the load phases' overload.
-        _say(f"{mode}: cancel phase (CHATAPP_ORPHAN_SECONDS={opt.orphan_seconds:g})")
-        service = bench.start_service(mode, opt.cancel_count * 4, opt.orphan_seconds)
+        _say(
+            f"{target.label}: cancel phase "
+            f"(CHATAPP_ORPHAN_SECONDS={opt.orphan_seconds:g})"
+        )
+        service = bench.start_service(target, opt.cancel_count * 4, opt.orphan_seconds)
         try:
             service.warm_up(4 * service.worker_count)
-            run.cancel[mode] = run_cancel_phase(bench, service)
+            run.cancel[target.label] = run_cancel_phase(bench, service)
         finally:
             bench.stop_service(service)
     for n in opt.ns:
-        needed = _phase_estimate(opt, n) * (1 + len(opt.modes))
+        needed = _n_estimate(opt, n)
         if bench.time_left() < needed:
             run.notes.append(f"N={n} and above skipped: the global deadline was near")
             _say(run.notes[-1])
@@ -756,25 +953,35 @@ def execute(bench: Bench, run: Run) -> None:
         wait_for_quiet(bench, run, f"floor N={n}")
         run.floor[n] = run_loop_phase(bench, "floor", n, bench.upstream_port)
         _say(_floor_line(n, run.floor[n]))
-        for mode in opt.modes:
-            _say(f"{mode} N={n}: start")
-            service = bench.start_service(mode, n)
+        for target in opt.targets:
+            name = f"{target.label} N={n}"
+            _say(f"{name}: start")
+            service = bench.start_service(target, n)
             try:
                 service.warm_up(4 * service.worker_count)
                 time.sleep(0.5)
                 result: dict[str, Any] = {}
-                wait_for_quiet(bench, run, f"{mode} N={n}")
+                wait_for_quiet(bench, run, name)
                 result["hold"] = run_hold_phase(bench, n, service)
-                _say(f"{mode} N={n}: hold {_hold_line(result['hold'])}")
-                result["load"] = run_loop_phase(bench, "load", n, service.port, service)
-                _say(f"{mode} N={n}: load {_load_line(result['load'])}")
-                run.service.setdefault(mode, {})[n] = result
+                _say(f"{name}: hold {_hold_line(result['hold'])}")
+                scenario = "relay" if target.kind == "plain" else "load"
+                result["load"] = run_loop_phase(
+                    bench, scenario, n, service.port, service
+                )
+                _say(f"{name}: load {_load_line(result['load'])}")
+                run.service.setdefault(target.label, {})[n] = result
             finally:
                 bench.stop_service(service)
 
 
 def _phase_estimate(opt: Options, n: int) -> float:
-    return CLIENT_START_SECONDS + opt.ramp(n) + opt.settle + opt.window + opt.drain
+    return opt.client_start + opt.ramp(n) + opt.settle + opt.window + opt.drain
+
+
+def _n_estimate(opt: Options, n: int) -> float:
+    """Seconds one N needs at least: the floor, and a hold and a load per target."""
+    hold = opt.client_start + opt.ramp(n) + 3.0
+    return _phase_estimate(opt, n) + len(opt.targets) * (_phase_estimate(opt, n) + hold)
 
 
 def _say(text: str) -> None:
@@ -814,55 +1021,43 @@ def _load_line(r: dict[str, Any]) -> str:
 
 def report(run: Run) -> str:
     """Render the tables of a run as Markdown."""
-    rows = []
-    for mode, by_n in run.service.items():
-        for n, result in sorted(by_n.items()):
-            load, hold = result["load"], result["hold"]
-            floor = run.floor.get(n, {})
-            errors = dict(load["errors"])
-            for kind, count in hold["errors"].items():
-                errors[f"hold_{kind}"] = errors.get(f"hold_{kind}", 0) + count
-            per = hold["rss_per_stream"]
-            rows.append(
-                [
-                    mode,
-                    f"{n:,}",
-                    number(load["turns_per_second"]),
-                    errors_text(errors),
-                    _added(load["ttft_p50"], floor.get("ttft_p50")),
-                    _added(load["ttft_p99"], floor.get("ttft_p99")),
-                    _added(load["gap_p99"], floor.get("gap_p99")),
-                    number(per / 1024 if per is not None else None),
-                    number(load.get("service_cpu_ms_per_1k_tokens"), 0),
-                    number(load.get("redis_commands_per_token"), 2),
-                    f"{load['service_cpu_share']:.0%}",
-                    f"{load['client_cpu_share']:.0%}",
-                ]
-            )
-    main = markdown_table(
-        [
-            "mode",
-            "N",
-            "turns/s",
-            "errors",
-            "TTFT+ p50 ms",
-            "TTFT+ p99 ms",
-            "gap+ p99 ms",
-            "RSS KiB/stream",
-            "CPU ms/1k tok",
-            "Redis cmd/tok",
-            "svc CPU",
-            "client CPU",
-        ],
-        rows,
+    order = [label for label in _labels(run) if label in run.service]
+    split = any(
+        r["load"].get("gap_other_worker_n") or r["load"].get("gap_same_worker_n")
+        for by_n in run.service.values()
+        for r in by_n.values()
     )
+    rows = []
+    for n in sorted({n for by_n in run.service.values() for n in by_n}):
+        floor = run.floor.get(n, {})
+        for label in order:
+            if n in run.service[label]:
+                rows.append(_main_row(label, n, run.service[label][n], floor, split))
+    header = [
+        "run",
+        "N",
+        "turns/s",
+        "errors",
+        "TTFT+ p50 ms",
+        "TTFT+ p99 ms",
+        "gap+ p99 ms",
+        *(["gap+ p99 other ms"] if split else []),
+        "RSS KiB/stream",
+        "CPU ms/1k tok",
+        "+redis ms/1k tok",
+        "Redis cmd/tok",
+        "svc CPU",
+        "client CPU",
+    ]
+    main = markdown_table(header, rows)
     detail_rows = []
     for n, floor in sorted(run.floor.items()):
         detail_rows.append(_detail_row("floor", n, floor, None))
-        for mode, by_n in run.service.items():
-            if n in by_n:
+        for label in order:
+            if n in run.service[label]:
+                result = run.service[label][n]
                 detail_rows.append(
-                    _detail_row(mode, n, by_n[n]["load"], by_n[n]["hold"])
+                    _detail_row(label, n, result["load"], result["hold"])
                 )
     detail = markdown_table(
         [
@@ -900,12 +1095,56 @@ def report(run: Run) -> str:
                 ]
             )
     cancel = markdown_table(
-        ["mode", "what", "n", "p50 ms", "p99 ms", "max ms", "errors"], cancel_rows
+        ["run", "what", "n", "p50 ms", "p99 ms", "max ms", "errors"], cancel_rows
     )
     parts = [
-        "Service figures (added = service minus floor at the same N and percentile):",
+        "Service figures (added = service minus floor at the same N and percentile;"
+        " +redis = workers and redis-server together):",
         "",
         main,
+    ]
+    if any(t.kind == "chatapp" and t.workers > 1 for t in _targets(run)):
+        if run.options.get("stream_conn") != "own":
+            why = (
+                "every stream was read on its POST's connection, in the worker "
+                "that started the turn (--stream-conn own to read elsewhere)"
+            )
+        elif not split:
+            why = "not split: the service names no worker (X-Chatapp-Worker)"
+        else:
+            why = (
+                "the column gap+ p99 other counts only the streams read in "
+                "another worker than the one that answered their POST"
+            )
+        parts += ["", f"Readers on another worker: {why}."]
+    scale = scale_rows(run)
+    if scale:
+        parts += [
+            "",
+            "Workers scale: turns/s with more workers ÷ with 1, at the same N "
+            f"(* the 1-worker row's svc CPU ≥ {SATURATED_SHARE:.0%}):",
+            "",
+            markdown_table(
+                ["runs", "N", "1 worker turns/s", "its svc CPU", "turns/s", "ratio"],
+                scale,
+            ),
+            "",
+            *scale_headlines(run),
+        ]
+    redis_rows = _redis_rows(run, order)
+    if redis_rows:
+        parts += [
+            "",
+            "Redis commands over the window, per turn (top "
+            f"{TOP_REDIS_COMMANDS}: calls per turn, µs redis-server spent on "
+            "them per turn; all in the JSON report):",
+            "",
+            markdown_table(
+                ["run", "N", "cmd/turn", "cmd/tok", "redis-server CPU", "top"],
+                redis_rows,
+            ),
+        ]
+    parts += [
         "",
         "Raw latencies (ms), throughput and where the CPU went "
         "(shares of one core over the window):",
@@ -919,6 +1158,127 @@ def report(run: Run) -> str:
     if run.notes:
         parts += ["", *(f"Note: {note}" for note in run.notes)]
     return "\n".join(parts)
+
+
+def _targets(run: Run) -> list[Target]:
+    return [Target(**t) for t in run.options.get("targets", ())]
+
+
+def _labels(run: Run) -> list[str]:
+    """Row labels in the run's order, then any others the report holds."""
+    labels = [t.label for t in _targets(run)]
+    return labels + [label for label in run.service if label not in labels]
+
+
+def _main_row(
+    label: str, n: int, result: dict[str, Any], floor: dict[str, Any], split: bool
+) -> list[str]:
+    load, hold = result["load"], result["hold"]
+    errors = dict(load["errors"])
+    for kind, count in hold["errors"].items():
+        errors[f"hold_{kind}"] = errors.get(f"hold_{kind}", 0) + count
+    per = hold["rss_per_stream"]
+    other = [_added(load.get("gap_other_worker_p99"), floor.get("gap_p99"))]
+    return [
+        label,
+        f"{n:,}",
+        number(load["turns_per_second"]),
+        errors_text(errors),
+        _added(load["ttft_p50"], floor.get("ttft_p50")),
+        _added(load["ttft_p99"], floor.get("ttft_p99")),
+        _added(load["gap_p99"], floor.get("gap_p99")),
+        *(other if split else []),
+        number(per / 1024 if per is not None else None),
+        number(load.get("service_cpu_ms_per_1k_tokens"), 0),
+        number(load.get("service_and_redis_cpu_ms_per_1k_tokens"), 0),
+        number(load.get("redis_commands_per_token"), 2),
+        f"{load['service_cpu_share']:.0%}",
+        f"{load['client_cpu_share']:.0%}",
+    ]
+
+
+def scale_pairs(run: Run) -> list[tuple[str, str]]:
+    """(1 worker, more workers) label pairs of the same server and code."""
+    targets = [t for t in _targets(run) if t.label in run.service]
+    pairs = []
+    for one in (t for t in targets if t.workers == 1):
+        for more in targets:
+            if more.workers > 1 and more.kind == one.kind and more.code == one.code:
+                pairs.append((one.label, more.label))
+    return pairs
+
+
+def scale_rows(run: Run) -> list[list[str]]:
+    rows = []
+    for one, more in scale_pairs(run):
+        for n in sorted(set(run.service[one]) & set(run.service[more])):
+            a, b = run.service[one][n]["load"], run.service[more][n]["load"]
+            mark = "*" if a["service_cpu_share"] >= SATURATED_SHARE else ""
+            rows.append(
+                [
+                    f"{more} ÷ {one}",
+                    f"{n:,}{mark}",
+                    number(a["turns_per_second"]),
+                    f"{a['service_cpu_share']:.0%}",
+                    number(b["turns_per_second"]),
+                    number(_ratio(b["turns_per_second"], a["turns_per_second"]), 2),
+                ]
+            )
+    return rows
+
+
+def scale_headlines(run: Run) -> list[str]:
+    """The ratio at the smallest N where the 1-worker row saturated.
+
+    The smallest: there one worker relays the most it can; at larger N its
+    throughput falls under overload and the ratio grows for that reason.
+    """
+    lines = []
+    for one, more in scale_pairs(run):
+        common = sorted(set(run.service[one]) & set(run.service[more]))
+        saturated = [
+            n
+            for n in common
+            if run.service[one][n]["load"]["service_cpu_share"] >= SATURATED_SHARE
+        ]
+        if not saturated:
+            lines.append(
+                f"Workers scale, {more} ÷ {one}: — ({one} never reached "
+                f"{SATURATED_SHARE:.0%} svc CPU at the N tried)"
+            )
+            continue
+        n = saturated[0]
+        a = run.service[one][n]["load"]["turns_per_second"]
+        b = run.service[more][n]["load"]["turns_per_second"]
+        lines.append(
+            f"Workers scale, {more} ÷ {one}: {number(_ratio(b, a), 2)}× at N={n:,}, "
+            f"the smallest N where {one} saturated."
+        )
+    return lines
+
+
+def _redis_rows(run: Run, order: list[str]) -> list[list[str]]:
+    rows = []
+    for label in order:
+        for n, result in sorted(run.service[label].items()):
+            load = result["load"]
+            if "redis_per_turn" not in load:
+                continue
+            top = ", ".join(
+                f"{c['command']} {c['calls']:.1f} · {c['redis_usec']:.0f} µs"
+                for c in load["redis_per_turn"][:TOP_REDIS_COMMANDS]
+            )
+            rows.append(
+                [
+                    label,
+                    f"{n:,}",
+                    number(load.get("redis_commands_per_turn"), 1),
+                    number(load.get("redis_commands_per_token"), 2),
+                    f"{load.get('redis_cpu_share', 0.0):.0%}",
+                    top or "—",
+                ]
+            )
+    return rows
 
 
 def _added(value: float | None, floor: float | None) -> str:
@@ -1030,6 +1390,28 @@ def parse_args(argv: list[str] | None) -> Options:
         help="directory holding wsgi.py and chatapp/ (default: this checkout)",
     )
     parser.add_argument(
+        "--before-root",
+        type=Path,
+        default=None,
+        help="also measure the chatapp modes of this checkout (e.g. made with "
+        "`git worktree add /tmp/before <commit>`), as before-memory, before-redis",
+    )
+    parser.add_argument(
+        "--plain-workers",
+        default=None,
+        help="worker counts of the plain relay yardstick, comma-separated; "
+        "'none' to leave it out (default: the chatapp modes' counts, 1 and 2)",
+    )
+    parser.add_argument(
+        "--stream-conn",
+        choices=("own", "same"),
+        default="same",
+        help="same: each VU reads its streams on its POSTs' connection, so in "
+        "the worker that started the turn; own: on a connection of their own, "
+        "so with 2 workers often in another worker, which the gap split by "
+        "worker needs (default same)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the workers with py-spy during each load window",
@@ -1037,22 +1419,44 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     quick = bool(args.quick)
     ns = args.n or ("100" if quick else "100,500,1000,2000,5000")
-    modes = args.mode or "memory,redis"
+    modes = tuple(
+        m.strip() for m in (args.mode or "memory,redis").split(",") if m.strip()
+    )
+    for mode in modes:
+        if mode not in ("memory", "redis"):
+            raise SystemExit(f"bench: unknown mode {mode!r}")
+    if args.plain_workers is None:
+        plain_workers = tuple(sorted({2 if m == "redis" else 1 for m in modes}))
+    elif args.plain_workers.strip().lower() in ("", "none", "0"):
+        plain_workers = ()
+    else:
+        plain_workers = tuple(int(w) for w in args.plain_workers.split(",") if w)
+    before_root = args.before_root.resolve() if args.before_root else None
+    targets = make_targets(modes, before_root is not None, plain_workers)
+    # Default run about 15 min, the before rows add about 7. --quick takes
+    # about 80 s on a quiet machine; its deadline leaves room for a busy one.
+    deadline = args.deadline or (
+        (150.0 if quick else 900.0)
+        + (0.0 if before_root is None else (60.0 if quick else 420.0))
+    )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Options(
         ns=tuple(int(x) for x in ns.split(",") if x.strip()),
-        modes=tuple(m.strip() for m in modes.split(",") if m.strip()),
+        modes=modes,
         pace=Pace(args.ttft_ms, args.token_ms, args.tokens),
-        window=args.window or (3.0 if quick else 15.0),
+        window=args.window or (3.0 if quick else 12.0),
         settle=0.5 if quick else 2.0,
-        drain=3.0 if quick else 10.0,
+        drain=3.0 if quick else 6.0,
         cancel_count=args.cancel_count or (10 if quick else 100),
         orphan_seconds=args.orphan_seconds,
         clients=args.clients,
-        deadline=time.monotonic() + (args.deadline or (58.0 if quick else 900.0)),
+        deadline=time.monotonic() + deadline,
         out=args.out or ROOT / "bench" / "results" / f"{stamp}.json",
         quick=quick,
         service_root=args.service_root.resolve(),
+        before_root=before_root,
+        targets=targets,
+        stream_conn=args.stream_conn,
         quiet_wait=(
             args.quiet_wait
             if args.quiet_wait is not None
@@ -1065,15 +1469,19 @@ def parse_args(argv: list[str] | None) -> Options:
 
 def main(argv: list[str] | None = None) -> int:
     opt = parse_args(argv)
-    for mode in opt.modes:
-        if mode not in ("memory", "redis"):
-            raise SystemExit(f"bench: unknown mode {mode!r}")
+    for root in filter(None, (opt.service_root, opt.before_root)):
+        if not (root / "chatapp").is_dir() or not (root / "wsgi.py").is_file():
+            raise SystemExit(f"bench: {root} holds no chatapp/ and wsgi.py")
     raise_nofile_limit()
     opt.out.parent.mkdir(parents=True, exist_ok=True)
     rundir = opt.out.with_suffix("")
     rundir.mkdir(parents=True, exist_ok=True)
     run = Run(
-        {**describe_machine(), "source": source_state(opt.service_root)},
+        {
+            **describe_machine(),
+            "source": source_state(opt.service_root),
+            "before_source": source_state(opt.before_root) if opt.before_root else None,
+        },
         {**asdict(opt), "out": str(opt.out)},
     )
     bench = Bench(opt, rundir)
@@ -1106,6 +1514,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.children.stop_all()
     text = report(run)
     shutil.rmtree(rundir / "service", ignore_errors=True)
+    shutil.rmtree(rundir / "service-before", ignore_errors=True)
     opt.out.write_text(json.dumps(asdict(run), indent=1, default=str))
     print(text)
     print(f"\nJSON report: {opt.out}; process logs: {rundir}")
