@@ -106,6 +106,15 @@ limiter = Limiter(
 
 token_refresh_limit = limiter.limit(TOKEN_REFRESH_LIMITS)
 
+# The only views that declare limits; flask-limiter otherwise looks up the
+# limits of every request (event streams, pages, health checks) for nothing.
+LIMITED_ENDPOINTS = frozenset(("api.chat", "api.refresh_token"))
+
+
+@limiter.request_filter
+def _declares_no_limit() -> bool:
+    return request.endpoint not in LIMITED_ENDPOINTS
+
 
 @limiter.limit(_chat_rate_limits)
 def _count_chat_turn() -> None:
