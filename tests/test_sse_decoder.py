@@ -6,6 +6,7 @@ import json
 import random
 from collections.abc import Iterable
 from collections.abc import Iterator
+
 import pytest
 
 from chatapp.sse_decoder import ServerSentEvent
