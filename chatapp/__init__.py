@@ -11,6 +11,7 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from chatapp import logs
 from chatapp.config import load_config
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
@@ -67,6 +68,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         return response
 
     _register_error_pages(app)
+    logs.init_app(app, config)  # X-Request-ID, JSON access lines
     return app
 
 

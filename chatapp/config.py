@@ -77,6 +77,13 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return parse
 
 
+def _flag(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError("must be 1 or 0")
+    return value in ("1", "true", "yes", "on")
+
+
 def _text(raw: str) -> str:
     return raw.strip()
 
@@ -139,6 +146,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "TRUSTED_PROXY_HOPS": ("CHATAPP_TRUSTED_PROXY_HOPS", _int(0, 10), 0),
     "DAILY_TOKEN_BUDGET": ("CHATAPP_DAILY_TOKEN_BUDGET", _int(0), 0),
     "CACHE_TTL": ("CHATAPP_CACHE_TTL", _seconds(zero_ok=True), 0.0),
+    "LOG_PROMPTS": ("CHATAPP_LOG_PROMPTS", _flag, False),
     # Not in SPEC's table: the demo provider's pace, so tests and benches can
     # make it fast; the size of a request body we read at all.
     "DEMO_DELAY_MS": ("CHATAPP_DEMO_DELAY_MS", _int(0, 10_000), 30),
