@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatapp import logs
+from chatapp.bodylimit import ChunkedBodyLimit
 from chatapp.config import load_config
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
@@ -38,6 +39,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             "chatapp_open_streams": gate.readers,
         }
     )
+    app.wsgi_app = ChunkedBodyLimit(  # type: ignore[method-assign]
+        app.wsgi_app, config["MAX_BODY_BYTES"]
+    )  # 413 for chunked bodies too
     hops = config["TRUSTED_PROXY_HOPS"]
     if hops > 0:
         # Only the last `hops` X-Forwarded-For entries are proxies we trust;
