@@ -56,12 +56,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
 
     from chatapp import api
+    from chatapp import openapi
     from chatapp import ops
     from chatapp import pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(openapi.bp)  # GET /api/openapi.json
 
     @app.after_request
     def security_headers(response: Response) -> Response:
