@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,7 @@ from chatapp import create_app
 from chatapp.logs import JSON_FORMAT
 from chatapp.logs import hash_client
 from chatapp.logs import log_turn
+from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -81,3 +84,23 @@ def test_a_client_hash_is_keyed_stable_and_opaque() -> None:
     assert one != hash_client("ip:203.0.113.9", b"k2")
     assert one != hash_client("ip:203.0.113.10", b"k1")
     assert len(one) == 16 and "203" not in one
+
+
+def test_gunicorn_formats_its_lines_as_the_app_does() -> None:
+    # gunicorn.conf.py may not import the app, so it spells the format out.
+    probe = (
+        "import json, runpy\n"
+        "conf = runpy.run_path('gunicorn.conf.py')['logconfig_dict']\n"
+        "print(json.dumps(conf['formatters']['json']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    formatter = json.loads(result.stdout)
+    assert formatter.pop("()") == "pythonjsonlogger.json.JsonFormatter"
+    assert formatter == JSON_FORMAT
