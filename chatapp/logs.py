@@ -48,7 +48,15 @@ JSON_FORMAT: dict[str, Any] = {
 _WELL_FORMED_ID = re.compile(r"[A-Za-z0-9._-]{8,128}")
 # Probes come every few seconds; their lines are debug unless they fail.
 _QUIET_PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Fields a line's own keys would clash with: logging's and our common ones.
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {
+    "message",
+    "asctime",
+    "time",
+    "level",
+    "logger",
+    "event",
+}
 
 http_log = logging.getLogger("chatapp.http")
 turn_log = logging.getLogger("chatapp.turn")
@@ -109,7 +117,7 @@ def hash_client(client: str, key: bytes) -> str:
     return hmac.new(key, client.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def log_turn(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+def log_turn(event: str, /, *, level: int = logging.INFO, **fields: Any) -> None:
     """Log one turn lifecycle line, e.g. log_turn("turn.ended", turn_id=..., ...)."""
     emit(turn_log, level, event, fields)
 

@@ -60,9 +60,18 @@ def test_log_turn_writes_one_json_object_with_its_fields(captured: io.StringIO) 
 def test_fields_named_like_logging_attributes_do_not_break_a_line(
     captured: io.StringIO,
 ) -> None:
-    log_turn("turn.ended", name="n", message="m", module="x", level=logging.WARNING)
+    log_turn(
+        "turn.ended",
+        name="n",
+        message="m",
+        module="x",
+        event="e",
+        time=1,
+        level=logging.WARNING,
+    )
     [line] = parsed(captured)
     assert (line["name_"], line["message_"], line["module_"]) == ("n", "m", "x")
+    assert (line["event"], line["event_"], line["time_"]) == ("turn.ended", "e", 1)
     assert line["level"] == "WARNING"
 
 
