@@ -1,5 +1,6 @@
 """gunicorn settings for chatapp. Never imports the app: workers load it."""
 
+import logging
 import os
 import resource
 import secrets
@@ -32,9 +33,88 @@ except ValueError:
     _drain = 30.0  # the app refuses the setting with a clear line at start-up
 graceful_timeout = max(1, int(_drain) + 10)
 keepalive = 5
-accesslog = os.environ.get("CHATAPP_ACCESS_LOG") or None
+loglevel = os.environ.get("CHATAPP_LOG_LEVEL", "info").strip().lower() or "info"
+if loglevel not in ("debug", "info", "warning", "error", "critical"):
+    sys.exit(
+        f"chatapp: CHATAPP_LOG_LEVEL={loglevel!r} is invalid: "
+        "must be one of debug, info, warning, error, critical"
+    )
+
+
+class AccessFields(logging.Filter):
+    """Turn gunicorn's access-log atoms into JSON fields; no address, no query."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if isinstance(atoms, dict):
+            record.method = atoms["m"]
+            record.path = atoms["U"]
+            record.status = int(atoms["s"]) if str(atoms["s"]).isdigit() else atoms["s"]
+            record.bytes = atoms["B"]
+            record.duration_ms = round(atoms["D"] / 1000, 1)
+            record.request_id = atoms["{x-request-id}o"]
+            record.client = atoms["{chatapp.client}e"]
+            record.msg, record.args = "http.access", ()
+        return True
+
+
+# One JSON object per line on stderr for gunicorn's error log, its access log
+# (on when CHATAPP_ACCESS_LOG is set: "-" for stderr, or a file) and the app's
+# own lines, which propagate to the root logger. Same shape as chatapp.logs.
+_access_log = os.environ.get("CHATAPP_ACCESS_LOG", "").strip()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {
+                "levelname": "level",
+                "name": "logger",
+                "message": "event",
+            },
+            "timestamp": "time",
+        }
+    },
+    "filters": {"access_fields": {"()": AccessFields}},
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "stream": "ext://sys.stderr",
+        },
+        "access": {
+            "class": "logging.StreamHandler",
+            "formatter": "json",
+            "filters": ["access_fields"],
+            "stream": "ext://sys.stderr",
+        }
+        if _access_log in ("", "-")
+        else {
+            "class": "logging.handlers.WatchedFileHandler",
+            "formatter": "json",
+            "filters": ["access_fields"],
+            "filename": _access_log,
+        },
+    },
+    "root": {"level": loglevel.upper(), "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {
+            "level": loglevel.upper(),
+            "handlers": ["stderr"],
+            "propagate": False,
+        },
+        "gunicorn.access": {
+            "level": "INFO" if _access_log else "CRITICAL",
+            "handlers": ["access"],
+            "propagate": False,
+        },
+    },
+}
+# The handlers above replace gunicorn's plain-text ones.
+accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("CHATAPP_LOG_LEVEL", "info")
 # One file descriptor per client and per upstream connection.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 if _soft != resource.RLIM_INFINITY and _soft < _hard:

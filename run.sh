@@ -8,7 +8,7 @@ if ! python3 -c 'import venv, ensurepip' 2>/dev/null && [ "$(id -u)" = 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
-if ! .venv/bin/python -c 'import flask, gunicorn, gevent, flask_limiter, redis, jwt' 2>/dev/null \
+if ! .venv/bin/python -c 'import flask, gunicorn, gevent, flask_limiter, redis, jwt, pythonjsonlogger' 2>/dev/null \
    || [ requirements.txt -nt .venv/.installed ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
   touch .venv/.installed

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests need (once) and run them all: lint, types, tests.
-# The tests start their own redis-server, gunicorn services, fake provider
-# and headless Chromium, all on 127.0.0.1.
+# The tests start their own redis-server, gunicorn services, fake provider,
+# nginx and headless Chromium, all on 127.0.0.1.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -9,19 +9,31 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v php >/dev/null || need+=(php-cli)
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v openssl >/dev/null || need+=(openssl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "test.sh: please install: ${need[*]} (apt-get install -y ${need[*]})" >&2
     exit 1
   fi
+  # Installed packages must not start their services here (nginx would take
+  # port 80, redis-server 6379): the tests start their own on free ports.
+  guard=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    guard=1
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if [ requirements-dev.txt -nt .venv/.installed-dev ] || [ requirements.txt -nt .venv/.installed-dev ] \
-   || ! .venv/bin/python -c 'import pytest, playwright, ruff' 2>/dev/null; then
+   || ! .venv/bin/python -c 'import pytest, playwright, ruff, pythonjsonlogger, jsonschema' 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
   touch .venv/.installed-dev
 fi

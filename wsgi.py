@@ -4,7 +4,7 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import logging  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 
@@ -12,8 +12,10 @@ import gevent  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
 from chatapp.errors import ConfigError  # noqa: E402
+from chatapp.logs import configure_logging  # noqa: E402
 
-logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+# Under gunicorn its logconfig_dict has set up the same JSON lines already.
+configure_logging(os.environ.get("CHATAPP_LOG_LEVEL", "info"))
 
 try:
     app = create_app()

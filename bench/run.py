@@ -340,7 +340,7 @@ class Bench:
                 "CHATAPP_RATE_LIMITS": "1000000/minute",
                 "CHATAPP_MAX_STREAMS_PER_CLIENT": "1000000",
                 # Each turn counts twice against it (its producer and its
-                # reader, see chatapp.limits.Gate.open_streams).
+                # reader, see chatapp.turns.admit.Gate.open_streams).
                 "CHATAPP_WORKER_MAX_STREAMS": str(max(4000, 2 * n + 1000)),
                 "CHATAPP_WORKER_CONNECTIONS": str(_worker_connections(n)),
                 "CHATAPP_LOG_LEVEL": "warning",

@@ -11,6 +11,8 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from chatapp import logs
+from chatapp.bodylimit import ChunkedBodyLimit
 from chatapp.config import load_config
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
@@ -30,6 +32,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
     init_limits(app)
+    app.wsgi_app = ChunkedBodyLimit(  # type: ignore[method-assign]
+        app.wsgi_app, config["MAX_BODY_BYTES"]
+    )  # 413 for chunked bodies too
     hops = config["TRUSTED_PROXY_HOPS"]
     if hops > 0:
         # Only the last `hops` X-Forwarded-For entries are proxies we trust;
@@ -44,12 +49,14 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
 
     from chatapp.web import api
+    from chatapp.web import openapi
     from chatapp.web import ops
     from chatapp.web import pages
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(openapi.bp)  # GET /api/openapi.json
 
     @app.after_request
     def security_headers(response: Response) -> Response:
@@ -60,6 +67,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         return response
 
     _register_error_pages(app)
+    logs.init_app(app, config)  # X-Request-ID, JSON access lines
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,12 +11,14 @@ from flask import Flask
 from flask import current_app
 from requests.adapters import HTTPAdapter
 
+from chatapp.logs import log_turn
 from chatapp.metrics import Metrics
 from chatapp.store.conversations import History
 from chatapp.store.conversations import MemoryHistory
 from chatapp.store.events import EventLog
 from chatapp.store.events import MemoryEventLog
 from chatapp.tokens import TokenSigner
+from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnSettings
 from chatapp.turns.relay import Relay
 from chatapp.turns.supervise import LEASE_SECONDS
@@ -103,11 +106,33 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
     )
     metrics = Metrics(lambda: relay.running)
     relay.on_end.append(metrics.turn_ended)
+    relay.on_end.append(log_end)
     state = State(
         config, signer, events, history, provider, relay, http, metrics, redis_client
     )
     app.extensions["chatapp"] = state
     return state
+
+
+def log_end(end: TurnEnd) -> None:
+    """Write a turn's `turn.ended` line."""
+    log_turn(
+        "turn.ended",
+        turn_id=end.info.id,
+        finish_reason=end.finish_reason,
+        error=end.error_code,
+        input_tokens=end.input_tokens,
+        output_tokens=end.output_tokens,
+        output_chars=end.output_chars,
+        ttft_ms=_ms(end.first_token_seconds),
+        max_gap_ms=_ms(end.max_gap_seconds),
+        duration_ms=_ms(time.time() - end.info.created_at),
+        cached=end.cached,
+    )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
 
 
 def state() -> State:

@@ -96,7 +96,7 @@ def default_fixtures_dir() -> Path:
     override = os.environ.get("CHATAPP_FIXTURES_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "providers"
+    return Path(__file__).resolve().parent / "fixtures" / "providers"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from chatapp.config import SETTINGS
 from chatapp.config import load_config
 from chatapp.errors import ConfigError
 
@@ -89,3 +90,60 @@ def test_embed_origins_are_parsed() -> None:
         {"CHATAPP_EMBED_ORIGINS": "https://blog.example http://127.0.0.1:8080/"}
     )
     assert config["EMBED_ORIGINS"] == ("https://blog.example", "http://127.0.0.1:8080")
+
+
+DURATIONS = [
+    "CHATAPP_TOKEN_TTL",
+    "CHATAPP_STREAM_TTL",
+    "CHATAPP_HISTORY_TTL",
+    "CHATAPP_HEARTBEAT_SECONDS",
+    "CHATAPP_ORPHAN_SECONDS",
+    "CHATAPP_UPSTREAM_CONNECT_TIMEOUT",
+    "CHATAPP_UPSTREAM_IDLE_TIMEOUT",
+    "CHATAPP_UPSTREAM_TOTAL_TIMEOUT",
+    "CHATAPP_CACHE_TTL",
+]
+
+
+def _setting(var: str) -> str:
+    return next(name for name, spec in SETTINGS.items() if spec[0] == var)
+
+
+@pytest.mark.parametrize("var", DURATIONS)
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("0.25", 0.25), ("1", 1.0), (" 2.5 ", 2.5), ("1e3", 1000.0)]
+)
+def test_any_positive_number_of_seconds_is_a_duration(
+    var: str, raw: str, seconds: float
+) -> None:
+    # The idle timeout may not exceed the total one: move both together.
+    env = {var: raw}
+    if "UPSTREAM_IDLE" in var or "UPSTREAM_TOTAL" in var:
+        env |= {"CHATAPP_UPSTREAM_IDLE_TIMEOUT": raw}
+        env |= {"CHATAPP_UPSTREAM_TOTAL_TIMEOUT": raw}
+    assert load_config(env)[_setting(var)] == seconds
+
+
+@pytest.mark.parametrize("var", DURATIONS)
+@pytest.mark.parametrize(
+    "raw", ["-1", "-0.5", "ten", "nan", "inf", "-inf", "1e400", "5s", "0x10"]
+)
+def test_a_duration_that_is_no_positive_number_stops_with_one_line(
+    var: str, raw: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({var: raw})
+    message = str(info.value)
+    assert message.startswith(f"{var}={raw!r} is invalid")
+    assert "seconds" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("var", [v for v in DURATIONS if v != "CHATAPP_CACHE_TTL"])
+def test_zero_is_no_duration(var: str) -> None:
+    with pytest.raises(ConfigError, match=var):
+        load_config({var: "0"})
+
+
+def test_cache_ttl_zero_means_off() -> None:
+    assert load_config({"CHATAPP_CACHE_TTL": "0"})["CACHE_TTL"] == 0

@@ -6,15 +6,15 @@ import json
 import random
 from collections.abc import Iterable
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from chatapp.upstream.sse_decoder import ServerSentEvent
 from chatapp.upstream.sse_decoder import SSEDecodeError
 from chatapp.upstream.sse_decoder import SSEDecoder
+from tests.fake_provider import default_fixtures_dir
 
-FIXTURES = Path("/work/shared/fixtures/providers")
+FIXTURES = default_fixtures_dir()
 
 
 def ev(

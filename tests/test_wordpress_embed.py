@@ -166,6 +166,14 @@ def test_forged_sso_gets_a_403_page(
     assert response.headers["Content-Type"].startswith("text/html")
     assert "chatapp-token" not in response.text
     assert "Traceback" not in response.text
+    # The refusal is framed where the chat is, under the same strict policy.
+    page = requests.get(service.url + "/embed", timeout=10).headers
+    policy = response.headers["Content-Security-Policy"]
+    assert policy == page["Content-Security-Policy"]
+    assert "frame-ancestors 'self' https://blog.example" in policy
+    assert "script-src 'self'" in policy
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Cache-Control"] == "no-store"
 
 
 def test_expired_sso_degrades_to_an_anonymous_visitor(

@@ -32,6 +32,8 @@ from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Provider
 
 log = logging.getLogger(__name__)
+# Lifecycle lines go to the logger the JSON log set-up names for turns.
+turn_log = logging.getLogger("chatapp.turn")
 
 # An answer longer than this is cut off as if the model had hit its bound.
 MAX_ANSWER_CHARS = 256 * 1024
@@ -132,6 +134,13 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
             if text:
                 if first_token is None:
                     first_token = now - started
+                    turn_log.info(
+                        "turn.first_token",
+                        extra={
+                            "turn_id": info.id,
+                            "ttft_ms": round(first_token * 1000, 1),
+                        },
+                    )
                 elif now - last_text > (max_gap or 0.0):
                     max_gap = now - last_text
                 last_text = now

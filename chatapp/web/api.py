@@ -15,6 +15,9 @@ from chatapp.errors import StoreError
 from chatapp.errors import api_error_response
 from chatapp.errors import error_response
 from chatapp.extensions import state
+from chatapp.logs import client_hash
+from chatapp.logs import log_turn
+from chatapp.logs import prompt_fields
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import TokenExpired
@@ -87,6 +90,12 @@ def chat() -> tuple[Response, int, dict[str, str]]:
             if new:
                 admission.started(body["id"])
                 st.metrics.turn_started()
+                log_turn(
+                    "turn.accepted",
+                    turn_id=body["id"],
+                    client=client_hash(),
+                    **prompt_fields(message),
+                )
     headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
     return jsonify(body), 201, headers
 

@@ -106,14 +106,14 @@ limiter = Limiter(
 
 token_refresh_limit = limiter.limit(TOKEN_REFRESH_LIMITS)
 
-# The only views that declare limits; flask-limiter otherwise looks up the
-# limits of every request (event streams, pages, health checks) for nothing.
-LIMITED_ENDPOINTS = frozenset(("api.chat", "api.refresh_token"))
 
 
 @limiter.request_filter
 def _declares_no_limit() -> bool:
-    return request.endpoint not in LIMITED_ENDPOINTS
+    # flask-limiter would otherwise look up limits for every request (event
+    # streams, pages, health checks) before its view runs, for nothing: only
+    # the token refresh and admit_turn's own call count against a limit.
+    return request.endpoint != "api.refresh_token" and not g.get("chatapp_counting")
 
 
 @limiter.limit(_chat_rate_limits)
@@ -137,6 +137,7 @@ def admit_turn(identity: Identity) -> Admission:
             retry_after=5,
         )
     client = key_for(identity)
+    g.chatapp_counting = True
     _count_chat_turn()
     return Admission(gate(), gate().admit(client))
 

@@ -35,13 +35,18 @@ def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
         embed_origins=origins,
         max_message_chars=st.config["MAX_MESSAGE_CHARS"],
     )
-    response = Response(html, mimetype="text/html")
+    # Every render mints a fresh token: never let a cache share one.
+    return _secured(Response(html, mimetype="text/html"), embed=embed)
+
+
+def _secured(response: Response, *, embed: bool) -> Response:
+    """Send a page's strict CSP, who may frame it, and no caching."""
+    origins = list(state().config["EMBED_ORIGINS"]) if embed else []
     response.headers["Content-Security-Policy"] = CSP.format(
         ancestors=" ".join(["'self'", *origins])
     )
     if not embed:
         response.headers["X-Frame-Options"] = "SAMEORIGIN"
-    # Every render mints a fresh token: never let a cache share one.
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -63,10 +68,8 @@ def embed() -> Response:
         except SSOExpired:
             wp_user = None  # degrade to an anonymous visitor
         except SSOInvalid:
-            return Response(
-                render_template("refused.html"),
-                status=403,
-                mimetype="text/html",
-                headers={"Cache-Control": "no-store"},
+            refusal = Response(
+                render_template("refused.html"), status=403, mimetype="text/html"
             )
+            return _secured(refusal, embed=True)
     return _page(embed=True, wp_user=wp_user)
