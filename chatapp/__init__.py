@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatapp.config import load_config
+from chatapp.cors import init_cors
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
 from chatapp.limits import init_limits
@@ -30,6 +31,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
     gate = init_limits(app)
+    init_cors(app)  # after the limiter: its Origin check must run first
     state = app.extensions["chatapp"]
     state.metrics.watch_gauges(
         lambda: {

@@ -18,6 +18,7 @@ from flask import url_for
 from chatapp import sse
 from chatapp.chat import earlier_turn
 from chatapp.chat import start_turn
+from chatapp.cors import require_page_origin
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
 from chatapp.errors import api_error_response
@@ -30,6 +31,7 @@ from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
+from chatapp.tokens import new_identity
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -256,9 +258,14 @@ def conversation(conversation_id: str) -> Response:
 @bp.post("/token")
 @token_refresh_limit
 def refresh_token() -> Response:
-    """Renew a current or recently expired page token, same identity."""
+    """Renew a page token, same identity; without one, mint a visitor's."""
     fields = _fields()
-    identity = _identity(_page_token(fields), grace=REFRESH_GRACE_SECONDS)
+    token = _page_token(fields)
+    if token is None:
+        require_page_origin()  # only pages on chatapp's own or listed origins
+        identity = new_identity()
+    else:
+        identity = _identity(token, grace=REFRESH_GRACE_SECONDS)
     response = jsonify({"token": state().signer.page_token(identity)})
     response.headers["Cache-Control"] = "no-store"
     return response
