@@ -274,10 +274,16 @@ class CuttingProxy:
         return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
     def last_event_ids(self) -> list[str | None]:
-        """The Last-Event-ID of each event-stream request, None when absent."""
+        """The id each event-stream request resumed after, None when absent.
+
+        The header (EventSource's own retry) wins over the query parameter
+        (a page that reconnects by itself), as on the server.
+        """
         found = []
         for head in self.stream_requests:
-            match = re.search(r"(?im)^last-event-id:\s*(\S+)", head)
+            header = re.search(r"(?im)^last-event-id:\s*(\S+)", head)
+            query = re.search(r"^\S+ \S*[?&]last_event_id=(\d+)", head)
+            match = header or query
             found.append(match.group(1) if match else None)
         return found
 
