@@ -131,7 +131,7 @@ function copyButton(label, getText, visibleLabel = '') {
  * so the layout does not jump when the answer finishes. A block wider than
  * the answer scrolls, so it takes keyboard focus to be scrollable by keys.
  */
-function enhanceCodeBlocks(body, { withCopy }) {
+function enhanceCodeBlocks(body) {
   for (const pre of body.querySelectorAll('pre')) {
     const code = pre.querySelector('code') ?? pre;
     const language = /(?:^|\s)language-([\w+#.-]+)/.exec(code.className)?.[1] ?? '';
@@ -140,7 +140,6 @@ function enhanceCodeBlocks(body, { withCopy }) {
       'div',
       { class: 'codeblock__bar' },
       h('span', { class: 'codeblock__lang', text: language || 'code' }),
-      withCopy ? copyButton('Copy code', () => code.textContent, 'Copy') : null,
     );
     const wrapper = h('div', { class: 'codeblock' }, bar);
     pre.replaceWith(wrapper);
@@ -150,12 +149,23 @@ function enhanceCodeBlocks(body, { withCopy }) {
   for (const table of body.querySelectorAll('table')) table.setAttribute('tabindex', '0');
 }
 
+/** Give every code block's bar its Copy button, once the answer is complete. */
+function addCodeCopyButtons(body) {
+  for (const block of body.querySelectorAll('.codeblock')) {
+    const bar = block.querySelector('.codeblock__bar');
+    const code = block.querySelector('pre code') ?? block.querySelector('pre');
+    if (!bar || !code || bar.querySelector('button')) continue;
+    bar.append(copyButton('Copy code', () => code.textContent, 'Copy'));
+  }
+}
+
 const RECONNECTING = 'Reconnecting…';
 
 export class AssistantMessage {
   constructor({ text = '', finished = false } = {}) {
     this.text = text;
     this.frame = 0;
+    this.ending = null; // [state, note, kind] once finished, until drawn
     this.offline = false;
     this.body = h('div', { class: 'msg__body markdown' });
     this.note = h('p', { class: 'msg__note', hidden: true });
@@ -171,7 +181,7 @@ export class AssistantMessage {
       this.finish('done');
       return;
     }
-    this.view = new StreamRenderer(this.body, (nodes) => enhanceCodeBlocks(nodes, { withCopy: false }));
+    this.view = new StreamRenderer(this.body, enhanceCodeBlocks);
     this.thinking = h(
       'div',
       { class: 'thinking' },
@@ -194,13 +204,19 @@ export class AssistantMessage {
       this.node.dataset.state = 'streaming';
     }
     this.text += text;
-    // Render at most once a frame, however fast the deltas come.
-    if (!this.frame) {
-      this.frame = requestAnimationFrame(() => {
-        this.frame = 0;
-        thread.follow(() => this.view.update(this.text));
-      });
-    }
+    this.schedule();
+  }
+
+  /** Render at most once a frame, however fast the deltas come. */
+  schedule() {
+    if (this.frame) return;
+    this.frame = requestAnimationFrame(() => {
+      this.frame = 0;
+      let caughtUp = false;
+      thread.follow(() => { caughtUp = this.view.update(this.text); });
+      if (!caughtUp) this.schedule();
+      else if (this.ending) this.settle(...this.ending);
+    });
   }
 
   setNote(text, kind = '') {
@@ -229,19 +245,30 @@ export class AssistantMessage {
   }
 
   finish(state, note = '', noteKind = '') {
-    cancelAnimationFrame(this.frame);
-    this.frame = 0;
     this.thinking?.remove();
     this.thinking = null;
     delete this.node.dataset.connection;
-    // A fresh body node is an *addition* to the polite log, so screen
-    // readers hear the whole answer once, now that it is complete. Rendered
-    // from the whole text once, so it is exactly what a reload shows.
-    const body = h('div', { class: 'msg__body markdown' });
-    renderMarkdown(this.text, body, (nodes) => enhanceCodeBlocks(nodes, { withCopy: true }));
+    if (!this.view) {
+      renderMarkdown(this.text, this.body, enhanceCodeBlocks);
+      this.settle(state, note, noteKind);
+      return;
+    }
+    // The streamed blocks stay (rendering 30,000 characters again would
+    // block the page); once the last frames have caught up, it is done.
+    this.ending = [state, note, noteKind];
+    cancelAnimationFrame(this.frame);
+    this.frame = 0;
+    this.schedule();
+  }
+
+  settle(state, note, noteKind) {
+    this.view = null;
+    this.ending = null;
     thread.follow(() => {
-      this.body.replaceWith(body);
-      this.body = body;
+      addCodeCopyButtons(this.body);
+      // Shown to screen readers now that it is complete: the polite log
+      // reads the whole answer once instead of every token.
+      this.body.removeAttribute('aria-hidden');
       this.node.dataset.state = state;
       this.node.removeAttribute('aria-busy');
       this.setNote(note, noteKind);

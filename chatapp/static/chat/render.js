@@ -33,24 +33,32 @@ function createMarkdown() {
       node.setAttribute('rel', 'noopener noreferrer');
     }
   });
-  const policy = {
+  purifier.setConfig({
     USE_PROFILES: { html: true },
     FORBID_TAGS: ['style', 'img', 'picture', 'video', 'audio', 'source', 'form', 'button', 'select', 'textarea'],
     // style would break the CSP; id/name could clobber our own DOM lookups.
     FORBID_ATTR: ['style', 'id', 'name'],
-  };
-  const template = document.createElement('template');
+    // Nodes straight from the sanitiser's own parse: no second parse here.
+    RETURN_DOM_FRAGMENT: true,
+  });
   return {
     lex: (text) => parser.lexer(text),
     /** Sanitised DOM nodes for some tokens (inert until inserted). */
-    nodes(tokens) {
-      template.innerHTML = purifier.sanitize(parser.parser(tokens), policy);
-      return [...template.content.childNodes];
-    },
+    nodes: (tokens) => [...purifier.sanitize(parser.parser(tokens)).childNodes],
   };
 }
 
+// Every construct once, so parsing code and regular expressions are compiled
+// before the first answer streams, not during it.
+const WARM_UP = '# h\n\np **b** *i* `c` [l](https://example.com)\n\n- a\n- b\n\n1. c\n\n'
+  + '> q\n\n```js\nx\n```\n\n| a | b |\n| - | - |\n| 1 | 2 |\n\n---\n';
+
 const markdown = createMarkdown();
+if (markdown) {
+  const warm = () => markdown.nodes(markdown.lex(WARM_UP));
+  if (typeof requestIdleCallback === 'function') requestIdleCallback(warm, { timeout: 2000 });
+  else setTimeout(warm, 0);
+}
 
 /** Render a whole text into `target` at once (history, finished answers). */
 export function renderMarkdown(text, target, decorate = () => {}) {
@@ -65,6 +73,10 @@ export function renderMarkdown(text, target, decorate = () => {}) {
   decorate(target);
 }
 
+// At most this much new text is rendered in one frame, so a burst (a resume
+// replaying many events at once) is spread over frames instead of blocking.
+const MAX_CHARS_PER_FRAME = 4000;
+
 /**
  * Render a growing text into `target`, each settled block once.
  * `decorate(container)` dresses newly inserted nodes (code block bars).
@@ -77,13 +89,15 @@ export class StreamRenderer {
     this.tail = []; // nodes of the growing last block
   }
 
+  /** Render what fits in one frame; true once all of `text` is on screen. */
   update(text) {
     if (!markdown) {
       this.target.textContent = text;
       this.target.classList.add('is-plain');
-      return;
+      return true;
     }
-    const rest = text.slice(this.settled);
+    const end = Math.min(text.length, this.settled + MAX_CHARS_PER_FRAME);
+    const rest = text.slice(this.settled, end);
     const tokens = markdown.lex(rest);
     let last = tokens.length - 1;
     while (last > 0 && tokens[last].type === 'space') last -= 1;
@@ -98,6 +112,7 @@ export class StreamRenderer {
       this.settled += cut;
     }
     this.tail = this.insert(markdown.nodes(tokens.slice(Math.max(last, 0))));
+    return end === text.length;
   }
 
   insert(nodes) {
