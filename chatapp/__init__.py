@@ -55,10 +55,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from chatapp import api
     from chatapp import ops
     from chatapp import pages
+    from chatapp import widget
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(widget.bp)
 
     @app.after_request
     def security_headers(response: Response) -> Response:

@@ -1,4 +1,4 @@
-"""Cross-origin pages: CORS for CHATAPP_API_ORIGINS and the Origin check on /api."""
+"""Cross-origin use: CORS for CHATAPP_API_ORIGINS, the Origin check, /widget.js."""
 
 from __future__ import annotations
 
@@ -176,3 +176,18 @@ def test_own_origin_behind_a_trusted_proxy(hops: int, status: int) -> None:
         },
     )
     assert response.status_code == status
+
+
+def test_widget_script_is_cacheable_and_revalidated() -> None:
+    client = create_app().test_client()
+    first = client.get("/widget.js")
+    first.close()  # the file it streamed
+
+    assert first.status_code == 200
+    assert first.mimetype == "text/javascript"
+    assert "max-age=" in first.headers["Cache-Control"]
+    etag = first.headers["ETag"]
+    again = client.get("/widget.js", headers={"If-None-Match": etag})
+    again.close()
+    assert again.status_code == 304
+    assert again.data == b""
