@@ -67,6 +67,12 @@ def _outage(chat: ChatPage, context: BrowserContext, proxy: CuttingProxy) -> flo
     context.set_offline(True)
     proxy.outage()
     expect(chat.answers.last.locator(".msg__note")).to_have_text("Reconnecting…")
+    expect(chat.page.locator("[data-chatapp-status]")).to_have_text(
+        "Connection lost. Reconnecting…"
+    )
+    expect(chat.page.locator("[data-chatapp-log]")).to_have_attribute(
+        "aria-busy", "true"
+    )
     # The outage itself lasts this long: nothing to wait for but the clock.
     time.sleep(OUTAGE_SECONDS)
     frozen = len(chat.page.evaluate("() => window.__growth.at(-1).text"))
@@ -95,6 +101,9 @@ def _assert_whole_once(chat: ChatPage, expected: str) -> None:
     states = [g["text"] for g in chat.page.evaluate("() => window.__growth")]
     assert all(expected.startswith(state) for state in states)
     expect(chat.answers.last.locator(".msg__note")).to_be_hidden()
+    expect(chat.page.locator("[data-chatapp-log]")).not_to_have_attribute(
+        "aria-busy", "true"
+    )
 
 
 def test_answer_survives_an_outage_while_offline_and_regrows_at_once(
@@ -110,6 +119,7 @@ def test_answer_survives_an_outage_while_offline_and_regrows_at_once(
 
     regrowth_ms = _outage(chat, context, proxy)
 
+    expect(chat.page.locator("[data-chatapp-status]")).to_have_text("Reconnected.")
     print(
         f"\nstream: answer grew again {regrowth_ms:.0f} ms after the network returned"
     )
