@@ -106,16 +106,28 @@ def _assert_whole_once(chat: ChatPage, expected: str) -> None:
     )
 
 
-def test_answer_survives_an_outage_while_offline_and_regrows_at_once(
-    context: BrowserContext, proxy: CuttingProxy
-) -> None:
-    expected = " ".join(f"o{i}" for i in range(220))
+def _start_answer(
+    context: BrowserContext, proxy: CuttingProxy, prefix: str, words: int
+) -> tuple[ChatPage, str]:
+    """Open the page through the proxy and start a long, paced answer."""
+    expected = " ".join(f"{prefix}{i}" for i in range(words))
     chat = ChatPage(context.new_page(), proxy.url).open()
     chat.page.evaluate(RECORD_GROWTH)
     chat.send(Behaviour(text=expected, delay_ms=40).as_directive())
+    return chat, expected
+
+
+def _wait_shown(chat: ChatPage, word: str) -> None:
     chat.page.wait_for_function(
-        "() => (window.__growth.at(-1)?.text || '').includes('o20 ')"
+        "(word) => (window.__growth.at(-1)?.text || '').includes(word)", arg=word
     )
+
+
+def test_answer_survives_an_outage_while_offline_and_regrows_at_once(
+    context: BrowserContext, proxy: CuttingProxy
+) -> None:
+    chat, expected = _start_answer(context, proxy, "o", 220)
+    _wait_shown(chat, "o20 ")
 
     regrowth_ms = _outage(chat, context, proxy)
 
@@ -136,10 +148,7 @@ def test_answer_survives_an_outage_while_offline_and_regrows_at_once(
 def test_polling_fallback_survives_an_outage_too(
     context: BrowserContext, proxy: CuttingProxy
 ) -> None:
-    expected = " ".join(f"p{i}" for i in range(260))
-    chat = ChatPage(context.new_page(), proxy.url).open()
-    chat.page.evaluate(RECORD_GROWTH)
-    chat.send(Behaviour(text=expected, delay_ms=40).as_directive())
+    chat, expected = _start_answer(context, proxy, "p", 260)
     # The buffering proxy lets no event through: the page polls after 4 s.
     chat.page.wait_for_function("() => window.__growth.length > 0", timeout=15_000)
     assert any("poll=1" in path for path in proxy.requests)
@@ -158,13 +167,8 @@ def test_a_tab_brought_back_reopens_a_silent_stream(
     context: BrowserContext, proxy: CuttingProxy
 ) -> None:
     """A phone may drop a backgrounded tab's stream without telling it."""
-    expected = " ".join(f"v{i}" for i in range(150))
-    chat = ChatPage(context.new_page(), proxy.url).open()
-    chat.page.evaluate(RECORD_GROWTH)
-    chat.send(Behaviour(text=expected, delay_ms=40).as_directive())
-    chat.page.wait_for_function(
-        "() => (window.__growth.at(-1)?.text || '').includes('v10 ')"
-    )
+    chat, expected = _start_answer(context, proxy, "v", 150)
+    _wait_shown(chat, "v10 ")
     before = len(proxy.stream_requests)
     # The stream goes silent but stays open (as a suspended radio leaves it):
     # hold back its bytes, then bring the tab back.

@@ -136,16 +136,15 @@ function describeRefusal(err) {
   }
 }
 
-/** Send `text` as a new turn; `userNode`/`key` are reused when retrying. */
-async function startTurn(text, { userNode = null, key = newKey() } = {}) {
-  if (activeTurn) return;
+/** Make `text` the running turn, with an answer waiting under its message. */
+function beginTurn({ text, key, userNode, ids = null }) {
   const turn = {
     text,
     key,
-    userNode: userNode ?? thread.add(userMessage(text)),
+    userNode,
     answer: new AssistantMessage(),
     conversationId: conversation.id,
-    ids: null,
+    ids,
     stream: null,
     error: null,
     stopRequested: false,
@@ -156,6 +155,13 @@ async function startTurn(text, { userNode = null, key = newKey() } = {}) {
   thread.add(turn.answer.node);
   thread.scrollToEnd();
   composer.setBusy(true);
+  return turn;
+}
+
+/** Send `text` as a new turn; `userNode`/`key` are reused when retrying. */
+async function startTurn(text, { userNode = null, key = newKey() } = {}) {
+  if (activeTurn) return;
+  const turn = beginTurn({ text, key, userNode: userNode ?? thread.add(userMessage(text)) });
 
   let accepted;
   try {
@@ -516,24 +522,13 @@ function resumePending(pending, messages) {
   const userNode = last?.role === 'user' && last.content === pending.text
     ? ui.log.lastElementChild
     : thread.add(userMessage(pending.text));
-  const turn = {
+  conversation.pending = pending;
+  const turn = beginTurn({
     text: pending.text,
     key: newKey(),
     userNode,
-    answer: new AssistantMessage(),
-    conversationId: conversation.id,
     ids: { stream_url: pending.stream_url, cancel_url: pending.cancel_url },
-    stream: null,
-    error: null,
-    stopRequested: false,
-    ended: false,
-    cancelTimer: 0,
-  };
-  activeTurn = turn;
-  conversation.pending = pending;
-  thread.add(turn.answer.node);
-  thread.scrollToEnd();
-  composer.setBusy(true);
+  });
   readTurn(turn);
 }
 
