@@ -16,6 +16,7 @@ from chatapp.bodylimit import ChunkedBodyLimit
 from chatapp.config import load_config
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
+from chatapp.web.cors import init_cors
 from chatapp.web.limiter import init_limits
 
 log = logging.getLogger("chatapp")
@@ -32,6 +33,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
     init_limits(app)
+    init_cors(app)  # after the limiter: its Origin check must run first
     app.wsgi_app = ChunkedBodyLimit(  # type: ignore[method-assign]
         app.wsgi_app, config["MAX_BODY_BYTES"]
     )  # 413 for chunked bodies too
@@ -52,11 +54,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from chatapp.web import openapi
     from chatapp.web import ops
     from chatapp.web import pages
+    from chatapp.web import widget
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)  # GET /api/openapi.json
+    app.register_blueprint(widget.bp)  # GET /widget.js
 
     @app.after_request
     def security_headers(response: Response) -> Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import struct
 import threading
 from dataclasses import dataclass
 from dataclasses import field
@@ -228,6 +229,7 @@ class _Link:
         self.upstream = upstream
         self.streaming = False
         self.ids = 0
+        self.head_sent = False
         self._closed = False
         self._lock = threading.Lock()
 
@@ -246,20 +248,32 @@ class _Link:
 
 
 class CuttingProxy:
-    """A loopback TCP proxy in front of the service that drops one stream.
+    """A loopback TCP proxy in front of the service: a network that fails.
 
     The browser loads the page through it. Once the first EventSource
     response (not a poll) has carried `cut_after` event ids, the proxy closes
-    that connection, as a flaky network would; the browser's own reconnect
-    then goes through untouched. Every event-stream request head is kept, so
-    a test can read the Last-Event-ID the browser sent.
+    that connection, as a flaky network would; the reconnect then goes
+    through untouched. `outage()` cuts every connection and refuses new ones
+    until `restore()`; `buffer_streams` holds event-stream bodies back as a
+    buffering proxy does. Every event-stream request head is kept, so a test
+    can read the Last-Event-ID the browser sent.
     """
 
-    def __init__(self, upstream_url: str, cut_after: int) -> None:
+    def __init__(
+        self,
+        upstream_url: str,
+        cut_after: int | None = None,
+        *,
+        buffer_streams: bool = False,
+    ) -> None:
         parts = urlsplit(upstream_url)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.cut_after = cut_after
+        self.buffer_streams = buffer_streams
+        self.refusing = False
+        self.refused = 0
         self.stream_requests: list[str] = []
+        self.requests: list[str] = []
         self.cuts = 0
         self._lock = threading.Lock()
         self._links: list[_Link] = []
@@ -274,12 +288,30 @@ class CuttingProxy:
         return f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
     def last_event_ids(self) -> list[str | None]:
-        """The Last-Event-ID of each event-stream request, None when absent."""
+        """The id each event-stream request resumed after, None when absent.
+
+        The header (EventSource's own retry) wins over the query parameter
+        (a page that reconnects by itself), as on the server.
+        """
         found = []
         for head in self.stream_requests:
-            match = re.search(r"(?im)^last-event-id:\s*(\S+)", head)
+            header = re.search(r"(?im)^last-event-id:\s*(\S+)", head)
+            query = re.search(r"^\S+ \S*[?&]last_event_id=(\d+)", head)
+            match = header or query
             found.append(match.group(1) if match else None)
         return found
+
+    def outage(self) -> None:
+        """Cut every connection and refuse new ones until restore()."""
+        self.refusing = True
+        with self._lock:
+            links = list(self._links)
+            self._links.clear()
+        for link in links:
+            link.close()
+
+    def restore(self) -> None:
+        self.refusing = False
 
     def close(self) -> None:
         self._running = False
@@ -304,6 +336,14 @@ class CuttingProxy:
                 continue
             except OSError:
                 return
+            if self.refusing:
+                # A reset at once, as a host that refuses connections answers.
+                client.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                client.close()
+                self.refused += 1
+                continue
             client.settimeout(None)
             try:
                 upstream = socket.create_connection(self.upstream, timeout=5)
@@ -326,6 +366,9 @@ class CuttingProxy:
                     path = match.group(1)
                     link.streaming = b"/events?" in path and b"poll=1" not in path
                     link.ids = 0
+                    link.head_sent = False
+                    with self._lock:
+                        self.requests.append(path.decode("latin-1"))
                     if link.streaming:
                         with self._lock:
                             self.stream_requests.append(data.decode("latin-1"))
@@ -338,8 +381,12 @@ class CuttingProxy:
     def _to_browser(self, link: _Link) -> None:
         try:
             while data := link.upstream.recv(65536):
+                if link.streaming and self.buffer_streams:
+                    self._hold_back(link, data)
+                    continue
                 link.client.sendall(data)
-                if not link.streaming:
+                link.head_sent = True
+                if not link.streaming or self.cut_after is None:
                     continue
                 link.ids += data.count(b"\nid: ")
                 with self._lock:
@@ -352,6 +399,15 @@ class CuttingProxy:
             pass
         finally:
             link.close()
+
+    @staticmethod
+    def _hold_back(link: _Link, data: bytes) -> None:
+        """Pass the response head on, keep the body: a buffering proxy."""
+        if link.head_sent:
+            return
+        end = data.find(b"\r\n\r\n")
+        link.client.sendall(data if end < 0 else data[: end + 4])
+        link.head_sent = end >= 0
 
 
 class LocalSite:

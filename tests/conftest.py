@@ -19,9 +19,15 @@ from typing import Any
 
 import pytest
 import requests
+from playwright.sync_api import Browser
+from playwright.sync_api import BrowserContext
+from playwright.sync_api import Playwright
+from playwright.sync_api import sync_playwright
 
 from chatapp.upstream.sse_decoder import ServerSentEvent
 from chatapp.upstream.sse_decoder import SSEDecoder
+from tests.browser import launch_chromium
+from tests.browser import new_context
 from tests.fake_provider import FakeProvider
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -297,6 +303,29 @@ def _shared(factory: ServiceFactory, settings: dict[str, Any]) -> Service:
             if service.proc is not None and service.proc.poll() is None:
                 return service
     return factory(**settings)
+
+
+# -- headless chromium (tests marked `browser`) --------------------------------
+
+
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Playwright]:
+    with sync_playwright() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = launch_chromium(playwright)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture
+def context(browser: Browser) -> Iterator[BrowserContext]:
+    context = new_context(browser)
+    yield context
+    context.close()
 
 
 # -- a client that acts as a browser does -------------------------------------

@@ -17,18 +17,15 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser
 from playwright.sync_api import BrowserContext
-from playwright.sync_api import Playwright
 from playwright.sync_api import Request
 from playwright.sync_api import Route
 from playwright.sync_api import expect
-from playwright.sync_api import sync_playwright
 
 from tests.browser import DESKTOP
 from tests.browser import PHONE
 from tests.browser import ChatPage
 from tests.browser import CuttingProxy
 from tests.browser import LocalSite
-from tests.browser import launch_chromium
 from tests.browser import new_context
 from tests.fake_provider import Behaviour
 from tests.fake_provider import FakeProvider
@@ -84,26 +81,6 @@ def json_error(
 
 
 # -- fixtures ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = launch_chromium(playwright)
-    yield browser
-    browser.close()
-
-
-@pytest.fixture
-def context(browser: Browser) -> Iterator[BrowserContext]:
-    context = new_context(browser)
-    yield context
-    context.close()
 
 
 @pytest.fixture

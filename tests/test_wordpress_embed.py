@@ -257,7 +257,9 @@ def test_allowed_wordpress_page_chats_in_the_iframe_and_is_resized(
         box.fill(f"fake: | {long_answer}")
         box.press("Enter")
         frame.wait_for_selector('[data-role="assistant"][data-state="done"]')
-        answer = frame.locator('[data-role="assistant"]').inner_text()
+        # Text, not innerText: blocks scrolled out of view skip rendering
+        # (content-visibility), and innerText leaves unrendered text out.
+        answer = str(frame.locator('[data-role="assistant"]').text_content())
         assert "Paragraph 29 of a long answer." in answer
         page.wait_for_function(FRAME_HEIGHT + " > 900")
         assert iframe_height(page) <= 2000

@@ -22,12 +22,14 @@ from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
+from chatapp.tokens import new_identity
 from chatapp.turns import read
 from chatapp.turns.start import check_conversation
 from chatapp.turns.start import conversation_messages
 from chatapp.turns.start import earlier_turn
 from chatapp.turns.start import start_turn
 from chatapp.web import parse
+from chatapp.web.cors import require_page_origin
 from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import gate
 from chatapp.web.limiter import token_refresh_limit
@@ -197,9 +199,14 @@ def conversation(conversation_id: str) -> Response:
 @bp.post("/token")
 @token_refresh_limit
 def refresh_token() -> Response:
-    """Renew a current or recently expired page token, same identity."""
+    """Renew a page token, same identity; without one, mint a visitor's."""
     values = parse.fields()
-    who = parse.identity(parse.page_token(values), grace=REFRESH_GRACE_SECONDS)
+    token = parse.page_token(values)
+    if token is None:
+        require_page_origin()  # only pages on chatapp's own or listed origins
+        who = new_identity()
+    else:
+        who = parse.identity(token, grace=REFRESH_GRACE_SECONDS)
     response = jsonify({"token": state().signer.page_token(who)})
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -107,7 +107,6 @@ limiter = Limiter(
 token_refresh_limit = limiter.limit(TOKEN_REFRESH_LIMITS)
 
 
-
 @limiter.request_filter
 def _declares_no_limit() -> bool:
     # flask-limiter would otherwise look up limits for every request (event

@@ -1,7 +1,7 @@
 <?php
 /**
  * Plugin Name:       Chatapp Embed
- * Description:       Embed a self-hosted chatapp AI chat with the [ai_chat] shortcode, signing in logged-in users with a short-lived token.
+ * Description:       Embed a self-hosted chatapp AI chat with the [ai_chat] shortcode, signing in logged-in users with a short-lived token, or show chatapp's chat widget on every page.
  * Version:           1.0.0
  * Requires at least: 6.0
  * Requires PHP:      7.4
@@ -16,6 +16,7 @@ defined( 'ABSPATH' ) || exit;
 
 const CHATAPP_EMBED_VERSION       = '1.0.0';
 const CHATAPP_EMBED_OPTION        = 'chatapp_url';
+const CHATAPP_EMBED_WIDGET_OPTION = 'chatapp_widget';
 const CHATAPP_EMBED_SETTINGS_PAGE = 'chatapp-embed';
 const CHATAPP_EMBED_HEIGHT        = 600;
 const CHATAPP_EMBED_MIN_HEIGHT    = 200;
@@ -218,6 +219,55 @@ function chatapp_embed_shortcode( $atts = array() ): string {
 add_shortcode( 'ai_chat', 'chatapp_embed_shortcode' );
 
 /**
+ * Whether chatapp's chat widget is shown on every front-end page.
+ *
+ * @return bool
+ */
+function chatapp_embed_widget_enabled(): bool {
+	return '1' === get_option( CHATAPP_EMBED_WIDGET_OPTION, '' );
+}
+
+/**
+ * Sanitise the widget checkbox on save: '1' when ticked, else ''.
+ *
+ * @param mixed $value Submitted value.
+ * @return string
+ */
+function chatapp_embed_sanitize_flag( $value ): string {
+	return ( '1' === $value || 1 === $value || true === $value ) ? '1' : '';
+}
+
+/**
+ * The widget's script tag (<chatapp_url>/widget.js), or '' when off or unconfigured.
+ *
+ * The widget is chatapp's own launcher and panel; its chat is anonymous, so sites that
+ * sign users in keep [ai_chat] where that matters.
+ *
+ * @return string
+ */
+function chatapp_embed_widget_tag(): string {
+	$base = chatapp_embed_url();
+	if ( '' === $base || ! chatapp_embed_widget_enabled() ) {
+		return '';
+	}
+	return wp_get_script_tag(
+		array(
+			'src'        => esc_url_raw( $base . '/widget.js', array( 'http', 'https' ) ),
+			'defer'      => true,
+			'data-title' => __( 'AI chat', 'chatapp-embed' ),
+		)
+	);
+}
+
+/**
+ * Print the widget's script tag in the footer of every front-end page.
+ */
+function chatapp_embed_print_widget(): void {
+	echo chatapp_embed_widget_tag(); // phpcs:ignore WordPress.Security.EscapeOutput.OutputNotEscaped -- wp_get_script_tag() escapes every attribute.
+}
+add_action( 'wp_footer', 'chatapp_embed_print_widget' );
+
+/**
  * Register the chatapp_url setting, its section and fields.
  */
 function chatapp_embed_register_settings(): void {
@@ -228,6 +278,17 @@ function chatapp_embed_register_settings(): void {
 			'type'              => 'string',
 			'description'       => __( 'Base URL of the chatapp service.', 'chatapp-embed' ),
 			'sanitize_callback' => 'chatapp_embed_sanitize_url',
+			'show_in_rest'      => false,
+			'default'           => '',
+		)
+	);
+	register_setting(
+		CHATAPP_EMBED_SETTINGS_PAGE,
+		CHATAPP_EMBED_WIDGET_OPTION,
+		array(
+			'type'              => 'string',
+			'description'       => __( 'Show the chat widget on every page.', 'chatapp-embed' ),
+			'sanitize_callback' => 'chatapp_embed_sanitize_flag',
 			'show_in_rest'      => false,
 			'default'           => '',
 		)
@@ -245,6 +306,14 @@ function chatapp_embed_register_settings(): void {
 		CHATAPP_EMBED_SETTINGS_PAGE,
 		'chatapp_embed_main',
 		array( 'label_for' => 'chatapp_embed_url' )
+	);
+	add_settings_field(
+		'chatapp_embed_widget',
+		__( 'Chat widget', 'chatapp-embed' ),
+		'chatapp_embed_render_widget_field',
+		CHATAPP_EMBED_SETTINGS_PAGE,
+		'chatapp_embed_main',
+		array( 'label_for' => 'chatapp_embed_widget' )
 	);
 	add_settings_field(
 		'chatapp_embed_secret',
@@ -334,6 +403,19 @@ function chatapp_embed_render_url_field(): void {
 		esc_attr( chatapp_embed_url() )
 	);
 	echo '<p class="description" id="chatapp_embed_url_help">' . esc_html__( 'Where chatapp runs, e.g. https://chat.example.com. The chat is loaded from its /embed page.', 'chatapp-embed' ) . '</p>';
+}
+
+/**
+ * Render the widget checkbox: chatapp's launcher on every page, as an alternative to [ai_chat].
+ */
+function chatapp_embed_render_widget_field(): void {
+	printf(
+		'<input type="checkbox" id="chatapp_embed_widget" name="%1$s" value="1"%2$s aria-describedby="chatapp_embed_widget_help" /> <label for="chatapp_embed_widget">%3$s</label>',
+		esc_attr( CHATAPP_EMBED_WIDGET_OPTION ),
+		chatapp_embed_widget_enabled() ? ' checked="checked"' : '',
+		esc_html__( 'Show a chat button on every page', 'chatapp-embed' )
+	);
+	echo '<p class="description" id="chatapp_embed_widget_help">' . esc_html__( 'Loads the chat widget from the chatapp URL: a button in the corner opens the chat in a panel. Visitors chat anonymously there; use [ai_chat] where logged-in users should be signed in.', 'chatapp-embed' ) . '</p>';
 }
 
 /**

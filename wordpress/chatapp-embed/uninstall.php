@@ -10,3 +10,4 @@
 defined( 'WP_UNINSTALL_PLUGIN' ) || exit;
 
 delete_option( 'chatapp_url' );
+delete_option( 'chatapp_widget' );

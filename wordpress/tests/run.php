@@ -375,12 +375,54 @@ chatapp_test_case(
 		check( is_array( $setting ), 'chatapp_url not registered' );
 		check_same( 'chatapp_embed_sanitize_url', $setting['sanitize_callback'], 'sanitize_callback' );
 		check_same( 'string', $setting['type'], 'type' );
-		check_same( array( 'chatapp_url' ), array_keys( $GLOBALS['chatapp_wp']['settings'] ), 'only chatapp_url is stored' );
+		// The shared secret is never among them: it lives in wp-config.php only.
+		check_same( array( 'chatapp_url', 'chatapp_widget' ), array_keys( $GLOBALS['chatapp_wp']['settings'] ), 'stored options' );
+		check_same( 'chatapp_embed_sanitize_flag', $GLOBALS['chatapp_wp']['settings']['chatapp_widget']['sanitize_callback'], 'widget sanitize_callback' );
 		$page = $GLOBALS['chatapp_wp']['pages']['chatapp-embed'] ?? null;
 		check( is_array( $page ), 'options page not added' );
 		check_same( 'manage_options', $page['capability'], 'capability' );
 		check_same( 'Chatapp', $page['menu_title'], 'menu title' );
 		check( isset( $GLOBALS['chatapp_wp']['fields']['chatapp-embed']['chatapp_embed_main']['chatapp_embed_url'] ), 'URL field' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'widget is off by default and needs the chatapp URL',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		check_same( '', chatapp_test_capture( static fn() => do_action( 'wp_footer' ) ), 'footer with the widget off' );
+		update_option( 'chatapp_url', '' );
+		update_option( 'chatapp_widget', '1' );
+		check_same( '', chatapp_test_capture( static fn() => do_action( 'wp_footer' ) ), 'footer without a URL' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'widget on: one deferred script tag of <chatapp_url>/widget.js in the footer, no iframe',
+	static function (): void {
+		update_option( 'chatapp_url', 'https://Chat.example:8443/sub/' );
+		update_option( 'chatapp_widget', chatapp_embed_sanitize_flag( '1' ) );
+		$html = chatapp_test_capture( static fn() => do_action( 'wp_footer' ) );
+		check_same( 1, preg_match_all( '/<script\b/', $html ), 'script tags' );
+		check_same( "<script src=\"https://chat.example:8443/sub/widget.js\" defer data-title=\"AI chat\"></script>\n", $html, 'tag' );
+		check_same( array(), chatapp_test_iframes( $html ), 'iframes' );
+		check_same( '', chatapp_embed_sanitize_flag( 'yes' ), 'anything but 1 is off' );
+		check_same( '', chatapp_embed_sanitize_flag( null ), 'unticked' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'settings page offers the widget checkbox',
+	static function (): void {
+		do_action( 'admin_init' );
+		chatapp_test_login( new WP_User( 1, 'Admin' ), array( 'manage_options' ) );
+		update_option( 'chatapp_widget', '1' );
+		$html = chatapp_test_capture( 'chatapp_embed_render_settings_page' );
+		check( 1 === preg_match( '/<input type="checkbox" id="chatapp_embed_widget" name="chatapp_widget" value="1" checked="checked"/', $html ), 'ticked checkbox: ' . $html );
+		check( false !== strpos( $html, '<label for="chatapp_embed_widget">' ), 'checkbox label' );
 	}
 );
 
@@ -566,12 +608,14 @@ chatapp_test_case(
 
 chatapp_test_case(
 	'uninstall',
-	'uninstall deletes the chatapp_url option and nothing else',
+	'uninstall deletes the plugin\'s options and nothing else',
 	static function (): void {
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_widget', '1' );
 		update_option( 'blogname', 'Site' );
 		require CHATAPP_TEST_PLUGIN_DIR . '/uninstall.php';
 		check( ! array_key_exists( 'chatapp_url', $GLOBALS['chatapp_wp']['options'] ), 'chatapp_url left behind' );
+		check( ! array_key_exists( 'chatapp_widget', $GLOBALS['chatapp_wp']['options'] ), 'chatapp_widget left behind' );
 		check_same( 'Site', get_option( 'blogname' ), 'other option' );
 	}
 );

@@ -260,6 +260,18 @@ function wp_enqueue_script( $handle, $src = '', $deps = array(), $ver = false, $
 	$GLOBALS['chatapp_wp']['enqueued'][] = $handle;
 }
 
+function wp_get_script_tag( $attributes ) {
+	$tag = '<script';
+	foreach ( $attributes as $name => $value ) {
+		if ( is_bool( $value ) ) {
+			$tag .= $value ? ' ' . esc_attr( $name ) : '';
+		} else {
+			$tag .= sprintf( ' %s="%s"', esc_attr( $name ), esc_attr( $value ) );
+		}
+	}
+	return $tag . "></script>\n";
+}
+
 function wp_localize_script( $handle, $object_name, $l10n ) {
 	$GLOBALS['chatapp_wp']['localized'][ $handle ][ $object_name ] = $l10n;
 	return true;

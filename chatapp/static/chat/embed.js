@@ -1,0 +1,53 @@
+/*
+ * /embed inside a frame: tell an allowed parent how tall the chat wants to
+ * be, ask a chatapp widget to close on Esc, and take focus when it opens.
+ * Messages go only to origins in CHATAPP_EMBED_ORIGINS, never to "*".
+ */
+import { config } from './config.js';
+import { ui } from './messages.js';
+
+/** The parent origins this frame may talk to. */
+function parentOrigins() {
+  let targets = config.embedOrigins;
+  // Chrome and Safari name the parent's origin: post only there (and only
+  // if allowed), which also spares the console a mismatch error per origin.
+  const ancestors = window.location.ancestorOrigins;
+  if (ancestors && ancestors.length > 0) targets = targets.filter((origin) => origin === ancestors[0]);
+  return targets;
+}
+
+function tellParent(targets, message) {
+  for (const origin of targets) window.parent.postMessage(message, origin);
+}
+
+function reportHeight(targets) {
+  if (typeof ResizeObserver !== 'function') return;
+  let reported = 0;
+  const measure = () => {
+    // The content's own height, not the viewport's: the scroller stretches
+    // to fill the frame, so measuring it would never let the frame shrink.
+    const height = Math.ceil(ui.bar.offsetHeight + ui.thread.offsetHeight + ui.composer.offsetHeight);
+    if (height === reported) return;
+    reported = height;
+    tellParent(targets, { type: 'chatapp:resize', height });
+  };
+  const observer = new ResizeObserver(measure);
+  for (const node of [ui.bar, ui.thread, ui.composer]) observer.observe(node);
+}
+
+export function initEmbed() {
+  if (!config.embed || window.parent === window) return;
+  document.documentElement.classList.add('is-framed');
+  const targets = parentOrigins();
+  if (targets.length === 0) return;
+  reportHeight(targets);
+  // Esc that stopped nothing (the composer handles Stop first) closes a
+  // widget's panel; a parent that is no widget ignores the message.
+  document.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && !event.defaultPrevented) tellParent(targets, { type: 'chatapp:close' });
+  });
+  window.addEventListener('message', (event) => {
+    if (event.source !== window.parent || !targets.includes(event.origin)) return;
+    if (event.data?.type === 'chatapp:focus') ui.input.focus({ preventScroll: true });
+  });
+}
