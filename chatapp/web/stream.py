@@ -38,7 +38,7 @@ def event_stream(
         on_close(None if tail.done else ("storage" if tail.lost else "client"))
 
     # The server closes the body however the response ends, even unstarted.
-    body = ClosingIterator(frames, [frames.close, closed])
+    body = ClosingIterator(frames, closed)  # closes `frames` too
     response = Response(body, headers=sse.STREAM_HEADERS)
     response.direct_passthrough = True  # bytes already: no re-encoding
     return response
