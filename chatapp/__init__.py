@@ -14,6 +14,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from chatapp.config import load_config
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
+from chatapp.guards import BodyDeadline
+from chatapp.guards import TrustedPeers
+from chatapp.guards import body_refusal
 from chatapp.limits import init_limits
 
 log = logging.getLogger("chatapp")
@@ -44,6 +47,22 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
         )
+        if config["TRUSTED_PROXIES"]:
+            # Forwarding headers count only when a trusted proxy sent them.
+            app.wsgi_app = TrustedPeers(  # type: ignore[method-assign]
+                app.wsgi_app, config["TRUSTED_PROXIES"]
+            )
+        else:
+            log.warning(
+                "CHATAPP_TRUSTED_PROXY_HOPS=%d and no CHATAPP_TRUSTED_PROXIES: any "
+                "client that reaches this port directly can choose its address "
+                "(and so its rate limits) with X-Forwarded-For",
+                hops,
+            )
+    # Outermost: the body is read under its deadline before anything else.
+    app.wsgi_app = BodyDeadline(  # type: ignore[method-assign]
+        app.wsgi_app, config["BODY_READ_SECONDS"], config["MAX_BODY_BYTES"]
+    )
     if config["EPHEMERAL_KEY"]:
         log.warning(
             "CHATAPP_SECRET_KEY is not set: tokens are signed with an ephemeral "
@@ -65,6 +84,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             "Referrer-Policy", "strict-origin-when-cross-origin"
         )
         return response
+
+    @app.before_request
+    def refuse_bad_body() -> Response | None:
+        refusal = body_refusal(request.environ)
+        if refusal is None:
+            return None
+        return error_response(*refusal)
 
     _register_error_pages(app)
     return app

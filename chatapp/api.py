@@ -16,6 +16,7 @@ from flask import request
 from flask import url_for
 
 from chatapp import sse
+from chatapp.bodies import read_fields
 from chatapp.chat import earlier_turn
 from chatapp.chat import start_turn
 from chatapp.errors import ApiError
@@ -65,12 +66,8 @@ def store_unavailable(exc: StoreError) -> Response:
 
 def _fields() -> dict[str, Any]:
     """Read the body as JSON or a form into a dict, refusing anything else."""
-    if request.is_json:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise ApiError(400, "invalid_input", "The body must be a JSON object.")
-        return data
-    return request.form.to_dict()
+    # harden #11: bounded JSON nesting (no RecursionError), lone surrogates scrubbed.
+    return read_fields()
 
 
 def _text_field(fields: dict[str, Any], name: str) -> str | None:
@@ -165,7 +162,8 @@ def _stream_turn(turn_id: str, token: str | None) -> None:
 def _last_event_id() -> int:
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id", "")
     raw = raw.strip()
-    return int(raw) if raw.isdigit() and len(raw) < 10 else 0
+    # harden #11: isdigit() alone accepts "²", which int() refuses.
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else 0
 
 
 @bp.get("/chat/<turn_id>/events")

@@ -8,9 +8,13 @@ A chat POST that passed validation is admitted in SPEC's order:
   capacity    CHATAPP_WORKER_MAX_STREAMS open on this worker    503 over_capacity
 
 A client is the verified WordPress user when the page token carries one, else
-the client address as seen through CHATAPP_TRUSTED_PROXY_HOPS proxies (an
-IPv6 address counts by its /64, what one subscriber gets). Visitor ids are
-free to mint, so they never carry limits alone.
+the client address as seen through CHATAPP_TRUSTED_PROXY_HOPS proxies. An
+IPv6 address counts by its /56: most ISPs delegate a /56 to one home (a /48
+to a business, which so gets 256 limits; a /64 to a phone, so up to 256
+phones of one carrier may share one). /64 would give a /56 holder 256 limits
+and a /48 holder 65,536. Visitor ids are free to mint, so they never carry
+limits alone. The page token counts only from the X-Chat-Token header: the
+key function never reads the body.
 
 With Redis the limits are shared by every worker and host:
 
@@ -52,7 +56,6 @@ from flask_limiter import Limiter
 from flask_limiter import RateLimitExceeded
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from werkzeug.exceptions import HTTPException
 
 from chatapp.errors import ApiError
 from chatapp.errors import ConfigError
@@ -83,6 +86,8 @@ CAPACITY_RETRY_AFTER = 10
 # Settles for turns the view has not yet claimed are kept this long.
 EARLY_KEEP_SECONDS = 300.0
 CHARS_PER_TOKEN = 4
+# harden #11: an IPv6 client is its /56, the usual home delegation (RFC 6177).
+IPV6_PREFIX = 56
 NORMAL_ENDS = frozenset(("stop", "length", "content_filter"))
 
 T = TypeVar("T")
@@ -102,7 +107,7 @@ def client_key() -> str:
 
 
 def address_key(address: str | None) -> str:
-    """Key an address: IPv4 as is, IPv6 by its /64 network."""
+    """Key an address: IPv4 as is, IPv6 by its /56 network."""
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:
@@ -110,29 +115,24 @@ def address_key(address: str | None) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return f"ip:{ip.ipv4_mapped}"
-        return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+        # harden #11: by IPV6_PREFIX (/56), not /64; see the module docstring.
+        return f"ip:{ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False)}"
     return f"ip:{ip}"
 
 
 def _token_identity() -> Identity | None:
-    """Read the page token as the API does; None when absent or not genuine."""
+    """Read the page token from X-Chat-Token; None when absent or not genuine."""
+    # harden #11: never the body. Parsing it here could raise (deep JSON), and
+    # flask-limiter takes any error for a storage outage and forgets limits.
+    token = request.headers.get("X-Chat-Token")
+    if not token:
+        return None
     try:
-        token = request.headers.get("X-Chat-Token")
-        if not token:
-            if request.is_json:
-                data = request.get_json(silent=True)
-                token = data.get("token") if isinstance(data, dict) else None
-            else:
-                token = request.form.get("token")
-        if not isinstance(token, str) or not token:
-            return None
         signer = current_app.extensions["chatapp"].signer
         # An old but genuine token still names its WordPress user truly.
         identity: Identity = signer.read_page_token(token, grace=REFRESH_GRACE_SECONDS)
         return identity
-    except (TokenInvalid, TokenExpired, HTTPException):
-        # flask-limiter takes any error here for a storage outage; a body
-        # the view will refuse anyway must not switch limits to memory.
+    except (TokenInvalid, TokenExpired):
         return None
 
 

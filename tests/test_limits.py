@@ -35,8 +35,10 @@ from tests.conftest import wait_for
 
 ADDRESSES = [
     ("203.0.113.7", "ip:203.0.113.7"),
-    ("2001:db8:1:2:3:4:5:6", "ip:2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff::1", "ip:2001:db8:1:2::/64"),
+    # One /56 is one client, whichever of its 256 /64s it speaks from.
+    ("2001:db8:1:2:3:4:5:6", "ip:2001:db8:1::/56"),
+    ("2001:db8:1:ff:ffff::1", "ip:2001:db8:1::/56"),
+    ("2001:db8:1:100::1", "ip:2001:db8:1:100::/56"),
     ("::ffff:198.51.100.4", "ip:198.51.100.4"),
     ("not an address", "ip:not an address"),
     (None, "ip:unknown"),
@@ -62,16 +64,30 @@ def test_a_wordpress_user_is_the_client_wherever_they_are(app: Any) -> None:
     signer = app.extensions["chatapp"].signer
     user = signer.page_token(Identity("v1", "42", "https://blog.example", "Ann"))
     other_visit = signer.page_token(Identity("v2", "42", "https://blog.example"))
+    owner = Identity("v1", "42", "https://blog.example").owner
     assert (
-        _key(app, json={"token": user}, environ_base={"REMOTE_ADDR": "192.0.2.1"})
+        _key(
+            app,
+            headers={"X-Chat-Token": user},
+            environ_base={"REMOTE_ADDR": "192.0.2.1"},
+        )
         == _key(
             app,
             headers={"X-Chat-Token": other_visit},
             environ_base={"REMOTE_ADDR": "192.0.2.99"},
         )
-        == "wp:https://blog.example:42"
+        == owner
     )
-    assert _key(app, data={"token": user}) == "wp:https://blog.example:42"
+
+
+def test_the_key_never_reads_the_body(app: Any) -> None:
+    signer = app.extensions["chatapp"].signer
+    user = signer.page_token(Identity("v1", "42", "https://blog.example", "Ann"))
+    remote = {"REMOTE_ADDR": "192.0.2.1"}
+    assert _key(app, json={"token": user}, environ_base=remote) == "ip:192.0.2.1"
+    assert _key(app, data={"token": user}, environ_base=remote) == "ip:192.0.2.1"
+    deep = {"data": "[" * 5000 + "]" * 5000, "content_type": "application/json"}
+    assert _key(app, environ_base=remote, **deep) == "ip:192.0.2.1"
 
 
 def test_a_visitor_or_a_bad_token_is_the_address(app: Any) -> None:

@@ -20,6 +20,7 @@ from chatapp.errors import ProviderError
 from chatapp.sse_decoder import ServerSentEvent
 from chatapp.sse_decoder import SSEDecodeError
 from chatapp.sse_decoder import SSEDecoder
+from chatapp.text import scrub_parsed
 
 READ_SIZE = 64 * 1024
 # After the last event a body ends at once; never wait long for it.
@@ -78,7 +79,9 @@ def parse_json(data: str) -> dict[str, Any]:
         ) from exc
     if not isinstance(value, dict):
         raise ProviderError("provider_error", "The provider sent malformed data.")
-    return value
+    # harden #11: an escaped lone surrogate ("\\ud800") becomes U+FFFD here,
+    # or no frame, poll answer or history entry holding it could be encoded.
+    return dict(scrub_parsed(data, value))
 
 
 def event_batches(
