@@ -10,6 +10,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from chatapp.tokens import WP_MAX_AGE
+from chatapp.tokens import Identity
+from chatapp.tokens import TokenSigner
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
@@ -22,11 +25,14 @@ pytestmark = pytest.mark.e2e
 
 DEEP = "[" * 2000 + "]" * 2000
 BODY_SECONDS = 1.0
+SECRET_KEY = "hostile-tests-secret-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def service(module_services: ServiceFactory) -> Service:
-    return module_services(CHATAPP_BODY_READ_SECONDS=str(BODY_SECONDS))
+    return module_services(
+        CHATAPP_BODY_READ_SECONDS=str(BODY_SECONDS), CHATAPP_SECRET_KEY=SECRET_KEY
+    )
 
 
 @pytest.fixture
@@ -265,3 +271,49 @@ def test_a_lone_surrogate_from_the_provider_becomes_a_replacement_character(
     text = assert_readable_everywhere(service, client, "hello")
     assert text == "ab\ufffdcd"
     client.http.close()
+
+
+# -- page tokens are not renewable forever ------------------------------------
+
+
+def test_renewal_keeps_identity_but_not_past_its_absolute_lifetime(
+    service: Service,
+) -> None:
+    signer = TokenSigner((SECRET_KEY,), page_ttl=7200, stream_ttl=600)
+    now = time.time()
+    fresh = Identity("v1", "42", "https://blog.example", "Ann", issued=now - 60)
+    old = Identity("v2", "42", "https://blog.example", "Ann", issued=now - WP_MAX_AGE)
+    url = service.url + "/api/token"
+    renewed = requests.post(url, json={"token": signer.page_token(fresh)}, timeout=10)
+    assert renewed.status_code == 200, renewed.text
+    identity = signer.read_page_token(renewed.json()["token"])
+    assert identity == fresh
+    assert identity.issued == int(now - 60)
+    refused = requests.post(url, json={"token": signer.page_token(old)}, timeout=10)
+    assert refused.status_code == 403, refused.text
+    assert error_code(refused) == "token_expired"
+
+
+# -- X-Forwarded-For only from trusted proxies --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("proxies", "honoured"), [("10.9.9.9/32", False), ("127.0.0.0/8 ::1", True)]
+)
+def test_forwarded_for_counts_only_from_a_trusted_proxy(
+    service_factory: ServiceFactory, proxies: str, honoured: bool
+) -> None:
+    service = service_factory(
+        CHATAPP_RATE_LIMITS="2/minute",
+        CHATAPP_TRUSTED_PROXY_HOPS="1",
+        CHATAPP_TRUSTED_PROXIES=proxies,
+    )
+    client = ChatClient(service.url)
+    statuses = [
+        client.post(
+            message="hi", headers={"X-Forwarded-For": f"203.0.113.{n}"}
+        ).status_code
+        for n in range(4)
+    ]
+    client.http.close()
+    assert statuses == ([201] * 4 if honoured else [201, 201, 429, 429])
