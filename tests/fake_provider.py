@@ -117,6 +117,8 @@ class Behaviour:
     stall_after: int | None = None
     finish: str = "stop"
     pieces: int = 3
+    # Answer with a 307 to this URL instead of the stream.
+    location: str | None = None
 
     def __post_init__(self) -> None:
         if self.line_ending not in ("lf", "crlf", "cr"):
@@ -172,7 +174,7 @@ _FLAG_OPTIONS = {
 _INT_OPTIONS = frozenset(
     ("chunk", "delay_ms", "ttft_ms", "status", "drop_after", "stall_after", "pieces")
 )
-_STR_OPTIONS = frozenset(("fixture", "finish"))
+_STR_OPTIONS = frozenset(("fixture", "finish", "location"))
 
 
 def parse_directive(content: str) -> Behaviour | None:
@@ -632,6 +634,9 @@ class _Handler(BaseHTTPRequestHandler):
             behaviour = fake._choose(body)
         except ValueError as exc:
             self._send_error(provider, 400, error_json(provider, 400, str(exc)))
+            return
+        if behaviour.location is not None:
+            self._send_json(307, b"", "text/plain", {"Location": behaviour.location})
             return
         if behaviour.status != 200:
             body_bytes = error_body(provider, behaviour.status, fake.fixtures_dir)

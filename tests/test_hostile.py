@@ -317,3 +317,29 @@ def test_forwarded_for_counts_only_from_a_trusted_proxy(
     ]
     client.http.close()
     assert statuses == ([201] * 4 if honoured else [201, 201, 429, 429])
+
+
+# -- the provider's redirects are never followed ------------------------------
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_redirect_from_the_provider_never_carries_the_key_elsewhere(
+    request: pytest.FixtureRequest, fake_provider: FakeProvider, provider: str
+) -> None:
+    service: Service = request.getfixturevalue(f"{provider}_service")
+    client = ChatClient(service.url)
+    with FakeProvider() as elsewhere:
+        path = "/v1/chat/completions" if provider == "openai" else "/v1/messages"
+        fake_provider.enqueue(
+            Behaviour(location=f"http://127.0.0.1:{elsewhere.port}{path}")
+        )
+        turn, events = client.answer("hello")
+        assert elsewhere.requests == []
+    client.http.close()
+    assert fake_provider.requests[0].headers.get(
+        "x-api-key" if provider == "anthropic" else "authorization"
+    )
+    assert [e.event for e in events][-2:] == ["error", "done"]
+    assert data_of(events, "error")[0]["code"] == "provider_error"
+    assert data_of(events, "done")[0]["finish_reason"] == "error"
+    assert_no_traceback(service)

@@ -42,6 +42,10 @@ _TRANSPORT = (
 
 def status_error(status: int) -> ProviderError:
     """Map an upstream HTTP status to SPEC's error event."""
+    if 300 <= status < 400:  # harden #11: redirects are not followed
+        return ProviderError(
+            "provider_error", f"The provider redirected the request ({status})."
+        )
     if status in (401, 403):
         return ProviderError("provider_error", "The provider refused our credentials.")
     if status == 404:
@@ -104,6 +108,9 @@ def event_batches(
                 headers=headers,
                 stream=True,
                 timeout=(connect_timeout, idle_timeout),
+                # harden #11: never follow; a redirect would carry the key
+                # (x-api-key survives a change of host) elsewhere.
+                allow_redirects=False,
             )
         except requests.exceptions.ConnectTimeout as exc:
             raise ProviderError(
