@@ -8,6 +8,7 @@ import requests
 
 from chatapp.providers.anthropic import AnthropicProvider
 from chatapp.providers.base import Provider
+from chatapp.providers.capped import CappedProvider
 from chatapp.providers.demo import DemoProvider
 from chatapp.providers.openai_compat import OpenAIProvider
 
@@ -24,6 +25,7 @@ def build_provider(config: dict[str, Any], session: requests.Session) -> Provide
         "connect_timeout": config["UPSTREAM_CONNECT_TIMEOUT"],
         "idle_timeout": config["UPSTREAM_IDLE_TIMEOUT"],
     }
+    # Only remote providers can run away; the demo's answer is ours.
     if name == "openai":
-        return OpenAIProvider(**common)
-    return AnthropicProvider(**common)
+        return CappedProvider(OpenAIProvider(**common))
+    return CappedProvider(AnthropicProvider(**common))
