@@ -18,6 +18,8 @@ from chatapp.guards import BodyDeadline
 from chatapp.guards import TrustedPeers
 from chatapp.guards import body_refusal
 from chatapp.limits import init_limits
+from chatapp.readers import EXTENSION as READERS
+from chatapp.readers import ReaderCaps
 
 log = logging.getLogger("chatapp")
 
@@ -33,6 +35,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
     gate = init_limits(app)
+    app.extensions[READERS] = ReaderCaps()
     state = app.extensions["chatapp"]
     state.metrics.watch_gauges(
         lambda: {

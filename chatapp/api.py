@@ -11,10 +11,12 @@ from typing import Any
 import gevent.monkey
 from flask import Blueprint
 from flask import Response
+from flask import current_app
 from flask import jsonify
 from flask import request
 from flask import url_for
 
+from chatapp import readers
 from chatapp import sse
 from chatapp.bodies import read_fields
 from chatapp.chat import earlier_turn
@@ -25,6 +27,7 @@ from chatapp.errors import api_error_response
 from chatapp.errors import error_response
 from chatapp.extensions import state
 from chatapp.limits import admit_turn
+from chatapp.limits import client_key
 from chatapp.limits import count_reader
 from chatapp.limits import token_refresh_limit
 from chatapp.tokens import REFRESH_GRACE_SECONDS
@@ -182,9 +185,12 @@ def events(turn_id: str) -> Response:
     if done_id is not None and after >= done_id:
         return Response(status=204, headers={"Cache-Control": "no-store"})
     gone = _client_gone(request.environ.get("gunicorn.socket"))
-    response = Response(
-        count_reader(relay.events(turn_id, after, gone)), headers=sse.STREAM_HEADERS
-    )
+    # harden #11: a few readers per turn and per client; the oldest gives way.
+    caps = current_app.extensions[readers.EXTENSION]
+    closer = readers.socket_closer(request.environ.get("gunicorn.socket"))
+    slot = caps.acquire(client_key(), turn_id, closer)
+    stream = caps.hold(slot, relay.events(turn_id, after, gone))
+    response = Response(count_reader(stream), headers=sse.STREAM_HEADERS)
     response.direct_passthrough = True
     return response
 
