@@ -27,6 +27,7 @@ READ_SIZE = 64 * 1024
 DRAIN_SECONDS = 1.0
 # Bounds what an error body may cost us to read.
 ERROR_BODY_LIMIT = 16 * 1024
+EVENT_STREAM = "text/event-stream"
 
 _TIMEOUTS = (
     requests.exceptions.ReadTimeout,
@@ -130,10 +131,22 @@ def event_batches(
             ) from exc
         if response.status_code != 200:
             raise status_error(response.status_code)
+        # harden #11: a 200 that is no event stream (a proxy's HTML page) is
+        # the provider's error, not a connection that dropped.
+        if (
+            not response.headers.get("Content-Type", "")
+            .lower()
+            .startswith(EVENT_STREAM)
+        ):
+            raise ProviderError(
+                "provider_error", "The provider did not answer with an event stream."
+            )
         decoder = SSEDecoder()
         while True:
             try:
-                data = response.raw.read1(READ_SIZE)
+                # harden #11: decode a gzip-compressed stream (requests asks
+                # for one; a proxy may compress); read1 decodes incrementally.
+                data = response.raw.read1(READ_SIZE, decode_content=True)
             except _TIMEOUTS as exc:
                 raise ProviderError(
                     "provider_timeout", "The provider went silent.", retryable=True
