@@ -343,3 +343,15 @@ def test_a_redirect_from_the_provider_never_carries_the_key_elsewhere(
     assert data_of(events, "error")[0]["code"] == "provider_error"
     assert data_of(events, "done")[0]["finish_reason"] == "error"
     assert_no_traceback(service)
+
+
+def test_slow_headers_are_cut_by_gunicorns_keepalive_deadline(
+    service: Service,
+) -> None:
+    # The gevent worker reads each request head under `keepalive` seconds
+    # (gunicorn.conf.py); with keepalive = 0 it would wait forever.
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as sock:
+        sock.sendall(b"POST /api/token HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        assert sock.recv(65536) == b""
+    assert time.monotonic() - started < 10
