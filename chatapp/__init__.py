@@ -12,10 +12,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatapp import logs
-from chatapp.bodylimit import ChunkedBodyLimit
 from chatapp.config import load_config
 from chatapp.errors import error_response
 from chatapp.extensions import init_state
+from chatapp.guards import BodyDeadline
+from chatapp.guards import TrustedPeers
+from chatapp.guards import body_refusal
+from chatapp.readers import EXTENSION as READERS
+from chatapp.readers import ReaderCaps
 from chatapp.web.cors import init_cors
 from chatapp.web.limiter import init_limits
 
@@ -33,10 +37,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
     init_limits(app)
+    app.extensions[READERS] = ReaderCaps()
     init_cors(app)  # after the limiter: its Origin check must run first
-    app.wsgi_app = ChunkedBodyLimit(  # type: ignore[method-assign]
-        app.wsgi_app, config["MAX_BODY_BYTES"]
-    )  # 413 for chunked bodies too
     hops = config["TRUSTED_PROXY_HOPS"]
     if hops > 0:
         # Only the last `hops` X-Forwarded-For entries are proxies we trust;
@@ -44,6 +46,22 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
         )
+        if config["TRUSTED_PROXIES"]:
+            # Forwarding headers count only when a trusted proxy sent them.
+            app.wsgi_app = TrustedPeers(  # type: ignore[method-assign]
+                app.wsgi_app, config["TRUSTED_PROXIES"]
+            )
+        else:
+            log.warning(
+                "CHATAPP_TRUSTED_PROXY_HOPS=%d and no CHATAPP_TRUSTED_PROXIES: any "
+                "client that reaches this port directly can choose its address "
+                "(and so its rate limits) with X-Forwarded-For",
+                hops,
+            )
+    # Outermost: the body is read under its deadline before anything else.
+    app.wsgi_app = BodyDeadline(  # type: ignore[method-assign]
+        app.wsgi_app, config["BODY_READ_SECONDS"], config["MAX_BODY_BYTES"]
+    )
     if config["EPHEMERAL_KEY"]:
         log.warning(
             "CHATAPP_SECRET_KEY is not set: tokens are signed with an ephemeral "
@@ -69,6 +87,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             "Referrer-Policy", "strict-origin-when-cross-origin"
         )
         return response
+
+    @app.before_request
+    def refuse_bad_body() -> Response | None:
+        refusal = body_refusal(request.environ)
+        if refusal is None:
+            return None
+        return error_response(*refusal)
 
     _register_error_pages(app)
     logs.init_app(app, config)  # X-Request-ID, JSON access lines

@@ -119,6 +119,16 @@ def _keys(raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _networks(raw: str) -> tuple[Any, ...]:
+    # Imported here: guards imports gevent, which config must not need.
+    from chatapp.guards import parse_networks
+
+    return parse_networks(raw)
+
+
+# Shorter keys are guessable offline from any token a visitor holds.
+MIN_SECRET_KEY_CHARS = 32
+
 # name -> (environment variable, parser, default)
 SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "ENV": ("CHATAPP_ENV", _choice("development", "production"), "development"),
@@ -145,6 +155,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "API_ORIGINS": ("CHATAPP_API_ORIGINS", _origins, ()),
     "WP_SHARED_SECRET": ("CHATAPP_WP_SHARED_SECRET", _text, ""),
     "TRUSTED_PROXY_HOPS": ("CHATAPP_TRUSTED_PROXY_HOPS", _int(0, 10), 0),
+    # Not in SPEC's table: which peers are those proxies (CIDRs); empty = any.
+    "TRUSTED_PROXIES": ("CHATAPP_TRUSTED_PROXIES", _networks, ()),
     "DAILY_TOKEN_BUDGET": ("CHATAPP_DAILY_TOKEN_BUDGET", _int(0), 0),
     "CACHE_TTL": ("CHATAPP_CACHE_TTL", _seconds(zero_ok=True), 0.0),
     "DRAIN_SECONDS": ("CHATAPP_DRAIN_SECONDS", _seconds(), 30.0),
@@ -153,6 +165,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     # make it fast; the size of a request body we read at all.
     "DEMO_DELAY_MS": ("CHATAPP_DEMO_DELAY_MS", _int(0, 10_000), 30),
     "MAX_BODY_BYTES": ("CHATAPP_MAX_BODY_BYTES", _int(1024), 64 * 1024),
+    # How long a client may take to send a request body; then 408.
+    "BODY_READ_SECONDS": ("CHATAPP_BODY_READ_SECONDS", _seconds(), 10.0),
     "HISTORY_MAX_CHARS": ("CHATAPP_HISTORY_MAX_CHARS", _int(0), 24_000),
     "WORKER_MAX_STREAMS": ("CHATAPP_WORKER_MAX_STREAMS", _int(1), 4000),
 }
@@ -208,6 +222,14 @@ def load_config(
         shared = env.get(EPHEMERAL_KEY_ENV, "")
         config["SECRET_KEYS"] = (shared or secrets.token_urlsafe(32),)
         config["EPHEMERAL_KEY"] = True
+    elif config["ENV"] == "production" and any(
+        len(key) < MIN_SECRET_KEY_CHARS for key in config["SECRET_KEYS"]
+    ):
+        raise ConfigError(
+            f"CHATAPP_SECRET_KEY: every key must be at least {MIN_SECRET_KEY_CHARS} "
+            "characters in production (python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
     if config["UPSTREAM_IDLE_TIMEOUT"] > config["UPSTREAM_TOTAL_TIMEOUT"]:
         raise ConfigError(
             "CHATAPP_UPSTREAM_IDLE_TIMEOUT must not exceed "

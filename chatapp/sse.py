@@ -10,6 +10,8 @@ import json
 import re
 from typing import Any
 
+from chatapp.text import scrub
+
 # Any of these ends a line for an EventSource parser (CRLF is two of them).
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
@@ -38,11 +40,6 @@ def _utf8(text: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return scrub(text).encode()
-
-
-def scrub(text: str) -> str:
-    """Replace lone surrogates (which UTF-8 cannot carry) with U+FFFD."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def encode(event: str, data: str, event_id: int | str | None = None) -> bytes:

@@ -3,19 +3,29 @@
 Each purpose has its own salt and max-age, so a token minted for one purpose
 never verifies for another. Keys rotate by a list: the first signs, all verify.
 This module signs and verifies; it never reads the request.
+
+A page token also carries when its identity was first issued (``o``), which
+renewals keep: an identity lives at most VISITOR_MAX_AGE (a visitor) or
+WP_MAX_AGE (a WordPress user, renewed only by a fresh SSO) however often its
+token is renewed, so a leaked token is not a permanent identity.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import jwt
-from itsdangerous import BadSignature
+from itsdangerous import BadData
 from itsdangerous import SignatureExpired
 from itsdangerous import URLSafeTimedSerializer
+
+from chatapp.text import scrub
 
 PAGE_SALT = "chatapp.page-token.v1"
 STREAM_SALT = "chatapp.stream-token.v1"
@@ -23,6 +33,9 @@ REFRESH_GRACE_SECONDS = 7 * 24 * 3600
 SSO_AUDIENCE = "chatapp"
 SSO_MAX_LIFETIME = 600
 SSO_LEEWAY = 30
+# Absolute lifetimes of an identity, across all renewals of its page token.
+VISITOR_MAX_AGE = 30 * 24 * 3600
+WP_MAX_AGE = 8 * 3600
 
 
 class TokenInvalid(Exception):
@@ -49,13 +62,26 @@ class Identity:
     wp_user: str | None = None
     wp_site: str | None = None
     wp_name: str | None = None
+    # When this identity was first issued (epoch seconds); None: not yet.
+    issued: float | None = field(default=None, compare=False)
 
     @property
     def owner(self) -> str:
         """Key that owns conversations and turns."""
         if self.wp_user is not None:
-            return f"wp:{self.wp_site or ''}:{self.wp_user}"
+            # Escaped, so no site or user id can forge another's owner (or,
+            # joined with "|", another's idempotency scope).
+            return f"wp:{_escape(self.wp_site or '')}:{_escape(self.wp_user)}"
         return f"v:{self.visitor}"
+
+    @property
+    def max_age(self) -> int:
+        """Seconds this identity may live from `issued`, renewals included."""
+        return WP_MAX_AGE if self.wp_user is not None else VISITOR_MAX_AGE
+
+
+def _escape(part: str) -> str:
+    return part.replace("%", "%25").replace(":", "%3A").replace("|", "%7C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +105,12 @@ class TokenSigner:
     """Sign and verify page and stream tokens with rotating keys."""
 
     def __init__(
-        self, keys: tuple[str, ...], *, page_ttl: int, stream_ttl: int
+        self,
+        keys: tuple[str, ...],
+        *,
+        page_ttl: int,
+        stream_ttl: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         # itsdangerous signs with the last key of the list; SPEC says the first.
         ordered = list(reversed(keys))
@@ -87,27 +118,37 @@ class TokenSigner:
         self._stream = URLSafeTimedSerializer(ordered, salt=STREAM_SALT)
         self.page_ttl = page_ttl
         self.stream_ttl = stream_ttl
+        self._clock = clock
 
     def page_token(self, identity: Identity) -> str:
-        """Mint a page token for this identity."""
-        payload: dict[str, Any] = {"v": identity.visitor}
+        """Mint a page token for this identity, keeping its first issue time."""
+        issued = identity.issued if identity.issued is not None else self._clock()
+        payload: dict[str, Any] = {"v": identity.visitor, "o": int(issued)}
         if identity.wp_user is not None:
             payload.update(u=identity.wp_user, s=identity.wp_site, n=identity.wp_name)
         return str(self._page.dumps(payload))
 
     def read_page_token(self, token: str | None, *, grace: int = 0) -> Identity:
         """Verify a page token; `grace` extends its max-age (for refresh)."""
-        payload = _loads(self._page, token, self.page_ttl + grace)
+        payload, signed = _loads(self._page, token, self.page_ttl + grace)
         visitor = payload.get("v")
         if not isinstance(visitor, str) or not visitor:
             raise TokenInvalid("page token has no visitor")
         user = payload.get("u")
-        return Identity(
+        # A token minted before `o` existed was first issued when it was signed.
+        issued = payload.get("o", signed)
+        if not isinstance(issued, int | float):
+            raise TokenInvalid("page token has a bad issue time")
+        identity = Identity(
             visitor,
             str(user) if user is not None else None,
             payload.get("s"),
             payload.get("n"),
+            float(issued),
         )
+        if self._clock() - issued > identity.max_age:
+            raise TokenExpired("identity past its absolute lifetime")
+        return identity
 
     def stream_token(self, turn_id: str) -> str:
         """Mint the token that opens one turn's event stream."""
@@ -115,25 +156,28 @@ class TokenSigner:
 
     def check_stream_token(self, token: str | None, turn_id: str) -> None:
         """Verify that a stream token opens this very turn."""
-        payload = _loads(self._stream, token, self.stream_ttl)
+        payload, _ = _loads(self._stream, token, self.stream_ttl)
         if payload.get("t") != turn_id:
             raise TokenInvalid("stream token is for another turn")
 
 
 def _loads(
     serializer: URLSafeTimedSerializer, token: str | None, max_age: int
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], float]:
+    """Verify a token; return its payload and when it was signed."""
     if not token or not isinstance(token, str) or len(token) > 2048:
         raise TokenInvalid("no token")
     try:
-        payload = serializer.loads(token, max_age=max_age)
+        payload, signed = serializer.loads(
+            token, max_age=max_age, return_timestamp=True
+        )
     except SignatureExpired as exc:
         raise TokenExpired("token expired") from exc
-    except BadSignature as exc:
+    except BadData as exc:
         raise TokenInvalid("bad token") from exc
     if not isinstance(payload, dict):
         raise TokenInvalid("bad token payload")
-    return payload
+    return payload, signed.timestamp()
 
 
 def verify_wp_sso(token: str, secret: str, *, now: float | None = None) -> WPUser:
@@ -164,6 +208,9 @@ def verify_wp_sso(token: str, secret: str, *, now: float | None = None) -> WPUse
     iat, exp = claims.get("iat"), claims.get("exp")
     if not isinstance(iat, int | float) or not isinstance(exp, int | float):
         raise SSOInvalid("iat and exp must be numbers")
+    if not (math.isfinite(iat) and math.isfinite(exp)):
+        # NaN compares false with everything, so it would pass every rule below.
+        raise SSOInvalid("iat and exp must be finite")
     if exp - iat > SSO_MAX_LIFETIME or exp <= iat:
         raise SSOInvalid("SSO token lifetime must be at most 10 minutes")
     if iat > current + SSO_LEEWAY:
@@ -176,7 +223,7 @@ def verify_wp_sso(token: str, secret: str, *, now: float | None = None) -> WPUse
     name = claims.get("name")
     site = claims.get("site")
     return WPUser(
-        sub=sub,
-        name=name[:200] if isinstance(name, str) else "",
-        site=site[:500] if isinstance(site, str) else "",
+        sub=scrub(sub),
+        name=scrub(name[:200]) if isinstance(name, str) else "",
+        site=scrub(site[:500]) if isinstance(site, str) else "",
     )

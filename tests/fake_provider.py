@@ -13,10 +13,12 @@ Options come before `` | ``, the answer text to synthesize after it.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -117,6 +119,15 @@ class Behaviour:
     stall_after: int | None = None
     finish: str = "stop"
     pieces: int = 3
+    # Answer with a 307 to this URL instead of the stream.
+    location: str | None = None
+    # Faults of the wire: a TCP reset before any byte, a chunk that promises
+    # more than it holds, a gzip-compressed stream, and a 200 that is an HTML
+    # page instead of an event stream.
+    reset: bool = False
+    truncate: bool = False
+    gzip: bool = False
+    html: bool = False
 
     def __post_init__(self) -> None:
         if self.line_ending not in ("lf", "crlf", "cr"):
@@ -168,11 +179,15 @@ _FLAG_OPTIONS = {
     "comments": ("comments", True),
     "midstream_error": ("midstream_error", True),
     "malformed": ("malformed", True),
+    "reset": ("reset", True),
+    "truncate": ("truncate", True),
+    "gzip": ("gzip", True),
+    "html": ("html", True),
 }
 _INT_OPTIONS = frozenset(
     ("chunk", "delay_ms", "ttft_ms", "status", "drop_after", "stall_after", "pieces")
 )
-_STR_OPTIONS = frozenset(("fixture", "finish"))
+_STR_OPTIONS = frozenset(("fixture", "finish", "location"))
 
 
 def parse_directive(content: str) -> Behaviour | None:
@@ -633,6 +648,16 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             self._send_error(provider, 400, error_json(provider, 400, str(exc)))
             return
+        if behaviour.reset:
+            self._reset()
+            return
+        if behaviour.html:
+            page = b"<!doctype html><title>Sign in</title><p>Please sign in.</p>"
+            self._send_json(200, page, "text/html; charset=utf-8")
+            return
+        if behaviour.location is not None:
+            self._send_json(307, b"", "text/plain", {"Location": behaviour.location})
+            return
         if behaviour.status != 200:
             body_bytes = error_body(provider, behaviour.status, fake.fixtures_dir)
             self._send_error(provider, behaviour.status, body_bytes)
@@ -689,17 +714,29 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", STREAM_CONTENT_TYPE[provider])
             self.send_header("Transfer-Encoding", "chunked")
             self.send_header("Cache-Control", "no-cache")
+            if behaviour.gzip:
+                self.send_header("Content-Encoding", "gzip")
             for name, value in _request_id_header(provider).items():
                 self.send_header(name, value)
             self.end_headers()
             self._pause(behaviour.ttft_ms)
-            for index, data in enumerate(plan.writes):
+            writes = plan.writes
+            if behaviour.truncate:
+                writes = writes[: max(1, len(writes) // 2)]
+            if behaviour.gzip:
+                writes = [gzip.compress(b"".join(writes))]
+            for index, data in enumerate(writes):
                 if index:
                     self._pause(behaviour.delay_ms)
                 self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data))
                 fake._stream_started(stream)
             fake._stream_started(stream)
-            if plan.ending == "end":
+            if behaviour.truncate:
+                # A chunk that promises 4 KiB, holds a few bytes, and ends.
+                self.wfile.write(b"1000\r\ndata: {")
+                self.wfile.flush()
+                self._abort()
+            elif plan.ending == "end":
                 self.wfile.write(b"0\r\n\r\n")
             elif plan.ending == "stall":
                 self._pause(fake.stall_max_s * 1000)
@@ -734,6 +771,14 @@ class _Handler(BaseHTTPRequestHandler):
             # seen; wait out the rest without watching.
             self.server.fake._stopped.wait(remaining)
             return
+
+    def _reset(self) -> None:
+        """Answer nothing: reset the connection (RST, not FIN)."""
+        self.close_connection = True
+        self.connection.setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        self.connection.close()
 
     def _abort(self) -> None:
         """End the connection with no terminating chunk."""

@@ -52,6 +52,16 @@ def test_key_list_rotates() -> None:
             "CHATAPP_SYSTEM_PROMPT",
         ),
         ({"CHATAPP_PROVIDER_BASE_URL": "ftp://x"}, "CHATAPP_PROVIDER_BASE_URL"),
+        (
+            {"CHATAPP_ENV": "production", "CHATAPP_SECRET_KEY": "short-but-set"},
+            "at least 32 characters",
+        ),
+        (
+            {"CHATAPP_ENV": "production", "CHATAPP_SECRET_KEY": f"{'k' * 32},old"},
+            "CHATAPP_SECRET_KEY",
+        ),
+        ({"CHATAPP_TRUSTED_PROXIES": "10.0.0.0/33"}, "CHATAPP_TRUSTED_PROXIES"),
+        ({"CHATAPP_BODY_READ_SECONDS": "0"}, "CHATAPP_BODY_READ_SECONDS"),
     ],
 )
 def test_bad_settings_stop_with_one_line(env: dict[str, str], fragment: str) -> None:
@@ -147,3 +157,17 @@ def test_zero_is_no_duration(var: str) -> None:
 
 def test_cache_ttl_zero_means_off() -> None:
     assert load_config({"CHATAPP_CACHE_TTL": "0"})["CACHE_TTL"] == 0
+
+
+def test_a_long_enough_secret_key_starts_production() -> None:
+    config = load_config({"CHATAPP_ENV": "production", "CHATAPP_SECRET_KEY": "k" * 32})
+    assert config["SECRET_KEYS"] == ("k" * 32,)
+
+
+def test_trusted_proxies_are_networks() -> None:
+    config = load_config({"CHATAPP_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1 ::1"})
+    assert [str(n) for n in config["TRUSTED_PROXIES"]] == [
+        "10.0.0.0/8",
+        "127.0.0.1/32",
+        "::1/128",
+    ]

@@ -36,8 +36,10 @@ from tests.conftest import wait_for
 
 ADDRESSES = [
     ("203.0.113.7", "ip:203.0.113.7"),
-    ("2001:db8:1:2:3:4:5:6", "ip:2001:db8:1:2::/64"),
-    ("2001:db8:1:2:ffff::1", "ip:2001:db8:1:2::/64"),
+    # One /56 is one client, whichever of its 256 /64s it speaks from.
+    ("2001:db8:1:2:3:4:5:6", "ip:2001:db8:1::/56"),
+    ("2001:db8:1:ff:ffff::1", "ip:2001:db8:1::/56"),
+    ("2001:db8:1:100::1", "ip:2001:db8:1:100::/56"),
     ("::ffff:198.51.100.4", "ip:198.51.100.4"),
     ("not an address", "ip:not an address"),
     (None, "ip:unknown"),
@@ -67,6 +69,7 @@ def test_a_wordpress_user_is_the_client_wherever_they_are(app: Any) -> None:
     signer = app.extensions["chatapp"].signer
     user = Identity("v1", "42", "https://blog.example", "Ann")
     other_visit = signer.page_token(Identity("v2", "42", "https://blog.example"))
+    owner = Identity("v1", "42", "https://blog.example").owner
     with app.test_request_context(environ_base={"REMOTE_ADDR": "192.0.2.1"}):
         from_the_view = key_for(user)
     assert (
@@ -76,7 +79,7 @@ def test_a_wordpress_user_is_the_client_wherever_they_are(app: Any) -> None:
             headers={"X-Chat-Token": other_visit},
             environ_base={"REMOTE_ADDR": "192.0.2.99"},
         )
-        == "wp:https://blog.example:42"
+        == owner
     )
 
 

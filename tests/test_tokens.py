@@ -6,7 +6,10 @@ import time
 
 import jwt
 import pytest
+from chatapp.chat import idempotency_scope
 
+from chatapp.tokens import VISITOR_MAX_AGE
+from chatapp.tokens import WP_MAX_AGE
 from chatapp.tokens import Identity
 from chatapp.tokens import SSOExpired
 from chatapp.tokens import SSOInvalid
@@ -141,3 +144,98 @@ def test_sso_expired_is_told_apart() -> None:
 def test_sso_tolerates_small_clock_skew() -> None:
     now = int(time.time())
     assert verify_wp_sso(sso(iat=now + 10, exp=now + 310), SECRET).sub == "7"
+
+
+# -- an identity's absolute lifetime, across renewals ----------------------------------
+
+DAY = 24 * 3600
+
+
+class Clock:
+    """A settable clock for the signer."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_renewal_keeps_the_first_issue_time() -> None:
+    clock = Clock()
+    s = TokenSigner(("k1",), page_ttl=60, stream_ttl=60, clock=clock)
+    first = s.read_page_token(s.page_token(Identity("v")))
+    clock.now += 3 * DAY
+    renewed = s.read_page_token(s.page_token(first))
+    assert renewed.issued == first.issued == int(first.issued or 0)
+
+
+@pytest.mark.parametrize(
+    ("identity", "max_age"),
+    [
+        (Identity("v"), VISITOR_MAX_AGE),
+        (Identity("v", "42", "https://blog.example"), WP_MAX_AGE),
+    ],
+)
+def test_an_identity_ends_at_its_absolute_lifetime_however_renewed(
+    identity: Identity, max_age: int
+) -> None:
+    clock = Clock()
+    s = TokenSigner(("k1",), page_ttl=60, stream_ttl=60, clock=clock)
+    token = s.page_token(identity)
+    start = clock.now
+    # Renewed nine times within its lifetime, as an open tab would.
+    for _ in range(9):
+        clock.now += max_age / 10
+        token = s.page_token(s.read_page_token(token, grace=7 * DAY))
+    clock.now = start + max_age + 2
+    with pytest.raises(TokenExpired):
+        s.read_page_token(token, grace=7 * DAY)
+
+
+def test_wordpress_identities_live_shorter_than_visitors() -> None:
+    assert WP_MAX_AGE <= 24 * 3600 < VISITOR_MAX_AGE
+
+
+def test_a_token_without_issue_time_counts_from_its_signature() -> None:
+    s = signer()
+    legacy = s._page.dumps({"v": "old-visitor"})
+    identity = s.read_page_token(legacy)
+    assert identity.issued is not None
+    assert abs(identity.issued - time.time()) < 5
+
+
+# -- owners and idempotency scopes cannot collide --------------------------------------
+
+
+def test_owner_strings_of_different_users_never_collide() -> None:
+    a = Identity("v", wp_user="b:c", wp_site="a")
+    b = Identity("v", wp_user="c", wp_site="a:b")
+    c = Identity("v", wp_user="x|y", wp_site="s")
+    assert len({a.owner, b.owner, c.owner}) == 3
+    assert "|" not in c.owner
+
+
+def test_idempotency_scopes_never_collide() -> None:
+    a = Identity("v", wp_user="u|k", wp_site="s")
+    b = Identity("v", wp_user="u", wp_site="s")
+    assert idempotency_scope(a, "key") != idempotency_scope(b, "k|key")
+
+
+# -- SSO times that are no numbers ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("iat", "exp"),
+    [
+        (float("nan"), float("nan")),
+        (float("nan"), None),
+        (None, float("inf")),
+        (float("-inf"), None),
+    ],
+)
+def test_sso_refuses_non_finite_times(iat: float | None, exp: float | None) -> None:
+    now = int(time.time())
+    token = sso(iat=now if iat is None else iat, exp=now + 60 if exp is None else exp)
+    with pytest.raises(SSOInvalid):
+        verify_wp_sso(token, SECRET)

@@ -223,3 +223,18 @@ def test_frames_read_back_as_written(
 ) -> None:
     assert frame.count(b"\n\n") == 1 and frame.endswith(b"\n\n")
     assert sse.parse(frame) == parsed
+
+
+def test_a_runaway_answer_is_cut_at_the_limit_and_closed() -> None:
+    from chatapp.turns.produce import answer_char_limit
+
+    limit = answer_char_limit(REQUEST.max_output_tokens)
+    provider = Scripted(["x" * (limit - 3), "abcdef", "more"])
+    relay, ends = relay_with(provider)
+    info = started(relay)
+    got = follow(relay, info.id)
+    text = "".join(d["text"] for e, d in got if e == "delta")
+    assert text == "x" * (limit - 3) + "abc"
+    assert got[-1] == ("done", {"finish_reason": "length"})
+    assert provider.closed.is_set()
+    assert ends[0].output_chars == limit

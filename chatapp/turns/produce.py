@@ -25,6 +25,7 @@ from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.events import EventLog
 from chatapp.store.tail import Tail
+from chatapp.text import scrub
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.model import TurnSettings
@@ -35,8 +36,19 @@ log = logging.getLogger(__name__)
 # Lifecycle lines go to the logger the JSON log set-up names for turns.
 turn_log = logging.getLogger("chatapp.turn")
 
-# An answer longer than this is cut off as if the model had hit its bound.
-MAX_ANSWER_CHARS = 256 * 1024
+# `max_tokens` asks the provider to stop; this makes sure of it. A provider
+# that streams on past the bound (broken, hostile, or a proxy in between) is
+# cut off: the answer ends with `length` and the upstream is closed. A token
+# is about four characters of prose; allow eight times that, and never less
+# than a full page of text.
+CHARS_PER_TOKEN_BOUND = 32
+MIN_ANSWER_CHARS = 64 * 1024
+
+
+def answer_char_limit(max_output_tokens: int) -> int:
+    """Return the most characters an answer bounded by `max_output_tokens` holds."""
+    return max(MIN_ANSWER_CHARS, max_output_tokens * CHARS_PER_TOKEN_BOUND)
+
 
 INTERNAL_ERROR = {
     "code": "internal",
@@ -122,6 +134,7 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
     max_gap: float | None = None
     last_text = 0.0
     started = time.monotonic()
+    limit = answer_char_limit(request.max_output_tokens)
     stream = None
     try:
         run.raise_if_cancelled()
@@ -131,6 +144,9 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
             run.in_upstream = False
             now = run.last_read = time.monotonic()
             text = chunk.text
+            if chars + len(text) > limit:
+                text = text[: limit - chars]
+                finish = "length"
             if text:
                 if first_token is None:
                     first_token = now - started
@@ -152,11 +168,10 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
                 input_tokens = chunk.input_tokens
             if chunk.output_tokens is not None:
                 output_tokens = chunk.output_tokens
+            if finish == "length" and chars >= limit:
+                break  # a runaway answer: cut here, and close the upstream
             if chunk.finish_reason:
                 finish = chunk.finish_reason
-            if chars > MAX_ANSWER_CHARS:
-                finish = "length"
-                break
             run.raise_if_cancelled()
             run.in_upstream = True
         run.in_upstream = False
@@ -245,7 +260,7 @@ def close_turn(
         try:
             text.encode()
         except UnicodeEncodeError:
-            text = sse.scrub(text)
+            text = scrub(text)
         try:
             parts.history.append(
                 info.conversation_id, StoredMessage("assistant", text, time.time())

@@ -21,6 +21,7 @@ import requests
 import urllib3.exceptions
 
 from chatapp.errors import ProviderError
+from chatapp.text import scrub_parsed
 from chatapp.upstream.sse_decoder import ServerSentEvent
 from chatapp.upstream.sse_decoder import SSEDecodeError
 from chatapp.upstream.sse_decoder import SSEDecoder
@@ -30,6 +31,7 @@ READ_SIZE = 64 * 1024
 DRAIN_SECONDS = 1.0
 # Bounds what an error body may cost us to read.
 ERROR_BODY_LIMIT = 16 * 1024
+EVENT_STREAM = "text/event-stream"
 
 _TIMEOUTS = (
     urllib3.exceptions.TimeoutError,
@@ -44,6 +46,10 @@ _TRANSPORT = (
 
 def status_error(status: int) -> ProviderError:
     """Map an upstream HTTP status to SPEC's error event."""
+    if 300 <= status < 400:  # harden #11: redirects are not followed
+        return ProviderError(
+            "provider_error", f"The provider redirected the request ({status})."
+        )
     if status in (401, 403):
         return ProviderError("provider_error", "The provider refused our credentials.")
     if status == 404:
@@ -95,7 +101,9 @@ def parse_json(data: str) -> dict[str, Any]:
             ) from exc
     if not isinstance(value, dict):
         raise ProviderError("provider_error", "The provider sent malformed data.")
-    return value
+    # harden #11: an escaped lone surrogate ("\\ud800") becomes U+FFFD here,
+    # or no frame, poll answer or history entry holding it could be encoded.
+    return dict(scrub_parsed(data, value))
 
 
 def upstream_pool(session: requests.Session, url: str) -> Any:
@@ -156,14 +164,22 @@ def event_batches(
             ) from exc
         if response.status != 200:
             raise status_error(response.status)
-        if "text/event-stream" not in response.headers.get("Content-Type", ""):
+        # harden #11: a 200 that is no event stream (a proxy's HTML page) is
+        # the provider's error, not a connection that dropped.
+        if (
+            not response.headers.get("Content-Type", "")
+            .lower()
+            .startswith(EVENT_STREAM)
+        ):
             raise ProviderError(
                 "provider_error", "The provider did not answer with an event stream."
             )
         decoder = SSEDecoder()
         while True:
             try:
-                data = response.read1(READ_SIZE)
+                # A compressing proxy may gzip the stream even though we ask
+                # for identity: read1 decodes incrementally.
+                data = response.read1(READ_SIZE, decode_content=True)
             except _TIMEOUTS as exc:
                 raise ProviderError(
                     "provider_timeout", "The provider went silent.", retryable=True

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint
 from flask import Response
+from flask import current_app
 from flask import jsonify
 from flask import request
 from flask import url_for
@@ -18,6 +19,9 @@ from chatapp.extensions import state
 from chatapp.logs import client_hash
 from chatapp.logs import log_turn
 from chatapp.logs import prompt_fields
+from chatapp.readers import EXTENSION as READER_CAPS
+from chatapp.readers import ReaderCaps
+from chatapp.readers import socket_closer
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import TokenExpired
@@ -31,6 +35,7 @@ from chatapp.turns.start import start_turn
 from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
 from chatapp.web.limiter import admit_turn
+from chatapp.web.limiter import client_key
 from chatapp.web.limiter import gate
 from chatapp.web.limiter import token_refresh_limit
 from chatapp.web.stream import event_stream
@@ -133,12 +138,18 @@ def events(turn_id: str) -> Response:
             return _poll(tail, after)
         finally:
             st.relay.close(turn_id, tail)
+    # A few readers per turn and per client on each worker; past a cap the
+    # oldest gives way (its socket is shut), never the new one.
+    caps: ReaderCaps = current_app.extensions[READER_CAPS]
+    closer = socket_closer(request.environ.get("gunicorn.socket"))
+    slot = caps.acquire(client_key(), turn_id, closer)
     readers = gate()  # the callback below runs outside the app context
     readers.reader_opened()
     st.metrics.stream_opened(resumed=after > 0)
 
     def closed(cause: str | None) -> None:
         st.relay.close(turn_id, tail)
+        caps.release(slot)
         readers.reader_closed()
         st.metrics.stream_closed(cause)
 

@@ -1,9 +1,13 @@
 """The rate limits, bound to the app: flask-limiter, keyed by client.
 
 A client is the verified WordPress user when the page token carries one, else
-the client address as seen through CHATAPP_TRUSTED_PROXY_HOPS proxies (an
-IPv6 address counts by its /64, what one subscriber gets). Visitor ids are
-free to mint, so they never carry limits alone.
+the client address as seen through CHATAPP_TRUSTED_PROXY_HOPS proxies. An
+IPv6 address counts by its /56: most ISPs delegate a /56 to one home (a /48
+to a business, which so gets 256 limits; a /64 to a phone, so up to 256
+phones of one carrier may share one). /64 would give a /56 holder 256 limits
+and a /48 holder 65,536. Visitor ids are free to mint, so they never carry
+limits alone. The key function reads the page token only from the
+X-Chat-Token header: it never parses a body.
 
 With Redis the limits live in flask-limiter's moving windows there
 (`LIMITS:LIMITER/chatapp/<client>/...`), on the worker's one Redis client.
@@ -35,6 +39,8 @@ from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
 
 EXTENSION = "chatapp.limits"
+# An IPv6 client is its /56, the usual home delegation (RFC 6177).
+IPV6_PREFIX = 56
 TOKEN_REFRESH_LIMITS = "30/minute"
 
 
@@ -57,7 +63,7 @@ def key_for(identity: Identity | None) -> str:
 
 
 def address_key(address: str | None) -> str:
-    """Key an address: IPv4 as is, IPv6 by its /64 network."""
+    """Key an address: IPv4 as is, IPv6 by its /56 network."""
     try:
         ip = ipaddress.ip_address(address or "")
     except ValueError:
@@ -65,7 +71,7 @@ def address_key(address: str | None) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return f"ip:{ip.ipv4_mapped}"
-        return f"ip:{ipaddress.IPv6Network((ip, 64), strict=False)}"
+        return f"ip:{ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False)}"
     return f"ip:{ip}"
 
 

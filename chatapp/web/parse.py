@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import request
 
+from chatapp.bodies import read_fields
 from chatapp.errors import ApiError
 from chatapp.extensions import state
 from chatapp.tokens import Identity
@@ -19,16 +20,12 @@ _EVENT_ID = re.compile(r"^[0-9]{1,9}$")
 
 
 def fields() -> dict[str, Any]:
-    """Read the body as JSON or a form into a dict, refusing anything else."""
-    if request.is_json:
-        try:
-            data = request.get_json(silent=True)
-        except RecursionError:
-            data = None
-        if not isinstance(data, dict):
-            raise ApiError(400, "invalid_input", "The body must be a JSON object.")
-        return data
-    return request.form.to_dict()
+    """Read the body as JSON or a form into a dict, refusing anything else.
+
+    JSON nesting is bounded (never a RecursionError) and lone surrogates are
+    replaced, so no body can reach a 500.
+    """
+    return read_fields()
 
 
 def text_field(values: dict[str, Any], name: str) -> str | None:

@@ -1,0 +1,115 @@
+"""How many event streams one client, and one turn, may hold open at once.
+
+A browser tab reads a turn with one EventSource; a reconnect may overlap the
+connection it replaces for a moment, and a second tab or device may follow
+the same turn. So a turn gets READERS_PER_TURN readers, and a client (the
+limits' client: a WordPress user, else an address or IPv6 /56)
+READERS_PER_CLIENT across its turns, on each worker. The client's turns
+that generate at once are capped at CHATAPP_MAX_STREAMS_PER_CLIENT (3 by
+default), so a dozen readers already cover every tab of a busy household;
+32 leaves room for a NAT.
+
+Past a cap the **oldest** reader gives way, never the new one: SPEC forbids a
+non-200 on the stream URL (it kills EventSource silently), and the newest
+connection is the one a live browser is reading, while the oldest is the
+likeliest to be dead or stuck. Giving way closes its socket, which also
+wakes a reader blocked on a client that stopped reading; its EventSource, if
+any is still there, reconnects with Last-Event-ID and loses nothing.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+
+EXTENSION = "chatapp.readers"
+READERS_PER_TURN = 4
+READERS_PER_CLIENT = 32
+
+
+@dataclass(eq=False)
+class ReaderSlot:
+    """One open event stream, and how to end it if it must give way."""
+
+    client: str
+    turn_id: str
+    close: Callable[[], None] = field(repr=False)
+    evicted: bool = False
+
+
+class ReaderCaps:
+    """This worker's open readers per client and per turn, oldest first."""
+
+    def __init__(
+        self, per_turn: int = READERS_PER_TURN, per_client: int = READERS_PER_CLIENT
+    ) -> None:
+        self.per_turn = per_turn
+        self.per_client = per_client
+        self._by_turn: dict[str, list[ReaderSlot]] = {}
+        self._by_client: dict[str, list[ReaderSlot]] = {}
+        self.evictions = 0
+
+    def acquire(
+        self, client: str, turn_id: str, close: Callable[[], None]
+    ) -> ReaderSlot:
+        """Admit a reader, making the oldest give way past either cap."""
+        slot = ReaderSlot(client, turn_id, close)
+        turn = self._by_turn.setdefault(turn_id, [])
+        mine = self._by_client.setdefault(client, [])
+        turn.append(slot)
+        mine.append(slot)
+        while len(turn) > self.per_turn:
+            self._evict(turn[0])
+        while len(mine) > self.per_client:
+            self._evict(mine[0])
+        return slot
+
+    def release(self, slot: ReaderSlot) -> None:
+        """Forget a reader that ended; releasing twice is harmless."""
+        for index, key in (
+            (self._by_turn, slot.turn_id),
+            (self._by_client, slot.client),
+        ):
+            held = index.get(key)
+            if held is not None and slot in held:
+                held.remove(slot)
+                if not held:
+                    del index[key]
+
+    def hold(self, slot: ReaderSlot, events: Iterator[bytes]) -> Iterator[bytes]:
+        """Stream `events`, releasing the slot however the stream ends."""
+        try:
+            yield from events
+        finally:
+            self.release(slot)
+
+    def open_for_client(self, client: str) -> int:
+        """Return how many readers the client holds open on this worker."""
+        return len(self._by_client.get(client, ()))
+
+    def open_for_turn(self, turn_id: str) -> int:
+        """Return how many readers follow the turn on this worker."""
+        return len(self._by_turn.get(turn_id, ()))
+
+    def _evict(self, slot: ReaderSlot) -> None:
+        self.release(slot)
+        slot.evicted = True
+        self.evictions += 1
+        slot.close()
+
+
+def socket_closer(sock: socket.socket | None) -> Callable[[], None]:
+    """Return what makes a reader on `sock` give way: shut its socket down."""
+
+    def close() -> None:
+        if sock is None:
+            return
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already gone
+
+    return close

@@ -1,0 +1,171 @@
+"""Open readers per client and per turn are capped; the oldest gives way."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+from collections.abc import Iterator
+
+import pytest
+
+from chatapp.readers import READERS_PER_CLIENT
+from chatapp.readers import READERS_PER_TURN
+from chatapp.readers import ReaderCaps
+from chatapp.readers import ReaderSlot
+from tests.conftest import ChatClient
+from tests.conftest import Service
+from tests.conftest import ServiceFactory
+
+# -- the caps ------------------------------------------------------------------
+
+
+class Closed:
+    """Record which readers were made to give way."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def closer(self, name: str) -> Callable[[], None]:
+        return lambda: self.names.append(name)
+
+
+def test_a_turn_past_its_cap_closes_its_oldest_reader() -> None:
+    caps = ReaderCaps(per_turn=2, per_client=10)
+    closed = Closed()
+    slots = [caps.acquire("c", "t", closed.closer(f"r{i}")) for i in range(4)]
+    assert closed.names == ["r0", "r1"]
+    assert [s.evicted for s in slots] == [True, True, False, False]
+    assert caps.open_for_turn("t") == 2
+    assert caps.evictions == 2
+
+
+def test_a_client_past_its_cap_closes_its_oldest_reader_of_any_turn() -> None:
+    caps = ReaderCaps(per_turn=5, per_client=3)
+    closed = Closed()
+    for i in range(5):
+        caps.acquire("c", f"t{i}", closed.closer(f"r{i}"))
+    caps.acquire("other", "t0", closed.closer("x"))
+    assert closed.names == ["r0", "r1"]
+    assert caps.open_for_client("c") == 3
+    assert caps.open_for_client("other") == 1
+
+
+def test_a_released_reader_frees_its_place_and_forgets_empty_keys() -> None:
+    caps = ReaderCaps(per_turn=1, per_client=1)
+    closed = Closed()
+    first = caps.acquire("c", "t", closed.closer("a"))
+    caps.release(first)
+    caps.release(first)
+    second = caps.acquire("c", "t", closed.closer("b"))
+    assert closed.names == []
+    caps.release(second)
+    assert caps.open_for_client("c") == caps.open_for_turn("t") == 0
+    assert caps._by_turn == caps._by_client == {}
+
+
+def test_hold_releases_however_the_stream_ends() -> None:
+    caps = ReaderCaps()
+    slot = caps.acquire("c", "t", lambda: None)
+
+    def events() -> Iterator[bytes]:
+        yield b"a"
+        yield b"b"
+
+    stream = caps.hold(slot, events())
+    assert next(stream) == b"a"
+    stream.close()
+    assert caps.open_for_turn("t") == 0
+
+
+def test_the_caps_are_a_handful_per_turn_and_dozens_per_client() -> None:
+    assert 2 <= READERS_PER_TURN <= 8
+    assert 3 * READERS_PER_TURN <= READERS_PER_CLIENT <= 64
+    assert isinstance(ReaderCaps().acquire("c", "t", lambda: None), ReaderSlot)
+
+
+# -- through real gunicorn ----------------------------------------------------
+
+
+class RawReader:
+    """An event stream read off a raw socket, as little as a test needs."""
+
+    def __init__(self, service: Service, path: str, forwarded: str = "") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", service.port), timeout=15)
+        extra = f"X-Forwarded-For: {forwarded}\r\n" if forwarded else ""
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Accept: text/event-stream\r\n{extra}\r\n".encode()
+        )
+        self.data = b""
+
+    def until(self, marker: bytes) -> bool:
+        """Read until `marker` arrives (True) or the server closes (False)."""
+        while marker not in self.data:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                return False
+            self.data += chunk
+        return True
+
+    def closed_by_server(self) -> bool:
+        """Read until the server closes; False if `done` came first."""
+        return not self.until(b"event: done")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def readers() -> Iterator[list[RawReader]]:
+    made: list[RawReader] = []
+    yield made
+    for reader in made:
+        reader.close()
+
+
+@pytest.mark.e2e
+def test_a_turn_keeps_its_newest_readers(
+    service_factory: ServiceFactory, readers: list[RawReader]
+) -> None:
+    service = service_factory(CHATAPP_DEMO_DELAY_MS="100")
+    client = ChatClient(service.url)
+    turn = client.start("hello")
+    for _ in range(READERS_PER_TURN + 2):
+        readers.append(RawReader(service, turn.stream_url))
+        assert readers[-1].until(b"event: start")
+    assert readers[0].closed_by_server()
+    assert readers[1].closed_by_server()
+    for survivor in readers[2:]:
+        assert survivor.until(b"event: done")
+    client.http.close()
+    assert "Traceback" not in service.log()
+
+
+@pytest.mark.e2e
+def test_a_client_with_many_readers_cannot_starve_another(
+    service_factory: ServiceFactory, readers: list[RawReader]
+) -> None:
+    service = service_factory(
+        CHATAPP_DEMO_DELAY_MS="100", CHATAPP_TRUSTED_PROXY_HOPS="1"
+    )
+    greedy = ChatClient(service.url)
+    extra = 3
+    turns = (READERS_PER_CLIENT + extra) // READERS_PER_TURN + 1
+    for _ in range(turns):
+        turn = greedy.start("hello", headers={"X-Forwarded-For": "203.0.113.1"})
+        for _ in range(READERS_PER_TURN):
+            if len(readers) == READERS_PER_CLIENT + extra:
+                break
+            readers.append(RawReader(service, turn.stream_url, "203.0.113.1"))
+            assert readers[-1].until(b"event: start")
+    for evicted in readers[:extra]:
+        assert evicted.closed_by_server()
+    other = ChatClient(service.url)
+    turn = other.start("hello", headers={"X-Forwarded-For": "198.51.100.2"})
+    mine = RawReader(service, turn.stream_url, "198.51.100.2")
+    readers.append(mine)
+    assert mine.until(b"event: done")
+    for survivor in readers[extra : READERS_PER_CLIENT + extra]:
+        assert survivor.until(b"event: done")
+    greedy.http.close()
+    other.http.close()
