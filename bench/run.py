@@ -339,6 +339,8 @@ class Bench:
                 "CHATAPP_MODEL": "bench-model",
                 "CHATAPP_RATE_LIMITS": "1000000/minute",
                 "CHATAPP_MAX_STREAMS_PER_CLIENT": "1000000",
+                # Every virtual user is 127.0.0.1: one client to chatapp.
+                "CHATAPP_READERS_PER_CLIENT": "1000000",
                 # Each turn counts twice against it (its producer and its
                 # reader, see chatapp.turns.admit.Gate.open_streams).
                 "CHATAPP_WORKER_MAX_STREAMS": str(max(4000, 2 * n + 1000)),

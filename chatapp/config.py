@@ -169,6 +169,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "BODY_READ_SECONDS": ("CHATAPP_BODY_READ_SECONDS", _seconds(), 10.0),
     "HISTORY_MAX_CHARS": ("CHATAPP_HISTORY_MAX_CHARS", _int(0), 24_000),
     "WORKER_MAX_STREAMS": ("CHATAPP_WORKER_MAX_STREAMS", _int(1), 4000),
+    # Event streams one client may hold open on a worker (oldest gives way).
+    "READERS_PER_CLIENT": ("CHATAPP_READERS_PER_CLIENT", _int(1), 32),
 }
 
 
