@@ -44,15 +44,6 @@ def own_redis() -> Iterator[RedisServer]:
     shutil.rmtree(server.dir, ignore_errors=True)
 
 
-@pytest.mark.xfail(
-    reason=(
-        "relay.events: a StoreError from touch_reader() or producer_alive() "
-        "reaches the outer `except StoreError`, which ends the stream with no "
-        "error + done (3 of 200 readers in RELIABILITY.md); for the reshaped "
-        "reader"
-    ),
-    strict=False,
-)
 def test_redis_killed_under_open_streams(
     service_factory: ServiceFactory,
     own_redis: RedisServer,

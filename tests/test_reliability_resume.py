@@ -15,7 +15,7 @@ import time
 
 import pytest
 import requests
-from chatapp.sse_decoder import SSEDecoder
+from chatapp.upstream.sse_decoder import SSEDecoder
 
 from tests.conftest import ARTIFACTS
 from tests.conftest import ChatClient

@@ -6,7 +6,7 @@ import time
 
 import jwt
 import pytest
-from chatapp.chat import idempotency_scope
+from chatapp.turns.start import idempotency_scope
 
 from chatapp.tokens import VISITOR_MAX_AGE
 from chatapp.tokens import WP_MAX_AGE
