@@ -15,8 +15,8 @@ import time
 
 import pytest
 import requests
-from chatapp.upstream.sse_decoder import SSEDecoder
 
+from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.conftest import ARTIFACTS
 from tests.conftest import ChatClient
 from tests.conftest import RedisServer

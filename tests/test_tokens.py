@@ -6,7 +6,6 @@ import time
 
 import jwt
 import pytest
-from chatapp.turns.start import idempotency_scope
 
 from chatapp.tokens import VISITOR_MAX_AGE
 from chatapp.tokens import WP_MAX_AGE
@@ -17,6 +16,7 @@ from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
 from chatapp.tokens import TokenSigner
 from chatapp.tokens import verify_wp_sso
+from chatapp.turns.start import idempotency_scope
 
 
 def signer(*keys: str, page_ttl: int = 60) -> TokenSigner:
