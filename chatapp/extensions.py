@@ -24,6 +24,8 @@ from chatapp.turns.relay import Relay
 from chatapp.turns.supervise import LEASE_SECONDS
 from chatapp.upstream import build_provider
 from chatapp.upstream.base import Provider
+from chatapp.upstream.moderation import Moderator
+from chatapp.upstream.moderation import OpenAIModerator
 
 # Pooled Redis connections a worker may open: commands are short and never
 # block (the follower and the cancel listener have connections of their own).
@@ -89,6 +91,15 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         events = MemoryEventLog()
         history = MemoryHistory(config["HISTORY_TTL"])
     provider = build_provider(config, http)
+    moderator: Moderator | None = None
+    if config["MODERATION"] == "openai":
+        moderator = OpenAIModerator(
+            session=http,
+            base_url=config["MODERATION_BASE_URL"],
+            api_key=config["MODERATION_API_KEY"],
+            connect_timeout=config["UPSTREAM_CONNECT_TIMEOUT"],
+            deadline=config["MODERATION_TIMEOUT"],
+        )
     relay = Relay(
         events,
         history,
@@ -103,6 +114,7 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             orphan=config["ORPHAN_SECONDS"],
             cache_ttl=config["CACHE_TTL"],
         ),
+        moderator,
     )
     metrics = Metrics(lambda: relay.running)
     relay.on_end.append(metrics.turn_ended)
