@@ -155,14 +155,21 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
         _text,
         "https://api.openai.com/v1",
     ),
+    "BOT_CHECK": ("CHATAPP_BOT_CHECK", _choice("off", "pow"), "off"),
     # Not in SPEC's table: the demo provider's pace, so tests and benches can
     # make it fast; the size of a request body we read at all.
     "DEMO_DELAY_MS": ("CHATAPP_DEMO_DELAY_MS", _int(0, 10_000), 30),
     "MAX_BODY_BYTES": ("CHATAPP_MAX_BODY_BYTES", _int(1024), 64 * 1024),
     "HISTORY_MAX_CHARS": ("CHATAPP_HISTORY_MAX_CHARS", _int(0), 24_000),
     "WORKER_MAX_STREAMS": ("CHATAPP_WORKER_MAX_STREAMS", _int(1), 4000),
-    # Not in SPEC's table either: how long a moderation verdict may take.
+    # Not in SPEC's table either: how long a moderation verdict may take, and
+    # the bot check's difficulty (the largest number a solver may have to try).
     "MODERATION_TIMEOUT": ("CHATAPP_MODERATION_TIMEOUT", _seconds(), 10.0),
+    "BOT_CHECK_MAX_NUMBER": (
+        "CHATAPP_BOT_CHECK_MAX_NUMBER",
+        _int(1000, 10_000_000),
+        250_000,
+    ),
 }
 
 

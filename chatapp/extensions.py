@@ -11,8 +11,11 @@ from flask import Flask
 from flask import current_app
 from requests.adapters import HTTPAdapter
 
+from chatapp.botcheck import BotCheck
 from chatapp.logs import log_turn
 from chatapp.metrics import Metrics
+from chatapp.store.challenges import MemorySpentSolutions
+from chatapp.store.challenges import SpentSolutions
 from chatapp.store.conversations import History
 from chatapp.store.conversations import MemoryHistory
 from chatapp.store.events import EventLog
@@ -45,6 +48,7 @@ class State:
     http: requests.Session
     metrics: Metrics
     redis: Any = None
+    botcheck: BotCheck | None = None
 
 
 def provider_session(pool_size: int) -> requests.Session:
@@ -119,8 +123,27 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
     metrics = Metrics(lambda: relay.running)
     relay.on_end.append(metrics.turn_ended)
     relay.on_end.append(log_end)
+    botcheck = None
+    if config["BOT_CHECK"] == "pow":
+        spent: SpentSolutions = MemorySpentSolutions()
+        if redis_client is not None:
+            from chatapp.store.challenges_redis import RedisSpentSolutions
+
+            spent = RedisSpentSolutions(redis_client)
+        botcheck = BotCheck(
+            config["SECRET_KEYS"], spent, max_number=config["BOT_CHECK_MAX_NUMBER"]
+        )
     state = State(
-        config, signer, events, history, provider, relay, http, metrics, redis_client
+        config,
+        signer,
+        events,
+        history,
+        provider,
+        relay,
+        http,
+        metrics,
+        redis_client,
+        botcheck,
     )
     app.extensions["chatapp"] = state
     return state

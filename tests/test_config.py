@@ -52,6 +52,19 @@ def test_key_list_rotates() -> None:
             "CHATAPP_SYSTEM_PROMPT",
         ),
         ({"CHATAPP_PROVIDER_BASE_URL": "ftp://x"}, "CHATAPP_PROVIDER_BASE_URL"),
+        ({"CHATAPP_MODERATION": "strict"}, "CHATAPP_MODERATION"),
+        ({"CHATAPP_MODERATION": "openai"}, "OPENAI_API_KEY"),
+        (
+            {
+                "CHATAPP_MODERATION": "openai",
+                "OPENAI_API_KEY": "k",
+                "CHATAPP_MODERATION_BASE_URL": "api.openai.com/v1",
+            },
+            "CHATAPP_MODERATION_BASE_URL",
+        ),
+        ({"CHATAPP_MODERATION_TIMEOUT": "0"}, "CHATAPP_MODERATION_TIMEOUT"),
+        ({"CHATAPP_BOT_CHECK": "captcha"}, "CHATAPP_BOT_CHECK"),
+        ({"CHATAPP_BOT_CHECK_MAX_NUMBER": "10"}, "CHATAPP_BOT_CHECK_MAX_NUMBER"),
     ],
 )
 def test_bad_settings_stop_with_one_line(env: dict[str, str], fragment: str) -> None:
@@ -147,3 +160,19 @@ def test_zero_is_no_duration(var: str) -> None:
 
 def test_cache_ttl_zero_means_off() -> None:
     assert load_config({"CHATAPP_CACHE_TTL": "0"})["CACHE_TTL"] == 0
+
+
+def test_abuse_guards_are_off_by_default_and_read_when_on() -> None:
+    assert load_config({})["MODERATION"] == "off"
+    assert load_config({})["BOT_CHECK"] == "off"
+    config = load_config(
+        {
+            "CHATAPP_MODERATION": "openai",
+            "OPENAI_API_KEY": " key ",
+            "CHATAPP_MODERATION_BASE_URL": "http://127.0.0.1:9/v1/",
+            "CHATAPP_BOT_CHECK": "POW",
+        }
+    )
+    assert config["MODERATION_API_KEY"] == "key"
+    assert config["MODERATION_BASE_URL"] == "http://127.0.0.1:9/v1"
+    assert config["BOT_CHECK"] == "pow"
