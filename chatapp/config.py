@@ -168,7 +168,7 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "BOT_CHECK_MAX_NUMBER": (
         "CHATAPP_BOT_CHECK_MAX_NUMBER",
         _int(1000, 10_000_000),
-        250_000,
+        100_000,
     ),
 }
 
