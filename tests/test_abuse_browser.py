@@ -145,3 +145,29 @@ def test_a_blocked_message_gets_a_polite_notice(
     assert [r.path for r in fake_provider.requests] == [MODERATION_PATH]
     assert OPENAI_PATH not in [r.path for r in fake_provider.requests]
     chat.assert_clean()
+
+
+def test_the_page_says_how_many_messages_are_left_when_few_are(
+    context: BrowserContext,
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+) -> None:
+    service = service_factory(
+        **openai_settings(fake_provider, CHATAPP_RATE_LIMITS="3/minute")
+    )
+    chat = ChatPage(context.new_page(), service.url).open()
+    allowance = chat.page.locator("[data-chatapp-allowance]")
+
+    chat.send("fake: delay_ms=5 | One.")
+    chat.wait_answer_finished()
+    expect(allowance).to_be_hidden()  # two of three left: plenty
+
+    chat.send("fake: delay_ms=5 | Two.")
+    chat.wait_answer_finished()
+    expect(allowance).to_be_visible()
+    expect(allowance).to_have_text("1 message left this minute.")
+
+    chat.send("fake: delay_ms=5 | Three.")
+    chat.wait_answer_finished()
+    expect(allowance).to_contain_text("That was your last message for now.")
+    chat.assert_clean()

@@ -36,6 +36,7 @@ from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
 from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import gate
+from chatapp.web.limiter import rate_limit_headers
 from chatapp.web.limiter import token_refresh_limit
 from chatapp.web.stream import event_stream
 
@@ -104,6 +105,7 @@ def chat() -> tuple[Response, int, dict[str, str]]:
                     **prompt_fields(message),
                 )
     headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
+    headers.update(rate_limit_headers())  # counted by the hit itself, no second scan
     return jsonify(body), 201, headers
 
 

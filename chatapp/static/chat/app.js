@@ -8,6 +8,7 @@ import { initEmbed } from './embed.js';
 import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js';
 import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
 import { botCheck } from './altcha.js';
+import { showAllowance } from './ratelimit.js';
 
 // After Stop, the stream normally ends with done/cancelled within a second;
 // past this, end the turn locally so the composer can never stay locked.
@@ -174,6 +175,7 @@ async function startTurn(text, { userNode = null, key = newKey() } = {}) {
     accepted = await session.authorised((token) => callApi(`${config.api}/chat`, {
       method: 'POST',
       headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
+      onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
       json: turn.conversationId
         ? { message: text, token, conversation_id: turn.conversationId }
         : { message: text, token },
