@@ -161,6 +161,13 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "CACHE_TTL": ("CHATAPP_CACHE_TTL", _seconds(zero_ok=True), 0.0),
     "DRAIN_SECONDS": ("CHATAPP_DRAIN_SECONDS", _seconds(), 30.0),
     "LOG_PROMPTS": ("CHATAPP_LOG_PROMPTS", _flag, False),
+    "MODERATION": ("CHATAPP_MODERATION", _choice("off", "openai"), "off"),
+    "MODERATION_BASE_URL": (
+        "CHATAPP_MODERATION_BASE_URL",
+        _text,
+        "https://api.openai.com/v1",
+    ),
+    "BOT_CHECK": ("CHATAPP_BOT_CHECK", _choice("off", "pow"), "off"),
     # Not in SPEC's table: the demo provider's pace, so tests and benches can
     # make it fast; the size of a request body we read at all.
     "DEMO_DELAY_MS": ("CHATAPP_DEMO_DELAY_MS", _int(0, 10_000), 30),
@@ -171,6 +178,14 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "WORKER_MAX_STREAMS": ("CHATAPP_WORKER_MAX_STREAMS", _int(1), 4000),
     # Event streams one client may hold open on a worker (oldest gives way).
     "READERS_PER_CLIENT": ("CHATAPP_READERS_PER_CLIENT", _int(1), 32),
+    # Not in SPEC's table either: how long a moderation verdict may take, and
+    # the bot check's difficulty (the largest number a solver may have to try).
+    "MODERATION_TIMEOUT": ("CHATAPP_MODERATION_TIMEOUT", _seconds(), 10.0),
+    "BOT_CHECK_MAX_NUMBER": (
+        "CHATAPP_BOT_CHECK_MAX_NUMBER",
+        _int(1000, 10_000_000),
+        100_000,
+    ),
 }
 
 
@@ -212,6 +227,7 @@ def load_config(
     ):
         raise ConfigError("CHATAPP_PROVIDER_BASE_URL must be an http(s) URL")
 
+    _check_moderation(config, env)
     config["SYSTEM_PROMPT"] = _read_prompt(config["SYSTEM_PROMPT"])
     config["EPHEMERAL_KEY"] = False
     if not config["SECRET_KEYS"]:
@@ -244,6 +260,24 @@ def load_config(
         )
     _check_rate_limits(config["RATE_LIMITS"])
     return config
+
+
+def _check_moderation(config: dict[str, Any], env: Mapping[str, str]) -> None:
+    config.setdefault("MODERATION_API_KEY", env.get("OPENAI_API_KEY", "").strip())
+    url = config["MODERATION_BASE_URL"].rstrip("/")
+    config["MODERATION_BASE_URL"] = url
+    if config["MODERATION"] == "off":
+        return
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"CHATAPP_MODERATION_BASE_URL={url!r} is invalid: must be an http(s) "
+            "URL ending in /v1, e.g. https://api.openai.com/v1"
+        )
+    if not config["MODERATION_API_KEY"]:
+        raise ConfigError(
+            "CHATAPP_MODERATION=openai needs OPENAI_API_KEY; set it in the "
+            "environment (it stays on the server)"
+        )
 
 
 def _read_prompt(value: str) -> str:

@@ -4,6 +4,7 @@ ChatappError
   ConfigError      bad settings: start-up stops with one line
   ApiError         a refused request: status + SPEC error code, sent as JSON
   ProviderError    the upstream failed: an SPEC `error` event code
+    ContentBlocked   moderation flagged the user's message
   StoreError       shared state (Redis) failed
 """
 
@@ -49,6 +50,18 @@ class ProviderError(ChatappError):
         self.code = code
         self.message = message
         self.retryable = retryable
+
+
+class ContentBlocked(ProviderError):
+    """Moderation flagged the user's message: the model is never called."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "content_blocked",
+            "Sorry, this message can't be answered here because it may break this "
+            "site's content rules. Please rephrase it and try again.",
+            retryable=False,
+        )
 
 
 class StoreError(ChatappError):

@@ -11,8 +11,11 @@ from flask import Flask
 from flask import current_app
 from requests.adapters import HTTPAdapter
 
+from chatapp.botcheck import BotCheck
 from chatapp.logs import log_turn
 from chatapp.metrics import Metrics
+from chatapp.store.challenges import MemorySpentSolutions
+from chatapp.store.challenges import SpentSolutions
 from chatapp.store.conversations import History
 from chatapp.store.conversations import MemoryHistory
 from chatapp.store.events import EventLog
@@ -24,6 +27,8 @@ from chatapp.turns.relay import Relay
 from chatapp.turns.supervise import LEASE_SECONDS
 from chatapp.upstream import build_provider
 from chatapp.upstream.base import Provider
+from chatapp.upstream.moderation import Moderator
+from chatapp.upstream.moderation import OpenAIModerator
 
 # Pooled Redis connections a worker may open: commands are short and never
 # block (the follower and the cancel listener have connections of their own).
@@ -43,6 +48,7 @@ class State:
     http: requests.Session
     metrics: Metrics
     redis: Any = None
+    botcheck: BotCheck | None = None
 
 
 def provider_session(pool_size: int) -> requests.Session:
@@ -89,6 +95,15 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         events = MemoryEventLog()
         history = MemoryHistory(config["HISTORY_TTL"])
     provider = build_provider(config, http)
+    moderator: Moderator | None = None
+    if config["MODERATION"] == "openai":
+        moderator = OpenAIModerator(
+            session=http,
+            base_url=config["MODERATION_BASE_URL"],
+            api_key=config["MODERATION_API_KEY"],
+            connect_timeout=config["UPSTREAM_CONNECT_TIMEOUT"],
+            deadline=config["MODERATION_TIMEOUT"],
+        )
     relay = Relay(
         events,
         history,
@@ -103,12 +118,32 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             orphan=config["ORPHAN_SECONDS"],
             cache_ttl=config["CACHE_TTL"],
         ),
+        moderator,
     )
     metrics = Metrics(lambda: relay.running)
     relay.on_end.append(metrics.turn_ended)
     relay.on_end.append(log_end)
+    botcheck = None
+    if config["BOT_CHECK"] == "pow":
+        spent: SpentSolutions = MemorySpentSolutions()
+        if redis_client is not None:
+            from chatapp.store.challenges_redis import RedisSpentSolutions
+
+            spent = RedisSpentSolutions(redis_client)
+        botcheck = BotCheck(
+            config["SECRET_KEYS"], spent, max_number=config["BOT_CHECK_MAX_NUMBER"]
+        )
     state = State(
-        config, signer, events, history, provider, relay, http, metrics, redis_client
+        config,
+        signer,
+        events,
+        history,
+        provider,
+        relay,
+        http,
+        metrics,
+        redis_client,
+        botcheck,
     )
     app.extensions["chatapp"] = state
     return state

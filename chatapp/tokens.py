@@ -56,7 +56,11 @@ class SSOExpired(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """Who a page token speaks for: a random visitor, maybe a WordPress user."""
+    """Who a page token speaks for: a random visitor, maybe a WordPress user.
+
+    `verified` says the visitor passed the bot check (tokens minted before it
+    existed read as not verified).
+    """
 
     visitor: str
     wp_user: str | None = None
@@ -64,6 +68,7 @@ class Identity:
     wp_name: str | None = None
     # When this identity was first issued (epoch seconds); None: not yet.
     issued: float | None = field(default=None, compare=False)
+    verified: bool = False  # passed the bot check
 
     @property
     def owner(self) -> str:
@@ -126,6 +131,8 @@ class TokenSigner:
         payload: dict[str, Any] = {"v": identity.visitor, "o": int(issued)}
         if identity.wp_user is not None:
             payload.update(u=identity.wp_user, s=identity.wp_site, n=identity.wp_name)
+        if identity.verified:
+            payload["h"] = 1  # a human, as far as the bot check can tell
         return str(self._page.dumps(payload))
 
     def read_page_token(self, token: str | None, *, grace: int = 0) -> Identity:
@@ -145,6 +152,7 @@ class TokenSigner:
             payload.get("s"),
             payload.get("n"),
             float(issued),
+            verified=payload.get("h") == 1,
         )
         if self._clock() - issued > identity.max_age:
             raise TokenExpired("identity past its absolute lifetime")

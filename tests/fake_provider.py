@@ -8,6 +8,11 @@ last user message with a directive::
     fake: crlf chunk=1 delay_ms=2 | Hello **world**
 
 Options come before `` | ``, the answer text to synthesize after it.
+
+``POST /v1/moderations`` answers OpenAI's moderation verdict: not flagged,
+unless the input holds one of the moderation directives anywhere in it
+(``mod:flag``, ``mod:fail`` = 500, ``mod:malformed``, ``mod:stall`` = no
+answer until the client leaves, ``mod:delay_ms=N``).
 """
 
 from __future__ import annotations
@@ -39,6 +44,22 @@ Ending = Literal["end", "drop", "stall"]
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+MODERATION_PATH = "/v1/moderations"
+MODERATION_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
 DIRECTIVE_PREFIX = "fake:"
 TEXT_SEPARATOR = " | "
 KEEPALIVE_COMMENT = b": keep-alive comment\n\n"
@@ -244,6 +265,38 @@ def last_user_text(body: dict[str, Any] | None) -> str | None:
             )
         return None
     return None
+
+
+def moderation_verdict(text: str, flagged: bool) -> dict[str, Any]:
+    """Build OpenAI's moderation answer for one input."""
+    score = 0.97 if flagged else 0.0001
+    return {
+        "id": "modr-" + uuid.uuid4().hex[:24],
+        "model": "omni-moderation-latest",
+        "results": [
+            {
+                "flagged": flagged,
+                "categories": {
+                    c: flagged and c == "violence" for c in MODERATION_CATEGORIES
+                },
+                "category_scores": {
+                    c: score if c == "violence" else 0.0001
+                    for c in MODERATION_CATEGORIES
+                },
+                "category_applied_input_types": {
+                    c: ["text"] for c in MODERATION_CATEGORIES
+                },
+            }
+        ],
+    }
+
+
+def moderation_delay_ms(text: str) -> int:
+    """Read ``mod:delay_ms=N`` from a moderation input (0 when absent)."""
+    for word in text.split():
+        if word.startswith("mod:delay_ms="):
+            return int(word.removeprefix("mod:delay_ms="))
+    return 0
 
 
 def _json(value: Any) -> bytes:
@@ -585,6 +638,10 @@ class _ClientGone(Exception):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body (or the first chunk) are separate writes: with Nagle
+    # the second waits for the client's delayed ACK (~40 ms), a delay real
+    # APIs (TCP_NODELAY behind their proxies) do not add.
+    disable_nagle_algorithm = True
     server: _Server
 
     def setup(self) -> None:
@@ -634,6 +691,9 @@ class _Handler(BaseHTTPRequestHandler):
                 raw_body=raw_body,
             )
         )
+        if self.command == "POST" and path == MODERATION_PATH:
+            self._moderate(body)
+            return
         provider: Provider
         if self.command == "POST" and path == OPENAI_PATH:
             provider = "openai"
@@ -669,6 +729,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_error(provider, 400, error_json(provider, 400, message))
             return
         self._stream(provider, behaviour, plan)
+
+    def _moderate(self, body: dict[str, Any] | None) -> None:
+        text = body.get("input") if body is not None else None
+        if not isinstance(text, str):
+            message = "fake: moderation input must be a string"
+            self._send_error("openai", 400, error_json("openai", 400, message))
+            return
+        try:
+            self._pause(moderation_delay_ms(text))
+            if "mod:stall" in text:
+                self._pause(self.server.fake.stall_max_s * 1000)
+                self._abort()
+                return
+        except _ClientGone:
+            self.close_connection = True
+            return
+        if "mod:fail" in text:
+            self._send_error("openai", 500, error_json("openai", 500))
+        elif "mod:malformed" in text:
+            self._send_json(200, b'{"results": "none"}', JSON_CONTENT_TYPE["openai"])
+        else:
+            verdict = _json(moderation_verdict(text, "mod:flag" in text))
+            extra = _request_id_header("openai")
+            self._send_json(200, verdict, JSON_CONTENT_TYPE["openai"], extra)
 
     def _read_body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":

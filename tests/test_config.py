@@ -62,6 +62,19 @@ def test_key_list_rotates() -> None:
         ),
         ({"CHATAPP_TRUSTED_PROXIES": "10.0.0.0/33"}, "CHATAPP_TRUSTED_PROXIES"),
         ({"CHATAPP_BODY_READ_SECONDS": "0"}, "CHATAPP_BODY_READ_SECONDS"),
+        ({"CHATAPP_MODERATION": "strict"}, "CHATAPP_MODERATION"),
+        ({"CHATAPP_MODERATION": "openai"}, "OPENAI_API_KEY"),
+        (
+            {
+                "CHATAPP_MODERATION": "openai",
+                "OPENAI_API_KEY": "k",
+                "CHATAPP_MODERATION_BASE_URL": "api.openai.com/v1",
+            },
+            "CHATAPP_MODERATION_BASE_URL",
+        ),
+        ({"CHATAPP_MODERATION_TIMEOUT": "0"}, "CHATAPP_MODERATION_TIMEOUT"),
+        ({"CHATAPP_BOT_CHECK": "captcha"}, "CHATAPP_BOT_CHECK"),
+        ({"CHATAPP_BOT_CHECK_MAX_NUMBER": "10"}, "CHATAPP_BOT_CHECK_MAX_NUMBER"),
     ],
 )
 def test_bad_settings_stop_with_one_line(env: dict[str, str], fragment: str) -> None:
@@ -171,3 +184,19 @@ def test_trusted_proxies_are_networks() -> None:
         "127.0.0.1/32",
         "::1/128",
     ]
+
+
+def test_abuse_guards_are_off_by_default_and_read_when_on() -> None:
+    assert load_config({})["MODERATION"] == "off"
+    assert load_config({})["BOT_CHECK"] == "off"
+    config = load_config(
+        {
+            "CHATAPP_MODERATION": "openai",
+            "OPENAI_API_KEY": " key ",
+            "CHATAPP_MODERATION_BASE_URL": "http://127.0.0.1:9/v1/",
+            "CHATAPP_BOT_CHECK": "POW",
+        }
+    )
+    assert config["MODERATION_API_KEY"] == "key"
+    assert config["MODERATION_BASE_URL"] == "http://127.0.0.1:9/v1"
+    assert config["BOT_CHECK"] == "pow"

@@ -12,7 +12,7 @@ from chatapp.web.cors import normalise_origin
 SHOP = "https://shop.example"
 STRANGER = "https://stranger.example"
 OWN = "http://localhost"  # Flask's test client talks to http://localhost/
-EXPOSED = "Location, Retry-After, X-Request-ID"
+EXPOSED = "Location, Retry-After, X-Request-ID, RateLimit, RateLimit-Policy"
 
 
 @pytest.fixture

@@ -147,8 +147,11 @@ def test_turn_past_the_rate_limit_gets_429_with_retry_after(
     for _ in range(3):
         response = client.post(message="hello")
         assert response.status_code == 201, response.text
-        # A success costs no second look at the window just to fill headers.
+        # A success says what is left (the RateLimit fields), not the old ones.
         assert "X-RateLimit-Remaining" not in response.headers
+        assert response.headers["RateLimit"].startswith(
+            f'"3 per 1 minute";r={2 - len(turns)};t='
+        )
         turns.append(response.json())
     refused = client.post(message="one too many")
     retry_after = assert_refusal(refused, 429, "rate_limited")

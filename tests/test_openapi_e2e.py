@@ -157,6 +157,7 @@ EVENTS = "/api/chat/{turn_id}/events"
 CANCEL = "/api/chat/{turn_id}/cancel"
 CONVERSATION = "/api/conversations/{conversation_id}"
 TOKEN = "/api/token"
+CHALLENGE = "/api/challenge"
 
 
 def _post_chat(client: ChatClient, **kwargs: Any) -> requests.Response:
@@ -285,6 +286,11 @@ CASES: dict[str, Case] = {
         "POST",
         TOKEN,
     ),
+    "challenge 404": lambda c: (
+        c.http.get(c.base_url + CHALLENGE, timeout=10),
+        "GET",
+        CHALLENGE,
+    ),
 }
 
 
@@ -317,3 +323,21 @@ def test_a_wrong_answer_fails_the_check(contract: Contract, service: Service) ->
     response.status_code = 400
     with pytest.raises(AssertionError):
         contract.check(response, "POST", CHAT)
+
+
+def test_the_bot_check_matches_the_document(service_factory: ServiceFactory) -> None:
+    from tests.test_botcheck_e2e import solve
+
+    checked = service_factory(CHATAPP_BOT_CHECK="pow")
+    document = requests.get(checked.url + "/api/openapi.json", timeout=10).json()
+    contract = Contract(document)
+    client = ChatClient(checked.url)
+
+    challenge = client.http.get(checked.url + CHALLENGE, timeout=10)
+    contract.check(challenge, "GET", CHALLENGE)
+    refused = client.post(message="hi")
+    assert refused.json()["error"]["code"] == "challenge_required"
+    contract.check(refused, "POST", CHAT)
+    accepted = client.post(message="hi", altcha=solve(challenge.json()))
+    assert "token" in accepted.json()
+    contract.check(accepted, "POST", CHAT)

@@ -28,6 +28,16 @@ def test_page_token_round_trips_identity() -> None:
     assert signer().read_page_token(signer().page_token(identity)) == identity
 
 
+def test_verified_flag_round_trips_and_old_tokens_read_unverified() -> None:
+    s = signer()
+    verified = Identity("visitor1", verified=True)
+    assert s.read_page_token(s.page_token(verified)) == verified
+    assert s.read_page_token(s.page_token(Identity("visitor1"))).verified is False
+    # A token minted before the flag existed: the same payload, without "h".
+    old = s._page.dumps({"v": "visitor1"})
+    assert s.read_page_token(old) == Identity("visitor1")
+
+
 def test_stream_token_is_not_a_page_token_and_vice_versa() -> None:
     s = signer()
     stream = s.stream_token("turn-1")

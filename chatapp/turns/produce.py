@@ -19,6 +19,7 @@ from typing import Any
 import gevent
 
 from chatapp import sse
+from chatapp.errors import ContentBlocked
 from chatapp.errors import ProviderError
 from chatapp.errors import StoreError
 from chatapp.store.conversations import History
@@ -31,6 +32,8 @@ from chatapp.turns.model import TurnInfo
 from chatapp.turns.model import TurnSettings
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Provider
+from chatapp.upstream.moderation import Moderator
+from chatapp.upstream.moderation import unavailable
 
 log = logging.getLogger(__name__)
 # Lifecycle lines go to the logger the JSON log set-up names for turns.
@@ -118,6 +121,7 @@ class Parts:
     provider: Provider
     settings: TurnSettings
     ended: Callable[[TurnEnd], None]
+    moderator: Moderator | None = None
 
 
 def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
@@ -138,6 +142,8 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
     stream = None
     try:
         run.raise_if_cancelled()
+        if parts.moderator is not None:
+            moderate(parts.moderator, run, request)
         stream = parts.provider.stream(request)
         run.in_upstream = True
         for chunk in stream:
@@ -178,6 +184,9 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
     except TurnCancelled as exc:
         finish = "cancelled"
         log.info("turn %s %s", info.id, exc)
+    except ContentBlocked as exc:
+        finish = "content_filter"
+        error = {"code": exc.code, "message": exc.message, "retryable": False}
     except ProviderError as exc:
         finish = "error"
         error = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
@@ -220,6 +229,26 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
     if run.cache_key and finish == "stop" and text:
         _cache(parts, run.cache_key, text, input_tokens, output_tokens)
     close_turn(parts, end, tail, text, final)
+
+
+def moderate(moderator: Moderator, run: Run, request: ChatRequest) -> None:
+    """Check the user's message before the model sees it; raise to end the turn.
+
+    A cancel interrupts the check as it would the model. Whatever ends the
+    check early (the watchdog too) is `moderation_unavailable`: fail closed.
+    """
+    run.in_upstream = True
+    try:
+        moderator.check(request.messages[-1].content)
+    except ContentBlocked:
+        raise
+    except ProviderError as exc:
+        if exc.code == "moderation_unavailable":
+            raise
+        raise unavailable() from exc
+    finally:
+        run.in_upstream = False
+    run.last_read = time.monotonic()  # the model's silence counts from here
 
 
 def replay(parts: Parts, info: TurnInfo, cached: str) -> None:

@@ -32,6 +32,7 @@ from chatapp.turns.supervise import LEASE_SECONDS
 from chatapp.turns.supervise import Supervisor
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Provider
+from chatapp.upstream.moderation import Moderator
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Relay:
         history: History,
         provider: Provider,
         settings: TurnSettings,
+        moderator: Moderator | None = None,
     ) -> None:
         self.events = events
         self.history = history
@@ -56,7 +58,7 @@ class Relay:
         self.settings = settings
         self.runs: dict[str, Run] = {}
         self.on_end: list[Callable[[TurnEnd], None]] = []
-        self.parts = Parts(events, history, provider, settings, self._ended)
+        self.parts = Parts(events, history, provider, settings, self._ended, moderator)
         self.supervisor = Supervisor(self.runs, events, settings, self._cancel_local)
         self.draining = False
         events.on_cancel(self._cancel_local)

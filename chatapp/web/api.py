@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint
@@ -11,6 +13,7 @@ from flask import jsonify
 from flask import request
 from flask import url_for
 
+from chatapp.botcheck import SolutionRefused
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
 from chatapp.errors import api_error_response
@@ -24,6 +27,7 @@ from chatapp.readers import ReaderCaps
 from chatapp.readers import socket_closer
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
+from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
 from chatapp.tokens import new_identity
@@ -37,6 +41,7 @@ from chatapp.web.cors import require_page_origin
 from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import client_key
 from chatapp.web.limiter import gate
+from chatapp.web.limiter import rate_limit_headers
 from chatapp.web.limiter import token_refresh_limit
 from chatapp.web.stream import event_stream
 
@@ -90,9 +95,10 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     # A retry of an accepted turn gets that turn back, whatever the limits say.
     body = earlier_turn(st.history, who, key)
     if body is None:
+        who, describe = _bot_check(who, values)
         with admit_turn(who) as admission:  # rate limit, quota, streams, capacity
             body, new = start_turn(
-                st.relay, st.config, who, message, conversation_id, key, _describe
+                st.relay, st.config, who, message, conversation_id, key, describe
             )
             if new:
                 admission.started(body["id"])
@@ -104,7 +110,43 @@ def chat() -> tuple[Response, int, dict[str, str]]:
                     **prompt_fields(message),
                 )
     headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
+    headers.update(rate_limit_headers())  # counted by the hit itself, no second scan
     return jsonify(body), 201, headers
+
+
+def _bot_check(
+    who: Identity, values: dict[str, Any]
+) -> tuple[Identity, Callable[[str, str], dict[str, Any]]]:
+    """Ask an anonymous visitor not yet verified for an unused ALTCHA solution.
+
+    A verified visitor's 201 carries a renewed page token saying so.
+    """
+    st = state()
+    if st.botcheck is None or who.wp_user is not None or who.verified:
+        return who, _describe
+    solution = request.headers.get("X-Altcha") or parse.text_field(values, "altcha")
+    try:
+        st.botcheck.verify(solution)
+    except SolutionRefused as exc:
+        raise ApiError(
+            403,
+            "challenge_required",
+            "The page has not finished its quick bot check; send again in a moment.",
+        ) from exc
+    verified = dataclasses.replace(who, verified=True)
+    token = st.signer.page_token(verified)
+    return verified, lambda turn_id, cid: {**_describe(turn_id, cid), "token": token}
+
+
+@bp.get("/challenge")
+def challenge() -> Response:
+    """Hand out a proof-of-work challenge; 404 while the bot check is off."""
+    check = state().botcheck
+    if check is None:
+        raise ApiError(404, "not_found", "Not found.")
+    response = jsonify(check.challenge())
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _check_stream_token(turn_id: str, token: str | None) -> None:

@@ -28,7 +28,7 @@ from chatapp.extensions import state
 API_PREFIX = "/api/"
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Content-Type, X-Chat-Token, Idempotency-Key, Last-Event-ID, X-Altcha"
-EXPOSE_HEADERS = "Location, Retry-After, X-Request-ID"
+EXPOSE_HEADERS = "Location, Retry-After, X-Request-ID, RateLimit, RateLimit-Policy"
 # Chromium caps a preflight's cache at two hours; ask for one.
 MAX_AGE_SECONDS = 3600
 SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))

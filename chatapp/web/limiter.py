@@ -37,6 +37,7 @@ from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
+from chatapp.web import moving_window
 
 EXTENSION = "chatapp.limits"
 # An IPv6 client is its /56, the usual home delegation (RFC 6177).
@@ -98,10 +99,12 @@ def _chat_rate_limits() -> str:
 # fixed windows allow) and no approximation (as the sliding counter makes),
 # so Retry-After is exact: the moment the oldest counted hit leaves. Its cost,
 # one timestamp per allowed hit (at most the limit's amount), is small for
-# limits sized in messages. Bound to the app in init_limits().
+# limits sized in messages. Our variant of it (moving_window.py) also counts
+# what each hit left, in the same call, for the RateLimit header fields.
+# Bound to the app in init_limits().
 limiter = Limiter(
     key_func=client_key,
-    strategy="moving-window",
+    strategy=moving_window.NAME,
     key_prefix="chatapp",
     # Our own handler writes the headers of a refusal; flask-limiter's would
     # scan the window again on every answer.
@@ -145,6 +148,12 @@ def admit_turn(identity: Identity) -> Admission:
     g.chatapp_counting = True
     _count_chat_turn()
     return Admission(gate(), gate().admit(client))
+
+
+def rate_limit_headers() -> dict[str, str]:
+    """RateLimit-Policy and RateLimit for the tightest limit this request hit."""
+    tightest = moving_window.tightest()
+    return moving_window.headers(tightest) if tightest is not None else {}
 
 
 def storage_problem() -> str | None:

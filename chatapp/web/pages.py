@@ -19,7 +19,7 @@ bp = Blueprint("pages", __name__)
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; connect-src 'self'; font-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "worker-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
     "frame-ancestors {ancestors}"
 )
 
@@ -34,6 +34,8 @@ def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
         embed=embed,
         embed_origins=origins,
         max_message_chars=st.config["MAX_MESSAGE_CHARS"],
+        # WordPress-signed users are never asked to solve a challenge.
+        bot_check=st.botcheck is not None and wp_user is None,
     )
     # Every render mints a fresh token: never let a cache share one.
     return _secured(Response(html, mimetype="text/html"), embed=embed)

@@ -7,6 +7,8 @@ import { announce, codePoints, formatDuration } from './dom.js';
 import { initEmbed } from './embed.js';
 import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js';
 import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
+import { botCheck } from './altcha.js';
+import { showAllowance } from './ratelimit.js';
 
 // After Stop, the stream normally ends with done/cancelled within a second;
 // past this, end the turn locally so the composer can never stay locked.
@@ -88,6 +90,8 @@ const STREAM_ERRORS = {
   provider_unavailable: 'The AI service is unavailable right now.',
   provider_error: 'The AI service could not answer this message.',
   internal: 'Something went wrong while writing the answer.',
+  content_blocked: "Sorry, this message can't be answered here: it may go against this site's content rules. Please rephrase it.",
+  moderation_unavailable: "Your message couldn't be checked just now, so it wasn't sent to the assistant.",
   lost: 'The connection to the answer was lost.',
 };
 
@@ -123,6 +127,8 @@ function describeRefusal(err) {
       return { text: 'That message is too large to send. Shorten it and send it again.', editable: true };
     case 'invalid_input':
       return { text: "That message couldn't be sent. Check it and send it again.", editable: true };
+    case 'challenge_required':
+      return { text: 'The page is still making sure you are not a bot. Send your message again in a moment.', retry: true };
     case 'invalid_token':
     case 'token_expired':
       return { text: 'This chat session has expired. Reload the page to continue.', reload: true };
@@ -164,15 +170,18 @@ async function startTurn(text, { userNode = null, key = newKey() } = {}) {
   const turn = beginTurn({ text, key, userNode: userNode ?? thread.add(userMessage(text)) });
 
   let accepted;
+  const altcha = await botCheck.solution(); // ready by now unless typed in a flash
   try {
     accepted = await session.authorised((token) => callApi(`${config.api}/chat`, {
       method: 'POST',
-      headers: { 'Idempotency-Key': key },
+      headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
+      onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
       json: turn.conversationId
         ? { message: text, token, conversation_id: turn.conversationId }
         : { message: text, token },
     }));
   } catch (err) {
+    if (altcha) botCheck.spent({ verified: false });
     if (activeTurn !== turn) return; // "New chat" was pressed meanwhile
     activeTurn = null;
     thread.remove(turn.answer.node);
@@ -180,6 +189,8 @@ async function startTurn(text, { userNode = null, key = newKey() } = {}) {
     if (!turn.stopRequested) refuse(turn, err);
     return;
   }
+  botCheck.spent({ verified: true }); // accepted: no other solution is asked
+  if (accepted.token) session.use(accepted.token); // now marked as verified
 
   if (activeTurn !== turn) {
     // Abandoned by "New chat" while the request was in flight.
@@ -235,7 +246,7 @@ function endTurn(turn, reason) {
   if (reason === 'cancelled' || (turn.stopRequested && reason === 'lost')) {
     answer.finish('stopped', 'Stopped', 'stopped');
     announce('Stopped.');
-  } else if (reason === 'error' || reason === 'lost') {
+  } else if (reason === 'error' || reason === 'lost' || turn.error?.code === 'content_blocked') {
     const error = reason === 'lost' ? { code: 'lost', retryable: true } : (turn.error ?? { code: 'internal', retryable: true });
     if (answer.text) answer.finish('error', 'The answer was interrupted.', 'error');
     else thread.remove(answer.node);

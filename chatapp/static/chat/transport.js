@@ -47,7 +47,7 @@ export function newKey() {
 const backoff = (failures) => Math.min(RETRY_FIRST_MS * 2 ** Math.max(0, failures - 1), RETRY_MAX_MS);
 const offline = () => navigator.onLine === false;
 
-export async function callApi(url, { method = 'GET', json, headers = {} } = {}) {
+export async function callApi(url, { method = 'GET', json, headers = {}, onResponse = null } = {}) {
   const init = {
     method,
     headers: { Accept: 'application/json', ...headers },
@@ -64,6 +64,7 @@ export async function callApi(url, { method = 'GET', json, headers = {} } = {}) 
   } catch {
     throw new ApiError(0, 'network', 'The request did not reach the server.');
   }
+  onResponse?.(response);
   const body = response.status === 204 ? null : await response.json().catch(() => null);
   if (!response.ok) {
     const error = body?.error ?? {};

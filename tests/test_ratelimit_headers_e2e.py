@@ -1,0 +1,136 @@
+"""RateLimit-Policy and RateLimit on a 201, from the limiter's hit itself."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import socket
+from importlib import resources
+
+import pytest
+import requests
+
+from tests.conftest import ChatClient
+from tests.conftest import RedisServer
+from tests.conftest import ServiceFactory
+
+pytestmark = pytest.mark.e2e
+
+FIELD = re.compile(r'^"(?P<name>[^"]+)";r=(?P<r>[0-9]+);t=(?P<t>[0-9]+)$')
+LIMITS_DB = 8
+
+
+def left(response: requests.Response) -> tuple[str, int, int]:
+    assert response.status_code == 201, response.text
+    found = FIELD.match(response.headers["RateLimit"])
+    assert found, response.headers["RateLimit"]
+    return found["name"], int(found["r"]), int(found["t"])
+
+
+def test_each_turn_says_how_many_are_left_of_the_tightest_limit(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(CHATAPP_RATE_LIMITS="3/minute;100/day")
+    client = ChatClient(service.url)
+
+    answers = [client.post(message="hello") for _ in range(3)]
+
+    policy = answers[0].headers["RateLimit-Policy"]
+    assert policy == '"3 per 1 minute";q=3;w=60'
+    assert [left(a)[:2] for a in answers] == [
+        ("3 per 1 minute", 2),
+        ("3 per 1 minute", 1),
+        ("3 per 1 minute", 0),
+    ]
+    assert all(55 <= left(a)[2] <= 60 for a in answers)
+    assert client.post(message="one too many").status_code == 429
+
+
+def test_the_tightest_limit_is_the_one_closest_to_running_out(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(CHATAPP_RATE_LIMITS="10/minute;2/day")
+    response = ChatClient(service.url).post(message="hello")
+
+    assert response.headers["RateLimit-Policy"] == '"2 per 1 day";q=2;w=86400'
+    assert left(response)[:2] == ("2 per 1 day", 1)
+
+
+def test_a_refusal_and_other_answers_carry_no_ratelimit_fields(
+    service_factory: ServiceFactory,
+) -> None:
+    service = service_factory(CHATAPP_RATE_LIMITS="1/minute")
+    client = ChatClient(service.url)
+    assert client.post(message="one").status_code == 201
+    refused = client.post(message="two")
+
+    assert refused.status_code == 429
+    assert "RateLimit" not in refused.headers
+    assert "RateLimit" not in requests.get(service.url + "/healthz").headers
+
+
+class Monitor:
+    """Redis MONITOR on a raw socket: every command the server runs."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(b"MONITOR\r\n")
+        self.buffer = b""
+        self._line()  # +OK
+
+    def _line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            assert chunk, "MONITOR connection closed"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\r\n")
+        return line
+
+    def until(self, marker: str) -> list[str]:
+        """Collect lines until a client sends ECHO <marker>."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(f"ECHO {marker}\r\n".encode())
+            s.recv(100)
+        lines = []
+        while True:
+            line = self._line().decode(errors="replace")
+            if f'"{marker}"' in line:
+                return lines
+            lines.append(line)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.redis
+def test_with_redis_the_count_comes_from_the_hit_without_a_second_scan(
+    service_factory: ServiceFactory, redis_server: RedisServer
+) -> None:
+    redis_server.command("-n", str(LIMITS_DB), "FLUSHDB")
+    url = f"redis://127.0.0.1:{redis_server.port}/{LIMITS_DB}"
+    service = service_factory(
+        CHATAPP_REDIS_URL=url, CHATAPP_WORKERS="2", CHATAPP_RATE_LIMITS="4/minute"
+    )
+    client = ChatClient(service.url)
+    left(client.post(message="zero"))  # scripts loaded into Redis once
+    monitor = Monitor(redis_server.port)
+    try:
+        monitor.until("before")
+        first = client.post(message="one")
+        commands = monitor.until("after")
+    finally:
+        monitor.close()
+    second = client.post(message="two")
+
+    assert [left(r)[1] for r in (first, second)] == [2, 1]
+    # Top-level commands on the limit's key: one script call, the hit. The
+    # script limits would run to look at the window again never runs.
+    scan = resources.files("limits").joinpath(
+        "resources/redis/lua_scripts/moving_window.lua"
+    )
+    scan_sha = hashlib.sha1(scan.read_text().encode()).hexdigest()
+    on_limit = [c for c in commands if "LIMITS:" in c and "lua]" not in c]
+    assert len(on_limit) == 1, on_limit
+    assert '"evalsha"' in on_limit[0].lower()
+    assert not any(scan_sha in c for c in commands)
