@@ -238,3 +238,15 @@ def test_a_runaway_answer_is_cut_at_the_limit_and_closed() -> None:
     assert got[-1] == ("done", {"finish_reason": "length"})
     assert provider.closed.is_set()
     assert ends[0].output_chars == limit
+
+
+def test_a_reader_past_the_end_of_a_finished_turn_is_finished() -> None:
+    relay, _ = relay_with(Scripted(["a"]))
+    info = started(relay)
+    everything = follow(relay, info.id)
+    tail = relay.open(info.id)
+    assert tail is not None
+    # SPEC: a reconnect after done gets 204, also with an id beyond the end.
+    assert read.finished(tail, len(everything))
+    assert read.finished(tail, len(everything) + 10)
+    assert not read.finished(tail, len(everything) - 1)

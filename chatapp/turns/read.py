@@ -27,7 +27,7 @@ _LOST = sse.encode(
 
 def finished(tail: Tail, after: int) -> bool:
     """Tell whether a reader at `after` has already had the turn's `done`."""
-    return tail.done and after == len(tail.frames)
+    return tail.done and after >= len(tail.frames)
 
 
 def stream(
