@@ -134,11 +134,35 @@ function dressCode(pre, settled) {
   }
   if (!settled || block.dataset.settled) return;
   block.dataset.settled = 'true';
-  highlight(code, id);
-  block.querySelector('.codeblock__tools').append(
-    wrapToggle(block),
-    copyButton(name ? `Copy ${name} code` : 'Copy code', () => code.textContent, 'Copy'),
-  );
+  later(() => {
+    highlight(code, id);
+    block.querySelector('.codeblock__tools').append(
+      wrapToggle(block),
+      copyButton(name ? `Copy ${name} code` : 'Copy code', () => code.textContent, 'Copy'),
+    );
+  });
+}
+
+// Settled blocks are finished off while the page is idle, a few at a time:
+// done in the frame that settles them, 50 code blocks in a streaming answer
+// halved its frame rate.
+const pending = [];
+let idleScheduled = false;
+
+function later(task) {
+  pending.push(task);
+  if (idleScheduled) return;
+  idleScheduled = true;
+  const run = (deadline) => {
+    while (pending.length > 0 && (deadline.didTimeout || deadline.timeRemaining() > 2)) {
+      pending.shift()();
+      if (deadline.didTimeout) break;
+    }
+    if (pending.length > 0) requestIdleCallback(run, { timeout: 500 });
+    else idleScheduled = false;
+  };
+  if (typeof requestIdleCallback === 'function') requestIdleCallback(run, { timeout: 500 });
+  else setTimeout(() => run({ didTimeout: true, timeRemaining: () => 0 }), 0);
 }
 
 function tableLabel(table) {

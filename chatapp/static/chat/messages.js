@@ -59,26 +59,37 @@ export const thread = {
       if (editable(event.target)) return;
       if (SCROLL_UP_KEYS.has(event.key) || (event.key === ' ' && event.shiftKey)) this.release();
     });
+    // The scrollbar: a press on the scroller itself (not on its content).
+    let dragging = false;
+    scroller.addEventListener('pointerdown', (event) => { dragging = event.target === scroller; });
+    window.addEventListener('pointerup', () => { dragging = false; });
+    window.addEventListener('pointercancel', () => { dragging = false; });
     scroller.addEventListener('scroll', () => {
       const top = scroller.scrollTop;
-      // Moved up by something else (the scrollbar, find-in-page): stop too.
-      // Only a move down (or none) that reaches the end resumes following:
-      // the first steps of an animated scroll up are still near the end.
-      if (top < this.lastTop - 1) this.release();
-      else if (this.distanceToEnd() <= AT_END_PX) this.following = true;
+      if (top < this.lastTop - 1) {
+        // Up by the reader's hand on the scrollbar stops following. Up by
+        // the page itself (a block that shrank, scroll anchoring) does not;
+        // the next change pins the end again. (A wheel or touch scroll may
+        // be reported before its own wheel or touch event, which then stops
+        // following: so no pinning back here.)
+        if (dragging) this.release();
+      } else if (!this.following && this.distanceToEnd() <= AT_END_PX) {
+        // Moving down to the end resumes following. (Layout is read only
+        // when not following: reading it on every scroll would cost a
+        // layout of the whole thread per frame.)
+        this.following = true;
+      }
       this.lastTop = top;
       this.updateJump();
     }, { passive: true });
     if (typeof ResizeObserver === 'function') {
-      // The view resized (a phone's keyboard, a rotated screen) or the thread
-      // changed size outside follow() (a note, a removed notice): stay at the
-      // end while following, before the browser reports a clamped scroll.
-      const observer = new ResizeObserver(() => {
+      // The view resized (a phone's keyboard, a rotated screen): stay at the
+      // end while following. (Not the thread: pinning after every layout of
+      // a streaming answer cost frames; follow() pins as it changes.)
+      new ResizeObserver(() => {
         if (this.following) this.pin();
         else this.updateJump();
-      });
-      observer.observe(scroller);
-      observer.observe(ui.thread);
+      }).observe(scroller);
     }
     ui.jump.addEventListener('click', () => {
       this.scrollToEnd();
@@ -98,18 +109,44 @@ export const thread = {
   },
 
   pin() {
-    ui.scroller.scrollTop = ui.scroller.scrollHeight;
-    this.lastTop = ui.scroller.scrollTop;
-    this.updateJump();
+    const { scroller } = ui;
+    // Read, then write, and never read back: a read after the write would
+    // lay the whole thread out a second time (content-visibility: auto
+    // depends on the scroll position).
+    const end = Math.max(0, scroller.scrollHeight - scroller.clientHeight);
+    scroller.scrollTop = end;
+    this.lastTop = end;
+    this.showJump(false);
   },
 
   scrollToEnd() {
     this.following = true;
     this.pin();
+    this.keepPinned();
+  },
+
+  /**
+   * Pin again after the next few layouts, while following: blocks skipped by
+   * content-visibility take their real size once they near the view, and
+   * code tools arrive when the page is idle, so the end moves.
+   */
+  keepPinned() {
+    let frames = 3;
+    const again = () => {
+      if (!this.following) return;
+      this.pin();
+      frames -= 1;
+      if (frames > 0) requestAnimationFrame(again);
+    };
+    requestAnimationFrame(again);
   },
 
   updateJump() {
-    ui.jump.hidden = this.following || this.distanceToEnd() <= JUMP_FROM_PX;
+    this.showJump(!this.following && this.distanceToEnd() > JUMP_FROM_PX);
+  },
+
+  showJump(show) {
+    if (ui.jump.hidden === show) ui.jump.hidden = !show;
   },
 
   /** Run a DOM change, keeping the view at the end while following. */
@@ -291,6 +328,7 @@ export class AssistantMessage {
       this.setNote(note, noteKind);
       this.copy.hidden = !this.text;
     });
+    thread.keepPinned();
   }
 }
 
