@@ -68,6 +68,40 @@ RECORD_ANSWER_STATES = """
 }
 """
 
+# Records every text a screen reader would be told about: nodes added to (or
+# text changed in) a polite or assertive live region that is not busy, the
+# nearest aria-live winning, as browsers resolve it.
+RECORD_SPEECH = """
+() => {
+  window.__spoken = [];
+  const politeness = (node) => {
+    let el = node.nodeType === Node.ELEMENT_NODE ? node : node.parentElement;
+    for (; el; el = el.parentElement) {
+      if (el.getAttribute('aria-busy') === 'true') return 'busy';
+      if (el.getAttribute('aria-hidden') === 'true') return 'hidden';
+      const live = el.getAttribute('aria-live');
+      if (live) return live;
+      const role = el.getAttribute('role');
+      if (role === 'log' || role === 'status') return 'polite';
+      if (role === 'alert') return 'assertive';
+    }
+    return 'off';
+  };
+  new MutationObserver((records) => {
+    for (const record of records) {
+      const nodes = record.type === 'characterData'
+        ? [record.target] : [...record.addedNodes];
+      for (const node of nodes) {
+        const text = (node.textContent || '').trim();
+        const level = politeness(node);
+        const live = level === 'polite' || level === 'assertive';
+        if (text && live) window.__spoken.push(text);
+      }
+    }
+  }).observe(document.body, { childList: true, subtree: true, characterData: true });
+}
+"""
+
 
 def launch_chromium(playwright: Playwright) -> Browser:
     """Start Debian's chromium headless; fail loudly when it is missing."""
@@ -168,6 +202,24 @@ class ChatPage:
 
     def answer_states(self) -> list[str]:
         return list(self.page.evaluate("() => window.__answerStates"))
+
+    def record_speech(self) -> None:
+        self.page.evaluate(RECORD_SPEECH)
+
+    def spoken(self) -> list[str]:
+        """What live regions said since record_speech(), in order."""
+        return list(self.page.evaluate("() => window.__spoken"))
+
+    @property
+    def scroller(self) -> Locator:
+        return self.page.locator("[data-chatapp-scroller]")
+
+    def distance_to_end(self) -> float:
+        return float(
+            self.scroller.evaluate(
+                "(el) => el.scrollHeight - el.scrollTop - el.clientHeight"
+            )
+        )
 
     def wait_answer_finished(self, index: int = -1) -> Locator:
         """Wait until answer `index` is no longer thinking or streaming."""

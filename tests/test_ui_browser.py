@@ -218,7 +218,7 @@ def test_enter_sends_and_shift_enter_adds_a_line(chat: ChatPage) -> None:
 
     keyboard.press("Enter")
     expect(chat.messages("user")).to_have_count(1)
-    expect(chat.messages("user").first).to_have_text(
+    expect(chat.messages("user").first.locator(".msg__body")).to_have_text(
         "fake: delay_ms=5 | first line\nsecond line"
     )
     expect(chat.textarea).to_have_value("")
@@ -762,6 +762,10 @@ SCREENSHOT_ANSWER = (
     "one line at a time, so even huge files stay cheap on memory:\n\n"
     '```python\nwith open("notes.txt", encoding="utf-8") as f:\n'
     "    for line in f:\n        print(line.rstrip())\n```\n\n"
+    "| method | memory | speed |\n| --- | --- | --- |\n"
+    "| `for line in f` | one line | fast |\n"
+    "| `f.readlines()` | whole file | fast |\n"
+    "| `f.read().splitlines()` | whole file | fastest |\n\n"
     "A few tips:\n\n"
     "- `line.rstrip()` drops the trailing newline.\n"
     "- Pass `encoding=` explicitly so the result is the same on every system.\n"

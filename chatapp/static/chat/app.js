@@ -1,9 +1,10 @@
 /*
- * The chat page: turns (send, stream, stop, retry), the composer, the
- * conversation kept across reloads, and start-up. Entry module of / and /embed.
+ * The chat page: turns (send, stream, stop, retry, regenerate, edit), the
+ * composer, the conversation kept across reloads (and New chat's undo), and
+ * start-up. Entry module of / and /embed.
  */
 import { config } from './config.js';
-import { announce, codePoints, formatDuration } from './dom.js';
+import { announce, codePoints, formatDuration, h, icon } from './dom.js';
 import { initEmbed } from './embed.js';
 import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js';
 import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
@@ -14,6 +15,7 @@ import { showAllowance } from './ratelimit.js';
 // past this, end the turn locally so the composer can never stay locked.
 const CANCEL_GRACE_MS = 5000;
 const COUNTER_FROM = 0.8; // show the length counter from 80 % of the limit
+const UNDO_MS = 10_000; // how long New chat can be undone
 const STORAGE_KEY = 'chatapp:v1';
 
 // ----------------------------------------------------------------- storage
@@ -158,6 +160,10 @@ function beginTurn({ text, key, userNode, ids = null }) {
     cancelTimer: 0,
   };
   activeTurn = turn;
+  // Older "Try again" buttons would put their answer out of order now.
+  Notice.retireAll();
+  followUps.withdraw();
+  undo.drop();
   thread.add(turn.answer.node);
   thread.scrollToEnd();
   composer.setBusy(true);
@@ -244,8 +250,8 @@ function endTurn(turn, reason) {
   if (activeTurn === turn) thread.setBusy(false);
 
   if (reason === 'cancelled' || (turn.stopRequested && reason === 'lost')) {
+    // Said once, by the log, when the note appears.
     answer.finish('stopped', 'Stopped', 'stopped');
-    announce('Stopped.');
   } else if (reason === 'error' || reason === 'lost' || turn.error?.code === 'content_blocked') {
     const error = reason === 'lost' ? { code: 'lost', retryable: true } : (turn.error ?? { code: 'internal', retryable: true });
     if (answer.text) answer.finish('error', 'The answer was interrupted.', 'error');
@@ -262,6 +268,7 @@ function endTurn(turn, reason) {
   if (activeTurn === turn) {
     activeTurn = null;
     composer.setBusy(false);
+    followUps.offer();
   }
   conversation.pending = null;
   conversation.save();
@@ -300,6 +307,8 @@ function refuse(turn, err) {
     action = { label: 'Reload', icon: 'retry', run: () => window.location.reload() };
   }
   thread.add(new Notice({ text: refusal.text, waitSeconds: refusal.wait, action }).node);
+  if (refusal.wait > 0) composer.wait(refusal.wait);
+  followUps.offer();
 }
 
 function failStream(turn, error) {
@@ -339,6 +348,7 @@ function cancelQuietly(cancelUrl) {
   session.authorised((token) => callApi(cancelUrl, { method: 'POST', json: { token } })).catch(() => {});
 }
 
+/** Forget the conversation (cancelling an answer being written); undoable for a while. */
 function newChat() {
   const turn = activeTurn;
   if (turn) {
@@ -347,19 +357,143 @@ function newChat() {
     turn.stream?.close();
     clearTimeout(turn.cancelTimer);
     if (turn.ids) cancelQuietly(turn.ids.cancel_url);
+    turn.answer.finish('stopped', 'Stopped', 'stopped');
+    conversation.pending = null;
     composer.setBusy(false);
   }
+  const earlier = { nodes: [...ui.log.childNodes], id: conversation.id };
   conversation.forget();
+  followUps.withdraw();
   thread.clear();
   ui.input.focus();
-  announce('New chat started.');
+  if (earlier.nodes.length > 0) undo.offer(earlier);
+  announce(earlier.nodes.length > 0 ? 'New chat started. Undo is available for a few seconds.' : 'New chat started.');
 }
+
+/** "Undo" after New chat: the earlier conversation back, as it was. */
+const undo = {
+  earlier: null,
+  timer: 0,
+
+  init() {
+    ui.undoButton.addEventListener('click', () => this.restore());
+  },
+
+  offer(earlier) {
+    this.earlier = earlier;
+    ui.undo.hidden = false;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.drop(), UNDO_MS);
+  },
+
+  drop() {
+    const hadFocus = ui.undo.contains(document.activeElement);
+    clearTimeout(this.timer);
+    this.earlier = null;
+    ui.undo.hidden = true;
+    if (hadFocus) ui.input.focus({ preventScroll: true });
+  },
+
+  restore() {
+    const { earlier } = this;
+    if (!earlier || activeTurn) return;
+    ui.log.replaceChildren(...earlier.nodes);
+    thread.update();
+    thread.scrollToEnd();
+    if (earlier.id) conversation.set(earlier.id);
+    this.drop();
+    followUps.offer();
+    ui.input.focus({ preventScroll: true });
+    announce('The earlier conversation is back.');
+  },
+};
+
+// ------------------------------------------------------ regenerate and edit
+
+/**
+ * Regenerate (on the last answer) and Edit (on the last user message). Each
+ * sends a new turn through POST /api/chat, like any message: the server
+ * keeps history by appending, so the new question and answer appear below
+ * the earlier ones, in the order the server stores them.
+ */
+const followUps = {
+  regenerate: h(
+    'button',
+    { type: 'button', class: 'btn btn--tiny', 'data-chatapp-regenerate': true, title: 'Ask the last question again' },
+    icon('retry'),
+    h('span', { text: 'Regenerate' }),
+  ),
+  edit: h(
+    'button',
+    { type: 'button', class: 'btn btn--tiny', 'data-chatapp-edit': true, 'aria-label': 'Edit your last message' },
+    icon('edit'),
+    h('span', { text: 'Edit' }),
+  ),
+
+  init() {
+    this.regenerate.addEventListener('click', () => this.runRegenerate());
+    this.edit.addEventListener('click', () => this.runEdit());
+  },
+
+  lastUser() {
+    return [...ui.log.querySelectorAll(':scope > [data-role="user"]')].at(-1) ?? null;
+  },
+
+  /** The last answer, if it answers the last user message. */
+  lastAnswer() {
+    const answer = [...ui.log.querySelectorAll(':scope > [data-role="assistant"]')].at(-1);
+    const user = this.lastUser();
+    if (!answer || !user) return null;
+    const after = user.compareDocumentPosition(answer) & Node.DOCUMENT_POSITION_FOLLOWING;
+    return after && answer.chatappMessage?.over ? answer : null;
+  },
+
+  withdraw() {
+    const hadFocus = document.activeElement === this.regenerate || document.activeElement === this.edit;
+    this.regenerate.remove();
+    this.edit.remove();
+    if (hadFocus) ui.input.focus({ preventScroll: true });
+  },
+
+  offer() {
+    if (activeTurn) return;
+    const user = this.lastUser();
+    const answer = this.lastAnswer();
+    if (answer) answer.querySelector('[data-chatapp-actions]').prepend(this.regenerate);
+    else this.regenerate.remove();
+    if (user) user.querySelector('[data-chatapp-actions]').append(this.edit);
+    else this.edit.remove();
+  },
+
+  questionText() {
+    return this.lastUser()?.querySelector('.msg__body')?.textContent ?? '';
+  },
+
+  runRegenerate() {
+    const text = this.questionText();
+    if (!text || activeTurn || !composer.canSendNow()) return;
+    startTurn(text); // a new turn with a new Idempotency-Key
+  },
+
+  runEdit() {
+    const text = this.questionText();
+    if (!text) return;
+    ui.input.value = text;
+    composer.update();
+    ui.input.focus();
+    ui.input.setSelectionRange(text.length, text.length);
+    announce('Your last message is in the message box. Change it and send it again.');
+  },
+};
 
 // ---------------------------------------------------------------- composer
 
 const composer = {
   busy: false,
   restoring: false,
+  waitUntil: 0, // a refusal's Retry-After: no sending before this (ms epoch)
+  waitTimer: 0,
+  level: 'none', // the length counter's last announced threshold
 
   init() {
     ui.form.addEventListener('submit', (event) => {
@@ -371,7 +505,12 @@ const composer = {
       if (event.key === 'Enter' && !event.shiftKey && !event.isComposing && event.keyCode !== 229) {
         event.preventDefault();
         this.submit();
-      } else if (event.key === 'Escape' && activeTurn) {
+      }
+    });
+    // Esc stops an answer from anywhere on the page (before embed.js's
+    // listener, which closes a widget only when Esc stopped nothing).
+    document.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape' && activeTurn && !event.defaultPrevented && !event.isComposing) {
         event.preventDefault();
         stop();
       }
@@ -392,9 +531,44 @@ const composer = {
     return ui.input.value.trim();
   },
 
+  /** Nothing stops a send but the text itself. */
+  canSendNow() {
+    return !this.busy && !this.restoring && !this.waitUntil;
+  },
+
   canSend() {
     const length = codePoints(this.text());
-    return !this.busy && !this.restoring && length > 0 && length <= config.maxChars;
+    return this.canSendNow() && length > 0 && length <= config.maxChars;
+  },
+
+  /** A refusal asked to wait: Send shows the wait, and says once when it is over. */
+  wait(seconds) {
+    this.waitUntil = Math.max(this.waitUntil, Date.now() + seconds * 1000);
+    clearInterval(this.waitTimer);
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((this.waitUntil - Date.now()) / 1000));
+      if (left === 0) {
+        clearInterval(this.waitTimer);
+        this.waitUntil = 0;
+        ui.send.classList.remove('is-waiting');
+        ui.sendWait.hidden = true;
+        ui.send.setAttribute('aria-label', 'Send message');
+        ui.send.title = 'Send (Enter)';
+        this.update();
+        announce('You can send messages again.');
+        return;
+      }
+      const short = left < 60 ? `${left}s` : left < 3600 ? `${Math.ceil(left / 60)}m` : `${Math.ceil(left / 3600)}h`;
+      ui.sendWait.textContent = short;
+      ui.sendWait.hidden = false;
+      ui.send.classList.add('is-waiting');
+      // Disabled, so never focused: the changing name is not read out.
+      ui.send.setAttribute('aria-label', `Send message, possible again in ${formatDuration(left)}`);
+      ui.send.title = `You can send again in ${formatDuration(left)}`;
+      this.update();
+    };
+    tick();
+    this.waitTimer = setInterval(tick, 500);
   },
 
   submit() {
@@ -445,6 +619,14 @@ const composer = {
         ? `${(-left).toLocaleString()} characters too long`
         : `${left.toLocaleString()} characters left`;
     }
+    // The counter is announced when it crosses a threshold, not per key.
+    followUps.regenerate.disabled = !this.canSendNow();
+    const level = over ? 'over' : showCounter ? 'near' : 'none';
+    if (level !== this.level) {
+      if (level === 'near') announce(`${ui.counter.textContent}.`);
+      else if (level === 'over') announce(`${ui.counter.textContent}. Shorten the message to send it.`);
+      this.level = level;
+    }
   },
 };
 
@@ -471,6 +653,7 @@ async function restoreConversation() {
     thread.scrollToEnd();
     conversation.set(saved.conversationId);
     resumePending(saved.pending, history.messages ?? []);
+    followUps.offer();
   } catch {
     // Kept in storage: a later reload may well succeed.
     thread.add(new Notice({
@@ -546,7 +729,10 @@ function resumePending(pending, messages) {
 
 // ---------------------------------------------------------------- start-up
 
+thread.init();
 composer.init();
+undo.init();
+followUps.init();
 ui.newChat.addEventListener('click', newChat);
 initEmbed();
 restoreConversation().finally(() => {

@@ -2,10 +2,15 @@
  * The conversation's views: the thread, user and assistant messages, and
  * notices (refusals and failures) with their buttons.
  */
+import { copyButton, dressBlocks } from './blocks.js';
 import { announce, h, icon } from './dom.js';
 import { renderMarkdown, StreamRenderer } from './render.js';
 
-const FOLLOW_SLACK_PX = 96; // "at the bottom" for auto-scroll purposes
+// Within this of the end counts as "at the end": reaching it resumes following.
+const AT_END_PX = 8;
+// The "Jump to latest" button shows once this much of the thread is below the view.
+const JUMP_FROM_PX = 48;
+const SCROLL_UP_KEYS = new Set(['ArrowUp', 'PageUp', 'Home']);
 
 export const ui = {
   scroller: document.querySelector('[data-chatapp-scroller]'),
@@ -21,23 +26,134 @@ export const ui = {
   stop: document.querySelector('[data-chatapp-stop]'),
   counter: document.querySelector('[data-chatapp-counter]'),
   newChat: document.querySelector('[data-chatapp-new]'),
+  jump: document.querySelector('[data-chatapp-jump]'),
+  undo: document.querySelector('[data-chatapp-undo]'),
+  undoButton: document.querySelector('[data-chatapp-undo] button'),
+  sendWait: document.querySelector('[data-chatapp-wait]'),
 };
 
+const editable = (node) => node instanceof Element && Boolean(node.closest('textarea, input, [contenteditable]'));
+
+/**
+ * The scrolling thread. It follows a growing answer only while the reader
+ * wants it to: any move up (wheel, touch, keys, scrollbar) stops following,
+ * reaching the end again resumes it, and "Jump to latest" goes back there.
+ */
 export const thread = {
-  atBottom() {
+  following: true,
+  lastTop: 0,
+
+  init() {
+    const { scroller } = ui;
+    scroller.addEventListener('wheel', (event) => {
+      if (event.deltaY < 0) this.release();
+    }, { passive: true });
+    let touchY = null;
+    scroller.addEventListener('touchstart', (event) => { touchY = event.touches[0]?.clientY ?? null; }, { passive: true });
+    scroller.addEventListener('touchmove', (event) => {
+      const y = event.touches[0]?.clientY;
+      // A finger moving down drags the content down: the reader looks back.
+      if (touchY !== null && y !== undefined && y > touchY + 2) this.release();
+    }, { passive: true });
+    document.addEventListener('keydown', (event) => {
+      if (editable(event.target)) return;
+      if (SCROLL_UP_KEYS.has(event.key) || (event.key === ' ' && event.shiftKey)) this.release();
+    });
+    // The scrollbar: a press on the scroller itself (not on its content).
+    let dragging = false;
+    scroller.addEventListener('pointerdown', (event) => { dragging = event.target === scroller; });
+    window.addEventListener('pointerup', () => { dragging = false; });
+    window.addEventListener('pointercancel', () => { dragging = false; });
+    scroller.addEventListener('scroll', () => {
+      const top = scroller.scrollTop;
+      if (top < this.lastTop - 1) {
+        // Up by the reader's hand on the scrollbar stops following. Up by
+        // the page itself (a block that shrank, scroll anchoring) does not;
+        // the next change pins the end again. (A wheel or touch scroll may
+        // be reported before its own wheel or touch event, which then stops
+        // following: so no pinning back here.)
+        if (dragging) this.release();
+      } else if (!this.following && this.distanceToEnd() <= AT_END_PX) {
+        // Moving down to the end resumes following. (Layout is read only
+        // when not following: reading it on every scroll would cost a
+        // layout of the whole thread per frame.)
+        this.following = true;
+      }
+      this.lastTop = top;
+      this.updateJump();
+    }, { passive: true });
+    if (typeof ResizeObserver === 'function') {
+      // The view resized (a phone's keyboard, a rotated screen): stay at the
+      // end while following. (Not the thread: pinning after every layout of
+      // a streaming answer cost frames; follow() pins as it changes.)
+      new ResizeObserver(() => {
+        if (this.following) this.pin();
+        else this.updateJump();
+      }).observe(scroller);
+    }
+    ui.jump.addEventListener('click', () => {
+      this.scrollToEnd();
+      ui.input.focus({ preventScroll: true });
+    });
+  },
+
+  distanceToEnd() {
     const { scrollTop, scrollHeight, clientHeight } = ui.scroller;
-    return scrollHeight - scrollTop - clientHeight < FOLLOW_SLACK_PX;
+    return scrollHeight - scrollTop - clientHeight;
+  },
+
+  /** The reader looked back: leave the view where they put it. */
+  release() {
+    this.following = false;
+    this.updateJump();
+  },
+
+  pin() {
+    const { scroller } = ui;
+    // Read, then write, and never read back: a read after the write would
+    // lay the whole thread out a second time (content-visibility: auto
+    // depends on the scroll position).
+    const end = Math.max(0, scroller.scrollHeight - scroller.clientHeight);
+    scroller.scrollTop = end;
+    this.lastTop = end;
+    this.showJump(false);
   },
 
   scrollToEnd() {
-    ui.scroller.scrollTop = ui.scroller.scrollHeight;
+    this.following = true;
+    this.pin();
+    this.keepPinned();
   },
 
-  /** Run a DOM change, keeping the view pinned to the end if it was there. */
+  /**
+   * Pin again after the next few layouts, while following: blocks skipped by
+   * content-visibility take their real size once they near the view, and
+   * code tools arrive when the page is idle, so the end moves.
+   */
+  keepPinned() {
+    let frames = 3;
+    const again = () => {
+      if (!this.following) return;
+      this.pin();
+      frames -= 1;
+      if (frames > 0) requestAnimationFrame(again);
+    };
+    requestAnimationFrame(again);
+  },
+
+  updateJump() {
+    this.showJump(!this.following && this.distanceToEnd() > JUMP_FROM_PX);
+  },
+
+  showJump(show) {
+    if (ui.jump.hidden === show) ui.jump.hidden = !show;
+  },
+
+  /** Run a DOM change, keeping the view at the end while following. */
   follow(change) {
-    const pinned = this.atBottom();
     change();
-    if (pinned) this.scrollToEnd();
+    if (this.following) this.pin();
+    else this.updateJump();
   },
 
   add(node) {
@@ -49,13 +165,16 @@ export const thread = {
   },
 
   remove(node) {
-    node?.remove();
-    this.update();
+    this.follow(() => {
+      node?.remove();
+      this.update();
+    });
   },
 
   clear() {
     ui.log.replaceChildren();
     this.update();
+    this.scrollToEnd();
   },
 
   update() {
@@ -69,94 +188,18 @@ export const thread = {
   },
 };
 
+/**
+ * The person's own message. aria-live="off": they just wrote it, so the
+ * log does not read it back to them.
+ */
 export function userMessage(text) {
   return h(
     'article',
-    { class: 'msg msg--user', 'data-role': 'user', 'aria-label': 'You' },
+    { class: 'msg msg--user', 'data-role': 'user', 'aria-label': 'You', 'aria-live': 'off' },
+    h('h2', { class: 'visually-hidden', text: 'You said' }),
     h('div', { class: 'msg__body', text }),
+    h('div', { class: 'msg__actions', 'data-chatapp-actions': true }),
   );
-}
-
-async function copyText(text) {
-  try {
-    await navigator.clipboard.writeText(text);
-    return true;
-  } catch {
-    // No async clipboard (plain http, or an iframe without clipboard-write):
-    // fall back to the old selection-based copy.
-  }
-  const returnFocus = document.activeElement;
-  const proxy = h('textarea', { class: 'clipboard-proxy', readonly: true, 'aria-hidden': 'true', tabindex: '-1' });
-  proxy.value = text;
-  document.body.append(proxy);
-  proxy.select();
-  let copied = false;
-  try {
-    copied = document.execCommand('copy');
-  } catch {
-    copied = false;
-  }
-  proxy.remove();
-  returnFocus?.focus?.({ preventScroll: true });
-  return copied;
-}
-
-/** A copy button; `visibleLabel` adds text next to the icon. */
-function copyButton(label, getText, visibleLabel = '') {
-  const face = (name, text) => [icon(name), ...(visibleLabel ? [h('span', { text })] : [])];
-  const button = h('button', {
-    type: 'button',
-    class: visibleLabel ? 'btn btn--tiny' : 'btn btn--icon btn--subtle',
-    'aria-label': label,
-    title: label,
-  }, ...face('copy', visibleLabel));
-  let timer = 0;
-  button.addEventListener('click', async () => {
-    const copied = await copyText(getText());
-    clearTimeout(timer);
-    button.replaceChildren(...face(copied ? 'check' : 'alert', copied ? 'Copied' : 'Failed'));
-    button.classList.toggle('is-done', copied);
-    announce(copied ? 'Copied to the clipboard.' : 'Copying failed; select the text and copy it by hand.');
-    timer = setTimeout(() => {
-      button.replaceChildren(...face('copy', visibleLabel));
-      button.classList.remove('is-done');
-    }, 1800);
-  });
-  return button;
-}
-
-/**
- * Put each code block under a small bar naming its language. The copy
- * button joins once the answer is complete; the bar is there from the start
- * so the layout does not jump when the answer finishes. A block wider than
- * the answer scrolls, so it takes keyboard focus to be scrollable by keys.
- */
-function enhanceCodeBlocks(body) {
-  for (const pre of body.querySelectorAll('pre')) {
-    const code = pre.querySelector('code') ?? pre;
-    const language = /(?:^|\s)language-([\w+#.-]+)/.exec(code.className)?.[1] ?? '';
-    pre.setAttribute('tabindex', '0');
-    const bar = h(
-      'div',
-      { class: 'codeblock__bar' },
-      h('span', { class: 'codeblock__lang', text: language || 'code' }),
-    );
-    const wrapper = h('div', { class: 'codeblock' }, bar);
-    pre.replaceWith(wrapper);
-    wrapper.append(pre);
-  }
-  // Wide tables scroll too.
-  for (const table of body.querySelectorAll('table')) table.setAttribute('tabindex', '0');
-}
-
-/** Give every code block's bar its Copy button, once the answer is complete. */
-function addCodeCopyButtons(body) {
-  for (const block of body.querySelectorAll('.codeblock')) {
-    const bar = block.querySelector('.codeblock__bar');
-    const code = block.querySelector('pre code') ?? block.querySelector('pre');
-    if (!bar || !code || bar.querySelector('button')) continue;
-    bar.append(copyButton('Copy code', () => code.textContent, 'Copy'));
-  }
 }
 
 const RECONNECTING = 'Reconnecting…';
@@ -171,24 +214,33 @@ export class AssistantMessage {
     this.note = h('p', { class: 'msg__note', hidden: true });
     this.copy = copyButton('Copy answer', () => this.text);
     this.copy.hidden = true;
+    this.heading = h('h2', { class: 'visually-hidden', text: 'Assistant said' });
     this.node = h(
       'article',
       { class: 'msg msg--assistant', 'data-role': 'assistant', 'aria-label': 'Assistant' },
+      this.heading,
       this.body,
-      h('div', { class: 'msg__foot' }, this.note, this.copy),
+      h(
+        'div',
+        { class: 'msg__foot' },
+        this.note,
+        // Buttons come and go here without being read out.
+        h('span', { class: 'msg__actions', 'aria-live': 'off', 'data-chatapp-actions': true }, this.copy),
+      ),
     );
+    this.node.chatappMessage = this;
     if (finished) {
       this.finish('done');
       return;
     }
-    this.view = new StreamRenderer(this.body, enhanceCodeBlocks);
+    this.view = new StreamRenderer(this.body, dressBlocks);
     this.thinking = h(
       'div',
       { class: 'thinking' },
       h('span', { class: 'thinking__dots', 'aria-hidden': 'true' }, h('i'), h('i'), h('i')),
       h('span', { text: 'Thinking…' }),
     );
-    this.node.prepend(this.thinking);
+    this.heading.after(this.thinking);
     this.node.dataset.state = 'thinking';
     this.node.setAttribute('aria-busy', 'true');
     // Hidden from screen readers while it grows: the polite log then reads
@@ -245,11 +297,12 @@ export class AssistantMessage {
   }
 
   finish(state, note = '', noteKind = '') {
+    this.over = true; // the turn has ended; the last frames may still be drawing
     this.thinking?.remove();
     this.thinking = null;
     delete this.node.dataset.connection;
     if (!this.view) {
-      renderMarkdown(this.text, this.body, enhanceCodeBlocks);
+      renderMarkdown(this.text, this.body, dressBlocks);
       this.settle(state, note, noteKind);
       return;
     }
@@ -265,7 +318,8 @@ export class AssistantMessage {
     this.view = null;
     this.ending = null;
     thread.follow(() => {
-      addCodeCopyButtons(this.body);
+      // The last block settles now: highlighting and tools for its code.
+      dressBlocks(this.body, true);
       // Shown to screen readers now that it is complete: the polite log
       // reads the whole answer once instead of every token.
       this.body.removeAttribute('aria-hidden');
@@ -274,21 +328,28 @@ export class AssistantMessage {
       this.setNote(note, noteKind);
       this.copy.hidden = !this.text;
     });
+    thread.keepPinned();
   }
 }
 
+const notices = new Set();
+
 /**
  * A refusal or failure in the log (data-role="error"), with an optional
- * action button and an optional live countdown from Retry-After.
+ * action button and an optional countdown from Retry-After. The log reads
+ * the notice once when it appears; the ticking number is kept out of the
+ * live region (the composer says once when sending works again).
  */
 export class Notice {
   constructor({ text, waitSeconds = null, action = null, kind = 'error' }) {
     this.text = text; // string, or (secondsLeft) => string while counting down
+    this.retired = false;
     this.textNode = h('p', { class: 'notice__text' });
     this.button = action
       ? h('button', { type: 'button', class: 'btn btn--small' }, icon(action.icon), h('span', { text: action.label }))
       : null;
     this.button?.addEventListener('click', () => {
+      if (this.retired) return;
       action.run(this);
       // The button just left the page with its notice; keep the keyboard
       // where the conversation continues.
@@ -300,13 +361,28 @@ export class Notice {
       icon(waitSeconds ? 'clock' : kind === 'info' ? 'info' : 'alert'),
       h('div', { class: 'notice__main' }, this.textNode, this.button),
     );
+    if (this.button) notices.add(this);
     if (waitSeconds) this.countDown(waitSeconds);
     else this.show(0);
   }
 
+  /** A newer turn has started: this notice's action would land out of order. */
+  static retireAll() {
+    for (const notice of notices) notice.retire();
+    notices.clear();
+  }
+
+  retire() {
+    this.retired = true;
+    if (this.button) {
+      this.button.disabled = true;
+      this.button.title = 'A newer message has been sent since';
+    }
+  }
+
   show(secondsLeft) {
     this.textNode.textContent = typeof this.text === 'function' ? this.text(secondsLeft) : this.text;
-    if (this.button) this.button.disabled = secondsLeft > 0;
+    if (this.button) this.button.disabled = this.retired || secondsLeft > 0;
   }
 
   countDown(seconds) {
@@ -314,6 +390,8 @@ export class Notice {
     const secondsLeft = () => Math.max(0, Math.ceil((deadline - Date.now()) / 1000));
     this.show(secondsLeft());
     const timer = setInterval(() => {
+      // Read once when it appeared; from now on the number ticks silently.
+      this.textNode.setAttribute('aria-live', 'off');
       const left = secondsLeft();
       this.show(left);
       // Stop at zero, or once the notice has left the page (retry, New chat).
@@ -322,6 +400,7 @@ export class Notice {
   }
 
   remove() {
+    notices.delete(this);
     thread.remove(this.node);
   }
 }
