@@ -122,6 +122,8 @@ export function closeDangling(source) {
     // A run with nothing after it yet is dropped; otherwise the span closes.
     body = openAt + open.length === body.length ? body.slice(0, openAt).trimEnd() : body + open;
   }
+  // Half of a closing `**` already here ("**bold*"): wait for the other half.
+  if (open === null && strong.length > 0 && /[^*\s]\*$/.test(body)) body = body.slice(0, -1);
   for (const { run, last } of strong.reverse()) {
     body = last && open === null ? body.slice(0, -run.length).trimEnd() : body + run;
   }
