@@ -221,6 +221,24 @@ class ChatPage:
             )
         )
 
+    def wait_at_end(self, within: float = 8) -> None:
+        """Wait until the thread's view reaches its end, then check that it
+        is still there two frames later (blocks that take their real size
+        as they near the view move the end while the page settles)."""
+        self.page.wait_for_function(
+            """([within]) => {
+              const el = document.querySelector('[data-chatapp-scroller]');
+              return el.scrollHeight - el.scrollTop - el.clientHeight < within;
+            }""",
+            arg=[within],
+        )
+        settled = self.scroller.evaluate(
+            """(el) => new Promise((resolve) => requestAnimationFrame(
+                 () => requestAnimationFrame(
+                   () => resolve(el.scrollHeight - el.scrollTop - el.clientHeight))))"""
+        )
+        assert float(settled) < within
+
     def wait_answer_finished(self, index: int = -1) -> Locator:
         """Wait until answer `index` is no longer thinking or streaming."""
         answer = self.answers.nth(index) if index >= 0 else self.answers.last

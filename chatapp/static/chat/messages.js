@@ -42,6 +42,8 @@ const editable = (node) => node instanceof Element && Boolean(node.closest('text
 export const thread = {
   following: true,
   lastTop: 0,
+  settling: 0,
+  settleObserver: null,
 
   init() {
     const { scroller } = ui;
@@ -73,8 +75,11 @@ export const thread = {
         // be reported before its own wheel or touch event, which then stops
         // following: so no pinning back here.)
         if (dragging) this.release();
-      } else if (!this.following && this.distanceToEnd() <= AT_END_PX) {
-        // Moving down to the end resumes following. (Layout is read only
+      } else if (top > this.lastTop + 1 && !this.following && this.distanceToEnd() <= AT_END_PX) {
+        // Moving down to the end resumes following. Only a move down: a
+        // key or wheel that stopped following may not have moved the view
+        // yet (its scroll is animated), and a scroll event that finds the
+        // view still at the end must not undo it. (Layout is read only
         // when not following: reading it on every scroll would cost a
         // layout of the whole thread per frame.)
         this.following = true;
@@ -105,6 +110,9 @@ export const thread = {
   /** The reader looked back: leave the view where they put it. */
   release() {
     this.following = false;
+    // Where the view is now, pins included: a scroll event still on its way
+    // from a pin made just before is no move down by the reader.
+    this.lastTop = ui.scroller.scrollTop;
     this.updateJump();
   },
 
@@ -113,9 +121,10 @@ export const thread = {
     // Read, then write, and never read back: a read after the write would
     // lay the whole thread out a second time (content-visibility: auto
     // depends on the scroll position).
-    const end = Math.max(0, scroller.scrollHeight - scroller.clientHeight);
-    scroller.scrollTop = end;
-    this.lastTop = end;
+    // (lastTop stays what the last scroll event saw: the browser may place
+    // the view a pixel or two from the end computed here, and a scroll
+    // event finding it there is no move by the reader.)
+    scroller.scrollTop = Math.max(0, scroller.scrollHeight - scroller.clientHeight);
     this.showJump(false);
   },
 
@@ -126,19 +135,25 @@ export const thread = {
   },
 
   /**
-   * Pin again after the next few layouts, while following: blocks skipped by
-   * content-visibility take their real size once they near the view, and
-   * code tools arrive when the page is idle, so the end moves.
+   * For a while, pin again whenever the thread changes size, while
+   * following: blocks skipped by content-visibility take their real size
+   * once they near the view (the browser finds that out a few frames
+   * later, so a long stretch of them grows the thread well after the
+   * pin), and code tools arrive when the page is idle. Only for a while:
+   * pinning after every layout of a streaming answer cost frames, and
+   * follow() pins as the answer changes.
    */
-  keepPinned() {
-    let frames = 3;
-    const again = () => {
-      if (!this.following) return;
-      this.pin();
-      frames -= 1;
-      if (frames > 0) requestAnimationFrame(again);
-    };
-    requestAnimationFrame(again);
+  keepPinned(ms = 2000) {
+    if (typeof ResizeObserver !== 'function') return;
+    clearTimeout(this.settling);
+    this.settleObserver?.disconnect();
+    const observer = new ResizeObserver(() => {
+      if (this.following) this.pin();
+      else observer.disconnect();
+    });
+    observer.observe(ui.thread);
+    this.settleObserver = observer;
+    this.settling = setTimeout(() => observer.disconnect(), ms);
   },
 
   updateJump() {
