@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from chatapp.turns.admit import SLOT_MARGIN_SECONDS
+from chatapp.turns.supervise import LEASE_SECONDS
 from tests.conftest import ChatClient
 from tests.conftest import RedisServer
 from tests.conftest import Service
@@ -345,7 +345,7 @@ def test_a_killed_workers_stream_slot_frees_itself(
     stalled: list[tuple[ChatClient, Turn]],
     clients: Callable[[str], ChatClient],
 ) -> None:
-    total = 3.0
+    total = 60.0
     service = service_factory(
         **openai_settings(
             fake_provider,
@@ -357,20 +357,19 @@ def test_a_killed_workers_stream_slot_frees_itself(
         )
     )
     client = clients(service.url)
-    taken_at = time.monotonic()
     client.start(STALL)
     assert_refusal(client.post(message="second"), 429, "too_many_streams")
     [worker] = service.worker_pids()
     os.kill(worker, signal.SIGKILL)
+    killed_at = time.monotonic()
     wait_for(lambda: service.worker_pids() not in ([], [worker]), 10, "a new worker")
     wait_for(lambda: _healthy(service), 10, "the new worker to serve")
-    # The slot is held in Redis, not in the dead worker: still refused...
-    if time.monotonic() - taken_at < total:
-        assert_refusal(client.post(message="third"), 429, "too_many_streams")
-    # ...until it outlives the turn's deadline and frees itself.
-    stalled.append((client, accepted_within(client, STALL, total + 15)))
-    held_for = time.monotonic() - taken_at
-    assert held_for >= total + SLOT_MARGIN_SECONDS - 0.5, held_for
+    # The slot is held in Redis, not in the dead worker. The new worker
+    # frees it once the dead one's lease lapses (turns/admit.py), long
+    # before the turn's deadline would have.
+    stalled.append((client, accepted_within(client, STALL, 15)))
+    held_for = time.monotonic() - killed_at
+    assert held_for < LEASE_SECONDS + 4, held_for
 
 
 def _healthy(service: Service) -> bool:

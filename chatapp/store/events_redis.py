@@ -23,6 +23,7 @@ Every Redis failure leaves this module as StoreError.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -47,7 +48,8 @@ CANCEL_CHANNEL = "chatapp:cancel"
 # Readers elsewhere see a turn's text at most this much later than readers
 # in the producer's worker; the first token is never held back.
 WRITE_WINDOW = 0.1
-# The follower's XREAD blocks this long when nothing happens.
+# The longest the follower's XREAD blocks when nothing happens (it blocks
+# only until its next chores, a second at most).
 BLOCK_MS = 5000
 # After each read, wait this long so that one XREAD brings many turns' news.
 GATHER_SECONDS = 0.005
@@ -246,6 +248,21 @@ class RedisEventLog:
     def readers_elsewhere(self, turn_ids: list[str]) -> list[bool]:
         return self._exist([_key(t) + ":reader" for t in turn_ids], "read readers")
 
+    def workers_alive(self, workers: list[str]) -> list[bool]:
+        """Tell, for each worker, whether its lease is still held."""
+        return self._exist([_worker_key(w) for w in workers], "read leases")
+
+    def streamed_chars(self, turn_id: str) -> int:
+        """Characters of answer text a turn's log holds (0 once it expired)."""
+        with guard("read turn"):
+            entries = self._r.xrange(_key(turn_id), "-", "+")
+        chars = 0
+        for _, fields in entries:
+            for frame in _split(_fields(fields)[b"f"]):
+                if sse.is_delta(frame):
+                    chars += len(json.loads(sse.parse(frame)[2])["text"])
+        return chars
+
     def _exist(self, keys: list[str], what: str) -> list[bool]:
         if not keys:
             return []
@@ -386,7 +403,9 @@ class Follower:
                 if now >= next_chores:
                     next_chores = now + min(1.0, self.orphan / 3)
                     self._chores(now)
-                self._read(conn)
+                # Wake for the next chores even when nothing is written: a
+                # dead producer writes nothing, and its readers wait on them.
+                self._read(conn, max(1, int((next_chores - now) * 1000)))
                 failing_since = None
             except redis.RedisError as exc:
                 if conn is not None:
@@ -414,11 +433,11 @@ class Follower:
         conn.client_id = int(conn.read_response())
         return conn
 
-    def _read(self, conn: Any) -> None:
+    def _read(self, conn: Any, block_ms: int) -> None:
         mirrors = {m.key: (t, m) for t, m in self._mirrors.items()}
         keys = list(mirrors)
         ids = [f"{len(m.tail.frames)}-0" for _, m in mirrors.values()]
-        conn.send_command("XREAD", "BLOCK", BLOCK_MS, "STREAMS", *keys, *ids)
+        conn.send_command("XREAD", "BLOCK", block_ms, "STREAMS", *keys, *ids)
         self._blocked_id = conn.client_id
         self._unblocking = False
         try:

@@ -2,17 +2,48 @@
 
 chatapp:limits:streams:<client>         zset: ticket -> expiry (server time)
 chatapp:limits:tokens:<day>:<client>    tokens used and held that UTC day
+chatapp:limits:held:<worker>            hash: ticket -> what a running turn of
+                                        that worker holds (JSON)
+chatapp:limits:holders                  set: workers that have held anything
+
+A worker that dies (SIGKILL, a lost host) cannot settle what its turns hold.
+Any other worker that finds a holder whose lease (`chatapp:worker:<id>`) is
+gone reclaims its holds once: the slots are freed and each budget hold is
+settled to the text the turn's log holds, as a failed turn is.
+
+Every command names one key, so all of this works on Redis Cluster.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable
+from dataclasses import asdict
+from dataclasses import dataclass
 from typing import Protocol
 
 import redis
 
+log = logging.getLogger(__name__)
+
 KEY_PREFIX = "chatapp:limits"
+HOLDERS_KEY = f"{KEY_PREFIX}:holders"
+# One worker at a time reclaims a dead worker's holds; the claim is dropped
+# when done, and expires by itself if that worker dies meanwhile.
+RECLAIM_CLAIM_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Hold:
+    """What a running turn holds in Redis, recorded by its worker."""
+
+    client: str
+    turn: str
+    day: str
+    tokens: int  # held from the day's budget (0: no budget)
+    slot: bool  # holds a stream slot
 
 
 class LimitStore(Protocol):
@@ -139,6 +170,64 @@ class RedisLimitStore:
             pipe.incrby(key, amount)
             pipe.expire(key, TOKENS_KEEP_SECONDS)
             pipe.execute()
+
+    # -- holds of running turns, by worker ------------------------------------
+
+    def record_hold(self, worker: str, ticket: str, hold: Hold) -> None:
+        """Note what a turn of `worker` holds, for reclaiming if it dies."""
+        with self._r.pipeline(transaction=False) as pipe:
+            pipe.hset(_held_key(worker), ticket, json.dumps(asdict(hold)))
+            # Every time: a reclaim may have dropped an idle worker whose
+            # lease had lapsed (leases are renewed only while turns run).
+            pipe.sadd(HOLDERS_KEY, worker)
+            pipe.execute()
+
+    def forget_hold(self, worker: str, ticket: str) -> None:
+        """The turn settled what it held itself."""
+        self._r.hdel(_held_key(worker), ticket)
+
+    def reclaim(
+        self,
+        alive: Callable[[list[str]], list[bool]],
+        spent_of: Callable[[Hold], int],
+    ) -> int:
+        """Free what dead workers' turns hold; return how many holds."""
+        holders = sorted(_text(w) for w in self._r.smembers(HOLDERS_KEY))
+        if not holders:
+            return 0
+        dead = [w for w, up in zip(holders, alive(holders), strict=True) if not up]
+        freed = 0
+        for worker in dead:
+            claim = f"{KEY_PREFIX}:reclaimed:{worker}"
+            if not self._r.set(claim, "1", nx=True, ex=RECLAIM_CLAIM_SECONDS):
+                continue  # another worker does it
+            held = self._r.hgetall(_held_key(worker))
+            for ticket, raw in held.items():
+                hold = Hold(**json.loads(raw))
+                if hold.slot:
+                    self.free_slot(hold.client, _text(ticket))
+                if hold.tokens:
+                    self.add_tokens(hold.client, hold.day, spent_of(hold) - hold.tokens)
+                # One by one: a failure midway leaves only the unsettled.
+                self._r.hdel(_held_key(worker), ticket)
+                freed += 1
+            self._r.srem(HOLDERS_KEY, worker)
+            self._r.delete(claim)
+            if held:
+                log.warning(
+                    "limits: worker %s stopped; freed what its %d turns held",
+                    worker,
+                    len(held),
+                )
+        return freed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _held_key(worker: str) -> str:
+    return f"{KEY_PREFIX}:held:{worker}"
 
 
 def _slots_key(client: str) -> str:

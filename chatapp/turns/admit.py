@@ -11,6 +11,12 @@ What a turn holds is settled from its `TurnEnd` record. With Redis, slots and
 budgets are shared by every worker and host; when Redis does not answer,
 each part falls back to this process's memory by itself (so, meanwhile,
 every worker counts alone) and returns to Redis when it answers again.
+
+A worker that dies cannot settle its turns. With Redis, each worker records
+what its running turns hold, and the gates of the others reclaim what a
+worker whose lease is gone held (store/limits.py): every RECLAIM_EVERY
+seconds while turns are admitted, and at once before refusing a turn for
+its slots or budget.
 """
 
 from __future__ import annotations
@@ -25,11 +31,14 @@ from datetime import UTC
 from datetime import datetime
 from types import TracebackType
 from typing import Any
+from typing import Protocol
 from typing import TypeVar
 
 import redis
 
 from chatapp.errors import ApiError
+from chatapp.errors import StoreError
+from chatapp.store.limits import Hold
 from chatapp.store.limits import LimitStore
 from chatapp.store.limits import MemoryLimitStore
 from chatapp.store.limits import RedisLimitStore
@@ -47,6 +56,8 @@ CAPACITY_RETRY_AFTER = 10
 # Settles for turns the view has not yet claimed are kept this long.
 EARLY_KEEP_SECONDS = 300.0
 CHARS_PER_TOKEN = 4
+# Look for dead workers' holds at most this often while turns are admitted.
+RECLAIM_EVERY = 2.0
 NORMAL_ENDS = frozenset(("stop", "length", "content_filter"))
 
 T = TypeVar("T")
@@ -89,6 +100,17 @@ class Reservation:
     tokens: int
     tokens_store: LimitStore | None
     slot_store: LimitStore | None
+    recorded: bool = False  # its hold is recorded for reclaiming
+
+
+class Leases(Protocol):
+    """Which workers are alive, and what a turn wrote: the shared turn log."""
+
+    worker: str
+
+    def workers_alive(self, workers: list[str]) -> list[bool]: ...
+
+    def streamed_chars(self, turn_id: str) -> int: ...
 
 
 class Gate:
@@ -100,6 +122,7 @@ class Gate:
         running: Callable[[], int],
         client: redis.Redis | None,
         clock: Callable[[], float] = time.time,
+        leases: Leases | None = None,
     ) -> None:
         self._running = running
         self._clock = clock
@@ -114,6 +137,8 @@ class Gate:
         self.memory = MemoryLimitStore()
         self._shared = RedisLimitStore(client) if client is not None else None
         self._redis_down_until: float | None = None
+        self._leases = leases if self._shared is not None else None
+        self._reclaimed_at = -RECLAIM_EVERY
         self._held: dict[str, Reservation] = {}
         self._early: dict[str, tuple[float, TurnEnd]] = {}
         self.readers = 0
@@ -126,11 +151,18 @@ class Gate:
         held = Reservation(
             client, secrets.token_urlsafe(12), utc_day(now), 0, None, None
         )
+        self._reclaim(now=False)
         try:
             if self._budget > 0:
                 ok, held.tokens_store = self._call(
                     lambda s: s.hold_tokens(client, held.day, self._hold, self._budget)
                 )
+                if not ok and self._reclaim(now=True):
+                    ok, held.tokens_store = self._call(
+                        lambda s: s.hold_tokens(
+                            client, held.day, self._hold, self._budget
+                        )
+                    )
                 if not ok:
                     held.tokens_store = None
                     raise ApiError(
@@ -140,11 +172,15 @@ class Gate:
                         retry_after=seconds_to_utc_midnight(now),
                     )
                 held.tokens = self._hold
-            ok, held.slot_store = self._call(
-                lambda s: s.take_slot(
+
+            def take(s: LimitStore) -> bool:
+                return s.take_slot(
                     client, held.ticket, self._max_streams, self._slot_lifetime
                 )
-            )
+
+            ok, held.slot_store = self._call(take)
+            if not ok and self._reclaim(now=True):
+                ok, held.slot_store = self._call(take)
             if not ok:
                 held.slot_store = None
                 raise ApiError(
@@ -181,8 +217,18 @@ class Gate:
         early = self._early.pop(turn_id, None)
         if early is not None:
             self._settle(held, early[1])
-        else:
-            self._held[turn_id] = held
+            return
+        self._held[turn_id] = held
+        shared, leases = self._shared, self._leases
+        if shared is None or leases is None:
+            return
+        slot = held.slot_store is shared
+        tokens = held.tokens if held.tokens_store is shared else 0
+        if slot or tokens:
+            hold = Hold(held.client, turn_id, held.day, tokens, slot)
+            held.recorded = self._quietly(
+                lambda: shared.record_hold(leases.worker, held.ticket, hold)
+            )
 
     def release(self, held: Reservation) -> None:
         """Give back all a reservation holds: the turn never started."""
@@ -212,6 +258,9 @@ class Gate:
         if tokens_store is not None and spent != held.tokens:
             delta = spent - held.tokens
             self._quietly(lambda: tokens_store.add_tokens(held.client, held.day, delta))
+        shared, leases = self._shared, self._leases
+        if held.recorded and shared is not None and leases is not None:
+            self._quietly(lambda: shared.forget_hold(leases.worker, held.ticket))
 
     def reader_opened(self) -> None:
         """Count an SSE response as an open stream of this worker."""
@@ -249,13 +298,38 @@ class Gate:
             )
         self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
 
-    def _quietly(self, op: Callable[[], None]) -> None:
+    def _quietly(self, op: Callable[[], None]) -> bool:
         # A slot Redis did not free expires by itself; unsettled tokens stay
         # held (the client is charged MAX_OUTPUT_TOKENS for that turn).
         try:
             op()
-        except redis.RedisError as exc:
+        except (redis.RedisError, StoreError) as exc:
             log.warning("limits: could not settle a turn (%s)", type(exc).__name__)
+            return False
+        return True
+
+    def _reclaim(self, *, now: bool) -> bool:
+        """Free what dead workers held; say whether anything was freed.
+
+        Runs at most every RECLAIM_EVERY seconds, or at once (`now`) before
+        a refusal, but then still at most once a second.
+        """
+        shared, leases = self._shared, self._leases
+        if shared is None or leases is None or self._redis_down_until is not None:
+            return False
+        since = time.monotonic() - self._reclaimed_at
+        if since < (1.0 if now else RECLAIM_EVERY):
+            return False
+        self._reclaimed_at = time.monotonic()
+
+        def spent(hold: Hold) -> int:
+            return estimate_tokens(leases.streamed_chars(hold.turn))
+
+        try:
+            return shared.reclaim(leases.workers_alive, spent) > 0
+        except (redis.RedisError, StoreError) as exc:
+            log.warning("limits: could not reclaim holds (%s)", type(exc).__name__)
+            return False
 
     def storage_problem(self) -> str | None:
         """Say why the limits' shared storage does not answer, if it does not."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
+from typing import cast
 
 import redis
 from flask import Flask
@@ -37,6 +38,7 @@ from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
+from chatapp.turns.admit import Leases
 from chatapp.web import moving_window
 
 EXTENSION = "chatapp.limits"
@@ -208,7 +210,10 @@ def init_limits(app: Flask) -> Gate:
         }
     else:
         app.config["RATELIMIT_STORAGE_URI"] = "memory://"
-    state_gate = Gate(config, lambda: st.relay.running, client)
+    leases = st.events if client is not None else None
+    state_gate = Gate(
+        config, lambda: st.relay.running, client, leases=cast("Leases | None", leases)
+    )
     app.extensions[EXTENSION] = state_gate
     st.relay.on_end.append(state_gate.turn_finished)
     app.register_error_handler(RateLimitExceeded, _rate_limited)
