@@ -1,15 +1,18 @@
 """Where stream slots and daily token budgets are kept: memory or Redis.
 
-chatapp:limits:streams:<client>         zset: ticket -> expiry (server time)
+chatapp:limits:streams:<client>         zset: ticket -> expiry (server time);
+                                        a ticket is `<worker>/<random>`
 chatapp:limits:tokens:<day>:<client>    tokens used and held that UTC day
-chatapp:limits:held:<worker>            hash: ticket -> what a running turn of
-                                        that worker holds (JSON)
-chatapp:limits:holders                  set: workers that have held anything
+chatapp:limits:held:<worker>            hash: ticket -> the budget a running
+                                        turn of that worker holds (JSON)
+chatapp:limits:holders                  set: workers that have held budget
 
 A worker that dies (SIGKILL, a lost host) cannot settle what its turns hold.
-Any other worker that finds a holder whose lease (`chatapp:worker:<id>`) is
-gone reclaims its holds once: the slots are freed and each budget hold is
-settled to the text the turn's log holds, as a failed turn is.
+Its lease (`chatapp:worker:<id>`) lapses, and then any other worker frees
+its slots (a client's tickets name their workers, looked at when all its
+slots are taken: nothing extra per turn) and settles its budget holds (each
+recorded while its turn runs, only when a budget is set) to the text the
+turn's log holds, as a failed turn is charged.
 
 Every command names one key, so all of this works on Redis Cluster.
 """
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from dataclasses import dataclass
 from typing import Protocol
+from typing import cast
 
 import redis
 
@@ -37,13 +41,12 @@ RECLAIM_CLAIM_SECONDS = 60
 
 @dataclass(frozen=True)
 class Hold:
-    """What a running turn holds in Redis, recorded by its worker."""
+    """The budget a running turn holds in Redis, recorded by its worker."""
 
     client: str
     turn: str
     day: str
-    tokens: int  # held from the day's budget (0: no budget)
-    slot: bool  # holds a stream slot
+    tokens: int
 
 
 class LimitStore(Protocol):
@@ -171,7 +174,22 @@ class RedisLimitStore:
             pipe.expire(key, TOKENS_KEEP_SECONDS)
             pipe.execute()
 
-    # -- holds of running turns, by worker ------------------------------------
+    # -- what dead workers held ------------------------------------------------
+
+    def free_dead_slots(
+        self, client: str, alive: Callable[[list[str]], list[bool]]
+    ) -> int:
+        """Free a client's slots held by workers whose lease is gone."""
+        key = _slots_key(client)
+        tickets = [_text(t) for t in cast("list[bytes]", self._r.zrange(key, 0, -1))]
+        owners = sorted({t.rpartition("/")[0] for t in tickets} - {""})
+        if not owners:
+            return 0
+        dead = {w for w, up in zip(owners, alive(owners), strict=True) if not up}
+        gone = [t for t in tickets if t.rpartition("/")[0] in dead]
+        if gone:
+            self._r.zrem(key, *gone)
+        return len(gone)
 
     def record_hold(self, worker: str, ticket: str, hold: Hold) -> None:
         """Note what a turn of `worker` holds, for reclaiming if it dies."""
@@ -191,7 +209,7 @@ class RedisLimitStore:
         alive: Callable[[list[str]], list[bool]],
         spent_of: Callable[[Hold], int],
     ) -> int:
-        """Free what dead workers' turns hold; return how many holds."""
+        """Settle the budget dead workers' turns hold; return how many."""
         holders = sorted(_text(w) for w in self._r.smembers(HOLDERS_KEY))
         if not holders:
             return 0
@@ -204,10 +222,7 @@ class RedisLimitStore:
             held = self._r.hgetall(_held_key(worker))
             for ticket, raw in held.items():
                 hold = Hold(**json.loads(raw))
-                if hold.slot:
-                    self.free_slot(hold.client, _text(ticket))
-                if hold.tokens:
-                    self.add_tokens(hold.client, hold.day, spent_of(hold) - hold.tokens)
+                self.add_tokens(hold.client, hold.day, spent_of(hold) - hold.tokens)
                 # One by one: a failure midway leaves only the unsettled.
                 self._r.hdel(_held_key(worker), ticket)
                 freed += 1
@@ -215,7 +230,7 @@ class RedisLimitStore:
             self._r.delete(claim)
             if held:
                 log.warning(
-                    "limits: worker %s stopped; freed what its %d turns held",
+                    "limits: worker %s stopped; settled the budget its %d turns held",
                     worker,
                     len(held),
                 )

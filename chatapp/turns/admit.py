@@ -12,11 +12,12 @@ budgets are shared by every worker and host; when Redis does not answer,
 each part falls back to this process's memory by itself (so, meanwhile,
 every worker counts alone) and returns to Redis when it answers again.
 
-A worker that dies cannot settle its turns. With Redis, each worker records
-what its running turns hold, and the gates of the others reclaim what a
-worker whose lease is gone held (store/limits.py): every RECLAIM_EVERY
-seconds while turns are admitted, and at once before refusing a turn for
-its slots or budget.
+A worker that dies cannot settle its turns. With Redis, a slot's ticket
+names its worker, and a gate that finds all of a client's slots taken frees
+those of workers whose lease is gone before it refuses. Budget holds are
+recorded while their turns run, and the gates of the other workers settle
+those of a dead worker (store/limits.py): every RECLAIM_EVERY seconds while
+turns are admitted, and at once before refusing a turn for its budget.
 """
 
 from __future__ import annotations
@@ -148,9 +149,10 @@ class Gate:
     def admit(self, client: str) -> Reservation:
         """Hold budget and a stream slot for a new turn, or refuse it."""
         now = self._clock()
-        held = Reservation(
-            client, secrets.token_urlsafe(12), utc_day(now), 0, None, None
-        )
+        ticket = secrets.token_urlsafe(12)
+        if self._leases is not None:
+            ticket = f"{self._leases.worker}/{ticket}"
+        held = Reservation(client, ticket, utc_day(now), 0, None, None)
         self._reclaim(now=False)
         try:
             if self._budget > 0:
@@ -179,7 +181,7 @@ class Gate:
                 )
 
             ok, held.slot_store = self._call(take)
-            if not ok and self._reclaim(now=True):
+            if not ok and self._free_dead_slots(client):
                 ok, held.slot_store = self._call(take)
             if not ok:
                 held.slot_store = None
@@ -220,15 +222,12 @@ class Gate:
             return
         self._held[turn_id] = held
         shared, leases = self._shared, self._leases
-        if shared is None or leases is None:
+        if shared is None or leases is None or held.tokens_store is not shared:
             return
-        slot = held.slot_store is shared
-        tokens = held.tokens if held.tokens_store is shared else 0
-        if slot or tokens:
-            hold = Hold(held.client, turn_id, held.day, tokens, slot)
-            held.recorded = self._quietly(
-                lambda: shared.record_hold(leases.worker, held.ticket, hold)
-            )
+        hold = Hold(held.client, turn_id, held.day, held.tokens)
+        held.recorded = self._quietly(
+            lambda: shared.record_hold(leases.worker, held.ticket, hold)
+        )
 
     def release(self, held: Reservation) -> None:
         """Give back all a reservation holds: the turn never started."""
@@ -308,14 +307,30 @@ class Gate:
             return False
         return True
 
+    def _free_dead_slots(self, client: str) -> bool:
+        """Free the client's slots of dead workers; say whether any were."""
+        shared, leases = self._shared, self._leases
+        if shared is None or leases is None or self._redis_down_until is not None:
+            return False
+        try:
+            return shared.free_dead_slots(client, leases.workers_alive) > 0
+        except (redis.RedisError, StoreError) as exc:
+            log.warning("limits: could not look at slots (%s)", type(exc).__name__)
+            return False
+
     def _reclaim(self, *, now: bool) -> bool:
-        """Free what dead workers held; say whether anything was freed.
+        """Settle what dead workers' turns held; say whether any was.
 
         Runs at most every RECLAIM_EVERY seconds, or at once (`now`) before
         a refusal, but then still at most once a second.
         """
         shared, leases = self._shared, self._leases
-        if shared is None or leases is None or self._redis_down_until is not None:
+        if (
+            shared is None
+            or leases is None
+            or self._budget <= 0
+            or self._redis_down_until is not None
+        ):
             return False
         since = time.monotonic() - self._reclaimed_at
         if since < (1.0 if now else RECLAIM_EVERY):
