@@ -202,6 +202,8 @@ def events(turn_id: str) -> Response:
         heartbeat=st.config["HEARTBEAT_SECONDS"],
         orphan=st.config["ORPHAN_SECONDS"],
         on_close=closed,
+        caps=caps,
+        slot=slot,
     )
 
 
