@@ -264,3 +264,30 @@ def open_streams(service: Service) -> float:
     found = re.search(r"^chatapp_open_streams (\S+)$", text, re.MULTILINE)
     assert found is not None
     return float(found.group(1))
+
+
+@pytest.mark.e2e
+def test_polls_count_against_the_reader_caps(
+    service_factory: ServiceFactory, readers: list[RawReader]
+) -> None:
+    # A poll holds a greenlet for up to 25 s, as a stream does: a client
+    # hammering polls gets no more waiting than its cap; the oldest give way
+    # as streams do (closed, their greenlets freed at once; a page polls again).
+    cap = 4
+    service = service_factory(
+        CHATAPP_DEMO_DELAY_MS="8000", CHATAPP_READERS_PER_CLIENT=str(cap)
+    )
+    client = ChatClient(service.url)
+    turns = [client.start("hello") for _ in range(3)]
+    polls = 3 * cap
+    for n in range(polls):
+        path = turns[n % 3].stream_url + "&poll=1&last_event_id=1"
+        readers.append(RawReader(service, path))
+    for oldest in readers[: polls - cap]:
+        assert not oldest.until(b'"done"'), "answered instead of giving way"
+    for newest in readers[polls - cap :]:
+        newest.sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            newest.sock.recv(1)
+    client.http.close()
+    assert "Traceback" not in service.log()
