@@ -33,7 +33,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if [ requirements-dev.txt -nt .venv/.installed-dev ] || [ requirements.txt -nt .venv/.installed-dev ] \
-   || ! .venv/bin/python -c 'import pytest, playwright, ruff, pythonjsonlogger, jsonschema' 2>/dev/null; then
+   || ! .venv/bin/python -c 'import pytest, playwright, ruff, pythonjsonlogger, jsonschema, schemathesis' 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
   touch .venv/.installed-dev
 fi

@@ -54,4 +54,6 @@ def read_fields() -> dict[str, Any]:
     """Read the request body, JSON or a form, into a dict of scrubbed fields."""
     if request.is_json:
         return parse_json_object(request.get_data(cache=True))
-    return {scrub(k): scrub(v) for k, v in request.form.items()}
+    # A part whose name the multipart parser cannot read comes back named
+    # None (e.g. name="x\\"): it is no field of ours, so it is skipped.
+    return {scrub(k): scrub(v) for k, v in request.form.items() if k is not None}

@@ -178,6 +178,9 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "WORKER_MAX_STREAMS": ("CHATAPP_WORKER_MAX_STREAMS", _int(1), 4000),
     # Event streams one client may hold open on a worker (oldest gives way).
     "READERS_PER_CLIENT": ("CHATAPP_READERS_PER_CLIENT", _int(1), 32),
+    # How long a write to an event stream may wait for a client that takes no
+    # bytes; then that reader is dropped (its EventSource resumes, if alive).
+    "STREAM_SEND_TIMEOUT": ("CHATAPP_STREAM_SEND_TIMEOUT", _seconds(), 60.0),
     # Not in SPEC's table either: how long a moderation verdict may take, and
     # the bot check's difficulty (the largest number a solver may have to try).
     "MODERATION_TIMEOUT": ("CHATAPP_MODERATION_TIMEOUT", _seconds(), 10.0),

@@ -15,19 +15,35 @@ connection is the one a live browser is reading, while the oldest is the
 likeliest to be dead or stuck. Giving way closes its socket, which also
 wakes a reader blocked on a client that stopped reading; its EventSource, if
 any is still there, reconnects with Last-Event-ID and loses nothing.
+
+A client that stops reading (but keeps its connection) is also dropped on
+its own, however few readers it holds: once the kernel's buffers are full, a
+write to it blocks; one that has not finished after CHATAPP_STREAM_SEND_TIMEOUT
+(60 s) ends that reader the same way. Until then it holds a parked greenlet
+and the one chunk it was writing, never more: its turn's frames are shared.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 
+import gevent
+import gevent.monkey
+
+log = logging.getLogger(__name__)
+
 EXTENSION = "chatapp.readers"
 READERS_PER_TURN = 4
 READERS_PER_CLIENT = 32
+SEND_TIMEOUT = 60.0
+
+_PlainSocket: type[socket.socket] = gevent.monkey.get_original("socket", "socket")
 
 
 @dataclass(eq=False)
@@ -38,19 +54,27 @@ class ReaderSlot:
     turn_id: str
     close: Callable[[], None] = field(repr=False)
     evicted: bool = False
+    # When the chunk being written was handed to the server; None between writes.
+    sending_since: float | None = None
 
 
 class ReaderCaps:
     """This worker's open readers per client and per turn, oldest first."""
 
     def __init__(
-        self, per_turn: int = READERS_PER_TURN, per_client: int = READERS_PER_CLIENT
+        self,
+        per_turn: int = READERS_PER_TURN,
+        per_client: int = READERS_PER_CLIENT,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self.per_turn = per_turn
         self.per_client = per_client
+        self.send_timeout = send_timeout
         self._by_turn: dict[str, list[ReaderSlot]] = {}
         self._by_client: dict[str, list[ReaderSlot]] = {}
         self.evictions = 0
+        self.stalls = 0
+        self._watch: gevent.Greenlet | None = None
 
     def acquire(
         self, client: str, turn_id: str, close: Callable[[], None]
@@ -65,6 +89,8 @@ class ReaderCaps:
             self._evict(turn[0])
         while len(mine) > self.per_client:
             self._evict(mine[0])
+        if self._watch is None or self._watch.dead:
+            self._watch = gevent.spawn(self._watch_stalls)
         return slot
 
     def release(self, slot: ReaderSlot) -> None:
@@ -86,6 +112,39 @@ class ReaderCaps:
         finally:
             self.release(slot)
 
+    def sending(self, slot: ReaderSlot, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        """Yield `chunks`, marking how long the server has been writing each."""
+        for chunk in chunks:
+            slot.sending_since = time.monotonic()
+            yield chunk
+            slot.sending_since = None
+
+    def drop_stalled(self, now: float) -> int:
+        """End every reader whose write has waited past the send timeout."""
+        stalled = [
+            slot
+            for held in self._by_turn.values()
+            for slot in held
+            if slot.sending_since is not None
+            and now - slot.sending_since >= self.send_timeout
+        ]
+        for slot in stalled:
+            log.info(
+                "reader of turn %s dropped: its client took no bytes for %.0f s",
+                slot.turn_id,
+                now - (slot.sending_since or now),
+            )
+            self.stalls += 1
+            self._evict(slot)
+        return len(stalled)
+
+    def _watch_stalls(self) -> None:
+        # One timer for all readers, while there are any (as the supervisor).
+        tick = max(0.05, min(1.0, self.send_timeout / 4))
+        while self._by_turn:
+            gevent.sleep(tick)
+            self.drop_stalled(time.monotonic())
+
     def open_for_client(self, client: str) -> int:
         """Return how many readers the client holds open on this worker."""
         return len(self._by_client.get(client, ()))
@@ -102,14 +161,29 @@ class ReaderCaps:
 
 
 def socket_closer(sock: socket.socket | None) -> Callable[[], None]:
-    """Return what makes a reader on `sock` give way: shut its socket down."""
+    """Return what makes a reader on `sock` give way: shut its socket down.
+
+    The shutdown goes through a plain socket on the same descriptor: gevent's
+    own shutdown() cancels a write waiting on it with EBADF ("closed in
+    another greenlet"), which gunicorn logs as an error; this way the write
+    wakes up to EPIPE, which it takes as a client gone.
+    """
 
     def close() -> None:
         if sock is None:
             return
         try:
-            sock.shutdown(socket.SHUT_RDWR)
+            fd = sock.fileno()
+            if fd < 0:
+                return
+            plain = _PlainSocket(fileno=fd)
+        except OSError:
+            return  # already gone
+        try:
+            plain.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already gone
+        finally:
+            plain.detach()  # the descriptor stays the server's to close
 
     return close

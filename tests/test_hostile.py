@@ -246,6 +246,27 @@ def assert_readable_everywhere(
     return text_of(events)
 
 
+def test_a_form_part_with_an_unreadable_name_is_ignored_not_a_500(
+    service: Service, client: ChatClient
+) -> None:
+    # Found by the fuzzer: a part named "x\\" parses with the name None.
+    body = (
+        b'--b\r\nContent-Disposition: form-data; name="x\\"\r\n\r\n{}\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="message"\r\n\r\nhi\r\n'
+        b'--b\r\nContent-Disposition: form-data; name="token"\r\n\r\n'
+        + client.token.encode()
+        + b"\r\n--b--\r\n"
+    )
+    response = client.http.post(
+        service.url + "/api/chat",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text
+    assert_no_traceback(service)
+
+
 def test_a_lone_surrogate_from_the_user_becomes_a_replacement_character(
     service: Service, client: ChatClient
 ) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import socket
+import time
 from collections.abc import Callable
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from chatapp.readers import READERS_PER_CLIENT
 from chatapp.readers import READERS_PER_TURN
@@ -15,6 +19,10 @@ from chatapp.readers import ReaderSlot
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
+from tests.conftest import openai_settings
+from tests.conftest import wait_for
+from tests.fake_provider import Behaviour
+from tests.fake_provider import FakeProvider
 
 # -- the caps ------------------------------------------------------------------
 
@@ -169,3 +177,117 @@ def test_a_client_with_many_readers_cannot_starve_another(
         assert survivor.until(b"event: done")
     greedy.http.close()
     other.http.close()
+
+
+def test_a_reader_whose_write_waits_past_the_send_timeout_is_dropped() -> None:
+    caps = ReaderCaps(send_timeout=10)
+    closed = Closed()
+    stuck = caps.acquire("c", "t", closed.closer("stuck"))
+    idle = caps.acquire("c", "t", closed.closer("idle"))
+    writing = caps.acquire("d", "u", closed.closer("writing"))
+    stuck.sending_since = 100.0
+    writing.sending_since = 105.0
+    assert caps.drop_stalled(now=109.9) == 0
+    assert caps.drop_stalled(now=110.0) == 1
+    assert closed.names == ["stuck"]
+    assert stuck.evicted and not idle.evicted and not writing.evicted
+    assert caps.open_for_turn("t") == 1
+    assert caps.stalls == 1
+
+
+def test_sending_marks_a_chunk_only_while_the_server_writes_it() -> None:
+    caps = ReaderCaps()
+    slot = caps.acquire("c", "t", lambda: None)
+    chunks = caps.sending(slot, iter([b"a", b"b"]))
+    assert slot.sending_since is None
+    assert next(chunks) == b"a"
+    assert slot.sending_since is not None
+    assert next(chunks) == b"b"
+    assert list(chunks) == []
+    assert slot.sending_since is None
+
+
+@pytest.mark.e2e
+def test_a_client_that_never_reads_is_dropped_at_the_send_timeout(
+    service_factory: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    timeout = 2.0
+    service = service_factory(
+        **openai_settings(fake_provider),
+        CHATAPP_STREAM_SEND_TIMEOUT=str(timeout),
+        CHATAPP_MAX_OUTPUT_TOKENS="300000",  # answers up to 9.6 MB
+    )
+    # About 8 MB in 2 KB pieces over 20 s: far more than any socket buffers.
+    fake_provider.enqueue(Behaviour(text="x" * 8_000_000, pieces=2000, delay_ms=5))
+    client = ChatClient(service.url)
+    turn = client.start("hello")
+    sock = stuck_reader(service, turn.stream_url)
+    started = time.monotonic()
+    try:
+        wait_for(lambda: open_streams(service) == 1, 10, "the reader to open")
+        wait_for(
+            lambda: open_streams(service) == 0,
+            timeout + 15,
+            "the stuck reader to be dropped",
+            every=0.1,
+        )
+        dropped = time.monotonic() - started
+        # The turn goes on; only the reader that took nothing was ended.
+        assert client.cancel(turn).status_code == 202
+        assert dropped >= timeout
+        sock.settimeout(10)
+        received = 0
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        assert 0 < received < 8_000_000
+    finally:
+        sock.close()
+        client.http.close()
+    assert "Traceback" not in service.log()
+
+
+def stuck_reader(service: Service, path: str, rcvbuf: int = 4096) -> socket.socket:
+    """Open an event stream on a small receive buffer and never read it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", service.port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    return sock
+
+
+def open_streams(service: Service) -> float:
+    text = requests.get(service.url + "/metrics", timeout=5).text
+    found = re.search(r"^chatapp_open_streams (\S+)$", text, re.MULTILINE)
+    assert found is not None
+    return float(found.group(1))
+
+
+@pytest.mark.e2e
+def test_polls_count_against_the_reader_caps(
+    service_factory: ServiceFactory, readers: list[RawReader]
+) -> None:
+    # A poll holds a greenlet for up to 25 s, as a stream does: a client
+    # hammering polls gets no more waiting than its cap; the oldest give way
+    # as streams do (closed, their greenlets freed at once; a page polls again).
+    cap = 4
+    service = service_factory(
+        CHATAPP_DEMO_DELAY_MS="8000", CHATAPP_READERS_PER_CLIENT=str(cap)
+    )
+    client = ChatClient(service.url)
+    turns = [client.start("hello") for _ in range(3)]
+    polls = 3 * cap
+    for n in range(polls):
+        path = turns[n % 3].stream_url + "&poll=1&last_event_id=1"
+        readers.append(RawReader(service, path))
+    for oldest in readers[: polls - cap]:
+        assert not oldest.until(b'"done"'), "answered instead of giving way"
+    for newest in readers[polls - cap :]:
+        newest.sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            newest.sock.recv(1)
+    client.http.close()
+    assert "Traceback" not in service.log()

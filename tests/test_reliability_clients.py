@@ -12,16 +12,22 @@ import socket
 import statistics
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
 
 from chatapp.readers import READERS_PER_CLIENT
+from chatapp.readers import READERS_PER_TURN
 from tests.conftest import ARTIFACTS
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
+from tests.conftest import openai_settings
 from tests.conftest import wait_for
+from tests.fake_provider import Behaviour
+from tests.fake_provider import FakeProvider
 from tests.test_readers import RawReader
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
@@ -183,3 +189,169 @@ def delta_gaps(reader: RawReader) -> list[float]:
         reader.data += chunk
         times.extend([time.monotonic()] * chunk.count(b"event: delta"))
     return [b - a for a, b in zip(times, times[1:], strict=False) if b > a]
+
+
+# -- readers that never read ---------------------------------------------------
+
+STUCK_READERS = 500
+STUCK_TURNS = STUCK_READERS // READERS_PER_TURN
+# Long answers of 1,200-character pieces, 300 ms apart: 4 KB a second per
+# turn, about 40 s; answers may be long enough for that.
+STUCK_ANSWER = Behaviour(text="x" * 160_000, pieces=1200, delay_ms=300)
+NORMAL_READERS = 4
+NORMAL_ANSWER = Behaviour(text="word " * 80, pieces=5, delay_ms=100)
+SEND_TIMEOUT = 20.0
+# Worker memory per stuck stream: a parked greenlet, its request and the one
+# chunk it is writing (here at most the ~40 KB of frames the turn had when it
+# joined). 256 KiB leaves room for allocator slack on a busy machine.
+RSS_PER_STREAM_BOUND = 256 * 1024
+
+
+def test_five_hundred_readers_that_never_read_are_bounded_and_slow_no_one(
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+    sockets: list[socket.socket],
+) -> None:
+    service = service_factory(
+        **openai_settings(fake_provider),
+        CHATAPP_READERS_PER_CLIENT="1000",
+        CHATAPP_STREAM_SEND_TIMEOUT=str(SEND_TIMEOUT),
+        CHATAPP_MAX_OUTPUT_TOKENS="10000",
+    )
+    (worker,) = service.worker_pids()
+    client = ChatClient(service.url)
+    for _ in range(STUCK_TURNS):
+        fake_provider.enqueue(STUCK_ANSWER)
+    turns = [client.start("hello") for _ in range(STUCK_TURNS)]
+    fake_provider.wait_for_stream_start(STUCK_TURNS, timeout=30)
+    alone = normal_gaps(service, fake_provider)
+    rss_before = rss_bytes(worker)
+    kernel_before = tcp_kernel_pages()
+    started = time.monotonic()
+    for n in range(STUCK_READERS):
+        # From event 0: each first write is the answer so far (~40 KB), more
+        # than the buffers of a client whose receive window is 4 KB.
+        sockets.append(stuck_reader(service, turns[n // READERS_PER_TURN].stream_url))
+    wait_for(
+        lambda: blocked_sockets(service.port) >= STUCK_READERS,
+        30,
+        "every stuck reader's socket buffers to fill",
+        every=0.2,
+    )
+    stuck_at = time.monotonic()
+    rss_stuck = rss_bytes(worker)
+    kernel_stuck = tcp_kernel_pages()
+    beside = normal_gaps(service, fake_provider)
+    assert gauge(service, "chatapp_open_streams") >= STUCK_READERS
+    # Then the send timeout ends every one of them, and only them.
+    wait_for(
+        lambda: gauge(service, "chatapp_open_streams") == 0,
+        SEND_TIMEOUT + 20,
+        "the stuck readers to be dropped",
+        every=0.25,
+    )
+    dropped_after = time.monotonic() - stuck_at
+    rss_after = rss_bytes(worker)
+    closed = sum(closed_by_server(sock) for sock in sockets[:20])
+    per_stream = (rss_stuck - rss_before) / STUCK_READERS
+    record(
+        "stuck-readers",
+        {
+            "stuck_readers": STUCK_READERS,
+            "turns": STUCK_TURNS,
+            "seconds_to_open_and_fill": round(stuck_at - started, 1),
+            "worker_rss_before_mib": round(rss_before / 2**20, 1),
+            "worker_rss_stuck_mib": round(rss_stuck / 2**20, 1),
+            "worker_rss_after_drop_mib": round(rss_after / 2**20, 1),
+            "rss_per_stuck_stream_kib": round(per_stream / 1024, 1),
+            "kernel_tcp_mib_before": round(kernel_before * 4096 / 2**20, 1),
+            "kernel_tcp_mib_stuck": round(kernel_stuck * 4096 / 2**20, 1),
+            "normal_gap_p50_ms_alone": round(statistics.median(alone) * 1000, 1),
+            "normal_gap_p50_ms_beside": round(statistics.median(beside) * 1000, 1),
+            "normal_gap_max_ms_alone": round(max(alone) * 1000, 1),
+            "normal_gap_max_ms_beside": round(max(beside) * 1000, 1),
+            "send_timeout_s": SEND_TIMEOUT,
+            "seconds_from_stuck_to_all_dropped": round(dropped_after, 1),
+            "sampled_sockets_closed_by_server": closed,
+        },
+    )
+    assert per_stream < RSS_PER_STREAM_BOUND, f"{per_stream / 1024:.0f} KiB a stream"
+    # Others' pace is unchanged: median gap within 25 %, worst within 250 ms.
+    assert statistics.median(beside) <= statistics.median(alone) * 1.25
+    assert max(beside) <= max(alone) + 0.25
+    # Dropped by the send timeout, counted from a full buffer: not held on.
+    assert dropped_after <= SEND_TIMEOUT + 20
+    assert closed == 20
+    client.http.close()
+    assert "Traceback" not in service.log()
+
+
+def normal_gaps(service: Service, fake: FakeProvider) -> list[float]:
+    """Run NORMAL_READERS turns read at once; return all their delta gaps."""
+    other = ChatClient(service.url)
+    for _ in range(NORMAL_READERS):
+        fake.enqueue(NORMAL_ANSWER)
+    turns = [other.start("hello") for _ in range(NORMAL_READERS)]
+    readers = [RawReader(service, turn.stream_url) for turn in turns]
+    gaps: list[float] = []
+    try:
+        with ThreadPoolExecutor(NORMAL_READERS) as pool:
+            for found in pool.map(delta_gaps, readers):
+                gaps.extend(found)
+    finally:
+        for reader in readers:
+            reader.close()
+        other.http.close()
+    return gaps
+
+
+def stuck_reader(service: Service, path: str) -> socket.socket:
+    """Open an event stream with a 4 KB receive buffer, and never read it."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", service.port))
+    sock.sendall(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        "Accept: text/event-stream\r\n\r\n".encode()
+    )
+    return sock
+
+
+def blocked_sockets(port: int) -> int:
+    """Count the server's connections whose client window is full (tx queued)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, queues = fields[1], fields[4]
+        if int(local.split(":")[1], 16) == port and int(queues.split(":")[0], 16):
+            count += 1
+    return count
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def tcp_kernel_pages() -> int:
+    """Pages the kernel holds for TCP buffers, host-wide (/proc/net/sockstat)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()
+            return int(fields[fields.index("mem") + 1])
+    return 0
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Drain what the server managed to send; True when it then closed."""
+    sock.settimeout(10)
+    try:
+        while sock.recv(1 << 20):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return True

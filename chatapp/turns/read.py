@@ -71,10 +71,24 @@ def stream(
             last_write = now
 
 
-def poll(tail: Tail, after: int, wait: float) -> tuple[list[dict[str, Any]], bool]:
-    """Return events after `after`, waiting up to `wait` when none are ready."""
-    if len(tail.frames) <= after and not tail.done and not tail.lost:
-        tail.wait(wait)
+def poll(
+    tail: Tail,
+    after: int,
+    wait: float,
+    *,
+    wake: float = 1.0,
+    gone: Callable[[], bool] = lambda: False,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Return events after `after`, waiting up to `wait` when none are ready.
+
+    The wait ends early, empty, when `gone()` says the reader must give way.
+    """
+    deadline = time.monotonic() + wait
+    while len(tail.frames) <= after and not tail.done and not tail.lost:
+        left = deadline - time.monotonic()
+        if left <= 0 or gone():
+            break
+        tail.wait(min(wake, left))
     events = []
     for frame in tail.frames[after:]:
         event_id, event, data = sse.parse(frame)

@@ -175,18 +175,26 @@ def events(turn_id: str) -> Response:
     st = state()
     tail = _open_turn(turn_id, request.args.get("t"))
     after = parse.last_event_id()
-    if read.finished(tail, after) or request.args.get("poll") == "1":
+    if read.finished(tail, after):
         try:
             return _poll(tail, after)
         finally:
             st.relay.close(turn_id, tail)
     # A few readers per turn and per client on each worker; past a cap the
-    # oldest gives way (its socket is shut), never the new one.
+    # oldest gives way (its socket is shut), never the new one. A poll holds
+    # a worker's greenlet for up to 25 s as a stream does, so it counts too.
     caps: ReaderCaps = current_app.extensions[READER_CAPS]
     closer = socket_closer(request.environ.get("gunicorn.socket"))
     slot = caps.acquire(client_key(), turn_id, closer)
     readers = gate()  # the callback below runs outside the app context
     readers.reader_opened()
+    if request.args.get("poll") == "1":
+        try:
+            return _poll(tail, after, gone=lambda: slot.evicted)
+        finally:
+            st.relay.close(turn_id, tail)
+            caps.release(slot)
+            readers.reader_closed()
     st.metrics.stream_opened(resumed=after > 0)
 
     def closed(cause: str | None) -> None:
@@ -202,14 +210,19 @@ def events(turn_id: str) -> Response:
         heartbeat=st.config["HEARTBEAT_SECONDS"],
         orphan=st.config["ORPHAN_SECONDS"],
         on_close=closed,
+        caps=caps,
+        slot=slot,
     )
 
 
-def _poll(tail: Tail, after: int) -> Response:
-    """Answer a reader after `done` with 204, else with the events as JSON."""
+def _poll(tail: Tail, after: int, gone: Callable[[], bool] = lambda: False) -> Response:
+    """Answer a reader after `done` with 204, else with the events as JSON.
+
+    A poll made to give way (past a reader cap) answers at once, maybe empty.
+    """
     if read.finished(tail, after):
         return Response(status=204, headers={"Cache-Control": "no-store"})
-    found, done = read.poll(tail, after, POLL_WAIT)
+    found, done = read.poll(tail, after, POLL_WAIT, gone=gone)
     response = jsonify({"events": found, "done": done})
     response.headers["Cache-Control"] = "no-store"
     return response

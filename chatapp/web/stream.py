@@ -12,6 +12,8 @@ from flask import Response
 from werkzeug.wsgi import ClosingIterator
 
 from chatapp import sse
+from chatapp.readers import ReaderCaps
+from chatapp.readers import ReaderSlot
 from chatapp.store.tail import Tail
 from chatapp.turns import read
 
@@ -27,6 +29,8 @@ def event_stream(
     heartbeat: float,
     orphan: float,
     on_close: Callable[[str | None], None],
+    caps: ReaderCaps,
+    slot: ReaderSlot,
 ) -> Response:
     """Answer with the turn's events after `after`, live until `done`."""
     gone = client_gone(environ.get("gunicorn.socket"))
@@ -37,8 +41,9 @@ def event_stream(
     def closed() -> None:
         on_close(None if tail.done else ("storage" if tail.lost else "client"))
 
-    # The server closes the body however the response ends, even unstarted.
-    body = ClosingIterator(frames, closed)  # closes `frames` too
+    # The server closes the body however the response ends, even unstarted;
+    # a write that waits past the send timeout ends it (readers.py).
+    body = ClosingIterator(caps.sending(slot, frames), [frames.close, closed])
     response = Response(body, headers=sse.STREAM_HEADERS)
     response.direct_passthrough = True  # bytes already: no re-encoding
     return response
