@@ -22,6 +22,8 @@ from playwright.sync_api import Frame
 from playwright.sync_api import Page
 from playwright.sync_api import sync_playwright
 
+from chatapp.tokens import Identity
+from chatapp.tokens import TokenSigner
 from tests.browser import LocalSite
 from tests.browser import launch_chromium
 from tests.browser import new_context
@@ -284,5 +286,76 @@ def test_page_from_an_origin_not_allowed_is_refused_by_the_browser(
         assert frame.url.startswith("chrome-error://") or frame.url == "about:blank"
         assert frame.query_selector("[data-chatapp-form]") is None
         assert iframe_height(page) == 600  # no resize message ever arrived
+    finally:
+        context.close()
+
+
+def test_a_sign_in_past_its_lifetime_reloads_the_wordpress_page(
+    browser: Browser,
+    service_factory: ServiceFactory,
+    site: WordPressSite,
+    fake_provider: FakeProvider,
+) -> None:
+    """After 8 hours a WordPress identity needs a fresh SSO: the page's Reload
+    asks the plugin to reload the WordPress page, which renders a new one."""
+    key = "wordpress-embed-page-key-0123456789abcdef"
+    service = embed_service(
+        service_factory,
+        site.origin,
+        CHATAPP_SECRET_KEY=key,
+        **openai_settings(fake_provider),
+    )
+    site.render(service.url, user_id=42)
+    # The frame's page as chatapp rendered it 9 hours ago: the same user,
+    # first signed in then. (A browser cannot age 8 hours in a test; the
+    # server's answers to this token are real.)
+    signer = TokenSigner((key,), page_ttl=3600, stream_ttl=3600)
+    aged = Identity(
+        "visitor-of-old", "42", "blog", "Ada", issued=time.time() - 9 * 3600
+    )
+    old_token = signer.page_token(aged)
+    context = new_context(browser)
+    try:
+        page = context.new_page()
+
+        def as_rendered_long_ago(route: Any) -> None:
+            response = route.fetch()
+            html = response.text()
+            fresh = page_identity(html)
+            assert fresh["u"] == "42"
+            marker = 'name="chatapp-token" content="'
+            start = html.index(marker) + len(marker)
+            token = html[start : html.index('"', start)]
+            route.fulfill(response=response, body=html.replace(token, old_token))
+
+        page.route("**/embed?*", as_rendered_long_ago)
+        page.goto(site.origin + "/")
+        frame = chat_frame(page)
+        frame.wait_for_selector("form[data-chatapp-form][data-ready]")
+        page.unroute("**/embed?*")
+        page.evaluate("() => { window.renderedBefore = true; }")
+
+        box = frame.locator("form[data-chatapp-form] textarea[name=message]")
+        box.fill("fake: | hello again")
+        box.press("Enter")
+        # The server refuses the identity and its renewal: the chat says so.
+        notice = frame.get_by_text("This chat session has expired")
+        notice.wait_for()
+        with page.expect_navigation():
+            frame.get_by_role("button", name="Reload").click()
+        # A new WordPress page: a fresh SSO and a fresh identity for user 42.
+        assert page.evaluate("() => window.renderedBefore === undefined")
+        frame = chat_frame(page)
+        frame.wait_for_selector("form[data-chatapp-form][data-ready]")
+        renewed = page_identity(frame.content())
+        assert renewed["u"] == "42"
+        assert renewed["o"] > time.time() - 60
+        box = frame.locator("form[data-chatapp-form] textarea[name=message]")
+        box.fill("fake: | signed in again")
+        box.press("Enter")
+        frame.wait_for_selector('[data-role="assistant"][data-state="done"]')
+        assert "signed in again" in str(
+            frame.locator('[data-role="assistant"]').last.text_content()
+        )
     finally:
         context.close()

@@ -5,7 +5,7 @@
  */
 import { config } from './config.js';
 import { announce, codePoints, formatDuration, h, icon } from './dom.js';
-import { initEmbed } from './embed.js';
+import { initEmbed, reloadChat } from './embed.js';
 import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js';
 import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
 import { botCheck } from './altcha.js';
@@ -304,7 +304,7 @@ function refuse(turn, err) {
       },
     };
   } else if (refusal.reload) {
-    action = { label: 'Reload', icon: 'retry', run: () => window.location.reload() };
+    action = { label: 'Reload', icon: 'retry', run: reloadChat };
   }
   thread.add(new Notice({ text: refusal.text, waitSeconds: refusal.wait, action }).node);
   if (refusal.wait > 0) composer.wait(refusal.wait);

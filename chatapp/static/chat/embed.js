@@ -1,10 +1,14 @@
 /*
  * /embed inside a frame: tell an allowed parent how tall the chat wants to
- * be, ask a chatapp widget to close on Esc, and take focus when it opens.
+ * be, ask a chatapp widget to close on Esc, take focus when it opens, and
+ * ask the parent to reload when the chat's session ended for good.
  * Messages go only to origins in CHATAPP_EMBED_ORIGINS, never to "*".
  */
 import { config } from './config.js';
 import { ui } from './messages.js';
+
+// How long to let the parent page reload before reloading the frame itself.
+const PARENT_RELOAD_WAIT_MS = 3000;
 
 /** The parent origins this frame may talk to. */
 function parentOrigins() {
@@ -33,6 +37,25 @@ function reportHeight(targets) {
   };
   const observer = new ResizeObserver(measure);
   for (const node of [ui.bar, ui.thread, ui.composer]) observer.observe(node);
+}
+
+/**
+ * Start the chat afresh after its session ended for good. In a WordPress
+ * page the identity comes from an SSO token in the frame's address, minted
+ * when the page was rendered and valid for minutes: reloading the frame
+ * alone would make the user an anonymous visitor. So ask the parent page
+ * to reload (the plugin's script does: a fresh page brings a fresh SSO);
+ * a parent that does not answer that way gets the frame reloaded.
+ */
+export function reloadChat() {
+  const targets = config.embed && window.parent !== window ? parentOrigins() : [];
+  if (targets.length === 0) {
+    window.location.reload();
+    return;
+  }
+  tellParent(targets, { type: 'chatapp:reload' });
+  // A parent that reloads takes this frame with it before this fires.
+  setTimeout(() => window.location.reload(), PARENT_RELOAD_WAIT_MS);
 }
 
 export function initEmbed() {
