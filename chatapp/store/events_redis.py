@@ -188,7 +188,13 @@ class RedisEventLog:
             if not box.lock.acquire(blocking=False):
                 self._dirty[turn_id] = local  # being written right now: next time
                 continue
-            batch.append((turn_id, local, len(local[1].frames)))
+            end = len(local[1].frames)
+            if end <= box.flushed:
+                # Written meanwhile (its end is flushed at once): an empty
+                # entry under the same id would only be refused.
+                box.lock.release()
+                continue
+            batch.append((turn_id, local, end))
         try:
             with self._r.pipeline(transaction=False) as pipe:
                 for turn_id, (_, tail, box), end in batch:
