@@ -32,6 +32,7 @@ from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster
 from redis.connection import BlockingConnectionPool
 from redis.connection import parse_url
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 from redis.sentinel import SentinelConnectionPool
@@ -178,6 +179,14 @@ def _tls_options(target: Target) -> dict[str, Any]:
     return {"connection_class": redis.SSLConnection, **tls}
 
 
+class ClusterUnavailable(redis.ConnectionError):
+    """No node of the cluster answered, or a slot has no primary right now.
+
+    redis-py raises RedisClusterException (and SlotNotCoveredError) for these,
+    outside the RedisError tree that every caller here catches.
+    """
+
+
 class LazyRedisCluster(RedisCluster):
     """A RedisCluster that meets its nodes on first use, not at start-up.
 
@@ -204,19 +213,32 @@ class LazyRedisCluster(RedisCluster):
             self._lazy_building = True
             try:
                 RedisCluster.__init__(self, **self._lazy_kwargs)
-            except (OSError, IndexError, KeyError) as exc:
-                raise redis.ConnectionError(f"cluster unreachable: {exc}") from exc
+            except (RedisClusterException, OSError, IndexError, KeyError) as exc:
+                raise ClusterUnavailable(f"cluster unreachable: {exc}") from exc
             finally:
                 self._lazy_building = False
             self._lazy_ready = True
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         self._meet()
-        return super().execute_command(*args, **kwargs)
+        try:
+            return super().execute_command(*args, **kwargs)
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
         self._meet()
-        return super().pipeline(transaction, shard_hint)
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        def execute_translated(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return execute(*args, **kwargs)
+            except RedisClusterException as exc:
+                raise ClusterUnavailable(str(exc)) from exc
+
+        pipe.execute = execute_translated
+        return pipe
 
     def pubsub(
         self, node: Any = None, host: Any = None, port: Any = None, **kw: Any
@@ -270,17 +292,22 @@ def node_client(client: Any, key: str) -> redis.Redis:
     """The plain client of the server that holds `key` (all of it, off Cluster)."""
     if not is_cluster(client):
         return client
-    slot = client.keyslot(key)
-    node = client.topology.get_node_from_slot(slot)
-    if node.redis_connection is None:
-        client.topology.create_redis_connections([node])
+    try:
+        node = client.topology.get_node_from_slot(client.keyslot(key))
+        if node.redis_connection is None:
+            client.topology.create_redis_connections([node])
+    except RedisClusterException as exc:
+        raise ClusterUnavailable(str(exc)) from exc
     return node.redis_connection
 
 
 def refresh(client: Any) -> None:
     """After an error that may mean the cluster changed, read its slot map anew."""
     if is_cluster(client):
-        client.topology.initialize()
+        try:
+            client.topology.initialize()
+        except RedisClusterException as exc:
+            raise ClusterUnavailable(str(exc)) from exc
 
 
 def ping(client: Any) -> None:
