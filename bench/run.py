@@ -142,6 +142,7 @@ class Options:
     quiet_wait: float = 0.0
     cancel_phase: bool = True
     profile: bool = False
+    redis_url: str = ""  # the redis mode's CHATAPP_REDIS_URL; "" = our own server
 
     @property
     def client_start(self) -> float:
@@ -212,6 +213,8 @@ class Bench:
         self.upstream: subprocess.Popen[bytes] | None = None
         self.redis_port = 0
         self.redis: subprocess.Popen[bytes] | None = None
+        self.redis_url = ""  # --redis-url: measure that Redis instead
+        self._servers: list[Any] = []
         self.quiet_budget = options.quiet_wait
         self.phases = 0  # numbers each client start: request ids stay unique
         self.service_dirs = {
@@ -296,14 +299,75 @@ class Bench:
         )
         wait_until(self._redis_up, 15, "redis-server")
 
+    def use_redis(self, url: str) -> None:
+        """Measure against a Redis of any kind the service's URL may name."""
+        self.redis_url = url
+        wait_until(self._redis_up, 15, url)
+        # Found once: looking the primaries up again would count commands.
+        self._servers = self.redis_servers()
+
+    def service_redis_url(self) -> str:
+        return self.redis_url or f"redis://127.0.0.1:{self.redis_port}/0"
+
     def redis_client(self) -> Any:
         import redis
 
         return redis.Redis(host="127.0.0.1", port=self.redis_port, socket_timeout=5)
 
+    def redis_servers(self) -> list[Any]:
+        """A plain client per server holding data: the primaries, with --redis-url."""
+        if not self.redis_url:
+            return [self.redis_client()]
+        if self._servers:
+            return self._servers
+        import redis
+        from redis.cluster import RedisCluster
+
+        from chatapp.store.redis import connect
+
+        client: Any = connect(self.redis_url, 4)
+        if isinstance(client, RedisCluster):
+            client.ping()
+            return [
+                redis.Redis(host=n.host, port=n.port, socket_timeout=5)
+                for n in client.get_primaries()
+            ]
+        conn = client.connection_pool.get_connection()
+        try:
+            host, port = conn.host, conn.port
+        finally:
+            client.connection_pool.release(conn)
+        return [redis.Redis(host=host, port=port, socket_timeout=5)]
+
+    def redis_pids(self) -> list[int]:
+        """The redis-server processes holding data, found by their --port."""
+        if self.redis is not None:
+            return [self.redis.pid]
+        ports = {
+            str(c.connection_pool.connection_kwargs["port"])
+            for c in self.redis_servers()
+        }
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            words = [a.decode(errors="replace") for a in argv]
+            if not words or "redis-server" not in words[0]:
+                continue
+            # redis-server retitles itself "redis-server host:port [cluster]".
+            after = words[words.index("--port") + 1] if "--port" in words else ""
+            titled = words[0].split()[1:2]
+            if after in ports or (titled and titled[0].rsplit(":", 1)[-1] in ports):
+                found.append(int(entry.name))
+        return found
+
     def _redis_up(self) -> bool:
         try:
-            return bool(self.redis_client().ping())
+            return all(c.ping() for c in self.redis_servers())
         except OSError:
             return False
         except Exception as exc:  # redis.ConnectionError is not an OSError
@@ -319,6 +383,21 @@ class Bench:
             for name, value in stats.items()
             if name != "cmdstat_info"
         }
+
+    def redis_commands_all(self) -> dict[str, tuple[int, int]]:
+        """Calls and microseconds per command, summed over every data server."""
+        total: dict[str, tuple[int, int]] = {}
+        for client in self.redis_servers():
+            stats = client.info("commandstats")
+            for name, value in stats.items():
+                if name in ("cmdstat_info", "cmdstat_cluster|slots", "cmdstat_command"):
+                    continue  # the bench's and clients' own look-ups
+                calls, usec = total.get(name.removeprefix("cmdstat_"), (0, 0))
+                total[name.removeprefix("cmdstat_")] = (
+                    calls + int(value["calls"]),
+                    usec + int(value["usec"]),
+                )
+        return total
 
     # -- the service --------------------------------------------------------
 
@@ -352,8 +431,9 @@ class Bench:
         if orphan is not None:
             env["CHATAPP_ORPHAN_SECONDS"] = str(orphan)
         if target.redis:
-            self.redis_client().flushall()
-            env["CHATAPP_REDIS_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+            for server in self.redis_servers():
+                server.flushall()
+            env["CHATAPP_REDIS_URL"] = self.service_redis_url()
         proc = self.children.start(
             f"gunicorn-{target.label}-{n}",
             [PYTHON, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
@@ -686,8 +766,8 @@ def run_loop_phase(
     we = ws + opt.window
     client_pids = [p.pid for p, _ in clients]
     upstream_pid = [bench.upstream.pid] if bench.upstream else []
-    uses_redis = bench.redis is not None and service is not None and service.redis
-    redis_pid = [bench.redis.pid] if bench.redis is not None and uses_redis else []
+    uses_redis = service is not None and service.redis
+    redis_pid = bench.redis_pids() if uses_redis else []
     workers = service.workers() if service else []
 
     def sample() -> dict[str, Any]:
@@ -701,7 +781,7 @@ def run_loop_phase(
             "upstream": bench.upstream_counters(),
         }
         if uses_redis:
-            taken["redis_commands"] = bench.redis_commands()
+            taken["redis_commands"] = bench.redis_commands_all()
         return taken
 
     _sleep_until(ws)
@@ -929,7 +1009,10 @@ def execute(bench: Bench, run: Run) -> None:
     opt = bench.opt
     bench.start_upstream()
     if any(t.redis for t in opt.targets):
-        bench.start_redis()
+        if opt.redis_url:
+            bench.use_redis(opt.redis_url)
+        else:
+            bench.start_redis()
     for target in opt.targets if opt.cancel_phase else ():
         if target.kind != "chatapp":
             continue  # the plain relay has no cancel
@@ -1414,6 +1497,13 @@ def parse_args(argv: list[str] | None) -> Options:
         "worker needs (default same)",
     )
     parser.add_argument(
+        "--redis-url",
+        default="",
+        help="the redis mode's CHATAPP_REDIS_URL, any form (e.g. a "
+        "redis+cluster:// URL); default: a redis-server the bench starts. "
+        "Flushed before each service; commands and CPU summed over its primaries",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="sample the workers with py-spy during each load window",
@@ -1466,6 +1556,7 @@ def parse_args(argv: list[str] | None) -> Options:
         ),
         profile=bool(args.profile),
         cancel_phase=not args.no_cancel,
+        redis_url=args.redis_url.strip(),
     )
 
 

@@ -97,8 +97,10 @@ def _temperature(raw: str) -> float:
 
 def _redis_url(raw: str) -> str:
     value = raw.strip()
-    if value and not value.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError("must start with redis://, rediss:// or unix://")
+    if value:
+        from chatapp.store.redis import parse
+
+        parse(value)  # one server, Sentinel or Cluster; ValueError says why not
     return value
 
 

@@ -24,6 +24,7 @@ from chatapp.store.conversations import StoredMessage
 from chatapp.store.conversations_redis import RedisHistory
 from chatapp.store.events import MemoryEventLog
 from chatapp.store.events_redis import RedisEventLog
+from chatapp.store.events_redis import turn_tag
 from chatapp.store.redis import connect
 from chatapp.store.tail import Tail
 from chatapp.turns.model import TurnInfo
@@ -232,7 +233,7 @@ def test_redis_writes_in_a_window_share_one_entry(redis_url: str) -> None:
         writer.append("turn-0001", tail, [sse.delta(n, str(n))])
     writer.finish("turn-0001", tail, [done(12)], 60)
     # The first delta goes out at once, the rest in the window, then the end.
-    assert client.xlen("chatapp:t:{turn-0001}") <= 4
+    assert client.xlen(f"chatapp:t:{{{turn_tag('turn-0001')}}}:turn-0001") <= 4
     read = redis_log(connect(redis_url, 5)).open("turn-0001")
     assert read is not None and read.done
     assert read.frames == [start(), *deltas(2, 11), done(12)]

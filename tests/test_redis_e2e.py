@@ -1,4 +1,9 @@
-"""Turns shared through Redis: two gunicorn instances, one real redis-server."""
+"""Turns shared through Redis: two gunicorn instances on one real Redis.
+
+The two-host tests run against each kind of Redis the URL may name: one
+redis-server, a Sentinel set (primary, replica, three sentinels) and a Redis
+Cluster of three primaries with a replica each.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from tests.conftest import text_of
 from tests.conftest import wait_for
 from tests.fake_provider import Behaviour
 from tests.fake_provider import FakeProvider
+from tests.redis_topologies import RedisClusterSet
+from tests.redis_topologies import SentinelSet
 from tests.test_relay_e2e import assert_well_formed
 from tests.test_relay_e2e import client_turn
 
@@ -28,21 +35,40 @@ pytestmark = [pytest.mark.redis, pytest.mark.e2e]
 SECRET = "shared-test-secret-for-both-hosts"
 
 
+@pytest.fixture(scope="module", params=["single", "sentinel", "cluster"])
+def shared_redis_url(
+    request: pytest.FixtureRequest, redis_server: RedisServer
+) -> Iterator[str]:
+    """One Redis server, a Sentinel-watched primary, or a Redis Cluster."""
+    if request.param == "single":
+        yield redis_server.url
+        return
+    topology = SentinelSet() if request.param == "sentinel" else RedisClusterSet()
+    try:
+        yield topology.start().url
+    finally:
+        topology.stop()
+
+
 @pytest.fixture(scope="module")
 def hosts(
-    module_services: ServiceFactory,
-    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    shared_redis_url: str,
     fake_provider_server: FakeProvider,
-) -> tuple[Service, Service]:
+) -> Iterator[tuple[Service, Service]]:
     """Two 'hosts': separate gunicorn masters with 2 workers each, one Redis."""
     settings = openai_settings(
         fake_provider_server,
-        CHATAPP_REDIS_URL=redis_server.url,
+        CHATAPP_REDIS_URL=shared_redis_url,
         CHATAPP_SECRET_KEY=SECRET,
         CHATAPP_ORPHAN_SECONDS="2",
         CHATAPP_HEARTBEAT_SECONDS="0.5",
     )
-    return module_services(**settings), module_services(**settings)
+    factory = ServiceFactory(tmp_path_factory.mktemp("hosts"))
+    try:
+        yield factory(**settings), factory(**settings)
+    finally:
+        factory.stop_all()
 
 
 @pytest.fixture

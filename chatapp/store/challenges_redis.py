@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 
-import redis
-
+from chatapp.store.redis import Client
 from chatapp.store.redis import guard
 
 KEY_PREFIX = "chatapp:altcha:"
@@ -17,7 +16,7 @@ KEY_PREFIX = "chatapp:altcha:"
 class RedisSpentSolutions:
     """Used solutions, one SET NX with a TTL each, on the worker's client."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: Client) -> None:
         self._r = client
 
     def claim(self, key: str, ttl: float) -> bool:

@@ -15,9 +15,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import redis
-
 from chatapp.store.conversations import StoredMessage
+from chatapp.store.redis import Client
 from chatapp.store.redis import guard
 
 
@@ -34,7 +33,7 @@ def _encode(message: StoredMessage) -> str:
 class RedisHistory:
     """Conversations and idempotency keys shared by every worker and host."""
 
-    def __init__(self, client: redis.Redis, ttl: float, *, max_messages: int = 200):
+    def __init__(self, client: Client, ttl: float, *, max_messages: int = 200):
         self._r: Any = client
         self._ttl = max(1, int(ttl))
         self._max_messages = max_messages

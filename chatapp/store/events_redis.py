@@ -1,14 +1,19 @@
 """The turn log on Redis Streams: resumable from any worker and any host.
 
-Keys (the `{id}` hash tag keeps one turn's keys on one cluster slot):
+Keys (`{tag}` is one of TURN_TAGS, picked by the turn id; a turn's keys share
+it, so on Redis Cluster they share one slot):
 
-  chatapp:t:{id}          stream; an entry holds frames joined, its id `n-0`
-                          is the SSE id of its last frame; entry `1-0` also
-                          holds the turn's facts (owner, conversation, worker)
-  chatapp:t:{id}:cancel   set when a cancel is asked
-  chatapp:t:{id}:reader   present while a reader elsewhere follows the turn
-  chatapp:t:{id}:reaped   claimed by the worker that ends a dead producer's turn
-  chatapp:worker:<id>     present while that worker produces turns (its lease)
+  chatapp:t:{tag}:id          stream; an entry holds frames joined, its id `n-0`
+                              is the SSE id of its last frame; entry `1-0` also
+                              holds the turn's facts (owner, conversation, worker)
+  chatapp:t:{tag}:id:cancel   set when a cancel is asked
+  chatapp:t:{tag}:id:reader   present while a reader elsewhere follows the turn
+  chatapp:t:{tag}:id:reaped   claimed by the worker that ends a dead producer's turn
+  chatapp:worker:<id>         present while that worker produces turns (its lease)
+
+Cancels are also announced on the channel `chatapp:cancel`: PUBLISH and
+SUBSCRIBE on one server or Sentinel, SPUBLISH and SSUBSCRIBE (sharded pub/sub,
+Redis 7) on Cluster, where the channel lives on the primary of its slot.
 
 Writes: readers in the producer's own worker follow its in-process tail, so
 Redis only serves readers elsewhere. The first frames go out at once, later
@@ -16,7 +21,9 @@ ones at most every WRITE_WINDOW seconds, joined into one entry.
 
 Reads: one greenlet per worker (the Follower) blocks in a single XREAD over
 every turn its readers follow, on a connection of its own, and extends one
-tail per turn that all of those readers share.
+tail per turn that all of those readers share. On Cluster one XREAD may only
+name keys of one slot, so the follower keeps one such reader per tag, each
+on a connection to the primary of that tag's slot: at most 16.
 
 Every Redis failure leaves this module as StoreError.
 """
@@ -29,16 +36,21 @@ import os
 import secrets
 import socket
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
 import gevent
-import gevent.event
 import gevent.lock
 import redis
 
 from chatapp import sse
+from chatapp.store.redis import Client
 from chatapp.store.redis import guard
+from chatapp.store.redis import is_cluster
+from chatapp.store.redis import node_client
+from chatapp.store.redis import ping
+from chatapp.store.redis import refresh
 from chatapp.store.tail import Tail
 from chatapp.turns.model import TurnInfo
 
@@ -48,8 +60,7 @@ CANCEL_CHANNEL = "chatapp:cancel"
 # Readers elsewhere see a turn's text at most this much later than readers
 # in the producer's worker; the first token is never held back.
 WRITE_WINDOW = 0.1
-# The longest the follower's XREAD blocks when nothing happens (it blocks
-# only until its next chores, a second at most).
+# The follower's XREAD blocks this long when nothing happens.
 BLOCK_MS = 5000
 # After each read, wait this long so that one XREAD brings many turns' news.
 GATHER_SECONDS = 0.005
@@ -65,8 +76,25 @@ REAPED_ERROR = {
 }
 
 
+# A Redis Cluster puts each of these tags on one slot; tag i hashes into slots
+# [1024 i, 1024 i + 1024), so the turns spread evenly over a cluster whose
+# primaries hold even shares of the slot space, and a worker follows turns
+# elsewhere with at most one XREAD (and connection) per tag. Per-turn tags
+# would need one blocking XREAD per followed turn. Never change them: keys of
+# turns in flight would move.
+TURN_TAGS = (
+    "t3", "t14", "t47", "t61", "t2", "t15", "t46", "t60",
+    "t1", "t16", "t45", "t63", "t0", "t17", "t44", "t62",
+)  # fmt: skip
+
+
+def turn_tag(turn_id: str) -> str:
+    """The hash tag every key of a turn carries."""
+    return TURN_TAGS[zlib.crc32(turn_id.encode()) % len(TURN_TAGS)]
+
+
 def _key(turn_id: str) -> str:
-    return f"chatapp:t:{{{turn_id}}}"
+    return f"chatapp:t:{{{turn_tag(turn_id)}}}:{turn_id}"
 
 
 def _worker_key(worker: str) -> str:
@@ -93,7 +121,7 @@ class RedisEventLog:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         *,
         running_ttl: float,
         stream_ttl: float,
@@ -161,7 +189,13 @@ class RedisEventLog:
             if not box.lock.acquire(blocking=False):
                 self._dirty[turn_id] = local  # being written right now: next time
                 continue
-            batch.append((turn_id, local, len(local[1].frames)))
+            end = len(local[1].frames)
+            if end <= box.flushed:
+                # Written meanwhile (its end is flushed at once): an empty
+                # entry under the same id would only be refused.
+                box.lock.release()
+                continue
+            batch.append((turn_id, local, end))
         try:
             with self._r.pipeline(transaction=False) as pipe:
                 for turn_id, (_, tail, box), end in batch:
@@ -237,6 +271,12 @@ class RedisEventLog:
 
     def request_cancel(self, turn_id: str) -> None:
         key = _key(turn_id) + ":cancel"
+        if is_cluster(self._r):
+            # The flag and the channel live on different slots.
+            with guard("cancel"):
+                self._r.set(key, "1", ex=self._running_ttl)
+                node_client(self._r, CANCEL_CHANNEL).spublish(CANCEL_CHANNEL, turn_id)
+            return
         with guard("cancel"), self._r.pipeline(transaction=False) as pipe:
             pipe.set(key, "1", ex=self._running_ttl)
             pipe.publish(CANCEL_CHANNEL, turn_id)
@@ -288,29 +328,47 @@ class RedisEventLog:
         """Relay cancel requests from any host to this worker's producers."""
         first = True
         while True:
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)
+            pubsub: Any = None
             try:
-                pubsub.subscribe(CANCEL_CHANNEL)
+                pubsub = self._subscribe()
                 if not first:
                     for callback in self._resubscribed:
                         callback()
                 first = False
                 while True:
                     message = pubsub.get_message(timeout=30)
-                    if message and message.get("type") == "message":
+                    kind = message and message.get("type")
+                    if kind in ("message", "smessage"):
                         turn_id = message["data"].decode()
                         for listener in self._listeners:
                             listener(turn_id)
+                    elif kind in ("unsubscribe", "sunsubscribe"):
+                        # The channel's slot moved to another primary.
+                        raise redis.ConnectionError("cancel channel moved")
             except redis.RedisError:
                 log.warning("cancel listener lost Redis; reconnecting")
                 first = False
+                try:
+                    refresh(self._r)
+                except redis.RedisError:
+                    pass
                 gevent.sleep(0.5)
             finally:
-                pubsub.close()
+                if pubsub is not None:
+                    pubsub.close()
+
+    def _subscribe(self) -> Any:
+        if is_cluster(self._r):
+            pubsub = node_client(self._r, CANCEL_CHANNEL).pubsub()
+            pubsub.ssubscribe(CANCEL_CHANNEL)
+        else:
+            pubsub = self._r.pubsub()
+            pubsub.subscribe(CANCEL_CHANNEL)
+        return pubsub
 
     def ping(self) -> None:
         with guard("ping"):
-            self._r.ping()
+            ping(self._r)
 
 
 def _info(turn_id: str, fields: dict[bytes, bytes]) -> TurnInfo:
@@ -325,27 +383,40 @@ def _info(turn_id: str, fields: dict[bytes, bytes]) -> TurnInfo:
 class _Mirror:
     """A turn produced elsewhere, as this worker follows it."""
 
-    __slots__ = ("heard_at", "key", "tail", "worker")
+    __slots__ = ("group", "heard_at", "key", "tail", "worker")
 
-    def __init__(self, key: str, tail: Tail, worker: str) -> None:
+    def __init__(self, key: str, group: str, tail: Tail, worker: str) -> None:
         self.key = key
+        self.group = group
         self.tail = tail
         self.worker = worker
         self.heard_at = time.monotonic()
 
 
-class Follower:
-    """One XREAD per worker for every turn its readers follow from elsewhere."""
+class _Reader:
+    """One blocking XREAD over the followed turns of one group."""
 
-    def __init__(self, client: redis.Redis, *, stream_ttl: float, orphan: float):
+    __slots__ = ("blocked_id", "group", "loop", "mirrors", "unblocking")
+
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.mirrors: dict[str, _Mirror] = {}
+        self.blocked_id: int | None = None  # its connection's id while it blocks
+        self.unblocking = False
+        self.loop: gevent.Greenlet | None = None
+
+
+class Follower:
+    """One XREAD per worker (per tag on Cluster) for the turns read from elsewhere."""
+
+    def __init__(self, client: Client, *, stream_ttl: float, orphan: float):
         self._r: Any = client
         self.stream_ttl = stream_ttl
         self.orphan = orphan
+        self._cluster = is_cluster(client)
         self._mirrors: dict[str, _Mirror] = {}
-        self._kick = gevent.event.Event()
-        self._blocked_id: int | None = None  # our connection's id while it blocks
-        self._unblocking = False
-        self._loop: gevent.Greenlet | None = None
+        self._readers: dict[str, _Reader] = {}
+        self._chores_loop: gevent.Greenlet | None = None
 
     def open(self, turn_id: str) -> Tail | None:
         """Join the readers of a turn produced elsewhere, catching up first."""
@@ -360,7 +431,8 @@ class Follower:
             if mirror is None:
                 frames = [f for _, fields in entries for f in _split(fields[b"f"])]
                 tail = Tail(frames, done=sse.is_done(frames[-1]))
-                mirror = _Mirror(key, tail, entries[0][1][b"w"].decode())
+                group = turn_tag(turn_id) if self._cluster else ""
+                mirror = _Mirror(key, group, tail, entries[0][1][b"w"].decode())
                 if not tail.done:
                     self._follow(turn_id, mirror)
         mirror.tail.join()
@@ -370,61 +442,74 @@ class Follower:
         """Stop following a turn nobody here reads any more."""
         mirror = self._mirrors.get(turn_id)
         if mirror is not None and mirror.tail is tail:
+            self._forget(turn_id, mirror)
+
+    def _forget(self, turn_id: str, mirror: _Mirror) -> None:
+        if self._mirrors.get(turn_id) is mirror:
             del self._mirrors[turn_id]
+        reader = self._readers.get(mirror.group)
+        if reader is not None and reader.mirrors.get(turn_id) is mirror:
+            del reader.mirrors[turn_id]
 
     def _follow(self, turn_id: str, mirror: _Mirror) -> None:
-        self._mirrors[turn_id] = mirror
         with guard("mark reader"):
             self._r.set(mirror.key + ":reader", "1", px=int(self.orphan * 1000))
-        if self._loop is None or self._loop.dead:
-            self._loop = gevent.spawn(self._run)
-        self._kick.set()
-        if self._blocked_id is not None and not self._unblocking:
+        self._mirrors[turn_id] = mirror
+        if self._chores_loop is None or self._chores_loop.dead:
+            self._chores_loop = gevent.spawn(self._run_chores)
+        reader = self._readers.get(mirror.group)
+        if reader is None or reader.loop is None or reader.loop.dead:
+            reader = self._readers[mirror.group] = _Reader(mirror.group)
+            reader.mirrors[turn_id] = mirror
+            reader.loop = gevent.spawn(self._run, reader)
+            return
+        reader.mirrors[turn_id] = mirror
+        if reader.blocked_id is not None and not reader.unblocking:
             # The XREAD in flight does not name this turn yet: end its wait.
-            self._unblocking = True
+            reader.unblocking = True
             try:
-                self._r.client_unblock(self._blocked_id)
+                node_client(self._r, mirror.key).client_unblock(reader.blocked_id)
             except redis.RedisError:
                 pass  # the read ends by itself within BLOCK_MS
 
-    def _run(self) -> None:
+    def _run(self, reader: _Reader) -> None:
         conn: Any = None
         failing_since: float | None = None
-        next_chores = 0.0
-        while True:
-            if not self._mirrors:
-                self._kick.clear()
-                self._kick.wait()
-                continue
-            try:
-                if conn is None:
-                    conn = self._connection()
-                now = time.monotonic()
-                if now >= next_chores:
-                    next_chores = now + min(1.0, self.orphan / 3)
-                    self._chores(now)
-                # Wake for the next chores even when nothing is written: a
-                # dead producer writes nothing, and its readers wait on them.
-                self._read(conn, max(1, int((next_chores - now) * 1000)))
-                failing_since = None
-            except redis.RedisError as exc:
-                if conn is not None:
-                    conn.disconnect()
-                conn = None
-                self._blocked_id = None
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if now - failing_since >= STORE_GRACE:
-                    log.warning("follower: Redis is away (%s)", type(exc).__name__)
-                    for mirror in self._mirrors.values():
-                        mirror.tail.lose()
-                    self._mirrors.clear()
-                gevent.sleep(0.2)
-                continue
-            gevent.sleep(GATHER_SECONDS)
+        try:
+            while reader.mirrors:
+                try:
+                    if conn is None:
+                        conn = self._connection(next(iter(reader.mirrors.values())))
+                    self._read(conn, reader)
+                    failing_since = None
+                except redis.RedisError as exc:
+                    if conn is not None:
+                        conn.disconnect()
+                    conn = None
+                    reader.blocked_id = None
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since >= STORE_GRACE:
+                        log.warning("follower: Redis is away (%s)", type(exc).__name__)
+                        for turn_id, mirror in list(reader.mirrors.items()):
+                            mirror.tail.lose()
+                            self._forget(turn_id, mirror)
+                    gevent.sleep(0.2)
+                    try:
+                        refresh(self._r)  # a failover may have moved the slot
+                    except redis.RedisError:
+                        pass
+                    continue
+                gevent.sleep(GATHER_SECONDS)
+        finally:
+            if conn is not None:
+                conn.disconnect()
+            if self._readers.get(reader.group) is reader:
+                del self._readers[reader.group]
 
-    def _connection(self) -> Any:
-        pool = self._r.connection_pool
+    def _connection(self, mirror: _Mirror) -> Any:
+        """Open a connection of our own to the primary holding `mirror`'s turn."""
+        pool = node_client(self._r, mirror.key).connection_pool
         kwargs = dict(pool.connection_kwargs)
         kwargs["socket_timeout"] = BLOCK_MS / 1000 + 5
         conn = pool.connection_class(**kwargs)
@@ -433,17 +518,17 @@ class Follower:
         conn.client_id = int(conn.read_response())
         return conn
 
-    def _read(self, conn: Any, block_ms: int) -> None:
-        mirrors = {m.key: (t, m) for t, m in self._mirrors.items()}
+    def _read(self, conn: Any, reader: _Reader) -> None:
+        mirrors = {m.key: (t, m) for t, m in reader.mirrors.items()}
         keys = list(mirrors)
         ids = [f"{len(m.tail.frames)}-0" for _, m in mirrors.values()]
-        conn.send_command("XREAD", "BLOCK", block_ms, "STREAMS", *keys, *ids)
-        self._blocked_id = conn.client_id
-        self._unblocking = False
+        conn.send_command("XREAD", "BLOCK", BLOCK_MS, "STREAMS", *keys, *ids)
+        reader.blocked_id = conn.client_id
+        reader.unblocking = False
         try:
             reply = conn.read_response()
         finally:
-            self._blocked_id = None
+            reader.blocked_id = None
         now = time.monotonic()
         for raw_key, entries in _streams(reply):
             found = mirrors.get(raw_key.decode())
@@ -458,8 +543,16 @@ class Follower:
             done = sse.is_done(frames[-1])
             mirror.tail.extend(frames, done=done)
             mirror.heard_at = now
-            if done and self._mirrors.get(turn_id) is mirror:
-                del self._mirrors[turn_id]
+            if done:
+                self._forget(turn_id, mirror)
+
+    def _run_chores(self) -> None:
+        while self._mirrors:
+            try:
+                self._chores(time.monotonic())
+            except redis.RedisError as exc:
+                log.warning("follower: chores failed (%s)", type(exc).__name__)
+            gevent.sleep(min(1.0, self.orphan / 3))
 
     def _chores(self, now: float) -> None:
         """Tell producers readers are here; end turns whose producer died."""

@@ -43,6 +43,7 @@ from chatapp.store.limits import Hold
 from chatapp.store.limits import LimitStore
 from chatapp.store.limits import MemoryLimitStore
 from chatapp.store.limits import RedisLimitStore
+from chatapp.store.redis import ping
 from chatapp.turns.model import TurnEnd
 
 log = logging.getLogger(__name__)
@@ -351,7 +352,7 @@ class Gate:
         if self.redis is None:
             return None
         try:
-            self.redis.ping()
+            ping(self.redis)  # the primaries: a dead replica is no outage
         except redis.RedisError as exc:
             return f"rate-limit storage (Redis) does not answer ({type(exc).__name__})"
         return None

@@ -10,7 +10,9 @@ limits alone. The key function reads the page token only from the
 X-Chat-Token header: it never parses a body.
 
 With Redis the limits live in flask-limiter's moving windows there
-(`LIMITS:LIMITER/chatapp/<client>/...`), on the worker's one Redis client.
+(`LIMITS:LIMITER/chatapp/<client>/...`), on the worker's one Redis client
+(limits_storage.py), whether that is one server, Sentinel's primary or a
+Redis Cluster: each window is one key, so one slot.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from chatapp.tokens import TokenInvalid
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
 from chatapp.turns.admit import Leases
+from chatapp.web import limits_storage
 from chatapp.web import moving_window
 
 EXTENSION = "chatapp.limits"
@@ -200,14 +203,9 @@ def init_limits(app: Flask) -> Gate:
         )
     client = st.redis
     if client is not None:
-        url = config["REDIS_URL"]
-        # limits names a Unix socket redis+unix://; the pool already knows it.
-        if url.startswith("unix://"):
-            url = "redis+unix://" + url.removeprefix("unix://")
-        app.config["RATELIMIT_STORAGE_URI"] = url
-        app.config["RATELIMIT_STORAGE_OPTIONS"] = {
-            "connection_pool": client.connection_pool
-        }
+        # Every kind of Redis the URL may name, on the worker's one client.
+        app.config["RATELIMIT_STORAGE_URI"] = f"{limits_storage.SCHEME}://"
+        app.config["RATELIMIT_STORAGE_OPTIONS"] = {"client": client}
     else:
         app.config["RATELIMIT_STORAGE_URI"] = "memory://"
     leases = st.events if client is not None else None
