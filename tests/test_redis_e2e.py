@@ -93,7 +93,8 @@ def test_resume_on_another_host_repeats_nothing(
     assert_well_formed(events)
     assert text_of(events) == answer
     assert len(fake_provider.requests) == 1
-    assert b.open_stream(turn, last_event_id=int(events[-1].id or 0)).status_code == 204
+    with b.open_stream(turn, last_event_id=int(events[-1].id or 0)) as after:
+        assert after.status_code == 204
 
 
 def test_many_readers_on_both_hosts_see_the_same_events(
