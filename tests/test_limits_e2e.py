@@ -590,6 +590,11 @@ def test_redis_outage_falls_back_to_memory_and_recovers(
 
         wait_for(shared, 60, "limits to be shared again", every=0.5)
         print(f"limits shared {time.monotonic() - back_at:.1f}s after Redis is back")
+        # The steady flow goes on once Redis is back (during the outage a
+        # request may wait out a Redis timeout, so the count then varies).
+        seen = len(trickle.statuses)
+        wait_for(
+            lambda: len(trickle.statuses) >= seen + 10, 10, "requests after the outage"
+        )
     assert 503 in ready.seen
-    assert len(trickle.statuses) > 20
     assert trickle.server_errors() == []
