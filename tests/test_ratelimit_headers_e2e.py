@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import socket
+import time
 from importlib import resources
 
 import pytest
@@ -134,3 +135,34 @@ def test_with_redis_the_count_comes_from_the_hit_without_a_second_scan(
     assert len(on_limit) == 1, on_limit
     assert '"evalsha"' in on_limit[0].lower()
     assert not any(scan_sha in c for c in commands)
+
+
+@pytest.mark.redis
+def test_with_redis_a_limit_keeps_only_the_hits_in_its_window(
+    service_factory: ServiceFactory, redis_server: RedisServer
+) -> None:
+    """A limit's list holds exactly the hits its window counts: those that
+    left the window are dropped by the next hit, so the list and the search
+    for the count stay the window's size (a limit of a million a minute used
+    to keep every hit it ever had)."""
+    redis_server.command("-n", str(LIMITS_DB), "FLUSHDB")
+    url = f"redis://127.0.0.1:{redis_server.port}/{LIMITS_DB}"
+    service = service_factory(
+        CHATAPP_REDIS_URL=url, CHATAPP_RATE_LIMITS="1000 per 2 seconds"
+    )
+    client = ChatClient(service.url)
+    counted, kept = [], []
+    started = time.monotonic()
+    # Hits every 0.4 s for 3.5 s: the key never expires (each hit renews it
+    # for 2 s) while the first hits leave the window.
+    while time.monotonic() - started < 3.5:
+        counted.append(1000 - left(client.post(message="steady"))[1])
+        keys = redis_server.command(
+            "-n", str(LIMITS_DB), "--scan", "--pattern", "*LIMITS*"
+        )
+        (key,) = keys.decode().split()
+        kept.append(int(redis_server.command("-n", str(LIMITS_DB), "LLEN", key)))
+        time.sleep(0.4)  # the pace of the hits, not a wait for an event
+    assert len(counted) >= 7
+    assert max(counted) < len(counted)  # hits did leave the window
+    assert kept == counted

@@ -50,7 +50,12 @@ if amount <= limit then
     acquired = 1
   end
 end
-local low, high, last = 0, limit - 1, -1
+-- Hits are pushed at the head, newest first: the window's hits are a prefix.
+-- Search only the list there is, and drop what has left the window, so the
+-- list holds the window's hits alone (a limit of thousands a minute would
+-- otherwise keep up to `limit` stale entries and search them all).
+local len = redis.call('llen', KEYS[1])
+local low, high, last = 0, math.min(limit, len) - 1, -1
 while low <= high do
   local mid = math.floor((low + high) / 2)
   local value = tonumber(redis.call('lindex', KEYS[1], mid))
@@ -63,6 +68,9 @@ while low <= high do
 end
 if last < 0 then
   return {acquired, 0, ''}
+end
+if last + 1 < len then
+  redis.call('ltrim', KEYS[1], 0, last)
 end
 return {acquired, last + 1, redis.call('lindex', KEYS[1], last)}
 """
