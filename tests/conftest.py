@@ -56,6 +56,26 @@ def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.02) -> 
 # -- redis ------------------------------------------------------------------
 
 
+def redis_server_args(port: int, workdir: str | Path) -> list[str]:
+    """redis-server's options for a throwaway server of the tests' own."""
+    return [
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+    ]
+
+
 class RedisServer:
     """A real redis-server on a free port, killable and restartable."""
 
@@ -74,23 +94,7 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                self.binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
+            [self.binary, *redis_server_args(self.port, self.dir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
+from tests.conftest import redis_server_args
 from tests.conftest import wait_for
 
 SERVICE = "chatapp"
@@ -49,24 +50,7 @@ class _Processes:
         workdir = self.dir / str(port)
         workdir.mkdir(exist_ok=True)
         self.procs[port] = subprocess.Popen(
-            [
-                _binary("redis-server"),
-                *args,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
+            [_binary("redis-server"), *args, *redis_server_args(port, workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
