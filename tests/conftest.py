@@ -181,6 +181,15 @@ class Service:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def log_lines(self) -> list[str]:
+        """The lines the service has finished writing.
+
+        A line still being written when the file is read has no newline yet;
+        it is left for the next read.
+        """
+        written, _, _unfinished = self.log().rpartition("\n")
+        return written.splitlines()
+
     def worker_pids(self) -> list[int]:
         """The gunicorn workers' pids (children of the master)."""
         assert self.proc is not None

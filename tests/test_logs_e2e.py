@@ -39,9 +39,9 @@ def logged(module_services: ServiceFactory) -> Service:
 
 
 def lines(service: Service) -> list[dict[str, Any]]:
-    """Parse every line the service wrote: each must be one JSON object."""
+    """Parse every line the service has finished: each must be one JSON object."""
     out = []
-    for row in service.log().splitlines():
+    for row in service.log_lines():
         parsed = json.loads(row)
         assert isinstance(parsed, dict), row
         out.append(parsed)

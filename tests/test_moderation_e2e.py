@@ -182,7 +182,7 @@ def test_moderation_latency_before_the_first_token(
         client_ms[name] = statistics.median(samples) * 1000
         ttfts = [
             float(line["ttft_ms"])
-            for line in map(json.loads, service.log().splitlines())
+            for line in map(json.loads, service.log_lines())
             if line.get("event") == "turn.first_token"
         ]
         assert len(ttfts) >= rounds
