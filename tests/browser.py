@@ -300,6 +300,7 @@ class _Link:
         self.streaming = False
         self.ids = 0
         self.head_sent = False
+        self.silenced = False
         self._closed = False
         self._lock = threading.Lock()
 
@@ -383,6 +384,14 @@ class CuttingProxy:
     def restore(self) -> None:
         self.refusing = False
 
+    def silence_streams(self) -> None:
+        """Let no more bytes through on the event streams open now, and keep
+        them open, as a suspended phone radio leaves them; later streams pass."""
+        with self._lock:
+            for link in self._links:
+                if link.streaming:
+                    link.silenced = True
+
     def close(self) -> None:
         self._running = False
         with self._lock:
@@ -451,6 +460,8 @@ class CuttingProxy:
     def _to_browser(self, link: _Link) -> None:
         try:
             while data := link.upstream.recv(65536):
+                if link.silenced:
+                    continue
                 if link.streaming and self.buffer_streams:
                     self._hold_back(link, data)
                     continue

@@ -170,11 +170,11 @@ def test_a_tab_brought_back_reopens_a_silent_stream(
     chat, expected = _start_answer(context, proxy, "v", 150)
     _wait_shown(chat, "v10 ")
     before = len(proxy.stream_requests)
-    # The stream goes silent but stays open (as a suspended radio leaves it):
-    # hold back its bytes, then bring the tab back.
-    proxy.buffer_streams = True
+    # The stream goes silent but stays open (as a suspended radio leaves it),
+    # and the tab comes back while it is still silent. Releasing the old
+    # stream first would race the page's staleness check against its bytes.
+    proxy.silence_streams()
     chat.page.wait_for_timeout(3500)  # longer than the page's 3 s staleness
-    proxy.buffer_streams = False
     chat.page.evaluate("() => document.dispatchEvent(new Event('visibilitychange'))")
 
     _assert_whole_once(chat, expected)
