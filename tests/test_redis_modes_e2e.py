@@ -19,10 +19,13 @@ from dataclasses import field
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from chatapp.store.events_redis import TURN_TAGS
 from chatapp.store.events_redis import turn_tag
+from chatapp.store.redis import connect
+from chatapp.store.redis import slot_pipeline
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
@@ -118,6 +121,40 @@ def test_a_session_on_a_cluster_keeps_every_key_to_its_slot(
     assert codes == [201] * left + [429] * 3
 
     _assert_keys_keep_to_their_slots(cluster)
+
+
+def test_a_pipeline_to_a_server_that_lost_the_slot_goes_where_it_moved(
+    cluster: RedisClusterSet,
+) -> None:
+    """slot_pipeline goes straight to the slot's primary. With a stale slot
+    map (as after a failover) that server answers a real MOVED: no command
+    ran, so they go again through the cluster's pipeline, exactly once."""
+    client: Any = connect(cluster.url, max_connections=8)
+    key = "chatapp:t:{3}:moved-test"
+    slot = client.keyslot(key)
+    topology = client.topology
+    right = topology.get_node_from_slot(slot)
+    wrong = next(n for n in client.get_primaries() if n.name != right.name)
+    try:
+        topology.slots_cache[slot] = [wrong]
+        with slot_pipeline(client, key) as pipe:
+            pipe.rpush(key, "a")
+            pipe.expire(key, 60)
+            assert pipe.execute() == [1, True]
+        assert client.lrange(key, 0, -1) == [b"a"]
+        assert topology.get_node_from_slot(slot).name == right.name
+
+        # Replies in place are the caller's to write again; the map is fixed.
+        topology.slots_cache[slot] = [wrong]
+        with slot_pipeline(client, key) as pipe:
+            pipe.rpush(key, "b")
+            (reply,) = pipe.execute(raise_on_error=False)
+        assert isinstance(reply, redis.exceptions.MovedError)
+        assert topology.get_node_from_slot(slot).name == right.name
+        assert client.lrange(key, 0, -1) == [b"a"]
+    finally:
+        client.delete(key)
+        client.close()
 
 
 def _assert_keys_keep_to_their_slots(cluster: RedisClusterSet) -> None:

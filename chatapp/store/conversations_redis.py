@@ -18,6 +18,7 @@ from typing import Any
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.redis import Client
 from chatapp.store.redis import guard
+from chatapp.store.redis import slot_pipeline
 
 
 def _conv(conversation_id: str) -> str:
@@ -40,7 +41,7 @@ class RedisHistory:
 
     def create(self, conversation_id: str, owner: str, first: StoredMessage) -> None:
         key = _conv(conversation_id)
-        with guard("create conversation"), self._r.pipeline(transaction=False) as p:
+        with guard("create conversation"), slot_pipeline(self._r, key) as p:
             p.rpush(key, json.dumps({"owner": owner}), _encode(first))
             p.expire(key, self._ttl)
             p.execute()
@@ -52,7 +53,7 @@ class RedisHistory:
 
     def append(self, conversation_id: str, message: StoredMessage) -> None:
         key = _conv(conversation_id)
-        with guard("append message"), self._r.pipeline(transaction=False) as p:
+        with guard("append message"), slot_pipeline(self._r, key) as p:
             p.rpush(key, _encode(message))
             p.expire(key, self._ttl)
             length, _ = p.execute()

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 import gevent.lock
 import redis
 
@@ -49,8 +50,10 @@ from chatapp.store.redis import Client
 from chatapp.store.redis import guard
 from chatapp.store.redis import is_cluster
 from chatapp.store.redis import node_client
+from chatapp.store.redis import node_groups
 from chatapp.store.redis import ping
 from chatapp.store.redis import refresh
+from chatapp.store.redis import slot_pipeline
 from chatapp.store.tail import Tail
 from chatapp.turns.model import TurnInfo
 
@@ -64,6 +67,8 @@ WRITE_WINDOW = 0.1
 BLOCK_MS = 5000
 # After each read, wait this long so that one XREAD brings many turns' news.
 GATHER_SECONDS = 0.005
+# A reader with no turn left keeps its connection this long for the next one.
+IDLE_SECONDS = 10.0
 # A followed turn silent this long has its producer's lease checked.
 LEASE_CHECK_AFTER = 3.0
 # Redis may fail this long before followed turns are given up.
@@ -150,7 +155,7 @@ class RedisEventLog:
             "t": repr(info.created_at),
             "w": self.worker,
         }
-        with guard("create turn"), self._r.pipeline(transaction=False) as pipe:
+        with guard("create turn"), slot_pipeline(self._r, key) as pipe:
             pipe.xadd(key, fields, id="1-0")
             pipe.expire(key, int(ttl) + 1)
             pipe.execute()
@@ -196,14 +201,25 @@ class RedisEventLog:
                 box.lock.release()
                 continue
             batch.append((turn_id, local, end))
+        replies: list[Any] = [None] * len(batch)
+        keys = [_key(turn_id) for turn_id, _, _ in batch]
         try:
-            with self._r.pipeline(transaction=False) as pipe:
-                for turn_id, (_, tail, box), end in batch:
-                    blob = b"".join(tail.frames[box.flushed : end])
-                    pipe.xadd(_key(turn_id), {"f": blob}, id=f"{end}-0")
-                replies = pipe.execute(raise_on_error=False) if batch else []
+            groups = node_groups(self._r, keys) if batch else []
         except redis.RedisError as exc:
-            replies = [exc] * len(batch)
+            groups, replies = [], [exc] * len(batch)
+        for group in groups:
+            # One pipeline per server (one in all off Cluster).
+            try:
+                with slot_pipeline(self._r, keys[group[0]]) as pipe:
+                    for i in group:
+                        _, (_, tail, box), end = batch[i]
+                        blob = b"".join(tail.frames[box.flushed : end])
+                        pipe.xadd(keys[i], {"f": blob}, id=f"{end}-0")
+                    written = pipe.execute(raise_on_error=False)
+            except redis.RedisError as exc:
+                written = [exc] * len(group)
+            for i, reply in zip(group, written, strict=True):
+                replies[i] = reply
         try:
             for (turn_id, local, end), reply in zip(batch, replies, strict=True):
                 if isinstance(reply, Exception):
@@ -225,7 +241,7 @@ class RedisEventLog:
             if end <= box.flushed and expire is None:
                 return
             key = _key(turn_id)
-            with guard("append frames"), self._r.pipeline(transaction=False) as pipe:
+            with guard("append frames"), slot_pipeline(self._r, key) as pipe:
                 if end > box.flushed:
                     blob = b"".join(tail.frames[box.flushed : end])
                     pipe.xadd(key, {"f": blob}, id=f"{end}-0")
@@ -396,7 +412,7 @@ class _Mirror:
 class _Reader:
     """One blocking XREAD over the followed turns of one group."""
 
-    __slots__ = ("blocked_id", "group", "loop", "mirrors", "unblocking")
+    __slots__ = ("blocked_id", "group", "loop", "mirrors", "unblocking", "wake")
 
     def __init__(self, group: str) -> None:
         self.group = group
@@ -404,6 +420,7 @@ class _Reader:
         self.blocked_id: int | None = None  # its connection's id while it blocks
         self.unblocking = False
         self.loop: gevent.Greenlet | None = None
+        self.wake = gevent.event.Event()  # set when an idle reader gets a turn
 
 
 class Follower:
@@ -464,6 +481,7 @@ class Follower:
             reader.loop = gevent.spawn(self._run, reader)
             return
         reader.mirrors[turn_id] = mirror
+        reader.wake.set()
         if reader.blocked_id is not None and not reader.unblocking:
             # The XREAD in flight does not name this turn yet: end its wait.
             reader.unblocking = True
@@ -476,7 +494,7 @@ class Follower:
         conn: Any = None
         failing_since: float | None = None
         try:
-            while reader.mirrors:
+            while reader.mirrors or self._idle(reader):
                 try:
                     if conn is None:
                         conn = self._connection(next(iter(reader.mirrors.values())))
@@ -506,6 +524,17 @@ class Follower:
                 conn.disconnect()
             if self._readers.get(reader.group) is reader:
                 del self._readers[reader.group]
+
+    @staticmethod
+    def _idle(reader: _Reader) -> bool:
+        """Wait, connection kept, for a next turn: whether one came.
+
+        Turns come and go all the time; a new connection each time the last
+        one ends would cost a connect, a handshake and CLIENT ID.
+        """
+        reader.wake.clear()
+        reader.wake.wait(IDLE_SECONDS)
+        return bool(reader.mirrors)
 
     def _connection(self, mirror: _Mirror) -> Any:
         """Open a connection of our own to the primary holding `mirror`'s turn."""

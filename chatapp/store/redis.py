@@ -32,6 +32,7 @@ from redis.cluster import ClusterNode
 from redis.cluster import RedisCluster
 from redis.connection import BlockingConnectionPool
 from redis.connection import parse_url
+from redis.exceptions import AskError
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -299,6 +300,70 @@ def node_client(client: Any, key: str) -> redis.Redis:
     except RedisClusterException as exc:
         raise ClusterUnavailable(str(exc)) from exc
     return node.redis_connection
+
+
+def slot_pipeline(client: Any, key: str) -> Any:
+    """A pipeline (no MULTI) for commands whose keys all share `key`'s hash slot.
+
+    Off Cluster this is the client's own pipeline. On Cluster it is the plain
+    pipeline of the primary holding the slot: redis-py's cluster pipeline
+    would work out every command's keys, slot and node again, which costs
+    more than the commands here. A MOVED reply means the slot moved (a
+    failover) and no command ran: the slot map is read anew and the commands
+    go again through the cluster's own pipeline, which follows redirects. ASK
+    (a slot part way through a reshard) is handled the same; it is exact when
+    every command names the same key, as every caller's here does when it
+    lets errors raise. With raise_on_error=False the redirected replies are
+    left in place for the caller to write again. A lost connection also reads
+    the map anew before it is raised.
+    """
+    if not is_cluster(client):
+        return client.pipeline(transaction=False)
+    pipe: Any = node_client(client, key).pipeline(transaction=False)
+    execute = pipe.execute
+
+    def execute_routed(raise_on_error: bool = True) -> Any:
+        queued = list(pipe.command_stack)
+        try:
+            replies = execute(raise_on_error=raise_on_error)
+        except AskError:
+            pass
+        except (redis.ConnectionError, redis.TimeoutError):
+            _refresh_quietly(client)
+            raise
+        else:
+            if not raise_on_error and any(_moved(r) for r in replies):
+                _refresh_quietly(client)  # the caller writes these again
+            return replies
+        refresh(client)
+        routed = client.pipeline(transaction=False)
+        for args, options in queued:
+            routed.pipeline_execute_command(*args, **options)
+        return routed.execute(raise_on_error=raise_on_error)
+
+    pipe.execute = execute_routed
+    return pipe
+
+
+def node_groups(client: Any, keys: list[str]) -> list[list[int]]:
+    """The positions of `keys`, grouped by the server that holds them."""
+    if not is_cluster(client) or len(keys) < 2:
+        return [list(range(len(keys)))]
+    groups: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(id(node_client(client, key)), []).append(i)
+    return list(groups.values())
+
+
+def _moved(reply: object) -> bool:
+    return isinstance(reply, AskError)  # MovedError is one too
+
+
+def _refresh_quietly(client: Any) -> None:
+    try:
+        refresh(client)
+    except redis.RedisError:
+        pass
 
 
 def refresh(client: Any) -> None:
