@@ -170,6 +170,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
         "https://api.openai.com/v1",
     ),
     "BOT_CHECK": ("CHATAPP_BOT_CHECK", _choice("off", "pow"), "off"),
+    # The owner's API (knowledge pushes, spend): a bearer secret; empty = off.
+    "ADMIN_TOKEN": ("CHATAPP_ADMIN_TOKEN", _text, ""),
     # Not in SPEC's table: the demo provider's pace, so tests and benches can
     # make it fast; the size of a request body we read at all.
     "DEMO_DELAY_MS": ("CHATAPP_DEMO_DELAY_MS", _int(0, 10_000), 30),
@@ -262,6 +264,11 @@ def load_config(
         raise ConfigError(
             "CHATAPP_WP_SHARED_SECRET must be at least 32 bytes long "
             "(HS256 needs a key as long as its hash)"
+        )
+    if config["ADMIN_TOKEN"] and len(config["ADMIN_TOKEN"]) < MIN_SECRET_KEY_CHARS:
+        raise ConfigError(
+            f"CHATAPP_ADMIN_TOKEN must be at least {MIN_SECRET_KEY_CHARS} characters "
+            "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     _check_rate_limits(config["RATE_LIMITS"])
     return config
