@@ -166,3 +166,43 @@ def test_with_redis_a_limit_keeps_only_the_hits_in_its_window(
     assert len(counted) >= 7
     assert max(counted) < len(counted)  # hits did leave the window
     assert kept == counted
+
+
+@pytest.mark.redis
+def test_with_redis_the_count_costs_the_same_whatever_the_window_holds(
+    service_factory: ServiceFactory, redis_server: RedisServer
+) -> None:
+    """Counting what is left pops expired hits off the tail and asks the
+    length: a window of 500 hits costs a hit no more commands than a window
+    of one (a search of the list cost log2 of its length on every hit)."""
+    redis_server.command("-n", str(LIMITS_DB), "FLUSHDB")
+    url = f"redis://127.0.0.1:{redis_server.port}/{LIMITS_DB}"
+    service = service_factory(
+        CHATAPP_REDIS_URL=url, CHATAPP_RATE_LIMITS="1000000/minute"
+    )
+    client = ChatClient(service.url)
+    left(client.post(message="zero"))
+    (key,) = (
+        redis_server.command("-n", str(LIMITS_DB), "--scan", "--pattern", "*LIMITS*")
+        .decode()
+        .split()
+    )
+
+    def script_commands(message: str) -> list[str]:
+        monitor = Monitor(redis_server.port)
+        try:
+            monitor.until(f"before-{message}")
+            left(client.post(message=message))
+            commands = monitor.until(f"after-{message}")
+        finally:
+            monitor.close()
+        return [c for c in commands if "lua]" in c and key in c]
+
+    small = script_commands("one")
+    now = f"{time.time():.6f}"
+    redis_server.command("-n", str(LIMITS_DB), "LPUSH", key, *([now] * 500))
+    large = script_commands("many")
+
+    assert 500 < int(redis_server.command("-n", str(LIMITS_DB), "LLEN", key))
+    assert len(large) == len(small), (small, large)
+    assert len(large) <= 7, large

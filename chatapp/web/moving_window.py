@@ -5,7 +5,8 @@ the window would take `get_window_stats`, a second look at the window (a
 second Lua call and round trip per limit with Redis) on every message. This
 strategy makes the very same hit -- the same list under the same key, the
 same rule as limits' acquire_moving_window.lua -- and counts the window in
-the same Lua call, by binary search (the list is newest first). Without
+the same Lua call, popping expired hits off the list's tail (the list is
+newest first), so the count is O(1) commands per hit, amortised. Without
 Redis (memory, or flask-limiter's fallback while Redis is away) the count is
 a bisect of the in-process list, with no I/O.
 
@@ -50,29 +51,20 @@ if amount <= limit then
     acquired = 1
   end
 end
--- Hits are pushed at the head, newest first: the window's hits are a prefix.
--- Search only the list there is, and drop what has left the window, so the
--- list holds the window's hits alone (a limit of thousands a minute would
--- otherwise keep up to `limit` stale entries and search them all).
-local len = redis.call('llen', KEYS[1])
-local low, high, last = 0, math.min(limit, len) - 1, -1
-while low <= high do
-  local mid = math.floor((low + high) / 2)
-  local value = tonumber(redis.call('lindex', KEYS[1], mid))
-  if value and value >= now - expiry then
-    last = mid
-    low = mid + 1
-  else
-    high = mid - 1
-  end
+-- Hits are pushed at the head, newest first, so hits that left the window
+-- sit at the tail. Pop them there: each hit is popped at most once, so the
+-- count costs O(1) commands per hit amortised, whatever the limit (a search
+-- of the list would cost log2(limit) reads on every hit), and the list keeps
+-- the window's hits alone.
+local oldest = redis.call('lindex', KEYS[1], -1)
+while oldest and tonumber(oldest) < now - expiry do
+  redis.call('rpop', KEYS[1])
+  oldest = redis.call('lindex', KEYS[1], -1)
 end
-if last < 0 then
+if not oldest then
   return {acquired, 0, ''}
 end
-if last + 1 < len then
-  redis.call('ltrim', KEYS[1], 0, last)
-end
-return {acquired, last + 1, redis.call('lindex', KEYS[1], last)}
+return {acquired, redis.call('llen', KEYS[1]), oldest}
 """
 
 
