@@ -28,10 +28,22 @@ def new_id() -> str:
 
 
 def context(history: list[StoredMessage], max_chars: int) -> list[Message]:
-    """Keep the newest earlier messages that fit `max_chars`, oldest first."""
+    """Keep the newest earlier exchanges that fit `max_chars`, oldest first.
+
+    Only answered questions count: a message moderation blocked (or could
+    not check), one whose turn failed before any text, and one still being
+    answered have no answer of their turn, and never reach the model, not
+    even as context of a later turn (SPEC: a flagged message never reaches
+    the model). The answer names its turn, so interleaved turns cannot lend
+    an unanswered question someone else's answer.
+    """
+    answered = {m.turn for m in history if m.role == "assistant" and m.turn}
     kept: list[Message] = []
     used = 0
-    for stored in reversed(history):
+    for index in range(len(history) - 1, -1, -1):
+        stored = history[index]
+        if stored.role == "user" and not _answered(history, index, answered):
+            continue
         used += len(stored.content)
         if used > max_chars:
             break
@@ -41,6 +53,15 @@ def context(history: list[StoredMessage], max_chars: int) -> list[Message]:
     while kept and kept[0].role != "user":
         kept.pop(0)
     return kept
+
+
+def _answered(history: list[StoredMessage], index: int, answered: set[str]) -> bool:
+    question = history[index]
+    if question.turn:
+        return question.turn in answered
+    # Stored before messages named their turn: answered if an answer follows.
+    following = history[index + 1] if index + 1 < len(history) else None
+    return following is not None and following.role == "assistant"
 
 
 def cache_key(request: ChatRequest, provider: str) -> str:
@@ -122,9 +143,11 @@ def start_turn(
     earlier_messages = history.messages(cid) if conversation_id else []
     now = time.time()
     if conversation_id is None:
-        history.create(cid, identity.owner, StoredMessage("user", message, now))
+        history.create(
+            cid, identity.owner, StoredMessage("user", message, now, turn_id)
+        )
     else:
-        history.append(cid, StoredMessage("user", message, now))
+        history.append(cid, StoredMessage("user", message, now, turn_id))
     request = ChatRequest(
         model=config["MODEL"],
         system=config["SYSTEM_PROMPT"],
