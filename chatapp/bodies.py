@@ -41,10 +41,8 @@ def too_deep(value: Any, most: int = MAX_JSON_DEPTH) -> bool:
             for child in item.values() if isinstance(item, dict) else item:
                 if isinstance(child, dict | list):
                     deeper.append(child)
-        if not deeper:
-            return False
         level = deeper
-    return True
+    return bool(level)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

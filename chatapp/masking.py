@@ -25,6 +25,7 @@ scanned more than a few times whatever the input.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 # Unicode spaces (category Zs) and tabs -> " "; full-width ASCII -> ASCII.
@@ -145,62 +146,95 @@ def _mask_email(match: re.Match[str]) -> str:
 def _mask_digit_run(match: re.Match[str]) -> str:
     """Mask the cards in a run of digit groups, then the phones around them."""
     run = match.group()
-    groups = [(m.start(), m.end()) for m in _DIGITS.finditer(run)]
+    if len(run) < PHONE_DIGITS[0]:  # too short to hold seven digits
+        return run
+    spans = [m.span() for m in _DIGITS.finditer(run)]
+    sizes = [end - start for start, end in spans]
+    if sum(sizes) < PHONE_DIGITS[0]:
+        return run
+    could_hold_card = sum(sizes) >= CARD_DIGITS[0] and max(sizes) >= CARD_FIRST_GROUP
+    cards = _cards(run, spans, sizes) if could_hold_card else []
     out: list[str] = []
     done = 0  # run[:done] is in `out` already
     free = 0  # the first group not yet part of a card
-    i = 0
-    while i < len(groups):
-        start, end = groups[i]
-        j = _card_end(run, groups, i) if end - start >= CARD_FIRST_GROUP else None
-        if j is None:
-            i += 1
-            continue
-        out.append(_mask_phones(run, groups[free:i], done, groups[i][0]))
+    for first, last in cards:
+        out.append(_mask_phones(run, sizes[free:first], done, spans[first][0]))
         out.append("[card]")
-        done = groups[j][1]
-        free = i = j + 1
-    out.append(_mask_phones(run, groups[free:], done, len(run)))
+        done = spans[last][1]
+        free = last + 1
+    out.append(_mask_phones(run, sizes[free:], done, len(run)))
     return "".join(out)
 
 
-def _card_end(run: str, groups: list[tuple[int, int]], first: int) -> int | None:
-    """The last group of the longest card starting at group `first`, if any.
+def _cards(
+    run: str, spans: list[tuple[int, int]], sizes: list[int]
+) -> list[tuple[int, int]]:
+    """Find the cards in a run: (first group, last group) of each, in order.
 
-    At most 19 digits from `first`, so at most 19 groups: constant work.
+    A card starts at a group of four digits or more and ends at a group's end,
+    13 to 19 digits on; the longest that passes Luhn wins. Luhn sums come
+    from two running totals over the run's digits, so each window costs O(1)
+    and a start tries at most 19 windows: linear in the run.
     """
-    digits = ""
-    found = None
-    for j in range(first, len(groups)):
-        start, end = groups[j]
-        digits += run[start:end]
-        if len(digits) > CARD_DIGITS[-1]:
-            break
-        if len(digits) in CARD_DIGITS and luhn_valid(digits):
-            found = j
+    digits = "".join(run[start:end] for start, end in spans)
+    if not digits.isascii():  # other scripts' digits: ٤١١١ is 4111
+        digits = "".join(str(int(c)) for c in digits)
+    # Each digit as itself (kept) and doubled (Luhn): byte values, 48 + d.
+    kept = digits.encode()
+    doubled = digits.translate(_DOUBLED).encode()
+    # ends_even[p]: the sum of the first p digits weighed for a window whose
+    # last digit has an even index (even indexes kept, odd ones doubled);
+    # ends_odd[p] likewise for an odd last index.
+    even, odd = bytearray(kept), bytearray(doubled)
+    even[1::2], odd[1::2] = doubled[1::2], kept[1::2]
+    ends_even = [0, *itertools.accumulate(even)]
+    ends_odd = [0, *itertools.accumulate(odd)]
+    offsets = [0, *itertools.accumulate(sizes)]
+    found: list[tuple[int, int]] = []
+    first = 0
+    while first < len(sizes):
+        last = None
+        if sizes[first] >= CARD_FIRST_GROUP:
+            a = offsets[first]
+            for j in range(first, len(sizes)):
+                b = offsets[j + 1]
+                if b - a > CARD_DIGITS[-1]:
+                    break
+                totals = ends_even if (b - 1) % 2 == 0 else ends_odd
+                if (
+                    b - a in CARD_DIGITS
+                    and (totals[b] - totals[a] - 48 * (b - a)) % 10 == 0
+                ):
+                    last = j
+        if last is None:
+            first += 1
+        else:
+            found.append((first, last))
+            first = last + 1
     return found
 
 
-def _mask_phones(run: str, groups: list[tuple[int, int]], start: int, end: int) -> str:
-    """Mask `run[start:end]` as a phone if its groups make one.
+def _mask_phones(run: str, sizes: list[int], start: int, end: int) -> str:
+    """Mask `run[start:end]` as a phone if its groups (`sizes` digits) make one.
 
     A stretch too long for one phone is tried space-separated piece by piece:
     "0612345678 0698765432" is two phones.
     """
     text = run[start:end]
-    if not groups:
-        return text
-    digits = sum(e - s for s, e in groups)
-    if digits in PHONE_DIGITS:
-        return _phone(text)
+    digits = sum(sizes)
     if digits < PHONE_DIGITS[0]:
         return text
-    return " ".join(_phone(piece) if piece else piece for piece in text.split(" "))
+    if digits in PHONE_DIGITS:
+        return _phone(text)
+    return " ".join(
+        _phone(piece) if len(piece) >= PHONE_DIGITS[0] else piece
+        for piece in text.split(" ")
+    )
 
 
 def _phone(text: str) -> str:
     core = text.strip(" -./")
-    digits = sum(c.isdigit() for c in core)
+    digits = sum(map(str.isdigit, core))
     if digits not in PHONE_DIGITS or _NOT_PHONE.fullmatch(core):
         return text
     return text.replace(core, "[phone]", 1)

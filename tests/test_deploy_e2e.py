@@ -9,17 +9,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
 
 from chatapp.config import SETTINGS
 from chatapp.upstream.sse_decoder import ServerSentEvent
 from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.conftest import ROOT
 from tests.conftest import ChatClient
+from tests.conftest import FromAddress
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
 from tests.conftest import Turn
@@ -148,18 +147,6 @@ class Nginx:
             self.proc.terminate()
             self.proc.wait(10)
         shutil.rmtree(self.prefix, ignore_errors=True)
-
-
-class FromAddress(HTTPAdapter):
-    """Connect from a chosen loopback address: another client, as nginx sees it."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["source_address"] = (self.source, 0)
-        super().init_poolmanager(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chatapp.errors import ApiError
+from chatapp.masking import has_personal_data
 from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.tokens import Identity
@@ -20,6 +21,8 @@ from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Message
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+# Three digits in a row: an order, customer or account number, a postcode.
+_NUMBER = re.compile(r"\d{3}")
 
 
 def new_id() -> str:
@@ -75,6 +78,19 @@ def cache_key(request: ChatRequest, provider: str) -> str:
         [(m.role, m.content) for m in request.messages],
     ]
     return hashlib.sha256(json.dumps(shape).encode()).hexdigest()
+
+
+def cacheable(question: str) -> bool:
+    """Tell whether a first question may be answered from (and fill) the cache.
+
+    The cache is shared by every visitor, so an answer replayed from it tells
+    the asker that someone asked exactly this within CHATAPP_CACHE_TTL. A
+    question that holds personal data (what the log masking finds: e-mail
+    addresses, phone and card numbers, keys) or any number of three digits
+    or more (orders, customers, accounts, postcodes) is never cached, so it
+    cannot be confirmed that way. Names are not recognised: see docs/api.md.
+    """
+    return not has_personal_data(question) and not _NUMBER.search(question)
 
 
 def idempotency_scope(identity: Identity, key: str) -> str:
@@ -160,7 +176,7 @@ def start_turn(
     )
     info = TurnInfo(turn_id, identity.owner, cid, now)
     key = None
-    if config["CACHE_TTL"] and conversation_id is None:
+    if config["CACHE_TTL"] and conversation_id is None and cacheable(message):
         key = cache_key(request, config["PROVIDER"])
         cached = history.cached_answer(key)
         if cached is not None:
