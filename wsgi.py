@@ -36,6 +36,9 @@ def _drain_on_sigterm() -> None:
     state = app.extensions["chatapp"]
 
     def on_sigterm(signum: int, frame: object) -> None:
+        # Draining from this very moment: no request served after the signal
+        # may start a turn or call this worker ready.
+        state.relay.draining = True
         gevent.spawn(state.relay.drain, state.config["DRAIN_SECONDS"])
         if callable(previous):
             previous(signum, frame)

@@ -25,6 +25,9 @@ from chatapp.web.limiter import init_limits
 
 log = logging.getLogger("chatapp")
 
+# Parts a multipart body may have; more is 413 (Flask's default is 1,000).
+MAX_FORM_PARTS = 64
+
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the application: config, extensions, blueprints."""
@@ -32,6 +35,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
     app.config["MAX_FORM_MEMORY_SIZE"] = config["MAX_BODY_BYTES"]
+    # Our forms have a handful of fields; each multipart part costs parsing
+    # time before any check (RELIABILITY.md, "Hostile input cost").
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]

@@ -1,16 +1,21 @@
 """Request bodies read safely: bounded nesting, well-formed text, no 500s.
 
-Any POST body a client sends is read here. JSON nested deeper than
-MAX_JSON_DEPTH is refused before it is parsed (Python's parser would raise
-RecursionError, which is no ValueError), and every string that comes out
+Any POST body a client sends is read here. JSON is parsed by the standard
+library's C scanner in one linear pass; nesting deeper than Python's
+recursion limit raises RecursionError (no ValueError), which is refused like
+any malformed body, and a parsed value nested deeper than MAX_JSON_DEPTH is
+refused before anything walks it recursively. Every string that comes out
 has its lone surrogates replaced with U+FFFD (see chatapp.text).
+
+Nothing here may cost more than linear time in the body's size: it runs
+before any token check or rate limit, inside the worker's one event loop, so
+a superlinear step would let one small request freeze every stream of the
+worker (RELIABILITY.md, "Hostile input cost").
 """
 
 from __future__ import annotations
 
 import json
-import re
-from itertools import accumulate
 from typing import Any
 
 from flask import request
@@ -22,15 +27,22 @@ from chatapp.text import scrub_parsed
 # Our bodies are flat objects; a little room for clients that add metadata.
 MAX_JSON_DEPTH = 32
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = re.compile(r"[^\[\]{}]+")
-_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
+def too_deep(value: Any, most: int = MAX_JSON_DEPTH) -> bool:
+    """Tell whether a parsed JSON value nests arrays and objects past `most`.
 
-def json_depth(text: str) -> int:
-    """Return how deeply a JSON text nests arrays and objects, without parsing."""
-    brackets = _BRACKETS.sub("", _JSON_STRING.sub("", text))
-    return max(accumulate(_STEP[c] for c in brackets), default=0)
+    Level by level, never recursive, stopping at the first level past `most`:
+    linear in the value's size, and no value can exhaust the stack.
+    """
+    level = [value] if isinstance(value, dict | list) else []
+    for _ in range(most):
+        deeper = []
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, dict | list):
+                    deeper.append(child)
+        level = deeper
+    return bool(level)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
@@ -39,14 +51,18 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_input", "The body must be UTF-8 JSON.") from exc
-    if json_depth(text) > MAX_JSON_DEPTH:
-        raise ApiError(400, "invalid_input", "The JSON body is nested too deeply.")
     try:
         data = json.loads(text)
+    except RecursionError as exc:
+        raise ApiError(
+            400, "invalid_input", "The JSON body is nested too deeply."
+        ) from exc
     except ValueError as exc:
         raise ApiError(400, "invalid_input", "The body is not valid JSON.") from exc
     if not isinstance(data, dict):
         raise ApiError(400, "invalid_input", "The body must be a JSON object.")
+    if too_deep(data):
+        raise ApiError(400, "invalid_input", "The JSON body is nested too deeply.")
     return dict(scrub_parsed(text, data))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -196,11 +197,37 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
 }
 
 
+# scheme://userinfo@ : the userinfo runs to the authority's last "@".
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s'\"]*@")
+
+
+def redact(text: str) -> str:
+    """Hide the user name and password of every URL in `text`.
+
+    `redis+sentinel://:secret@h:26379/m` reads `redis+sentinel://***@h:26379/m`:
+    refusal lines and logs may say which URL is wrong, never its password.
+    """
+    return _USERINFO.sub(r"\g<scheme>***@", text)
+
+
 def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the validated settings from defaults, environment and overrides."""
+    """Build the validated settings from defaults, environment and overrides.
+
+    A refusal (ConfigError) never carries a URL's credentials.
+    """
+    try:
+        return _load_config(environ, overrides)
+    except ConfigError as exc:
+        raise ConfigError(redact(str(exc))) from exc.__cause__
+
+
+def _load_config(
+    environ: Mapping[str, str] | None,
+    overrides: Mapping[str, Any] | None,
+) -> dict[str, Any]:
     env = os.environ if environ is None else environ
     config: dict[str, Any] = {}
     for name, (var, parse, default) in SETTINGS.items():

@@ -33,6 +33,9 @@ from chatapp.upstream.moderation import OpenAIModerator
 # Pooled Redis connections a worker may open: commands are short and never
 # block (the follower and the cancel listener have connections of their own).
 REDIS_POOL_SIZE = 64
+# A turn ends at most this long after its whole-turn deadline (the watchdog's
+# tick, writing its end); a conversation is held that much longer too.
+TURN_END_SLACK = 60.0
 
 
 @dataclass
@@ -76,6 +79,8 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
     events: EventLog
     history: History
     redis_client = None
+    # How long a conversation is held past its TTL while a turn runs in it.
+    turn_seconds = config["UPSTREAM_TOTAL_TIMEOUT"] + TURN_END_SLACK
     if config["REDIS_URL"]:
         from chatapp.store.conversations_redis import RedisHistory
         from chatapp.store.events_redis import RedisEventLog
@@ -90,10 +95,12 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             stream_ttl=config["STREAM_TTL"],
             orphan=config["ORPHAN_SECONDS"],
         )
-        history = RedisHistory(redis_client, config["HISTORY_TTL"])
+        history = RedisHistory(
+            redis_client, config["HISTORY_TTL"], turn_seconds=turn_seconds
+        )
     else:
         events = MemoryEventLog()
-        history = MemoryHistory(config["HISTORY_TTL"])
+        history = MemoryHistory(config["HISTORY_TTL"], turn_seconds=turn_seconds)
     provider = build_provider(config, http)
     moderator: Moderator | None = None
     if config["MODERATION"] == "openai":

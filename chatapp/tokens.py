@@ -8,16 +8,25 @@ A page token also carries when its identity was first issued (``o``), which
 renewals keep: an identity lives at most VISITOR_MAX_AGE (a visitor) or
 WP_MAX_AGE (a WordPress user, renewed only by a fresh SSO) however often its
 token is renewed, so a leaked token is not a permanent identity.
+
+A visitor who passed the bot check carries a stamp (``h``): a keyed hash of
+the client key (the address, as the limits see it) that solved it, and when.
+It vouches for that client only, and only for HUMAN_SECONDS from the solve,
+renewals included: a token that moves to another address, or outlives that,
+is asked for a new solution (docs/api.md, "Bot check").
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import replace
 from typing import Any
 
 import jwt
@@ -36,6 +45,9 @@ SSO_LEEWAY = 30
 # Absolute lifetimes of an identity, across all renewals of its page token.
 VISITOR_MAX_AGE = 30 * 24 * 3600
 WP_MAX_AGE = 8 * 3600
+# How long one solved bot check vouches for its client, renewals included.
+HUMAN_SECONDS = 3600
+_HUMAN_PURPOSE = b"chatapp.human.v1"
 
 
 class TokenInvalid(Exception):
@@ -58,8 +70,8 @@ class SSOExpired(Exception):
 class Identity:
     """Who a page token speaks for: a random visitor, maybe a WordPress user.
 
-    `verified` says the visitor passed the bot check (tokens minted before it
-    existed read as not verified).
+    `human` is the bot check's stamp, when the visitor passed it (tokens
+    minted before stamps existed have none); TokenSigner.is_human reads it.
     """
 
     visitor: str
@@ -68,7 +80,7 @@ class Identity:
     wp_name: str | None = None
     # When this identity was first issued (epoch seconds); None: not yet.
     issued: float | None = field(default=None, compare=False)
-    verified: bool = False  # passed the bot check
+    human: Human | None = None  # passed the bot check: who, when
 
     @property
     def owner(self) -> str:
@@ -83,6 +95,14 @@ class Identity:
     def max_age(self) -> int:
         """Seconds this identity may live from `issued`, renewals included."""
         return WP_MAX_AGE if self.wp_user is not None else VISITOR_MAX_AGE
+
+
+@dataclass(frozen=True, slots=True)
+class Human:
+    """The bot check's stamp: which client solved it, and when."""
+
+    client: str  # a keyed hash of the client key that solved it
+    at: int  # when it was solved (epoch seconds)
 
 
 def _escape(part: str) -> str:
@@ -124,6 +144,30 @@ class TokenSigner:
         self.page_ttl = page_ttl
         self.stream_ttl = stream_ttl
         self._clock = clock
+        # Keys for the human stamp's client hash; the first stamps, all verify.
+        self._human_keys = [
+            hmac.new(k.encode(), _HUMAN_PURPOSE, hashlib.sha256).digest() for k in keys
+        ]
+
+    def _client_hash(self, key: bytes, client: str) -> str:
+        return hmac.new(key, client.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def stamp_human(self, identity: Identity, client: str) -> Identity:
+        """Mark `identity` as having passed the bot check from `client`, now."""
+        stamp = Human(
+            self._client_hash(self._human_keys[0], client), int(self._clock())
+        )
+        return replace(identity, human=stamp)
+
+    def is_human(self, identity: Identity, client: str) -> bool:
+        """Tell whether the identity's bot-check stamp vouches for `client` now."""
+        stamp = identity.human
+        if stamp is None or not 0 <= self._clock() - stamp.at < HUMAN_SECONDS:
+            return False
+        return any(
+            hmac.compare_digest(stamp.client, self._client_hash(key, client))
+            for key in self._human_keys
+        )
 
     def page_token(self, identity: Identity) -> str:
         """Mint a page token for this identity, keeping its first issue time."""
@@ -131,8 +175,9 @@ class TokenSigner:
         payload: dict[str, Any] = {"v": identity.visitor, "o": int(issued)}
         if identity.wp_user is not None:
             payload.update(u=identity.wp_user, s=identity.wp_site, n=identity.wp_name)
-        if identity.verified:
-            payload["h"] = 1  # a human, as far as the bot check can tell
+        if identity.human is not None:
+            # A human, as far as the bot check can tell: which client, when.
+            payload["h"] = [identity.human.client, identity.human.at]
         return str(self._page.dumps(payload))
 
     def read_page_token(self, token: str | None, *, grace: int = 0) -> Identity:
@@ -152,7 +197,7 @@ class TokenSigner:
             payload.get("s"),
             payload.get("n"),
             float(issued),
-            verified=payload.get("h") == 1,
+            human=_human(payload.get("h")),
         )
         if self._clock() - issued > identity.max_age:
             raise TokenExpired("identity past its absolute lifetime")
@@ -167,6 +212,19 @@ class TokenSigner:
         payload, _ = _loads(self._stream, token, self.stream_ttl)
         if payload.get("t") != turn_id:
             raise TokenInvalid("stream token is for another turn")
+
+
+def _human(value: Any) -> Human | None:
+    """Read a token's bot-check stamp; an old (`1`) or malformed one is none."""
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    ):
+        return Human(value[0], value[1])
+    return None
 
 
 def _loads(

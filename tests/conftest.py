@@ -23,6 +23,7 @@ from playwright.sync_api import Browser
 from playwright.sync_api import BrowserContext
 from playwright.sync_api import Playwright
 from playwright.sync_api import sync_playwright
+from requests.adapters import HTTPAdapter
 
 from chatapp.upstream.sse_decoder import ServerSentEvent
 from chatapp.upstream.sse_decoder import SSEDecoder
@@ -357,9 +358,14 @@ class Turn:
 class ChatClient:
     """Get a page token, start turns, read their streams: as a browser would."""
 
-    def __init__(self, base_url: str, token: str | None = None) -> None:
+    def __init__(
+        self, base_url: str, token: str | None = None, source: str | None = None
+    ) -> None:
         self.base_url = base_url
         self.http = requests.Session()
+        if source is not None:  # connect from this loopback address
+            self.http.trust_env = False
+            self.http.mount("http://", FromAddress(source))
         self.token = token or self.page_token()
 
     def page_token(self, path: str = "/") -> str:
@@ -421,6 +427,22 @@ class ChatClient:
     def answer(self, message: str, **fields: Any) -> tuple[Turn, list[ServerSentEvent]]:
         turn = self.start(message, **fields)
         return turn, self.events(turn)
+
+
+class FromAddress(HTTPAdapter):
+    """Connect from a chosen loopback address: another client, as a server sees it.
+
+    All of 127.0.0.0/8 is the loopback on Linux, so 127.0.0.2 reaches a
+    service bound to 127.0.0.1 as a client of its own.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        super().__init__()
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kwargs)
 
 
 def text_of(events: list[ServerSentEvent]) -> str:

@@ -21,6 +21,9 @@ from altcha import solve_challenge_v1
 from chatapp.botcheck import BotCheck
 from chatapp.config import SETTINGS as SETTINGS_DEFAULTS
 from chatapp.store.challenges import MemorySpentSolutions
+from chatapp.tokens import HUMAN_SECONDS
+from chatapp.tokens import Identity
+from chatapp.tokens import TokenSigner
 from tests.conftest import ChatClient
 from tests.conftest import RedisServer
 from tests.conftest import Service
@@ -261,3 +264,78 @@ def test_wordpress_users_are_never_asked(service: Service) -> None:
 
     assert response.status_code == 201, response.text
     assert "token" not in response.json()
+
+
+# -- what one solved check buys: one address, one hour ---------------------------------
+
+
+def verified_from(service: Service, source: str) -> ChatClient:
+    """A visitor on `source` that solved the check; its token is the stamped one."""
+    client = ChatClient(service.url, source=source)
+    first = client.post(message="hello", altcha=fresh_solution(service))
+    assert first.status_code == 201, first.text
+    client.token = first.json()["token"]
+    return client
+
+
+def test_a_verified_token_vouches_only_for_the_address_that_solved(
+    service: Service,
+) -> None:
+    solver = verified_from(service, "127.0.0.21")
+    elsewhere = [
+        ChatClient(service.url, token=solver.token, source=f"127.0.0.{n}")
+        for n in range(22, 27)
+    ]
+
+    answers = [c.post(message="hi").status_code for c in elsewhere]
+    home = solver.post(message="hi")
+
+    assert answers == [403] * len(elsewhere)
+    assert error_code(elsewhere[0].post(message="hi")) == "challenge_required"
+    assert home.status_code == 201, home.text
+    # A new solution from the new address vouches for that one from then on.
+    moved = elsewhere[0]
+    again = moved.post(message="hi", altcha=fresh_solution(service))
+    assert again.status_code == 201, again.text
+    moved.token = again.json()["token"]
+    assert moved.post(message="hi").status_code == 201
+
+
+def stamped_token(solved_ago: float, client_key: str = "ip:127.0.0.31") -> str:
+    """A page token this service signs, stamped `solved_ago` seconds ago."""
+    then = TokenSigner(
+        (SECRET_KEY,),
+        page_ttl=7200,
+        stream_ttl=60,
+        clock=lambda: time.time() - solved_ago,
+    )
+    return then.page_token(then.stamp_human(Identity("visitor-31"), client_key))
+
+
+def test_a_verified_token_lapses_after_an_hour(service: Service) -> None:
+    fresh = ChatClient(service.url, token=stamped_token(60), source="127.0.0.31")
+    lapsed = ChatClient(
+        service.url, token=stamped_token(HUMAN_SECONDS + 5), source="127.0.0.31"
+    )
+
+    assert fresh.post(message="hi").status_code == 201
+    refused = lapsed.post(message="hi")
+    assert refused.status_code == 403
+    assert error_code(refused) == "challenge_required"
+    # Renewing the token does not renew the stamp.
+    renewed = requests.post(
+        service.url + "/api/token", json={"token": lapsed.token}, timeout=10
+    )
+    lapsed.token = renewed.json()["token"]
+    assert lapsed.post(message="hi").status_code == 403
+
+
+def test_a_token_verified_before_stamps_existed_is_asked_again(
+    service: Service,
+) -> None:
+    """Old tokens said only `"h": 1`, valid from any address for 30 days."""
+    signer = TokenSigner((SECRET_KEY,), page_ttl=7200, stream_ttl=60)
+    old = signer._page.dumps({"v": "visitor-41", "o": int(time.time()), "h": 1})
+    response = ChatClient(service.url, token=old).post(message="hi")
+    assert response.status_code == 403
+    assert error_code(response) == "challenge_required"

@@ -9,17 +9,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
-from requests.adapters import HTTPAdapter
 
 from chatapp.config import SETTINGS
 from chatapp.upstream.sse_decoder import ServerSentEvent
 from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.conftest import ROOT
 from tests.conftest import ChatClient
+from tests.conftest import FromAddress
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
 from tests.conftest import Turn
@@ -33,6 +32,7 @@ DEPLOY = ROOT / "deploy"
 NGINX_SITE = DEPLOY / "nginx.conf"
 UNIT = DEPLOY / "chatapp.service"
 ENV_EXAMPLE = DEPLOY / "chatapp.env.example"
+RECIPE_LOG = "/var/log/nginx/chatapp.access.log"
 
 # The test harness's main nginx.conf: what /etc/nginx/nginx.conf is on a
 # server, with everything in a temporary prefix, and gzip on for every type
@@ -86,14 +86,15 @@ class Nginx:
         """The recipe with only its ports and paths replaced."""
         text = NGINX_SITE.read_text(encoding="utf-8")
         live = "/etc/letsencrypt/live/chat.example.com"
-        for old, new in [
-            ("server 127.0.0.1:8000;", f"server 127.0.0.1:{self.upstream_port};"),
-            ("    listen 80;", f"    listen 127.0.0.1:{self.http_port};"),
-            ("    listen 443 ssl", f"    listen 127.0.0.1:{self.https_port} ssl"),
-            (f"{live}/fullchain.pem", str(self.cert)),
-            (f"{live}/privkey.pem", str(self.prefix / "key.pem")),
+        for old, new, times in [
+            ("server 127.0.0.1:8000;", f"server 127.0.0.1:{self.upstream_port};", 1),
+            ("    listen 80;", f"    listen 127.0.0.1:{self.http_port};", 1),
+            ("    listen 443 ssl", f"    listen 127.0.0.1:{self.https_port} ssl", 1),
+            (f"{live}/fullchain.pem", str(self.cert), 1),
+            (f"{live}/privkey.pem", str(self.prefix / "key.pem"), 1),
+            (RECIPE_LOG, str(self.prefix / "chatapp.access.log"), 2),
         ]:
-            assert text.count(old) == 1, f"deploy/nginx.conf must have {old!r} once"
+            assert text.count(old) == times, f"deploy/nginx.conf: {old!r} {times}x"
             text = text.replace(old, new)
         return text
 
@@ -132,7 +133,14 @@ class Nginx:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def access_log(self) -> str:
-        return (self.prefix / "access.log").read_text(errors="replace")
+        """The recipe's own access log (both of its servers write it)."""
+        path = self.prefix / "chatapp.access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def harness_log(self) -> str:
+        """The http-level log of the harness: what a server without one writes."""
+        path = self.prefix / "access.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def client(self, token: str, source: str = "127.0.0.1") -> ChatClient:
         """A browser-like client reaching nginx from the loopback address `source`."""
@@ -148,18 +156,6 @@ class Nginx:
             self.proc.terminate()
             self.proc.wait(10)
         shutil.rmtree(self.prefix, ignore_errors=True)
-
-
-class FromAddress(HTTPAdapter):
-    """Connect from a chosen loopback address: another client, as nginx sees it."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        super().__init__()
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["source_address"] = (self.source, 0)
-        super().init_poolmanager(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -280,9 +276,70 @@ def test_nginx_and_chatapp_name_a_request_alike(
     made = session.get(nginx.url + "/healthz?made", headers={"X-Request-ID": "bad id"})
     rid = made.headers["X-Request-ID"]
     assert re.fullmatch(r"[0-9a-f]{32}", rid)
-    wait_for(lambda: "?made" in nginx.access_log(), 10, "nginx's access line")
-    assert f"/healthz?made {rid}" in nginx.access_log()
-    assert "/healthz?kept from-the-client-1" in nginx.access_log()
+    wait_for(lambda: rid in nginx.access_log(), 10, "nginx's access line")
+    assert re.search(
+        rf'"GET /healthz HTTP/[0-9.]+" 200 .* {rid}$', nginx.access_log(), re.M
+    )
+    assert re.search(r" from-the-client-1$", nginx.access_log(), re.M)
+
+
+def test_the_access_log_holds_no_token(behind: tuple[Service, Nginx]) -> None:
+    """Query strings carry tokens (?sso=, ?t=, ?token=), and so does the
+    Referer of a page that has one: none of them reaches nginx's log."""
+    service, nginx = behind
+    client = nginx.client(token_for(service), "127.0.0.13")
+    sso = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzc28tbWFya2VyIn0.c3NvLXNpZ25hdHVyZQ"
+    referer = {"Referer": f"{nginx.url}/embed?sso={sso}"}
+    client.http.get(f"{nginx.url}/embed?sso={sso}", timeout=10)
+    turn = client.start("hello", headers=referer)
+    stream_token = turn.stream_url.partition("t=")[2]
+    assert stream_token
+    client.events(turn)
+    conversation = client.http.get(
+        f"{nginx.url}/api/conversations/{turn.conversation_id}?token={client.token}",
+        headers=referer,
+        timeout=10,
+    )
+    assert conversation.status_code == 200
+    plain = requests.get(
+        f"http://127.0.0.1:{nginx.http_port}/embed?sso={sso}",
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert plain.status_code == 301
+    wait_for(
+        lambda: f"/api/conversations/{turn.conversation_id} " in nginx.access_log(),
+        10,
+        "the conversation's access line",
+    )
+    logged = nginx.access_log() + nginx.harness_log()
+    assert f"/api/chat/{turn.id}/events " in logged  # the path is there
+    assert '"GET /embed HTTP/1.1" 301' in logged  # the plain-http server logs too
+    for secret in (sso, stream_token, client.token, "?sso=", "?t=", "?token="):
+        assert secret not in logged, secret
+    assert nginx.harness_log() == ""  # each of the recipe's servers has its log
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/readyz"])
+def test_operator_endpoints_are_refused_from_outside(
+    behind: tuple[Service, Nginx], path: str
+) -> None:
+    """Only the addresses the recipe lists (here 127.0.0.1) may read them;
+    127.0.0.2 is on the loopback too, but not on the list."""
+    service, nginx = behind
+    outsider = nginx.client(token_for(service), "127.0.0.2")
+    monitor = nginx.client(token_for(service), "127.0.0.1")
+
+    refused = outsider.http.get(nginx.url + path, timeout=10)
+    allowed = monitor.http.get(nginx.url + path, timeout=10)
+
+    assert refused.status_code == 403
+    assert "chatapp_" not in refused.text and "ready" not in refused.text
+    assert allowed.status_code == 200
+    if path == "/metrics":
+        assert "chatapp_turns_started_total" in allowed.text
+    # /healthz stays open: it says only that the process serves.
+    assert outsider.http.get(nginx.url + "/healthz", timeout=10).status_code == 200
 
 
 def test_plain_http_is_sent_to_https(behind: tuple[Service, Nginx]) -> None:

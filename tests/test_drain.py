@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 
 import pytest
+import requests
 
 from chatapp.upstream.sse_decoder import ServerSentEvent
 from chatapp.upstream.sse_decoder import SSEDecoder
@@ -113,3 +115,31 @@ def test_a_reader_on_another_instance_gets_the_drained_end(
     reader.join(20)
     assert [e.event for e in reader.events[-2:]] == ["error", "done"]
     assert a.proc.wait(30) == 0
+
+
+def test_readyz_says_draining_while_the_worker_drains(
+    service_factory: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    """A load balancer's kept-alive probe hears 503 draining, not 200.
+
+    The probe's connection is open before SIGTERM; gunicorn serves the
+    requests already on it while the worker drains (then closes it).
+    """
+    service = service_factory(
+        **openai_settings(fake_provider, CHATAPP_DRAIN_SECONDS="5")
+    )
+    ChatClient(service.url).start("fake: stall_after=2 | a b c d")
+    fake_provider.wait_for_stream_start(1)  # a turn to drain: it takes 5 s
+    probe = requests.Session()
+    before = probe.get(service.url + "/readyz", timeout=5)
+    assert before.status_code == 200, before.text
+    (worker,) = service.worker_pids()
+    os.kill(worker, signal.SIGTERM)
+    time.sleep(0.5)  # the signal is handled at once; give it a margin
+
+    during = probe.get(service.url + "/readyz", timeout=5)
+
+    assert during.status_code == 503, during.text
+    assert during.json()["reason"] == "draining"
+    assert during.headers.get("Connection") == "close"  # the same connection
+    probe.close()

@@ -267,6 +267,34 @@ def test_a_form_part_with_an_unreadable_name_is_ignored_not_a_500(
     assert_no_traceback(service)
 
 
+@pytest.mark.parametrize(("parts", "status"), [(60, 201), (65, 413), (900, 413)])
+def test_a_form_of_many_parts_is_refused_before_it_costs_much(
+    service: Service, client: ChatClient, parts: int, status: int
+) -> None:
+    """Each part costs parsing time before any check: 64 at most."""
+    filler = b"".join(
+        b'--b\r\nContent-Disposition: form-data; name="f%d"\r\n\r\nx\r\n' % n
+        for n in range(parts - 2)
+    )
+    body = (
+        filler
+        + b'--b\r\nContent-Disposition: form-data; name="message"\r\n\r\nhi\r\n'
+        + b'--b\r\nContent-Disposition: form-data; name="token"\r\n\r\n'
+        + client.token.encode()
+        + b"\r\n--b--\r\n"
+    )
+    response = client.http.post(
+        service.url + "/api/chat",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=b"},
+        timeout=10,
+    )
+    assert response.status_code == status, response.text
+    if status == 413:
+        assert error_code(response) == "payload_too_large"
+    assert_no_traceback(service)
+
+
 def test_a_lone_surrogate_from_the_user_becomes_a_replacement_character(
     service: Service, client: ChatClient
 ) -> None:

@@ -41,8 +41,22 @@ ADDRESSES = [
     ("2001:db8:1:ff:ffff::1", "ip:2001:db8:1::/56"),
     ("2001:db8:1:100::1", "ip:2001:db8:1:100::/56"),
     ("::ffff:198.51.100.4", "ip:198.51.100.4"),
-    ("not an address", "ip:not an address"),
-    (None, "ip:unknown"),
+    # A port, brackets or a zone, as some load balancers write them.
+    ("203.0.113.7:51234", "ip:203.0.113.7"),
+    ("[2001:db8:1::9]:443", "ip:2001:db8:1::/56"),
+    ("[2001:db8:1::9]", "ip:2001:db8:1::/56"),
+    ("[::ffff:198.51.100.4]:80", "ip:198.51.100.4"),
+    ("fe80::1%eth0", "ip:fe80::/56"),
+    (" 203.0.113.7 ", "ip:203.0.113.7"),
+    # Whatever does not parse is one shared client, never its own text.
+    ("not an address", "ip:unparsed"),
+    ("203.0.113.7:", "ip:unparsed"),
+    ("203.0.113.7:port", "ip:unparsed"),
+    ("[2001:db8::1", "ip:unparsed"),
+    ("[2001:db8::1]x", "ip:unparsed"),
+    ("1" * 5000, "ip:unparsed"),
+    ("", "ip:unparsed"),
+    (None, "ip:unparsed"),
 ]
 
 

@@ -262,6 +262,39 @@ def test_forwarded_for_counts_the_last_trusted_hop(
     assert client.post(message="hi", headers=other).status_code == 201
 
 
+@pytest.mark.parametrize(
+    ("why", "forwarded"),
+    [
+        ("an IPv4 address with its source port", "203.0.113.7:{n}"),
+        ("a bracketed IPv6 address with a port", "[2001:db8::7]:{n}"),
+        ("IPv6 addresses of one /56", "2001:db8:0:{n:x}::1"),
+        ("text that is no address at all", "client-{n}.example"),
+    ],
+)
+def test_a_port_or_garbage_in_forwarded_for_buys_no_fresh_limits(
+    service_factory: ServiceFactory,
+    clients: Callable[[str], ChatClient],
+    why: str,
+    forwarded: str,
+) -> None:
+    """Some load balancers write a port; each connection has its own. The
+    client is the address, whatever the port; what does not parse at all is
+    one shared client, never one per distinct text."""
+    service = service_factory(
+        CHATAPP_RATE_LIMITS="2/minute", CHATAPP_TRUSTED_PROXY_HOPS="1"
+    )
+    client = clients(service.url)
+    statuses = [
+        client.post(
+            message="hi", headers={"X-Forwarded-For": forwarded.format(n=n)}
+        ).status_code
+        for n in range(40001, 40009)
+    ]
+    assert statuses == [201, 201] + [429] * 6, why
+    other = {"X-Forwarded-For": "198.51.100.9"}
+    assert client.post(message="hi", headers=other).status_code == 201
+
+
 # -- turns generating at once, and this worker's capacity ------------------------------
 
 

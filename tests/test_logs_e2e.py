@@ -199,6 +199,54 @@ def test_prompts_are_logged_masked_when_asked(logged: Service) -> None:
         assert secret.replace(" ", "") not in text
 
 
+# What went through the old masking in clear (issue 19): Unicode and odd
+# separators, non-ASCII addresses, AWS secrets with "/", a card followed by
+# other digits, and a second secret of a kind already masked once.
+LEAKS = [
+    ("card, no-break spaces", "4111\u00a01111\u00a01111\u00a01111", "[card]"),
+    ("card, narrow no-break spaces", "4111\u202f1111\u202f1111\u202f1111", "[card]"),
+    ("card, zero-width spaces", "4111\u200b1111\u200b1111\u200b1111", "[card]"),
+    ("card, double spaces", "4111  1111  1111  1111", "[card]"),
+    ("card, spaced dashes", "4111 - 1111 - 1111 - 1111", "[card]"),
+    ("card, dots", "4111.1111.1111.1111", "[card]"),
+    ("card, slashes", "4111/1111/1111/1111", "[card]"),
+    ("card, then other digits", "4111 1111 1111 1111 2", "[card] 2"),
+    ("phone, no-break spaces", "06\u00a012\u00a034\u00a056\u00a078", "[phone]"),
+    ("phone, narrow no-break", "+33\u202f6\u202f12\u202f34\u202f56\u202f78", "[phone]"),
+    ("phone, zero-width spaces", "06\u200b12\u200b34\u200b56\u200b78", "[phone]"),
+    ("phone, double spaces", "06  12  34  56  78", "[phone]"),
+    ("phone, spaced dashes", "555 - 123 - 4567", "[phone]"),
+    ("phone, slashes", "06/12/34/56/78", "[phone]"),
+    ("e-mail, non-ASCII", "jürgen.müller@bücher.example", "[email]"),
+    ("e-mail, another script", "ユーザー@例え.テスト", "[email]"),
+    ("AWS secret key", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "[key]"),
+    ("two e-mails", "a@b.example and c@d.example", "[email] and [email]"),
+    ("two cards", "4111 1111 1111 1111, 5500 0000 0000 0004", "[card], [card]"),
+    ("two phones", "0612345678 0698765432", "[phone] [phone]"),
+    ("two keys", "sk-" + "a" * 24 + " sk-" + "b" * 24, "[key] [key]"),
+]
+
+
+@pytest.mark.parametrize(
+    ("why", "secret", "masked"), LEAKS, ids=[w for w, _, _ in LEAKS]
+)
+def test_masked_prompts_leak_nothing_that_people_type_or_paste(
+    logged: Service, why: str, secret: str, masked: str
+) -> None:
+    rid = "leak-" + "".join(c for c in why if c.isalnum())[:40]
+    response = ChatClient(logged.url).post(
+        message=f"Remember {secret} please", headers={"X-Request-ID": rid}
+    )
+    assert response.status_code == 201, response.text
+    line = about(logged, rid, "turn.accepted")
+    assert line["prompt"] == f"Remember {masked} please", why
+    digits = "".join(c for c in secret if c.isdigit())
+    text = logged.log()
+    assert secret not in text
+    if len(digits) >= 7:
+        assert digits not in "".join(c for c in text if c.isdigit())
+
+
 def test_message_text_never_reaches_the_logs_by_default(
     service_factory: ServiceFactory,
 ) -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import pytest
 
+from chatapp.masking import has_personal_data
 from chatapp.masking import luhn_valid
 from chatapp.masking import mask
 
@@ -79,3 +83,123 @@ def test_ordinary_text_is_left_alone(text: str) -> None:
 )
 def test_luhn(digits: str, valid: bool) -> None:
     assert luhn_valid(digits) is valid
+
+
+# -- what people type or paste -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # Unicode spaces (French formatting, copy-paste) and invisible ones.
+        ("4111\u00a01111\u00a01111\u00a01111", "[card]"),
+        ("4111\u202f1111\u202f1111\u202f1111", "[card]"),
+        ("4111\u2009 1111\u2009 1111\u2009 1111", "[card]"),
+        ("4111\u200b1111\u200b1111\u200b1111", "[card]"),
+        ("4111\u2060\u200d1111\ufeff1111\u00ad1111", "[card]"),
+        ("+33\u00a06\u00a012\u00a034\u00a056\u00a078", "[phone]"),
+        ("06\u202f12\u202f34\u202f56\u202f78", "[phone]"),
+        ("06\u200b12\u200b34\u200b56\u200b78", "[phone]"),
+        # Separators: double spaces, spaced dashes, dots, slashes, brackets.
+        ("4111  1111  1111  1111", "[card]"),
+        ("4111 - 1111 - 1111 - 1111", "[card]"),
+        ("4111.1111.1111.1111", "[card]"),
+        ("4111/1111/1111/1111", "[card]"),
+        ("555 - 123 - 4567", "[phone]"),
+        ("06/12/34/56/78", "[phone]"),
+        ("+44 (0)20 7946 0958", "[phone]"),
+        # Full-width digits and letters, other scripts' digits.
+        ("\uff14\uff11\uff11\uff11 1111 1111 1111", "[card]"),
+        (
+            "\u0664\u0661\u0661\u0661 \u0661\u0661\u0661\u0661 "
+            "\u0661\u0661\u0661\u0661 \u0661\u0661\u0661\u0661",
+            "[card]",
+        ),
+        (
+            "\uff4a\uff4f\uff48\uff4e\uff20\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45"
+            "\uff0e\uff43\uff4f\uff4d",
+            "[email]",
+        ),
+        # A card followed (or preceded) by other digits.
+        ("4111 1111 1111 1111 2 times", "[card] 2 times"),
+        ("3 x 4111 1111 1111 1111", "3 x [card]"),
+        # Addresses in any script.
+        ("jürgen.müller@bücher.example", "[email]"),
+        ("ユーザー@例え.テスト", "[email]"),
+        ("δοκιμή@παράδειγμα.δοκιμή", "[email]"),
+        # AWS secret access keys hold "/" and "+".
+        ("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "[key]"),
+        ("je7MtGbClwBF/2Zp9Utk+/h3yCo8nvbEXAMPLEKEY", "[key]"),
+    ],
+)
+def test_what_used_to_leak_is_masked(text: str, masked: str) -> None:
+    assert mask(f"Remember {text} please.") == f"Remember {masked} please."
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("a@b.example, c@d.example", "[email], [email]"),
+        ("4111 1111 1111 1111 and 5500 0000 0000 0004", "[card] and [card]"),
+        ("4111 1111 1111 1111 5500 0000 0000 0004", "[card] [card]"),
+        ("+1 415 555 2671 or +1 415 555 2672", "[phone] or [phone]"),
+        ("0612345678 0698765432", "[phone] [phone]"),
+        ("sk-" + "a" * 24 + " sk-" + "b" * 24, "[key] [key]"),
+        ("AKIAIOSFODNN7EXAMPLE AKIAIOSFODNN7EXAMPLF", "[key] [key]"),
+    ],
+)
+def test_two_secrets_of_one_kind_are_both_masked(text: str, masked: str) -> None:
+    assert mask(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Paths stay: /usr/local/lib/python3.11/site-packages/chatapp",
+        "Versions stay: 2.10.1 and v1.2.3",
+        "Two dates: 2024-05-01 and 2024/05/01",
+        "Times and amounts: 10:30, 1,000,000 and 19.99",
+        "A sentence with\u00a0a no-break space.",
+    ],
+)
+def test_ordinary_text_survives_normalising(text: str) -> None:
+    assert mask(text) == text.replace("\u00a0", " ")
+
+
+# -- linear time -------------------------------------------------------------------
+
+
+def best_of(run: Callable[[], object], times: int = 3) -> float:
+    best = float("inf")
+    for _ in range(times):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+# Each was the worst case of a sweep of every string of up to three
+# characters over the patterns' alphabet (bench/hostile.py); the first two
+# took 1.1-1.3 s at 32,000 characters before (e-mail, phone patterns).
+HOSTILE = ["a", "1-", "1.", "1 ", "1 -", "1\u00a0-", "a.", "a@", "eyJ-", "(1)", "+1 "]
+
+
+@pytest.mark.parametrize("pattern", HOSTILE)
+def test_masking_takes_linear_time_on_hostile_text(pattern: str) -> None:
+    def text(n: int) -> str:
+        return (pattern * (n // len(pattern) + 1))[:n]
+
+    small, large = text(16_000), text(64_000)
+    took_small = best_of(lambda: mask(small))
+    took_large = best_of(lambda: mask(large))
+    # Four times the text: about four times the time if linear, sixteen if
+    # quadratic (the old patterns took seconds here). Either bound will do:
+    # the ratio is noisy on a busy machine, the absolute time on a slow one.
+    assert took_large < 0.5 or took_large / took_small < 8, (took_small, took_large)
+
+
+def test_has_personal_data() -> None:
+    assert has_personal_data("write to jane@example.com")
+    assert has_personal_data("card 4111\u00a01111\u00a01111\u00a01111")
+    assert not has_personal_data("What are your opening hours?")
+    assert not has_personal_data("Opening\u00a0hours?")  # normalising is no data

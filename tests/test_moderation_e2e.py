@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+import requests
 
 from chatapp.extensions import provider_session
 from chatapp.upstream.moderation import OpenAIModerator
@@ -214,3 +215,70 @@ def test_moderation_latency_before_the_first_token(
         f"p95 {calls[189]:.2f} ms"
     )
     assert all(server_ms.values()) and all(client_ms.values())
+
+
+def model_inputs(fake: FakeProvider) -> list[str]:
+    """Every message text the model (not the moderation endpoint) was sent."""
+    return [
+        str(message["content"])
+        for r in fake.requests
+        if r.path == OPENAI_PATH and r.body is not None
+        for message in r.body["messages"]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("directive", "code"),
+    [("mod:flag", "content_blocked"), ("mod:fail", "moderation_unavailable")],
+)
+def test_a_blocked_message_never_reaches_the_model_as_context_later(
+    service: Service, fake_provider: FakeProvider, directive: str, code: str
+) -> None:
+    """SPEC: a flagged message never reaches the model, not even as context.
+
+    Each turn moderates only its own message; the blocked one stays in the
+    conversation (its owner may read it back) but is no context for later
+    turns, which see only answered exchanges.
+    """
+    client = ChatClient(service.url)
+    opening, _ = client.answer("hello there")
+    blocked = f"{directive} the forbidden text"
+    _, events = client.answer(blocked, conversation_id=opening.conversation_id)
+    assert data_of(events, "error")[0]["code"] == code
+
+    _, events = client.answer(
+        "Please answer my previous message.",
+        conversation_id=opening.conversation_id,
+    )
+
+    assert text_of(events)
+    sent = model_inputs(fake_provider)
+    assert "Please answer my previous message." in sent
+    assert "hello there" in sent  # answered exchanges stay context
+    assert not any("forbidden" in text for text in sent), sent
+    kept = requests.get(
+        f"{service.url}/api/conversations/{opening.conversation_id}",
+        headers={"X-Chat-Token": client.token},
+        timeout=10,
+    ).json()["messages"]
+    assert blocked in [m["content"] for m in kept]
+
+
+def test_a_blocked_message_sent_while_an_answer_streams_stays_out_too(
+    service: Service, fake_provider: FakeProvider
+) -> None:
+    """The earlier turn's answer lands after the blocked message; it still
+    answers its own question, never the blocked one."""
+    client = ChatClient(service.url)
+    opening = client.start("fake: delay_ms=300 | one two three four")
+    blocked = client.start(
+        "mod:flag the forbidden text", conversation_id=opening.conversation_id
+    )
+    assert data_of(client.events(blocked), "error")[0]["code"] == "content_blocked"
+    assert data_of(client.events(opening), "done") == [{"finish_reason": "stop"}]
+
+    client.answer("And now?", conversation_id=opening.conversation_id)
+
+    sent = model_inputs(fake_provider)
+    assert "And now?" in sent
+    assert not any("forbidden" in text for text in sent), sent

@@ -778,3 +778,37 @@ def test_cache_skips_follow_ups_errors_and_other_questions(
     client.answer("fake: | another question")
     assert len(fake_provider.requests) == 5
     assert data_of(retried, "start")[0]["cached"] is False
+
+
+@pytest.mark.parametrize(
+    "question",
+    [
+        "fake: | Is my order 55123 for Jane Roe shipped?",
+        "fake: | Write to jane.roe@example.com about my order, please.",
+        "fake: | Call me back on +44 20 7946 0958 about my parcel.",
+    ],
+)
+def test_the_cache_never_tells_one_visitor_what_another_asked(
+    module_services: ServiceFactory, fake_provider: FakeProvider, question: str
+) -> None:
+    """A question with personal data is never cached: the next visitor asking
+    exactly the same learns nothing from `cached` (or from a missing call)."""
+    service = module_services(**openai_settings(fake_provider, CHATAPP_CACHE_TTL="60"))
+    ChatClient(service.url).answer(question)  # Jane asks
+
+    _, probe = ChatClient(service.url).answer(question)  # someone else probes
+
+    assert data_of(probe, "start")[0]["cached"] is False
+    assert len(fake_provider.requests) == 2
+    assert data_of(probe, "usage") != []
+
+
+def test_the_cache_still_answers_questions_without_personal_data(
+    module_services: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    service = module_services(**openai_settings(fake_provider, CHATAPP_CACHE_TTL="60"))
+    question = "fake: | When are you open on Sundays?"
+    ChatClient(service.url).answer(question)
+    _, again = ChatClient(service.url).answer(question)
+    assert data_of(again, "start")[0]["cached"] is True
+    assert len(fake_provider.requests) == 1

@@ -91,3 +91,32 @@ def test_bad_settings_stop_gunicorn_with_one_clear_line(
     ours = [row for row in result.stderr.splitlines() if row.startswith("chatapp: ")]
     assert len(ours) == 1 and line in ours[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "url"),
+    [
+        ("CHATAPP_REDIS_URL", "redis+sentinel://:s3cret-Pw@127.0.0.1:26379"),
+        ("CHATAPP_REDIS_URL", "rediss+cluster://admin:s3cret-Pw@127.0.0.1:x"),
+        ("CHATAPP_REDIS_URL", "redis://admin:s3cret-Pw@127.0.0.1:6379/0?db=x"),
+        ("CHATAPP_MODERATION_BASE_URL", "ftp://admin:s3cret-Pw@moderation.example/v1"),
+    ],
+)
+def test_a_refused_url_setting_never_prints_its_password(name: str, url: str) -> None:
+    settings = {name: url}
+    if name == "CHATAPP_MODERATION_BASE_URL":
+        settings |= {"CHATAPP_MODERATION": "openai", "OPENAI_API_KEY": "sk-x"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=_env(CHATAPP_WORKERS="1", **settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    ours = [row for row in result.stderr.splitlines() if row.startswith("chatapp: ")]
+    assert len(ours) == 1 and name in ours[0], result.stderr
+    assert "***@" in ours[0], ours[0]
+    assert "s3cret-Pw" not in result.stderr
+    assert "admin" not in result.stderr

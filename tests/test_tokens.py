@@ -7,6 +7,7 @@ import time
 import jwt
 import pytest
 
+from chatapp.tokens import HUMAN_SECONDS
 from chatapp.tokens import VISITOR_MAX_AGE
 from chatapp.tokens import WP_MAX_AGE
 from chatapp.tokens import Identity
@@ -28,14 +29,50 @@ def test_page_token_round_trips_identity() -> None:
     assert signer().read_page_token(signer().page_token(identity)) == identity
 
 
-def test_verified_flag_round_trips_and_old_tokens_read_unverified() -> None:
+def test_the_human_stamp_round_trips_and_old_tokens_read_unstamped() -> None:
     s = signer()
-    verified = Identity("visitor1", verified=True)
-    assert s.read_page_token(s.page_token(verified)) == verified
-    assert s.read_page_token(s.page_token(Identity("visitor1"))).verified is False
-    # A token minted before the flag existed: the same payload, without "h".
-    old = s._page.dumps({"v": "visitor1"})
-    assert s.read_page_token(old) == Identity("visitor1")
+    stamped = s.stamp_human(Identity("visitor1"), "ip:203.0.113.7")
+    assert stamped.human is not None
+    assert s.read_page_token(s.page_token(stamped)) == stamped
+    assert s.read_page_token(s.page_token(Identity("visitor1"))).human is None
+    # Tokens minted before the stamp existed: without "h", or with the old
+    # unbound flag `"h": 1`, which vouched for any client forever.
+    for old in ({"v": "visitor1"}, {"v": "visitor1", "h": 1}):
+        assert s.read_page_token(s._page.dumps(old)) == Identity("visitor1")
+
+
+def test_the_stamp_holds_no_address_in_clear() -> None:
+    s = signer()
+    token = s.page_token(s.stamp_human(Identity("visitor1"), "ip:203.0.113.7"))
+    assert "203.0.113.7" not in str(s._page.loads(token))
+
+
+def test_the_stamp_vouches_only_for_the_client_that_solved() -> None:
+    s = signer()
+    stamped = s.stamp_human(Identity("visitor1"), "ip:203.0.113.7")
+    assert s.is_human(stamped, "ip:203.0.113.7")
+    assert not s.is_human(stamped, "ip:203.0.113.8")
+    assert not s.is_human(Identity("visitor1"), "ip:203.0.113.7")
+
+
+def test_the_stamp_lapses_after_human_seconds_renewals_included() -> None:
+    clock = Clock()
+    s = TokenSigner(("k1",), page_ttl=60, stream_ttl=60, clock=clock)
+    stamped = s.stamp_human(Identity("visitor1"), "ip:203.0.113.7")
+    clock.now += HUMAN_SECONDS - 1
+    renewed = s.read_page_token(s.page_token(stamped))
+    assert s.is_human(renewed, "ip:203.0.113.7")
+    clock.now += 1
+    assert not s.is_human(s.read_page_token(s.page_token(renewed)), "ip:203.0.113.7")
+
+
+def test_a_stamp_made_with_a_rotated_key_still_vouches() -> None:
+    old = signer("old-key")
+    stamped = old.stamp_human(Identity("visitor1"), "ip:203.0.113.7")
+    rotated = signer("new-key", "old-key")
+    read = rotated.read_page_token(old.page_token(stamped))
+    assert rotated.is_human(read, "ip:203.0.113.7")
+    assert not signer("new-key").is_human(stamped, "ip:203.0.113.7")
 
 
 def test_stream_token_is_not_a_page_token_and_vice_versa() -> None:

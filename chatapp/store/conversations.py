@@ -1,8 +1,20 @@
 """Conversations and idempotency keys: who owns what, and what was said.
 
 `MemoryHistory` serves one process; `RedisHistory` (conversations_redis.py) shares
-conversations across workers and hosts. Both expire a conversation
-`HISTORY_TTL` seconds after its last message.
+conversations across workers and hosts.
+
+Both keep a conversation `HISTORY_TTL` seconds after the end of its last
+turn (SPEC). A user message starts a turn: from then on the conversation is
+held `HISTORY_TTL` plus the longest a turn may run (`turn_seconds`), so that
+an answer slower than the TTL still finds it. The answer, or `touch` at the
+end of a turn that stored none, sets it back to `HISTORY_TTL` from then.
+Appending to a conversation that is gone does nothing: a conversation is
+never re-created without its owner.
+
+A user message carries the id of the turn it started, and the answer the
+same id: the model's context holds only exchanges that were answered (see
+chatapp.turns.start.context), so a message moderation blocked, or that never
+got an answer, never reaches the model later.
 """
 
 from __future__ import annotations
@@ -21,6 +33,9 @@ class StoredMessage:
     role: str
     content: str
     created_at: float
+    # The turn this message asked (user) or answered (assistant); "" for
+    # messages stored before turns were recorded.
+    turn: str = ""
 
 
 class History(Protocol):
@@ -33,7 +48,13 @@ class History(Protocol):
         """Return the conversation's owner, or None when unknown or expired."""
 
     def append(self, conversation_id: str, message: StoredMessage) -> None:
-        """Add a message and renew the conversation's lifetime."""
+        """Add a message and renew the conversation's lifetime, if it still lives.
+
+        A user message holds the conversation for its turn (see above).
+        """
+
+    def touch(self, conversation_id: str) -> None:
+        """A turn ended: keep the conversation HISTORY_TTL from now, if it lives."""
 
     def messages(self, conversation_id: str) -> list[StoredMessage]:
         """Return the conversation's messages, oldest first."""
@@ -65,10 +86,12 @@ class MemoryHistory:
         self,
         ttl: float,
         *,
+        turn_seconds: float = 0.0,
         max_messages: int = 200,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl
+        self._turn_seconds = turn_seconds
         self._max_messages = max_messages
         self._clock = clock
         self._conversations: dict[str, _Conversation] = {}
@@ -96,7 +119,7 @@ class MemoryHistory:
 
     def create(self, conversation_id: str, owner: str, first: StoredMessage) -> None:
         self._conversations[conversation_id] = _Conversation(
-            owner, self._sweep() + self._ttl, [first]
+            owner, self._sweep() + self._ttl + self._turn_seconds, [first]
         )
 
     def owner(self, conversation_id: str) -> str | None:
@@ -109,7 +132,17 @@ class MemoryHistory:
             return
         conversation.messages.append(message)
         del conversation.messages[: -self._max_messages]
-        conversation.expires_at = self._clock() + self._ttl
+        now = self._clock()
+        if message.role == "user":  # a turn starts: hold it for the turn
+            until = now + self._ttl + self._turn_seconds
+            conversation.expires_at = max(conversation.expires_at, until)
+        else:
+            conversation.expires_at = now + self._ttl
+
+    def touch(self, conversation_id: str) -> None:
+        conversation = self._get(conversation_id)
+        if conversation is not None:
+            conversation.expires_at = self._clock() + self._ttl
 
     def messages(self, conversation_id: str) -> list[StoredMessage]:
         conversation = self._get(conversation_id)

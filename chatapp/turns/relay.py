@@ -98,6 +98,13 @@ class Relay:
 
     def _ended(self, end: TurnEnd) -> None:
         self.runs.pop(end.info.id, None)
+        if not end.output_chars:
+            # No answer was stored, which would have renewed the conversation:
+            # its TTL counts from the end of this turn all the same.
+            try:
+                self.history.touch(end.info.conversation_id)
+            except StoreError:
+                log.warning("turn %s: could not renew its conversation", end.info.id)
         for hook in self.on_end:
             try:
                 hook(end)

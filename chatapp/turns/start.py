@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chatapp.errors import ApiError
+from chatapp.masking import has_personal_data
 from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.tokens import Identity
@@ -20,6 +21,8 @@ from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Message
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+# Three digits in a row: an order, customer or account number, a postcode.
+_NUMBER = re.compile(r"\d{3}")
 
 
 def new_id() -> str:
@@ -28,10 +31,22 @@ def new_id() -> str:
 
 
 def context(history: list[StoredMessage], max_chars: int) -> list[Message]:
-    """Keep the newest earlier messages that fit `max_chars`, oldest first."""
+    """Keep the newest earlier exchanges that fit `max_chars`, oldest first.
+
+    Only answered questions count: a message moderation blocked (or could
+    not check), one whose turn failed before any text, and one still being
+    answered have no answer of their turn, and never reach the model, not
+    even as context of a later turn (SPEC: a flagged message never reaches
+    the model). The answer names its turn, so interleaved turns cannot lend
+    an unanswered question someone else's answer.
+    """
+    answered = {m.turn for m in history if m.role == "assistant" and m.turn}
     kept: list[Message] = []
     used = 0
-    for stored in reversed(history):
+    for index in range(len(history) - 1, -1, -1):
+        stored = history[index]
+        if stored.role == "user" and not _answered(history, index, answered):
+            continue
         used += len(stored.content)
         if used > max_chars:
             break
@@ -41,6 +56,15 @@ def context(history: list[StoredMessage], max_chars: int) -> list[Message]:
     while kept and kept[0].role != "user":
         kept.pop(0)
     return kept
+
+
+def _answered(history: list[StoredMessage], index: int, answered: set[str]) -> bool:
+    question = history[index]
+    if question.turn:
+        return question.turn in answered
+    # Stored before messages named their turn: answered if an answer follows.
+    following = history[index + 1] if index + 1 < len(history) else None
+    return following is not None and following.role == "assistant"
 
 
 def cache_key(request: ChatRequest, provider: str) -> str:
@@ -54,6 +78,19 @@ def cache_key(request: ChatRequest, provider: str) -> str:
         [(m.role, m.content) for m in request.messages],
     ]
     return hashlib.sha256(json.dumps(shape).encode()).hexdigest()
+
+
+def cacheable(question: str) -> bool:
+    """Tell whether a first question may be answered from (and fill) the cache.
+
+    The cache is shared by every visitor, so an answer replayed from it tells
+    the asker that someone asked exactly this within CHATAPP_CACHE_TTL. A
+    question that holds personal data (what the log masking finds: e-mail
+    addresses, phone and card numbers, keys) or any number of three digits
+    or more (orders, customers, accounts, postcodes) is never cached, so it
+    cannot be confirmed that way. Names are not recognised: see docs/api.md.
+    """
+    return not has_personal_data(question) and not _NUMBER.search(question)
 
 
 def idempotency_scope(identity: Identity, key: str) -> str:
@@ -122,9 +159,11 @@ def start_turn(
     earlier_messages = history.messages(cid) if conversation_id else []
     now = time.time()
     if conversation_id is None:
-        history.create(cid, identity.owner, StoredMessage("user", message, now))
+        history.create(
+            cid, identity.owner, StoredMessage("user", message, now, turn_id)
+        )
     else:
-        history.append(cid, StoredMessage("user", message, now))
+        history.append(cid, StoredMessage("user", message, now, turn_id))
     request = ChatRequest(
         model=config["MODEL"],
         system=config["SYSTEM_PROMPT"],
@@ -137,7 +176,7 @@ def start_turn(
     )
     info = TurnInfo(turn_id, identity.owner, cid, now)
     key = None
-    if config["CACHE_TTL"] and conversation_id is None:
+    if config["CACHE_TTL"] and conversation_id is None and cacheable(message):
         key = cache_key(request, config["PROVIDER"])
         cached = history.cached_answer(key)
         if cached is not None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +40,7 @@ from chatapp.web.cors import require_page_origin
 from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import client_key
 from chatapp.web.limiter import gate
+from chatapp.web.limiter import key_for
 from chatapp.web.limiter import rate_limit_headers
 from chatapp.web.limiter import token_refresh_limit
 from chatapp.web.stream import event_stream
@@ -117,12 +117,17 @@ def chat() -> tuple[Response, int, dict[str, str]]:
 def _bot_check(
     who: Identity, values: dict[str, Any]
 ) -> tuple[Identity, Callable[[str, str], dict[str, Any]]]:
-    """Ask an anonymous visitor not yet verified for an unused ALTCHA solution.
+    """Ask an anonymous visitor for an unused ALTCHA solution, unless its
+    token's stamp vouches for this very client, solved less than an hour ago.
 
-    A verified visitor's 201 carries a renewed page token saying so.
+    A visitor who solves one gets, in its 201, a renewed page token stamped
+    with the client that solved it (a keyed hash of its address key) and when.
     """
     st = state()
-    if st.botcheck is None or who.wp_user is not None or who.verified:
+    if st.botcheck is None or who.wp_user is not None:
+        return who, _describe
+    client = key_for(who)
+    if st.signer.is_human(who, client):
         return who, _describe
     solution = request.headers.get("X-Altcha") or parse.text_field(values, "altcha")
     try:
@@ -133,7 +138,7 @@ def _bot_check(
             "challenge_required",
             "The page has not finished its quick bot check; send again in a moment.",
         ) from exc
-    verified = dataclasses.replace(who, verified=True)
+    verified = st.signer.stamp_human(who, client)
     token = st.signer.page_token(verified)
     return verified, lambda turn_id, cid: {**_describe(turn_id, cid), "token": token}
 

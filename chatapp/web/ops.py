@@ -22,7 +22,13 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Answer 200 when shared storage answers, 503 with the reason otherwise."""
+    """Answer 200 when shared storage answers, 503 with the reason otherwise.
+
+    A draining worker (SIGTERM) is not ready: it refuses new turns, so a load
+    balancer should stop sending it any.
+    """
+    if state().relay.draining:
+        return jsonify({"status": "unavailable", "reason": "draining"}), 503
     try:
         state().events.ping()
     except StoreError as exc:

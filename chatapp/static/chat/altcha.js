@@ -2,7 +2,9 @@
  * The bot check (CHATAPP_BOT_CHECK=pow): fetch an ALTCHA challenge and solve
  * it in a Web Worker while the visitor types, so that the first message
  * carries the solution without anyone waiting. Once the server has verified
- * a solution, the page token it returns says so and no further one is asked.
+ * a solution, the page token it returns says so and no further one is asked,
+ * until the server asks again (the visitor's address changed, or an hour
+ * passed): then `required()` turns solving back on.
  */
 
 import { config } from './config.js';
@@ -14,6 +16,7 @@ const FRESH_MS = 4 * 60 * 1000;
 export class BotCheck {
   constructor(api, enabled) {
     this.api = api;
+    this.configured = enabled;
     this.enabled = enabled;
     this.pending = null; // a promise of the base64 payload, or of null
     this.startedAt = 0;
@@ -35,6 +38,12 @@ export class BotCheck {
     const payload = await this.pending;
     if (payload === null) this.pending = null; // failed: the next call tries anew
     return payload;
+  }
+
+  /** The server asked for a solution although we thought ourselves verified. */
+  required() {
+    this.enabled = this.configured;
+    this.pending = null;
   }
 
   /** The last solution went with a POST: the server took it, or refused it. */

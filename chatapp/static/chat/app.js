@@ -176,16 +176,27 @@ async function startTurn(text, { userNode = null, key = newKey() } = {}) {
   const turn = beginTurn({ text, key, userNode: userNode ?? thread.add(userMessage(text)) });
 
   let accepted;
-  const altcha = await botCheck.solution(); // ready by now unless typed in a flash
+  let altcha = await botCheck.solution(); // ready by now unless typed in a flash
+  const post = () => session.authorised((token) => callApi(`${config.api}/chat`, {
+    method: 'POST',
+    headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
+    onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
+    json: turn.conversationId
+      ? { message: text, token, conversation_id: turn.conversationId }
+      : { message: text, token },
+  }));
   try {
-    accepted = await session.authorised((token) => callApi(`${config.api}/chat`, {
-      method: 'POST',
-      headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
-      onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
-      json: turn.conversationId
-        ? { message: text, token, conversation_id: turn.conversationId }
-        : { message: text, token },
-    }));
+    try {
+      accepted = await post();
+    } catch (err) {
+      // Verified, we thought; but the bot check vouches for one address and
+      // an hour: after a move (or a long stay) solve again, then send.
+      if (err.code !== 'challenge_required' || altcha) throw err;
+      botCheck.required();
+      altcha = await botCheck.solution();
+      if (!altcha) throw err;
+      accepted = await post();
+    }
   } catch (err) {
     if (altcha) botCheck.spent({ verified: false });
     if (activeTurn !== turn) return; // "New chat" was pressed meanwhile
