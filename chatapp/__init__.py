@@ -36,11 +36,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
-    init_limits(app)
+    # Before the limits: the gate asks this registry how many readers are open.
     app.extensions[READERS] = ReaderCaps(
         per_client=config["READERS_PER_CLIENT"],
         send_timeout=config["STREAM_SEND_TIMEOUT"],
     )
+    init_limits(app)
     init_cors(app)  # after the limiter: its Origin check must run first
     hops = config["TRUSTED_PROXY_HOPS"]
     if hops > 0:

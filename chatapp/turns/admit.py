@@ -125,8 +125,10 @@ class Gate:
         client: redis.Redis | None,
         clock: Callable[[], float] = time.time,
         leases: Leases | None = None,
+        readers: Callable[[], int] = lambda: 0,
     ) -> None:
         self._running = running
+        self._readers = readers
         self._clock = clock
         self._budget = int(config["DAILY_TOKEN_BUDGET"])
         self._hold = int(config["MAX_OUTPUT_TOKENS"])
@@ -143,7 +145,6 @@ class Gate:
         self._reclaimed_at = -RECLAIM_EVERY
         self._held: dict[str, Reservation] = {}
         self._early: dict[str, tuple[float, TurnEnd]] = {}
-        self.readers = 0
 
     # -- admission ------------------------------------------------------------
 
@@ -213,7 +214,7 @@ class Gate:
         producers hold upstream ones. A turn usually has both, so the larger
         count is the load; a producer whose reader left still counts.
         """
-        return max(self.readers, self._running())
+        return max(self._readers(), self._running())
 
     def started(self, held: Reservation, turn_id: str) -> None:
         """Tie a reservation to the turn it admitted, until that turn ends."""
@@ -261,14 +262,6 @@ class Gate:
         shared, leases = self._shared, self._leases
         if held.recorded and shared is not None and leases is not None:
             self._quietly(lambda: shared.forget_hold(leases.worker, held.ticket))
-
-    def reader_opened(self) -> None:
-        """Count an SSE response as an open stream of this worker."""
-        self.readers += 1
-
-    def reader_closed(self) -> None:
-        """Count an SSE response out again."""
-        self.readers -= 1
 
     # -- Redis, or memory while Redis is away -----------------------------------
 

@@ -40,7 +40,6 @@ from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
 from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import client_key
-from chatapp.web.limiter import gate
 from chatapp.web.limiter import rate_limit_headers
 from chatapp.web.limiter import token_refresh_limit
 from chatapp.web.stream import event_stream
@@ -186,21 +185,17 @@ def events(turn_id: str) -> Response:
     caps: ReaderCaps = current_app.extensions[READER_CAPS]
     closer = socket_closer(request.environ.get("gunicorn.socket"))
     slot = caps.acquire(client_key(), turn_id, closer)
-    readers = gate()  # the callback below runs outside the app context
-    readers.reader_opened()
     if request.args.get("poll") == "1":
         try:
             return _poll(tail, after, gone=lambda: slot.evicted)
         finally:
             st.relay.close(turn_id, tail)
             caps.release(slot)
-            readers.reader_closed()
     st.metrics.stream_opened(resumed=after > 0)
 
     def closed(cause: str | None) -> None:
         st.relay.close(turn_id, tail)
         caps.release(slot)
-        readers.reader_closed()
         st.metrics.stream_closed(cause)
 
     return event_stream(

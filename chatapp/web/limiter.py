@@ -34,6 +34,8 @@ from flask_limiter import RateLimitExceeded
 from chatapp.errors import ApiError
 from chatapp.errors import ConfigError
 from chatapp.errors import error_response
+from chatapp.readers import EXTENSION as READERS
+from chatapp.readers import ReaderCaps
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
@@ -209,8 +211,13 @@ def init_limits(app: Flask) -> Gate:
     else:
         app.config["RATELIMIT_STORAGE_URI"] = "memory://"
     leases = st.events if client is not None else None
+    caps: ReaderCaps = app.extensions[READERS]
     state_gate = Gate(
-        config, lambda: st.relay.running, client, leases=cast("Leases | None", leases)
+        config,
+        lambda: st.relay.running,
+        client,
+        leases=cast("Leases | None", leases),
+        readers=lambda: caps.open,
     )
     app.extensions[EXTENSION] = state_gate
     st.relay.on_end.append(state_gate.turn_finished)
