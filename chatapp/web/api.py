@@ -13,6 +13,7 @@ from flask import jsonify
 from flask import request
 from flask import url_for
 
+from chatapp import sse
 from chatapp.botcheck import SolutionRefused
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
@@ -148,24 +149,41 @@ def challenge() -> Response:
     return response
 
 
-def _check_stream_token(turn_id: str, token: str | None) -> None:
+def _check_stream_token(turn_id: str, token: str | None) -> float:
+    """Return the age of a valid stream token for this turn; 403 otherwise."""
     if not parse.ID.match(turn_id):
         raise ApiError(404, "not_found", "No such turn.")
     try:
-        state().signer.check_stream_token(token, turn_id)
+        return state().signer.check_stream_token(token, turn_id)
     except (TokenInvalid, TokenExpired) as exc:
         raise ApiError(
             403, "invalid_token", "A valid stream token is required."
         ) from exc
 
 
-def _open_turn(turn_id: str, token: str | None) -> Tail:
-    """Check the stream token, then follow the turn; 404 when it is gone."""
-    _check_stream_token(turn_id, token)
+def _open_turn(turn_id: str, token: str | None) -> Tail | None:
+    """Check the stream token, then follow the turn.
+
+    A turn's log outlives its stream token's first CHATAPP_STREAM_TTL
+    seconds, so a younger token whose log is missing names a turn that was
+    accepted and then lost: None. An older one names an expired turn: 404.
+    """
+    age = _check_stream_token(turn_id, token)
     tail = state().relay.open(turn_id)
     if tail is None:
+        if age < state().config["STREAM_TTL"]:
+            return None
         raise ApiError(404, "not_found", "No such turn, or it has expired.")
     return tail
+
+
+def _lost_turn() -> Response:
+    """End the reader of an accepted turn whose log was lost: error + done."""
+    if request.args.get("poll") == "1":
+        response = jsonify({"events": list(read.LOST_TURN_EVENTS), "done": True})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    return Response(read.LOST_TURN_STREAM, headers=sse.STREAM_HEADERS)
 
 
 @bp.get("/chat/<turn_id>/events")
@@ -173,6 +191,8 @@ def events(turn_id: str) -> Response:
     """Serve the turn's events as SSE (or JSON with ?poll=1) from an event id."""
     st = state()
     tail = _open_turn(turn_id, request.args.get("t"))
+    if tail is None:
+        return _lost_turn()
     after = parse.last_event_id()
     if read.finished(tail, after):
         try:
