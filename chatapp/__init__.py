@@ -13,7 +13,6 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatapp import logs
 from chatapp.config import load_config
-from chatapp.errors import error_response
 from chatapp.extensions import init_state
 from chatapp.guards import BodyDeadline
 from chatapp.guards import TrustedPeers
@@ -21,6 +20,7 @@ from chatapp.guards import body_refusal
 from chatapp.readers import EXTENSION as READERS
 from chatapp.readers import ReaderCaps
 from chatapp.web.cors import init_cors
+from chatapp.web.errors import error_response
 from chatapp.web.limiter import init_limits
 
 log = logging.getLogger("chatapp")

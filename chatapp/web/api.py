@@ -17,8 +17,6 @@ from chatapp import sse
 from chatapp.botcheck import SolutionRefused
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
-from chatapp.errors import api_error_response
-from chatapp.errors import error_response
 from chatapp.extensions import state
 from chatapp.logs import client_hash
 from chatapp.logs import log_turn
@@ -39,6 +37,8 @@ from chatapp.turns.start import earlier_turn
 from chatapp.turns.start import start_turn
 from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
+from chatapp.web.errors import api_error_response
+from chatapp.web.errors import error_response
 from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import client_key
 from chatapp.web.limiter import rate_limit_headers
