@@ -11,17 +11,17 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatapp import logs
 from chatapp.config import load_config
 from chatapp.extensions import init_state
-from chatapp.guards import BodyDeadline
-from chatapp.guards import TrustedPeers
-from chatapp.guards import body_refusal
-from chatapp.readers import EXTENSION as READERS
-from chatapp.readers import ReaderCaps
+from chatapp.web import logs
 from chatapp.web.cors import init_cors
 from chatapp.web.errors import error_response
+from chatapp.web.guards import BodyDeadline
+from chatapp.web.guards import TrustedPeers
+from chatapp.web.guards import body_refusal
 from chatapp.web.limiter import init_limits
+from chatapp.web.readers import EXTENSION as READERS
+from chatapp.web.readers import ReaderCaps
 
 log = logging.getLogger("chatapp")
 

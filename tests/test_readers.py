@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from chatapp.readers import READERS_PER_CLIENT
-from chatapp.readers import READERS_PER_TURN
-from chatapp.readers import ReaderCaps
-from chatapp.readers import ReaderSlot
+from chatapp.web.readers import READERS_PER_CLIENT
+from chatapp.web.readers import READERS_PER_TURN
+from chatapp.web.readers import ReaderCaps
+from chatapp.web.readers import ReaderSlot
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from chatapp.readers import READERS_PER_CLIENT
-from chatapp.readers import READERS_PER_TURN
+from chatapp.web.readers import READERS_PER_CLIENT
+from chatapp.web.readers import READERS_PER_TURN
 from tests.conftest import ARTIFACTS
 from tests.conftest import ChatClient
 from tests.conftest import Service

@@ -18,12 +18,6 @@ from chatapp.botcheck import SolutionRefused
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
 from chatapp.extensions import state
-from chatapp.logs import client_hash
-from chatapp.logs import log_turn
-from chatapp.logs import prompt_fields
-from chatapp.readers import EXTENSION as READER_CAPS
-from chatapp.readers import ReaderCaps
-from chatapp.readers import socket_closer
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
@@ -43,6 +37,12 @@ from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import client_key
 from chatapp.web.limiter import rate_limit_headers
 from chatapp.web.limiter import token_refresh_limit
+from chatapp.web.logs import client_hash
+from chatapp.web.logs import log_turn
+from chatapp.web.logs import prompt_fields
+from chatapp.web.readers import EXTENSION as READER_CAPS
+from chatapp.web.readers import ReaderCaps
+from chatapp.web.readers import socket_closer
 from chatapp.web.stream import event_stream
 
 bp = Blueprint("api", __name__, url_prefix="/api")

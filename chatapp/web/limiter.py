@@ -33,8 +33,6 @@ from flask_limiter import RateLimitExceeded
 
 from chatapp.errors import ApiError
 from chatapp.errors import ConfigError
-from chatapp.readers import EXTENSION as READERS
-from chatapp.readers import ReaderCaps
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
@@ -45,6 +43,8 @@ from chatapp.turns.admit import Leases
 from chatapp.web import limits_storage
 from chatapp.web import moving_window
 from chatapp.web.errors import error_response
+from chatapp.web.readers import EXTENSION as READERS
+from chatapp.web.readers import ReaderCaps
 
 EXTENSION = "chatapp.limits"
 # An IPv6 client is its /56, the usual home delegation (RFC 6177).
