@@ -88,6 +88,30 @@ def test_the_core_imports_no_flask_and_no_web(module: str) -> None:
     assert bad == []
 
 
+STORE_MODULES = [m for m in CORE_MODULES if m.startswith("chatapp.store")]
+
+
+@pytest.mark.parametrize("module", STORE_MODULES)
+def test_the_store_imports_nothing_above_it(module: str) -> None:
+    reached = chains(module)
+    above = ("chatapp.turns", "chatapp.upstream")
+    bad = [
+        " -> ".join(path)
+        for name, path in reached.items()
+        if any(name == a or name.startswith(a + ".") for a in above)
+    ]
+    assert bad == []
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["chatapp.addresses", "chatapp.errors", "chatapp.sse", "chatapp.text"],
+)
+def test_ground_modules_import_no_flask_and_no_web(module: str) -> None:
+    reached = chains(module)
+    assert [" -> ".join(p) for n, p in reached.items() if forbidden(n)] == []
+
+
 def test_the_walk_sees_through_ground_modules() -> None:
     # The walk must fail a core module that reaches Flask through another.
     reached = chains("chatapp.web.api")

@@ -17,7 +17,6 @@ Redis Cluster: each window is one key, so one slot.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from typing import cast
@@ -31,6 +30,7 @@ from flask import request
 from flask_limiter import Limiter
 from flask_limiter import RateLimitExceeded
 
+from chatapp.addresses import address_key
 from chatapp.errors import ApiError
 from chatapp.errors import ConfigError
 from chatapp.tokens import REFRESH_GRACE_SECONDS
@@ -47,8 +47,6 @@ from chatapp.web.readers import EXTENSION as READERS
 from chatapp.web.readers import ReaderCaps
 
 EXTENSION = "chatapp.limits"
-# An IPv6 client is its /56, the usual home delegation (RFC 6177).
-IPV6_PREFIX = 56
 TOKEN_REFRESH_LIMITS = "30/minute"
 
 
@@ -68,19 +66,6 @@ def key_for(identity: Identity | None) -> str:
         key = address_key(request.remote_addr)
     g.chatapp_client_key = key
     return key
-
-
-def address_key(address: str | None) -> str:
-    """Key an address: IPv4 as is, IPv6 by its /56 network."""
-    try:
-        ip = ipaddress.ip_address(address or "")
-    except ValueError:
-        return f"ip:{address or 'unknown'}"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return f"ip:{ip.ipv4_mapped}"
-        return f"ip:{ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False)}"
-    return f"ip:{ip}"
 
 
 def _header_identity() -> Identity | None:
