@@ -373,6 +373,7 @@ def _hosts(factory: ServiceFactory, fake: FakeProvider, url: str) -> list[Servic
     return [factory(**settings), factory(**settings)]
 
 
+@pytest.mark.serial  # times the failover against a bound
 def test_sentinel_failover_under_50_streaming_turns(
     service_factory: ServiceFactory, fake_provider: FakeProvider
 ) -> None:
@@ -389,6 +390,7 @@ def test_sentinel_failover_under_50_streaming_turns(
         sentinels.stop()
 
 
+@pytest.mark.serial  # times the failover against a bound
 def test_cluster_failover_under_50_streaming_turns(
     service_factory: ServiceFactory, fake_provider: FakeProvider
 ) -> None:
