@@ -60,7 +60,7 @@ class AccessFields(logging.Filter):
 
 # One JSON object per line on stderr for gunicorn's error log, its access log
 # (on when CHATAPP_ACCESS_LOG is set: "-" for stderr, or a file) and the app's
-# own lines, which propagate to the root logger. Same shape as chatapp.logs.
+# own lines, which propagate to the root logger. Same shape as chatapp.web.logs.
 _access_log = os.environ.get("CHATAPP_ACCESS_LOG", "").strip()
 logconfig_dict = {
     "version": 1,

@@ -33,7 +33,7 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 if [ requirements-dev.txt -nt .venv/.installed-dev ] || [ requirements.txt -nt .venv/.installed-dev ] \
-   || ! .venv/bin/python -c 'import pytest, playwright, ruff, pythonjsonlogger, jsonschema, schemathesis' 2>/dev/null; then
+   || ! .venv/bin/python -c 'import pytest, xdist, playwright, ruff, pythonjsonlogger, jsonschema, schemathesis' 2>/dev/null; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
   touch .venv/.installed-dev
 fi
@@ -41,4 +41,22 @@ fi
 .venv/bin/ruff check chatapp tests bench wsgi.py gunicorn.conf.py
 .venv/bin/ruff format --check chatapp tests bench wsgi.py gunicorn.conf.py
 .venv/bin/mypy
-exec .venv/bin/pytest "$@"
+
+# The suite in two parts, both always run. First every test not marked
+# `serial`, whole files spread over CHATAPP_TEST_WORKERS processes
+# (pytest-xdist --dist loadfile: a module's shared services stay in one
+# process; the tests wait on their servers far more than they compute, so
+# more processes than cores pay). Then the `serial` ones alone: they compare
+# timings, which other tests running beside them would blur.
+# With a selection among the arguments (a path, -k or -m), it is yours: one
+# run. Exit code 5 (no test collected) fails like any other.
+workers="${CHATAPP_TEST_WORKERS:-4}"
+for arg in "$@"; do
+  if [[ -e "${arg%%::*}" || "$arg" == -k* || "$arg" == -m* ]]; then
+    exec .venv/bin/pytest -n "$workers" --dist loadfile "$@"
+  fi
+done
+status=0
+.venv/bin/pytest -n "$workers" --dist loadfile -m "not serial" "$@" || status=$?
+.venv/bin/pytest -p no:xdist -m serial "$@" || status=$((status ? status : $?))
+exit "$status"

@@ -12,7 +12,7 @@ import gevent  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
 from chatapp.errors import ConfigError  # noqa: E402
-from chatapp.logs import configure_logging  # noqa: E402
+from chatapp.web.logs import configure_logging  # noqa: E402
 
 # Under gunicorn its logconfig_dict has set up the same JSON lines already.
 configure_logging(os.environ.get("CHATAPP_LOG_LEVEL", "info"))

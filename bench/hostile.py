@@ -116,8 +116,8 @@ def form_cases() -> list[tuple[str, str, bytes]]:
 
 def run_parsers(rows: list[tuple[str, str, str, tuple[float, float]]]) -> None:
     from chatapp import create_app
-    from chatapp.bodies import parse_json_object
-    from chatapp.bodies import read_fields
+    from chatapp.web.bodies import parse_json_object
+    from chatapp.web.bodies import read_fields
 
     for name, raw in json_cases():
         rows.append(
@@ -189,10 +189,10 @@ def run_tokens(rows: list[tuple[str, str, str, tuple[float, float]]]) -> None:
 
 
 def run_headers(rows: list[tuple[str, str, str, tuple[float, float]]]) -> None:
-    from chatapp.logs import _WELL_FORMED_ID
+    from chatapp.addresses import address_key
     from chatapp.web import parse
     from chatapp.web.cors import normalise_origin
-    from chatapp.web.limiter import address_key
+    from chatapp.web.logs import _WELL_FORMED_ID
 
     cases: list[tuple[str, str, Callable[[], object]]] = [
         (

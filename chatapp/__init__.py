@@ -11,17 +11,17 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from chatapp import logs
 from chatapp.config import load_config
-from chatapp.errors import error_response
 from chatapp.extensions import init_state
-from chatapp.guards import BodyDeadline
-from chatapp.guards import TrustedPeers
-from chatapp.guards import body_refusal
-from chatapp.readers import EXTENSION as READERS
-from chatapp.readers import ReaderCaps
+from chatapp.web import logs
 from chatapp.web.cors import init_cors
+from chatapp.web.errors import error_response
+from chatapp.web.guards import BodyDeadline
+from chatapp.web.guards import TrustedPeers
+from chatapp.web.guards import body_refusal
 from chatapp.web.limiter import init_limits
+from chatapp.web.readers import EXTENSION as READERS
+from chatapp.web.readers import ReaderCaps
 
 log = logging.getLogger("chatapp")
 
@@ -42,11 +42,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     init_state(app, config)
-    init_limits(app)
+    # Before the limits: the gate asks this registry how many readers are open.
     app.extensions[READERS] = ReaderCaps(
         per_client=config["READERS_PER_CLIENT"],
         send_timeout=config["STREAM_SEND_TIMEOUT"],
     )
+    init_limits(app)
     init_cors(app)  # after the limiter: its Origin check must run first
     hops = config["TRUSTED_PROXY_HOPS"]
     if hops > 0:

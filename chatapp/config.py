@@ -124,7 +124,7 @@ def _keys(raw: str) -> tuple[str, ...]:
 
 def _networks(raw: str) -> tuple[Any, ...]:
     # Imported here: guards imports gevent, which config must not need.
-    from chatapp.guards import parse_networks
+    from chatapp.web.guards import parse_networks
 
     return parse_networks(raw)
 

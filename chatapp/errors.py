@@ -1,4 +1,4 @@
-"""The exception tree and the one JSON error helper.
+"""The exception tree; the JSON answer to an ApiError is web/errors.py's.
 
 ChatappError
   ConfigError      bad settings: start-up stops with one line
@@ -9,9 +9,6 @@ ChatappError
 """
 
 from __future__ import annotations
-
-from flask import Response
-from flask import jsonify
 
 
 class ChatappError(Exception):
@@ -66,33 +63,3 @@ class ContentBlocked(ProviderError):
 
 class StoreError(ChatappError):
     """Shared state could not be read or written."""
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    *,
-    retry_after: int | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    """Answer an API error as SPEC's JSON body, never cached."""
-    response = jsonify({"error": {"code": code, "message": message}})
-    response.status_code = status
-    response.headers["Cache-Control"] = "no-store"
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(max(1, int(retry_after)))
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def api_error_response(exc: ApiError) -> Response:
-    """Turn a raised ApiError into its JSON answer."""
-    return error_response(
-        exc.status,
-        exc.code,
-        exc.message,
-        retry_after=exc.retry_after,
-        headers=exc.headers,
-    )

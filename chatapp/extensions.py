@@ -12,7 +12,6 @@ from flask import current_app
 from requests.adapters import HTTPAdapter
 
 from chatapp.botcheck import BotCheck
-from chatapp.logs import log_turn
 from chatapp.metrics import Metrics
 from chatapp.store.challenges import MemorySpentSolutions
 from chatapp.store.challenges import SpentSolutions
@@ -29,6 +28,7 @@ from chatapp.upstream import build_provider
 from chatapp.upstream.base import Provider
 from chatapp.upstream.moderation import Moderator
 from chatapp.upstream.moderation import OpenAIModerator
+from chatapp.web.logs import log_turn
 
 # Pooled Redis connections a worker may open: commands are short and never
 # block (the follower and the cancel listener have connections of their own).

@@ -26,6 +26,10 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 GAP_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
 CANCEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+# The label values known in advance, shown as 0 from the start: a series that
+# appears only with its first event reads as "no data" on a dashboard.
+REFUSAL_CODES = ("rate_limited", "quota_exceeded", "too_many_streams", "over_capacity")
+DISCONNECT_CAUSES = ("client", "storage")
 
 
 def multiprocess_dir() -> str | None:
@@ -111,6 +115,10 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        for code in REFUSAL_CODES:
+            self._refusals.labels(code)
+        for cause in DISCONNECT_CAUSES:
+            self._disconnects.labels(cause)
 
     def turn_started(self) -> None:
         self._started.inc()

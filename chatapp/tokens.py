@@ -207,11 +207,12 @@ class TokenSigner:
         """Mint the token that opens one turn's event stream."""
         return str(self._stream.dumps({"t": turn_id}))
 
-    def check_stream_token(self, token: str | None, turn_id: str) -> None:
-        """Verify that a stream token opens this very turn."""
-        payload, _ = _loads(self._stream, token, self.stream_ttl)
+    def check_stream_token(self, token: str | None, turn_id: str) -> float:
+        """Verify that a stream token opens this very turn; return its age."""
+        payload, signed = _loads(self._stream, token, self.stream_ttl)
         if payload.get("t") != turn_id:
             raise TokenInvalid("stream token is for another turn")
+        return max(0.0, self._clock() - signed)
 
 
 def _human(value: Any) -> Human | None:

@@ -54,6 +54,18 @@ def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.02) -> 
         time.sleep(every)
 
 
+# -- ordering -------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the long battery first: spread over processes, it must not end last.
+
+    The sort is stable, so every other test keeps its order, and every xdist
+    process collects the same order, as it must.
+    """
+    items.sort(key=lambda item: item.get_closest_marker("reliability") is None)
+
+
 # -- redis ------------------------------------------------------------------
 
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from chatapp.bodies import MAX_JSON_DEPTH
-from chatapp.bodies import parse_json_object
-from chatapp.bodies import too_deep
 from chatapp.errors import ApiError
+from chatapp.web.bodies import MAX_JSON_DEPTH
+from chatapp.web.bodies import parse_json_object
+from chatapp.web.bodies import too_deep
 
 
 def nested(levels: int) -> bytes:

@@ -197,6 +197,7 @@ def test_a_slow_chunked_body_gets_408_at_the_deadline(service: Service) -> None:
     assert status_of(answer) == 408, answer[:500]
 
 
+@pytest.mark.serial  # a 0.5 s bound: other tests beside it would blur it
 def test_slow_bodies_do_not_delay_others(service: Service) -> None:
     slow = []
     try:

@@ -11,6 +11,7 @@ import pytest
 import redis
 
 from chatapp import create_app
+from chatapp.addresses import address_key
 from chatapp.config import load_config
 from chatapp.errors import ApiError
 from chatapp.errors import ConfigError
@@ -26,7 +27,6 @@ from chatapp.turns.admit import tokens_spent
 from chatapp.turns.admit import utc_day
 from chatapp.turns.model import TurnEnd as TurnOutcome
 from chatapp.turns.model import TurnInfo
-from chatapp.web.limiter import address_key
 from chatapp.web.limiter import client_key
 from chatapp.web.limiter import key_for
 from tests.conftest import RedisServer

@@ -14,9 +14,9 @@ import pytest
 from pythonjsonlogger.json import JsonFormatter
 
 from chatapp import create_app
-from chatapp.logs import JSON_FORMAT
-from chatapp.logs import hash_client
-from chatapp.logs import log_turn
+from chatapp.web.logs import JSON_FORMAT
+from chatapp.web.logs import hash_client
+from chatapp.web.logs import log_turn
 from tests.conftest import ROOT
 
 

@@ -56,6 +56,23 @@ def test_several_kinds_in_one_message() -> None:
 
 
 @pytest.mark.parametrize(
+    ("kind", "first", "second"),
+    [
+        ("email", "a@b.example", "jane.doe@mail.example.org"),
+        ("phone", "+1 415 555 2671", "(555) 123-4567"),
+        ("card", "4242 4242 4242 4242", "5500-0000-0000-0004"),
+        ("key", "sk-" + "abcdefghijklmnopqrstuvwx", "AKIAIOSFODNN7EXAMPLE"),
+        ("email", "same@b.example", "same@b.example"),
+    ],
+)
+def test_two_secrets_of_one_kind_are_both_masked(
+    kind: str, first: str, second: str
+) -> None:
+    masked = mask(f"First {first}, then {second}.")
+    assert masked == f"First [{kind}], then [{kind}]."
+
+
+@pytest.mark.parametrize(
     "text",
     [
         "Meet me at 10:30 on 2024-05-01 or 01/05/2024.",
@@ -148,7 +165,9 @@ def test_what_used_to_leak_is_masked(text: str, masked: str) -> None:
         ("AKIAIOSFODNN7EXAMPLE AKIAIOSFODNN7EXAMPLF", "[key] [key]"),
     ],
 )
-def test_two_secrets_of_one_kind_are_both_masked(text: str, masked: str) -> None:
+def test_two_secrets_of_one_kind_side_by_side_are_both_masked(
+    text: str, masked: str
+) -> None:
     assert mask(text) == masked
 
 

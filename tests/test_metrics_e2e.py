@@ -89,3 +89,54 @@ def test_idempotent_retry_is_answered_even_at_the_rate_limit(
     assert retry.json() == first.json()
     assert other.status_code == 429
     assert re.fullmatch(r"\d+", other.headers["Retry-After"])
+
+
+# Every series SPEC lists that has a value before its first event: the
+# label-less ones, and the known codes and causes, at 0.
+FRESH_SERIES = [
+    "chatapp_turns_started_total",
+    "chatapp_active_turns",
+    "chatapp_open_streams",
+    "chatapp_time_to_first_token_seconds_count",
+    "chatapp_token_gap_max_seconds_count",
+    "chatapp_tokens_relayed_total",
+    "chatapp_resumes_total",
+    "chatapp_cancels_total",
+    "chatapp_cancel_to_closed_seconds_count",
+    'chatapp_disconnects_total{cause="client"}',
+    'chatapp_disconnects_total{cause="storage"}',
+    'chatapp_refusals_total{code="rate_limited"}',
+    'chatapp_refusals_total{code="quota_exceeded"}',
+    'chatapp_refusals_total{code="too_many_streams"}',
+    'chatapp_refusals_total{code="over_capacity"}',
+    "chatapp_storage_errors_total",
+]
+
+
+@pytest.mark.redis
+def test_every_series_reads_zero_at_start_and_answers_during_a_redis_outage(
+    service_factory: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    redis = RedisServer()
+    redis.start()
+    try:
+        service = service_factory(
+            **openai_settings(
+                fake_provider, CHATAPP_REDIS_URL=redis.url, CHATAPP_WORKERS="2"
+            )
+        )
+        fresh = scrape(service.url)
+        assert {name: fresh.get(name) for name in FRESH_SERIES} == dict.fromkeys(
+            FRESH_SERIES, 0.0
+        )
+        client = ChatClient(service.url)
+        redis.kill()
+        refused = client.post(message="fake: | while redis is down")
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "over_capacity"
+        during = scrape(service.url)
+        assert set(FRESH_SERIES) <= set(during)
+        assert during["chatapp_storage_errors_total"] >= 1
+        assert during['chatapp_refusals_total{code="over_capacity"}'] >= 1
+    finally:
+        redis.kill()

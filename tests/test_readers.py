@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from chatapp.readers import READERS_PER_CLIENT
-from chatapp.readers import READERS_PER_TURN
-from chatapp.readers import ReaderCaps
-from chatapp.readers import ReaderSlot
+from chatapp.web.readers import READERS_PER_CLIENT
+from chatapp.web.readers import READERS_PER_TURN
+from chatapp.web.readers import ReaderCaps
+from chatapp.web.readers import ReaderSlot
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
@@ -45,6 +45,13 @@ def test_a_turn_past_its_cap_closes_its_oldest_reader() -> None:
     assert [s.evicted for s in slots] == [True, True, False, False]
     assert caps.open_for_turn("t") == 2
     assert caps.evictions == 2
+
+
+def test_an_evicted_reader_stops_counting_at_once() -> None:
+    caps = ReaderCaps(per_turn=4, per_client=100)
+    for i in range(30):
+        caps.acquire("c", "t", lambda: None)
+        assert caps.open == min(i + 1, 4)
 
 
 def test_a_client_past_its_cap_closes_its_oldest_reader_of_any_turn() -> None:
@@ -291,3 +298,36 @@ def test_polls_count_against_the_reader_caps(
             newest.sock.recv(1)
     client.http.close()
     assert "Traceback" not in service.log()
+
+
+@pytest.mark.e2e
+def test_evicted_readers_leave_room_for_another_clients_turn_at_once(
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+    readers: list[RawReader],
+) -> None:
+    service = service_factory(
+        **openai_settings(
+            fake_provider,
+            CHATAPP_WORKER_MAX_STREAMS="20",
+            CHATAPP_TRUSTED_PROXY_HOPS="1",
+        )
+    )
+    greedy = ChatClient(service.url)
+    turn = greedy.start(
+        "fake: stall_after=1 | one two", headers={"X-Forwarded-For": "203.0.113.1"}
+    )
+    # 30 readers of one turn: the per-turn cap evicts 26 as they come. The
+    # turn is silent, so their greenlets have nothing to write that would
+    # tell them; the count must not wait for them.
+    for _ in range(30):
+        readers.append(RawReader(service, turn.stream_url, "203.0.113.1"))
+        assert readers[-1].until(b"event: start")
+    other = ChatClient(service.url)
+    response = other.post(
+        message="fake: | hello", headers={"X-Forwarded-For": "198.51.100.2"}
+    )
+    assert response.status_code == 201, response.text
+    assert greedy.cancel(turn).status_code == 202
+    greedy.http.close()
+    other.http.close()

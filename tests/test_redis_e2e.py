@@ -81,6 +81,16 @@ def a_and_b(
     return client_a, ChatClient(b.url, token=client_a.token)
 
 
+def test_each_host_runs_two_workers_by_default_with_redis(
+    hosts: tuple[Service, Service],
+) -> None:
+    # No CHATAPP_WORKERS in their settings: gunicorn.conf.py picks 2 with Redis.
+    for host in hosts:
+        assert "CHATAPP_WORKERS" not in host.env
+        wait_for(lambda h=host: len(h.worker_pids()) >= 2, 30, "two workers")
+        assert len(host.worker_pids()) == 2
+
+
 def test_resume_on_another_host_repeats_nothing(
     a_and_b: tuple[ChatClient, ChatClient], fake_provider: FakeProvider
 ) -> None:

@@ -26,9 +26,11 @@ from chatapp.store.events_redis import TURN_TAGS
 from chatapp.store.events_redis import turn_tag
 from chatapp.store.redis import connect
 from chatapp.store.redis import slot_pipeline
+from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
+from tests.conftest import Turn
 from tests.conftest import data_of
 from tests.conftest import openai_settings
 from tests.conftest import text_of
@@ -237,6 +239,8 @@ class Probe:
                         response.headers.get("Retry-After"),
                     )
                 )
+                if response.status_code == 201:
+                    self.results.append(self.read(client, response.json()))
                 ready = client.http.get(client.base_url + "/readyz", timeout=10)
                 self.results.append(
                     (time.monotonic(), "readyz", ready.status_code, "", None)
@@ -244,6 +248,26 @@ class Probe:
             except requests.RequestException as exc:
                 self.results.append((time.monotonic(), "turn", 0, repr(exc), None))
             time.sleep(0.1)
+
+    @staticmethod
+    def read(
+        client: ChatClient, body: dict[str, Any]
+    ) -> tuple[float, str, int, str, str | None]:
+        """Read an accepted turn to its end: 200 and `done` last, or what not."""
+        turn = Turn(body["id"], body["conversation_id"], body["stream_url"], "")
+        response = client.open_stream(turn)
+        try:
+            if response.status_code != 200:
+                return (time.monotonic(), "read", response.status_code, "", None)
+            decoder = SSEDecoder()
+            names: list[str] = []
+            for data in response.raw.stream(1024, decode_content=False):
+                names.extend(e.event for e in decoder.feed(data))
+                if "done" in names:
+                    break
+            return (time.monotonic(), "read", 200, ",".join(names[-2:]), None)
+        finally:
+            response.close()
 
     def whole_again_at(self, after: float) -> float | None:
         """When the last refusal after `after` was answered (all fine since)."""
@@ -308,6 +332,10 @@ def _failover_under_load(
             assert status in (201, 503), (status, code)
             if status == 503:
                 assert code == "over_capacity" and retry_after and int(retry_after) > 0
+        elif what == "read":
+            # An accepted turn's reader is never told 404, even when its first
+            # writes were lost with the old primary: it ends with `done`.
+            assert status == 200 and code.endswith("done"), (status, code)
         else:
             assert status in (200, 503), status
     # Turns in flight: each continues to its end or ends with error + done.
@@ -345,6 +373,7 @@ def _hosts(factory: ServiceFactory, fake: FakeProvider, url: str) -> list[Servic
     return [factory(**settings), factory(**settings)]
 
 
+@pytest.mark.serial  # times the failover against a bound
 def test_sentinel_failover_under_50_streaming_turns(
     service_factory: ServiceFactory, fake_provider: FakeProvider
 ) -> None:
@@ -361,6 +390,7 @@ def test_sentinel_failover_under_50_streaming_turns(
         sentinels.stop()
 
 
+@pytest.mark.serial  # times the failover against a bound
 def test_cluster_failover_under_50_streaming_turns(
     service_factory: ServiceFactory, fake_provider: FakeProvider
 ) -> None:

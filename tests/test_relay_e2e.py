@@ -428,6 +428,40 @@ def test_reconnect_after_done_gets_204(openai_service: Service) -> None:
     assert response.status_code == 204
 
 
+def test_a_poll_after_done_gets_204_at_once(openai_service: Service) -> None:
+    client = ChatClient(openai_service.url)
+    turn, events = client.answer("fake: | short")
+    last = int(events[-1].id or 0)
+    url = f"{openai_service.url}{turn.stream_url}&poll=1&last_event_id={last}"
+    response = client.http.get(url, timeout=10)
+    assert response.status_code == 204
+    assert response.content == b""
+
+
+def test_history_sent_upstream_keeps_within_its_bound(
+    module_services: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    bound = 300
+    service = module_services(
+        **openai_settings(fake_provider, CHATAPP_HISTORY_MAX_CHARS=str(bound))
+    )
+    client = ChatClient(service.url)
+    answer = "word " * 20  # 100 characters a turn
+    turn, _ = client.answer(f"fake: | {answer}")
+    for _ in range(4):
+        client.answer(f"fake: | {answer}", conversation_id=turn.conversation_id)
+    last = client.answer("fake: | the end", conversation_id=turn.conversation_id)
+    assert data_of(last[1], "done") == [{"finish_reason": "stop"}]
+    body = fake_provider.requests[-1].body
+    assert body is not None
+    earlier = [m for m in body["messages"] if m["role"] != "system"][:-1]
+    # The newest earlier messages that fit, and the conversation still
+    # opens with the user.
+    assert 0 < sum(len(m["content"]) for m in earlier) <= bound
+    assert earlier[0]["role"] == "user"
+    assert len(earlier) < 10
+
+
 def test_unknown_turn_404_and_bad_stream_token_403(openai_service: Service) -> None:
     client = ChatClient(openai_service.url)
     turn, _ = client.answer("fake: | x")

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from chatapp.readers import READERS_PER_CLIENT
-from chatapp.readers import READERS_PER_TURN
+from chatapp.web.readers import READERS_PER_CLIENT
+from chatapp.web.readers import READERS_PER_TURN
 from tests.conftest import ARTIFACTS
 from tests.conftest import ChatClient
 from tests.conftest import Service
@@ -30,7 +30,8 @@ from tests.fake_provider import Behaviour
 from tests.fake_provider import FakeProvider
 from tests.test_readers import RawReader
 
-pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
+# Latencies alone and beside a crowd are compared: run with nothing else.
+pytestmark = [pytest.mark.reliability, pytest.mark.e2e, pytest.mark.serial]
 
 SLOW_BODIES = 200
 GREEDY_READERS = 1000

@@ -303,13 +303,51 @@ def test_last_event_id_starts_empty_and_persists() -> None:
     decoder = SSEDecoder()
     assert decoder.last_event_id == ""
     decoder.feed(b"id: 42\n")
-    # The ID buffer is set by the field itself, before any dispatch.
-    assert decoder.last_event_id == "42"
+    # The field fills the buffer; the last event ID string follows it only
+    # when the block is dispatched.
+    assert decoder.last_event_id == ""
     assert decoder.feed(b"data: a\n\n") == [ev("a", id="42")]
+    assert decoder.last_event_id == "42"
     decoder.feed(b"data: b\n\n")
     assert decoder.last_event_id == "42"
     decoder.feed(b"id: 4\x002\n\n")
     assert decoder.last_event_id == "42"
+
+
+# The event source's last event ID string after the stream ends: what a
+# reconnect sends as Last-Event-ID. Names follow the web-platform-tests files.
+LAST_ID_CASES = [
+    (
+        "format-data-before-final-empty-line",
+        b"id: 1\ndata: a\n\nid: 2\ndata: b",
+        [ev("a", id="1")],
+        "1",
+    ),
+    (
+        "format-data-before-final-empty-line-lf-ended",
+        b"id: 1\ndata: a\n\nid: 2\ndata: b\n",
+        [ev("a", id="1")],
+        "1",
+    ),
+    ("id-without-data-is-dispatched", b"id: 3\n\n", [], "3"),
+    ("id-reset-by-empty-field", b"id: 3\ndata: a\n\nid\n\n", [ev("a", id="3")], ""),
+    ("id-with-nul-ignored", b"id: 3\n\nid: 4\x005\n\n", [], "3"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "expected", "last_id"),
+    LAST_ID_CASES,
+    ids=[c[0] for c in LAST_ID_CASES],
+)
+def test_last_event_id_is_what_was_last_dispatched(
+    name: str, body: bytes, expected: list[ServerSentEvent], last_id: str
+) -> None:
+    for chunks in ([body], list(byte_by_byte(body))):
+        decoder = SSEDecoder()
+        events = [e for chunk in chunks for e in decoder.feed(chunk)]
+        assert events == expected
+        assert decoder.last_event_id == last_id
 
 
 def test_event_defaults() -> None:

@@ -1,11 +1,18 @@
-"""Runs the turn-log contract suite against memory and a real redis-server."""
+"""Runs the turn-log contract suite against memory and a real redis-server.
+
+The contract (tests/gevent_contract.py) runs in a gevent-patched subprocess,
+as the service runs; each of its cases is reported here as its own item,
+read from that run's JUnit report.
+"""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,26 +21,77 @@ from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
 
+CONTRACT = "tests/gevent_contract.py"
 BOOT = (
     "from gevent import monkey; monkey.patch_all()\n"
     "import sys, pytest\n"
-    "args = ['-q', '-p', 'no:cacheprovider', 'tests/gevent_contract.py']\n"
-    "sys.exit(pytest.main(args))\n"
+    "sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', *sys.argv[1:]]))\n"
 )
 
 
-def test_turn_log_contract_under_gevent(redis_server: RedisServer) -> None:
+def _case_ids() -> list[str]:
+    """The contract's cases, as its own collection lists them."""
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider"]
+        + ["--collect-only", "-q", CONTRACT],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    prefix = CONTRACT + "::"
+    return [
+        line[len(prefix) :] for line in listed.splitlines() if line.startswith(prefix)
+    ]
+
+
+CASES = _case_ids()
+
+
+@pytest.fixture(scope="module")
+def outcomes(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str | None]]:
+    """Run the whole contract once; map each case to None (passed) or why not."""
+    report = tmp_path_factory.mktemp("contract") / "junit.xml"
     env = dict(os.environ, CHATAPP_TEST_REDIS_URL=redis_server.url)
     result = subprocess.run(
-        [sys.executable, "-c", BOOT],
+        [sys.executable, "-c", BOOT, f"--junitxml={report}", CONTRACT],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
         timeout=240,
     )
-    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    assert result.returncode == 0, result.stdout + result.stderr
-    passed = re.search(r"(\d+) passed", summary)
-    assert passed and int(passed.group(1)) >= 24, summary
-    assert "failed" not in summary and "error" not in summary
+    assert report.exists(), result.stdout + result.stderr
+    yield _read_report(report)
+
+
+def _read_report(report: Path) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for case in ET.parse(report).iter("testcase"):
+        problems = [
+            f"{child.tag}: {child.get('message', '')}\n{child.text or ''}"
+            for child in case
+            if child.tag in ("failure", "error", "skipped")
+        ]
+        # JUnit names a case by its dotted module (and class) and its name.
+        owner = case.get("classname", "").removeprefix("tests.gevent_contract")
+        name = case.get("name", "")
+        found[f"{owner.lstrip('.')}::{name}" if owner else name] = (
+            "\n".join(problems) or None
+        )
+    return found
+
+
+def test_the_contract_has_its_cases() -> None:
+    assert len(CASES) >= 24, CASES
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_turn_log_contract_under_gevent(
+    case: str, outcomes: dict[str, str | None]
+) -> None:
+    assert case in outcomes, f"{case} did not run: {sorted(outcomes)}"
+    assert outcomes[case] is None, outcomes[case]

@@ -9,6 +9,7 @@ sleeps.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,10 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 DOCS = ROOT / "docs"
+# Set by `python -m tests.screenshots`, the one command that refreshes the
+# README's pictures in docs/; otherwise screenshots stay in artifacts/.
+REFRESH_DOCS = "CHATAPP_TESTS_REFRESH_DOCS"
+README_PICTURES = {("desktop", "light"), ("phone", "dark")}
 EVENTS_URL = "**/api/chat/*/events?*"
 # Chrome logs every non-2xx fetch as a console error; tests that provoke one
 # on purpose allow exactly that line.
@@ -788,6 +793,7 @@ def test_screenshots(
     scheme: str,
 ) -> None:
     options: dict[str, Any] = {"viewport": viewport, "color_scheme": scheme}
+    docs_before = {p: p.stat().st_mtime_ns for p in DOCS.glob("*.png")}
     if device == "phone":
         options.update(device_scale_factor=2, is_mobile=True, has_touch=True)
     context = new_context(browser, **options)
@@ -802,9 +808,12 @@ def test_screenshots(
         path = SCREENSHOTS / f"{device}-{scheme}.png"
         chat.page.screenshot(path=str(path), animations="disabled", caret="hide")
         assert path.stat().st_size > 10_000
-        if (device, scheme) in {("desktop", "light"), ("phone", "dark")}:
-            DOCS.mkdir(exist_ok=True)
-            shutil.copyfile(path, DOCS / f"screenshot-{device}-{scheme}.png")
+        pictured = DOCS / f"screenshot-{device}-{scheme}.png"
+        if (device, scheme) in README_PICTURES and os.environ.get(REFRESH_DOCS):
+            shutil.copyfile(path, pictured)
+        else:
+            # The README's pictures are tracked files: a test run leaves them.
+            assert {p: p.stat().st_mtime_ns for p in DOCS.glob("*.png")} == docs_before
         chat.assert_clean()
     finally:
         context.close()

@@ -17,7 +17,8 @@ from tests.browser import new_context
 from tests.fake_provider import Behaviour
 from tests.fake_provider import FakeProvider
 
-pytestmark = pytest.mark.browser
+# It counts the page's long tasks: other tests beside it would add their own.
+pytestmark = [pytest.mark.browser, pytest.mark.serial]
 
 ANSWER_CHARS = 30_000
 ATTEMPTS = 3

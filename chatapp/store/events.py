@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from chatapp.store.tail import Tail
-from chatapp.turns.model import TurnInfo
+from chatapp.store.turn import TurnInfo
 
 
 class EventLog(Protocol):

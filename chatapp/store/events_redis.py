@@ -55,7 +55,7 @@ from chatapp.store.redis import ping
 from chatapp.store.redis import refresh
 from chatapp.store.redis import slot_pipeline
 from chatapp.store.tail import Tail
-from chatapp.turns.model import TurnInfo
+from chatapp.store.turn import TurnInfo
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,8 @@ from typing import cast
 
 import redis
 
+from chatapp.store.redis import guard
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "chatapp:limits"
@@ -151,15 +153,18 @@ class RedisLimitStore:
         self._take_slot = client.register_script(_TAKE_SLOT)
         self._hold_tokens = client.register_script(_HOLD_TOKENS)
 
+    @guard("limits: take slot")
     def take_slot(self, client: str, ticket: str, most: int, lifetime: float) -> bool:
         taken = self._take_slot(
             keys=[_slots_key(client)], args=[most, ticket, lifetime]
         )
         return bool(taken)
 
+    @guard("limits: free slot")
     def free_slot(self, client: str, ticket: str) -> None:
         self._r.zrem(_slots_key(client), ticket)
 
+    @guard("limits: hold tokens")
     def hold_tokens(self, client: str, day: str, amount: int, budget: int) -> bool:
         held = self._hold_tokens(
             keys=[_tokens_key(client, day)],
@@ -167,6 +172,7 @@ class RedisLimitStore:
         )
         return bool(held)
 
+    @guard("limits: add tokens")
     def add_tokens(self, client: str, day: str, amount: int) -> None:
         key = _tokens_key(client, day)
         with self._r.pipeline(transaction=True) as pipe:
@@ -176,6 +182,7 @@ class RedisLimitStore:
 
     # -- what dead workers held ------------------------------------------------
 
+    @guard("limits: free dead slots")
     def free_dead_slots(
         self, client: str, alive: Callable[[list[str]], list[bool]]
     ) -> int:
@@ -191,6 +198,7 @@ class RedisLimitStore:
             self._r.zrem(key, *gone)
         return len(gone)
 
+    @guard("limits: record hold")
     def record_hold(self, worker: str, ticket: str, hold: Hold) -> None:
         """Note what a turn of `worker` holds, for reclaiming if it dies."""
         with self._r.pipeline(transaction=False) as pipe:
@@ -200,10 +208,12 @@ class RedisLimitStore:
             pipe.sadd(HOLDERS_KEY, worker)
             pipe.execute()
 
+    @guard("limits: forget hold")
     def forget_hold(self, worker: str, ticket: str) -> None:
         """The turn settled what it held itself."""
         self._r.hdel(_held_key(worker), ticket)
 
+    @guard("limits: reclaim")
     def reclaim(
         self,
         alive: Callable[[list[str]], list[bool]],

@@ -19,6 +19,7 @@ applied twice, so callers decide.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from dataclasses import field
@@ -384,11 +385,11 @@ def ping(client: Any) -> None:
 
 
 def guard(what: str) -> _Guard:
-    """Turn any Redis failure inside the block into StoreError."""
+    """Turn any Redis failure inside the block (or function) into StoreError."""
     return _Guard(what)
 
 
-class _Guard:
+class _Guard(contextlib.ContextDecorator):
     __slots__ = ("_what",)
 
     def __init__(self, what: str) -> None:

@@ -43,6 +43,7 @@ from chatapp.store.limits import Hold
 from chatapp.store.limits import LimitStore
 from chatapp.store.limits import MemoryLimitStore
 from chatapp.store.limits import RedisLimitStore
+from chatapp.store.redis import guard
 from chatapp.store.redis import ping
 from chatapp.turns.model import TurnEnd
 
@@ -125,8 +126,10 @@ class Gate:
         client: redis.Redis | None,
         clock: Callable[[], float] = time.time,
         leases: Leases | None = None,
+        readers: Callable[[], int] = lambda: 0,
     ) -> None:
         self._running = running
+        self._readers = readers
         self._clock = clock
         self._budget = int(config["DAILY_TOKEN_BUDGET"])
         self._hold = int(config["MAX_OUTPUT_TOKENS"])
@@ -143,7 +146,6 @@ class Gate:
         self._reclaimed_at = -RECLAIM_EVERY
         self._held: dict[str, Reservation] = {}
         self._early: dict[str, tuple[float, TurnEnd]] = {}
-        self.readers = 0
 
     # -- admission ------------------------------------------------------------
 
@@ -213,7 +215,7 @@ class Gate:
         producers hold upstream ones. A turn usually has both, so the larger
         count is the load; a producer whose reader left still counts.
         """
-        return max(self.readers, self._running())
+        return max(self._readers(), self._running())
 
     def started(self, held: Reservation, turn_id: str) -> None:
         """Tie a reservation to the turn it admitted, until that turn ends."""
@@ -262,14 +264,6 @@ class Gate:
         if held.recorded and shared is not None and leases is not None:
             self._quietly(lambda: shared.forget_hold(leases.worker, held.ticket))
 
-    def reader_opened(self) -> None:
-        """Count an SSE response as an open stream of this worker."""
-        self.readers += 1
-
-    def reader_closed(self) -> None:
-        """Count an SSE response out again."""
-        self.readers -= 1
-
     # -- Redis, or memory while Redis is away -----------------------------------
 
     def _call(self, op: Callable[[LimitStore], T]) -> tuple[T, LimitStore]:
@@ -280,7 +274,7 @@ class Gate:
         ):
             try:
                 result = op(shared)
-            except redis.RedisError as exc:
+            except StoreError as exc:
                 self._redis_failed(exc)
             else:
                 if down_until is not None:
@@ -289,12 +283,12 @@ class Gate:
                 return result, shared
         return op(self.memory), self.memory
 
-    def _redis_failed(self, exc: redis.RedisError) -> None:
+    def _redis_failed(self, exc: StoreError) -> None:
         if self._redis_down_until is None:
             log.warning(
                 "limits: Redis did not answer (%s); counting in this worker's "
                 "memory until it does, so limits are per worker meanwhile",
-                type(exc).__name__,
+                type(exc.__cause__).__name__,
             )
         self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
 
@@ -303,8 +297,8 @@ class Gate:
         # held (the client is charged MAX_OUTPUT_TOKENS for that turn).
         try:
             op()
-        except (redis.RedisError, StoreError) as exc:
-            log.warning("limits: could not settle a turn (%s)", type(exc).__name__)
+        except StoreError as exc:
+            log.warning("limits: could not settle a turn (%s)", exc)
             return False
         return True
 
@@ -315,8 +309,8 @@ class Gate:
             return False
         try:
             return shared.free_dead_slots(client, leases.workers_alive) > 0
-        except (redis.RedisError, StoreError) as exc:
-            log.warning("limits: could not look at slots (%s)", type(exc).__name__)
+        except StoreError as exc:
+            log.warning("limits: could not look at slots (%s)", exc)
             return False
 
     def _reclaim(self, *, now: bool) -> bool:
@@ -343,8 +337,8 @@ class Gate:
 
         try:
             return shared.reclaim(leases.workers_alive, spent) > 0
-        except (redis.RedisError, StoreError) as exc:
-            log.warning("limits: could not reclaim holds (%s)", type(exc).__name__)
+        except StoreError as exc:
+            log.warning("limits: could not reclaim holds (%s)", exc)
             return False
 
     def storage_problem(self) -> str | None:
@@ -352,9 +346,11 @@ class Gate:
         if self.redis is None:
             return None
         try:
-            ping(self.redis)  # the primaries: a dead replica is no outage
-        except redis.RedisError as exc:
-            return f"rate-limit storage (Redis) does not answer ({type(exc).__name__})"
+            with guard("limits: ping"):
+                ping(self.redis)  # the primaries: a dead replica is no outage
+        except StoreError as exc:
+            cause = type(exc.__cause__).__name__
+            return f"rate-limit storage (Redis) does not answer ({cause})"
         return None
 
 

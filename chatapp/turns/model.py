@@ -1,18 +1,13 @@
-"""Plain values the turn machinery passes around: no I/O, no Flask."""
+"""Plain values the turn machinery passes around: no I/O, no Flask.
+
+TurnInfo, the facts a turn log stores, lives below in store/turn.py.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
-class TurnInfo:
-    """The fixed facts of one turn."""
-
-    id: str
-    owner: str
-    conversation_id: str
-    created_at: float
+from chatapp.store.turn import TurnInfo
 
 
 @dataclass(frozen=True, slots=True)

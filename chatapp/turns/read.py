@@ -13,16 +13,25 @@ from chatapp.store.tail import Tail
 
 RETRY_MS = 2000
 
-_LOST = sse.encode(
-    "error",
-    json.dumps(
-        {
-            "code": "internal",
-            "message": "Lost the connection to shared storage.",
-            "retryable": True,
-        }
-    ),
-) + sse.encode("done", json.dumps({"finish_reason": "error"}))
+_LOST_ERROR = json.dumps(
+    {
+        "code": "internal",
+        "message": "Lost the connection to shared storage.",
+        "retryable": True,
+    }
+)
+_ERROR_DONE = json.dumps({"finish_reason": "error"})
+_LOST = sse.encode("error", _LOST_ERROR) + sse.encode("done", _ERROR_DONE)
+
+
+# The end of a turn that was accepted but whose log is gone: a Redis failover
+# can lose a new turn's first writes (replication is asynchronous). Its reader
+# still gets SPEC's `error` + `done`. No ids: there is nothing to resume.
+LOST_TURN_STREAM = sse.retry(RETRY_MS) + _LOST
+LOST_TURN_EVENTS = (
+    {"id": None, "event": "error", "data": _LOST_ERROR},
+    {"id": None, "event": "done", "data": _ERROR_DONE},
+)
 
 
 def finished(tail: Tail, after: int) -> bool:

@@ -54,6 +54,7 @@ class SSEDecoder:
         "_event_type",
         "_failed",
         "_last_event_id",
+        "_last_event_id_string",
         "_max_line_bytes",
         "_pending",
         "_pending_bytes",
@@ -93,12 +94,16 @@ class SSEDecoder:
         self._data: list[str] = []
         self._event_type = ""
         self._last_event_id = ""
+        # NOTE: the event source's "last event ID string" is set from the
+        # buffer only when an event is dispatched; a field of a block that
+        # never ends with a blank line does not reach it.
+        self._last_event_id_string = ""
         self._retry: int | None = None
 
     @property
     def last_event_id(self) -> str:
-        """Return the last event ID buffer, for a Last-Event-ID header."""
-        return self._last_event_id
+        """Return the last event ID string, for a Last-Event-ID header."""
+        return self._last_event_id_string
 
     def feed(self, chunk: bytes) -> list[ServerSentEvent]:
         """Consume bytes as they arrive; return the events completed by them."""
@@ -227,6 +232,10 @@ class SSEDecoder:
         # NOTE: "Otherwise: The field is ignored."
 
     def _dispatch(self) -> ServerSentEvent | None:
+        # NOTE: "Set the last event ID string of the event source to the
+        # value of the last event ID buffer." This comes first, so a block
+        # with an id and no data still moves it.
+        self._last_event_id_string = self._last_event_id
         data = self._data
         event_type = self._event_type
         retry = self._retry

@@ -12,18 +12,11 @@ from flask import jsonify
 from flask import request
 from flask import url_for
 
+from chatapp import sse
 from chatapp.botcheck import SolutionRefused
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
-from chatapp.errors import api_error_response
-from chatapp.errors import error_response
 from chatapp.extensions import state
-from chatapp.logs import client_hash
-from chatapp.logs import log_turn
-from chatapp.logs import prompt_fields
-from chatapp.readers import EXTENSION as READER_CAPS
-from chatapp.readers import ReaderCaps
-from chatapp.readers import socket_closer
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
@@ -37,12 +30,19 @@ from chatapp.turns.start import earlier_turn
 from chatapp.turns.start import start_turn
 from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
+from chatapp.web.errors import api_error_response
+from chatapp.web.errors import error_response
 from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import client_key
-from chatapp.web.limiter import gate
 from chatapp.web.limiter import key_for
 from chatapp.web.limiter import rate_limit_headers
 from chatapp.web.limiter import token_refresh_limit
+from chatapp.web.logs import client_hash
+from chatapp.web.logs import log_turn
+from chatapp.web.logs import prompt_fields
+from chatapp.web.readers import EXTENSION as READER_CAPS
+from chatapp.web.readers import ReaderCaps
+from chatapp.web.readers import socket_closer
 from chatapp.web.stream import event_stream
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -154,24 +154,41 @@ def challenge() -> Response:
     return response
 
 
-def _check_stream_token(turn_id: str, token: str | None) -> None:
+def _check_stream_token(turn_id: str, token: str | None) -> float:
+    """Return the age of a valid stream token for this turn; 403 otherwise."""
     if not parse.ID.match(turn_id):
         raise ApiError(404, "not_found", "No such turn.")
     try:
-        state().signer.check_stream_token(token, turn_id)
+        return state().signer.check_stream_token(token, turn_id)
     except (TokenInvalid, TokenExpired) as exc:
         raise ApiError(
             403, "invalid_token", "A valid stream token is required."
         ) from exc
 
 
-def _open_turn(turn_id: str, token: str | None) -> Tail:
-    """Check the stream token, then follow the turn; 404 when it is gone."""
-    _check_stream_token(turn_id, token)
+def _open_turn(turn_id: str, token: str | None) -> Tail | None:
+    """Check the stream token, then follow the turn.
+
+    A turn's log outlives its stream token's first CHATAPP_STREAM_TTL
+    seconds, so a younger token whose log is missing names a turn that was
+    accepted and then lost: None. An older one names an expired turn: 404.
+    """
+    age = _check_stream_token(turn_id, token)
     tail = state().relay.open(turn_id)
     if tail is None:
+        if age < state().config["STREAM_TTL"]:
+            return None
         raise ApiError(404, "not_found", "No such turn, or it has expired.")
     return tail
+
+
+def _lost_turn() -> Response:
+    """End the reader of an accepted turn whose log was lost: error + done."""
+    if request.args.get("poll") == "1":
+        response = jsonify({"events": list(read.LOST_TURN_EVENTS), "done": True})
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    return Response(read.LOST_TURN_STREAM, headers=sse.STREAM_HEADERS)
 
 
 @bp.get("/chat/<turn_id>/events")
@@ -179,6 +196,8 @@ def events(turn_id: str) -> Response:
     """Serve the turn's events as SSE (or JSON with ?poll=1) from an event id."""
     st = state()
     tail = _open_turn(turn_id, request.args.get("t"))
+    if tail is None:
+        return _lost_turn()
     after = parse.last_event_id()
     if read.finished(tail, after):
         try:
@@ -191,21 +210,17 @@ def events(turn_id: str) -> Response:
     caps: ReaderCaps = current_app.extensions[READER_CAPS]
     closer = socket_closer(request.environ.get("gunicorn.socket"))
     slot = caps.acquire(client_key(), turn_id, closer)
-    readers = gate()  # the callback below runs outside the app context
-    readers.reader_opened()
     if request.args.get("poll") == "1":
         try:
             return _poll(tail, after, gone=lambda: slot.evicted)
         finally:
             st.relay.close(turn_id, tail)
             caps.release(slot)
-            readers.reader_closed()
     st.metrics.stream_opened(resumed=after > 0)
 
     def closed(cause: str | None) -> None:
         st.relay.close(turn_id, tail)
         caps.release(slot)
-        readers.reader_closed()
         st.metrics.stream_closed(cause)
 
     return event_stream(

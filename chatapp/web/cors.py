@@ -22,8 +22,8 @@ from flask import Response
 from flask import request
 
 from chatapp.errors import ApiError
-from chatapp.errors import error_response
 from chatapp.extensions import state
+from chatapp.web.errors import error_response
 
 API_PREFIX = "/api/"
 ALLOW_METHODS = "GET, POST, OPTIONS"

@@ -17,7 +17,6 @@ Redis Cluster: each window is one key, so one slot.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from typing import cast
@@ -31,9 +30,9 @@ from flask import request
 from flask_limiter import Limiter
 from flask_limiter import RateLimitExceeded
 
+from chatapp.addresses import address_key
 from chatapp.errors import ApiError
 from chatapp.errors import ConfigError
-from chatapp.errors import error_response
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
@@ -43,14 +42,11 @@ from chatapp.turns.admit import Gate
 from chatapp.turns.admit import Leases
 from chatapp.web import limits_storage
 from chatapp.web import moving_window
+from chatapp.web.errors import error_response
+from chatapp.web.readers import EXTENSION as READERS
+from chatapp.web.readers import ReaderCaps
 
 EXTENSION = "chatapp.limits"
-# An IPv6 client is its /56, the usual home delegation (RFC 6177).
-IPV6_PREFIX = 56
-# Every address that does not parse, whatever its text, is this one client.
-UNPARSED_KEY = "ip:unparsed"
-# The longest address with a port and zone: "[" + 45 + "%" zone + "]:65535".
-MAX_ADDRESS_CHARS = 100
 TOKEN_REFRESH_LIMITS = "30/minute"
 
 
@@ -70,59 +66,6 @@ def key_for(identity: Identity | None) -> str:
         key = address_key(request.remote_addr)
     g.chatapp_client_key = key
     return key
-
-
-def address_key(address: str | None) -> str:
-    """Key an address: IPv4 as is, IPv6 by its /56 network.
-
-    A load balancer may write a port (`203.0.113.7:51234`, `[2001:db8::1]:443`)
-    or brackets into X-Forwarded-For; they are stripped, so that each source
-    port is not a new client. Whatever still does not parse is one shared
-    bucket, never keyed by its raw text: a client must not buy fresh limits
-    by writing garbage there.
-    """
-    ip = parse_address(address)
-    if ip is None:
-        return UNPARSED_KEY
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return f"ip:{ip.ipv4_mapped}"
-        return f"ip:{ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False)}"
-    return f"ip:{ip}"
-
-
-def parse_address(
-    raw: str | None,
-) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """Read an address that may carry a port, brackets or an IPv6 zone; None if bad."""
-    text = (raw or "").strip()
-    if len(text) > MAX_ADDRESS_CHARS:
-        return None
-    if text.startswith("["):  # [v6] or [v6]:port
-        inside, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not _is_port(rest)):
-            return None
-        text = inside
-    elif text.count(":") == 1:  # v4:port (a bare IPv6 address has two or more)
-        host, _, port = text.partition(":")
-        if not _is_port(":" + port):
-            return None
-        text = host
-    text = text.partition("%")[0]  # fe80::1%eth0: the zone names no client
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _is_port(text: str) -> bool:
-    digits = text[1:]
-    return (
-        text[:1] == ":"
-        and 0 < len(digits) <= 5
-        and digits.isascii()
-        and digits.isdigit()
-    )
 
 
 def _header_identity() -> Identity | None:
@@ -253,8 +196,13 @@ def init_limits(app: Flask) -> Gate:
     else:
         app.config["RATELIMIT_STORAGE_URI"] = "memory://"
     leases = st.events if client is not None else None
+    caps: ReaderCaps = app.extensions[READERS]
     state_gate = Gate(
-        config, lambda: st.relay.running, client, leases=cast("Leases | None", leases)
+        config,
+        lambda: st.relay.running,
+        client,
+        leases=cast("Leases | None", leases),
+        readers=lambda: caps.open,
     )
     app.extensions[EXTENSION] = state_gate
     st.relay.on_end.append(state_gate.turn_finished)

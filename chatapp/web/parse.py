@@ -7,12 +7,12 @@ from typing import Any
 
 from flask import request
 
-from chatapp.bodies import read_fields
 from chatapp.errors import ApiError
 from chatapp.extensions import state
 from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
+from chatapp.web.bodies import read_fields
 
 ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 KEY = re.compile(r"^[\x21-\x7e]{1,200}$")

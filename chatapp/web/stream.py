@@ -12,10 +12,10 @@ from flask import Response
 from werkzeug.wsgi import ClosingIterator
 
 from chatapp import sse
-from chatapp.readers import ReaderCaps
-from chatapp.readers import ReaderSlot
 from chatapp.store.tail import Tail
 from chatapp.turns import read
+from chatapp.web.readers import ReaderCaps
+from chatapp.web.readers import ReaderSlot
 
 _original_poll = gevent.monkey.get_original("select", "poll")
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)

@@ -32,8 +32,8 @@ from flask import request
 from pythonjsonlogger.json import JsonFormatter
 from werkzeug.wsgi import ClosingIterator
 
+from chatapp.addresses import address_key
 from chatapp.masking import mask
-from chatapp.web.limiter import address_key
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Read by gunicorn's access line (gunicorn.conf.py) from the WSGI environ.

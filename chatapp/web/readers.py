@@ -145,6 +145,11 @@ class ReaderCaps:
             gevent.sleep(tick)
             self.drop_stalled(time.monotonic())
 
+    @property
+    def open(self) -> int:
+        """Return how many readers are open on this worker, evicted ones not."""
+        return sum(map(len, self._by_turn.values()))
+
     def open_for_client(self, client: str) -> int:
         """Return how many readers the client holds open on this worker."""
         return len(self._by_client.get(client, ()))
