@@ -134,6 +134,7 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
     error: dict[str, Any] | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_input: int | None = None
     first_token: float | None = None
     max_gap: float | None = None
     last_text = 0.0
@@ -174,6 +175,8 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
                 input_tokens = chunk.input_tokens
             if chunk.output_tokens is not None:
                 output_tokens = chunk.output_tokens
+            if chunk.cached_input_tokens is not None:
+                cached_input = chunk.cached_input_tokens
             if finish == "length" and chars >= limit:
                 break  # a runaway answer: cut here, and close the upstream
             if chunk.finish_reason:
@@ -224,6 +227,7 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
         first_token,
         max_gap,
         cancel_seconds,
+        cached_input_tokens=cached_input,
     )
     text = "".join(pieces)
     if run.cache_key and finish == "stop" and text:

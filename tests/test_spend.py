@@ -1,0 +1,181 @@
+"""The spend governor's parts: prices, a turn's cost, ceilings, the ledger."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from chatapp.config import load_config
+from chatapp.errors import ConfigError
+from chatapp.prices import Price
+from chatapp.prices import parse_ceilings
+from chatapp.prices import parse_percentages
+from chatapp.prices import parse_prices
+from chatapp.upstream.anthropic import _State as AnthropicUsage
+from chatapp.upstream.openai_compat import _Batch as OpenAIUsage
+
+# -- prices ------------------------------------------------------------------------
+
+
+def test_inline_prices_are_micro_units_per_million_tokens() -> None:
+    prices = parse_prices("gpt-5-mini=0.25/2.00; claude-sonnet-4-5=3/15/0.30;")
+    assert prices == {
+        "gpt-5-mini": Price(250_000, 2_000_000),
+        "claude-sonnet-4-5": Price(3_000_000, 15_000_000, 300_000),
+    }
+
+
+def test_a_model_name_may_hold_slashes() -> None:
+    assert parse_prices("openai/gpt-4o=2.5/10")["openai/gpt-4o"] == Price(
+        2_500_000, 10_000_000
+    )
+
+
+def test_prices_from_a_json_file(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(
+        json.dumps(
+            {
+                "gpt-5": {"input": 1.25, "output": 10, "cached_input": 0.125},
+                "claude-haiku-4-5": {"input": "1", "output": "5"},
+            }
+        )
+    )
+    prices = parse_prices(f"@{path}")
+    assert prices["gpt-5"] == Price(1_250_000, 10_000_000, 125_000)
+    assert prices["claude-haiku-4-5"] == Price(1_000_000, 5_000_000)
+
+
+BAD_PRICES = [
+    "gpt-5-mini",
+    "gpt-5-mini=0.25",
+    "gpt-5-mini=0.25/2/1/1",
+    "=0.25/2",
+    "gpt-5-mini=-1/2",
+    "gpt-5-mini=abc/2",
+    "gpt-5-mini=0.0000001/2",  # finer than a micro-unit per million tokens
+    "gpt-5-mini=nan/2",
+    ";",
+]
+
+
+@pytest.mark.parametrize("raw", BAD_PRICES)
+def test_bad_prices_stop_start_up_in_one_line(raw: str) -> None:
+    with pytest.raises(ConfigError, match="CHATAPP_PRICES") as refused:
+        load_config(environ={"CHATAPP_PRICES": raw})
+    assert "\n" not in str(refused.value)
+
+
+def test_an_unreadable_prices_file_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(environ={"CHATAPP_PRICES": f"@{tmp_path}/missing.json"})
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"gpt-5": {"input": 1}}')
+    with pytest.raises(ConfigError, match="needs at least input and output"):
+        load_config(environ={"CHATAPP_PRICES": f"@{broken}"})
+
+
+COSTS = [
+    # price, input, output, cached input, micro-units
+    (Price(250_000, 2_000_000), 1_000_000, 0, 0, 250_000),
+    (Price(250_000, 2_000_000), 14, 30, 0, 64),  # 3.5 + 60 = 63.5, rounded up
+    (Price(3_000_000, 15_000_000, 300_000), 1000, 100, 800, 600 + 240 + 1500),
+    (Price(3_000_000, 15_000_000), 1000, 0, 800, 3000),  # no cached price
+    (Price(1, 1), 1, 1, 0, 1),  # a trace of a cost is never zero
+    (Price(250_000, 2_000_000), 0, 0, 0, 0),
+]
+
+
+@pytest.mark.parametrize(("price", "inp", "out", "cached", "micros"), COSTS)
+def test_a_turns_cost_is_exact_and_rounded_up_once(
+    price: Price, inp: int, out: int, cached: int, micros: int
+) -> None:
+    assert price.cost(inp, out, cached) == micros
+
+
+def test_a_month_of_costs_sums_exactly() -> None:
+    price = parse_prices("m=0.1/0.3")["m"]
+    total = sum(price.cost(7, 3) for _ in range(1_000_000))
+    assert total == 1_000_000 * 2  # 0.7 + 0.9 = 1.6 micro-units, rounded up: 2
+
+
+def test_usage_reports_cached_input_of_both_providers() -> None:
+    openai = OpenAIUsage()
+    openai.take(
+        {
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 1200,
+                "completion_tokens": 300,
+                "prompt_tokens_details": {"cached_tokens": 1024},
+                "completion_tokens_details": {"reasoning_tokens": 250},
+            },
+        }
+    )
+    chunk = openai.chunk()
+    assert (chunk.input_tokens, chunk.output_tokens) == (1200, 300)
+    assert chunk.cached_input_tokens == 1024
+    anthropic = AnthropicUsage()
+    anthropic.handle(
+        "message_start",
+        {
+            "type": "message_start",
+            "message": {
+                "usage": {
+                    "input_tokens": 10,
+                    "cache_read_input_tokens": 2000,
+                    "output_tokens": 1,
+                }
+            },
+        },
+    )
+    (usage,) = anthropic.handle(
+        "message_delta",
+        {"type": "message_delta", "delta": {}, "usage": {"output_tokens": 80}},
+    )
+    assert (usage.input_tokens, usage.output_tokens) == (2010, 80)
+    assert usage.cached_input_tokens == 2000
+
+
+# -- ceilings and start-up -------------------------------------------------------------
+
+
+def test_ceilings_per_day_and_month() -> None:
+    assert parse_ceilings("20/day;300/month") == {
+        "day": 20_000_000,
+        "month": 300_000_000,
+    }
+    assert parse_ceilings(" 0.5/DAY ") == {"day": 500_000}
+    assert parse_percentages("80, 50,100") == (50, 80, 100)
+
+
+@pytest.mark.parametrize(
+    "raw", ["20", "20/week", "0/day", "20/day;30/day", "x/day", "2e9/day"]
+)
+def test_bad_ceilings_stop_start_up(raw: str) -> None:
+    with pytest.raises(ConfigError, match="CHATAPP_SPEND_LIMITS"):
+        load_config(environ={"CHATAPP_SPEND_LIMITS": raw, "CHATAPP_PRICES": "demo=1/1"})
+
+
+def test_a_ceiling_with_an_unpriced_model_stops_start_up_naming_it() -> None:
+    env = {"CHATAPP_SPEND_LIMITS": "20/day", "CHATAPP_PRICES": "gpt-5-mini=0.25/2"}
+    with pytest.raises(ConfigError, match="'demo'") as refused:
+        load_config(environ=env)
+    assert "\n" not in str(refused.value)
+    priced = {**env, "CHATAPP_MODEL": "gpt-5-mini", "CHATAPP_FALLBACK_MODEL": "nano"}
+    with pytest.raises(ConfigError, match="'nano'"):
+        load_config(environ=priced)
+    assert load_config(environ={**priced, "CHATAPP_FALLBACK_MODEL": ""})
+
+
+def test_soft_ceilings_need_a_fallback_model() -> None:
+    env = {"CHATAPP_SPEND_SOFT_LIMITS": "5/day", "CHATAPP_PRICES": "demo=1/1"}
+    with pytest.raises(ConfigError, match="CHATAPP_FALLBACK_MODEL"):
+        load_config(environ=env)
+
+
+def test_prices_without_ceilings_need_not_cover_every_model() -> None:
+    config = load_config(environ={"CHATAPP_PRICES": "gpt-5-mini=0.25/2"})
+    assert "demo" not in config["PRICES"]
