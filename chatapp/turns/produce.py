@@ -255,11 +255,11 @@ def moderate(moderator: Moderator, run: Run, request: ChatRequest) -> None:
     run.last_read = time.monotonic()  # the model's silence counts from here
 
 
-def replay(parts: Parts, info: TurnInfo, cached: str) -> None:
+def replay(parts: Parts, info: TurnInfo, cached: str, model: str = "") -> None:
     """Serve a cached answer as a complete turn, without a provider call."""
     s = parts.settings
     answer = json.loads(cached)
-    start = start_frame(info, s, cached=True)
+    start = start_frame(info, s, cached=True, model=model)
     tail = parts.events.create(info, start, s.stream_ttl + 5)
     text = answer["text"]
     final = [sse.delta(2, text), sse.frame(3, "done", {"finish_reason": "stop"})]
@@ -268,13 +268,15 @@ def replay(parts: Parts, info: TurnInfo, cached: str) -> None:
     close_turn(parts, end, tail, text, final)
 
 
-def start_frame(info: TurnInfo, settings: TurnSettings, *, cached: bool) -> bytes:
-    """Encode a turn's first event."""
+def start_frame(
+    info: TurnInfo, settings: TurnSettings, *, cached: bool, model: str = ""
+) -> bytes:
+    """Encode a turn's first event, naming the model asked (`model`, if given)."""
     data = {
         "id": info.id,
         "conversation_id": info.conversation_id,
         "provider": settings.provider,
-        "model": settings.model,
+        "model": model or settings.model,
         "cached": cached,
     }
     return sse.frame(1, "start", data)

@@ -101,14 +101,23 @@ def start_turn(
     conversation_id: str | None,
     idempotency_key: str | None,
     describe: Callable[[str, str], dict[str, Any]],
+    model: str = "",
+    refusal: ApiError | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
     `describe(turn_id, conversation_id)` builds the response body, so that a
     retry with the same key gets the very same body back. The caller has
-    checked that `identity` owns `conversation_id`.
+    checked that `identity` owns `conversation_id`. `model` is the model the
+    admission chose (the site's spend may move turns to the fallback model);
+    `refusal`, the site's ceiling, is raised unless a cached answer serves.
     """
     history = relay.history
+    model = model or config["MODEL"]
+    if refusal is not None and (
+        conversation_id is not None or not _cached(history, config, message, model)
+    ):
+        raise refusal
     turn_id = new_id()
     cid = conversation_id or new_id()
     body = describe(turn_id, cid)
@@ -126,7 +135,7 @@ def start_turn(
     else:
         history.append(cid, StoredMessage("user", message, now))
     request = ChatRequest(
-        model=config["MODEL"],
+        model=model,
         system=config["SYSTEM_PROMPT"],
         messages=(
             *context(earlier_messages, config["HISTORY_MAX_CHARS"]),
@@ -141,7 +150,21 @@ def start_turn(
         key = cache_key(request, config["PROVIDER"])
         cached = history.cached_answer(key)
         if cached is not None:
-            relay.replay(info, cached)
+            relay.replay(info, cached, model)
             return body, True
     relay.start(info, request, cache_key=key)
     return body, True
+
+
+def _cached(history: History, config: dict[str, Any], message: str, model: str) -> bool:
+    """Whether a new conversation's first message has a cached answer."""
+    if not config["CACHE_TTL"]:
+        return False
+    request = ChatRequest(
+        model=model,
+        system=config["SYSTEM_PROMPT"],
+        messages=(Message("user", message),),
+        max_output_tokens=config["MAX_OUTPUT_TOKENS"],
+        temperature=config["TEMPERATURE"],
+    )
+    return history.cached_answer(cache_key(request, config["PROVIDER"])) is not None

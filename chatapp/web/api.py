@@ -96,9 +96,18 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     body = earlier_turn(st.history, who, key)
     if body is None:
         who, describe = _bot_check(who, values)
-        with admit_turn(who) as admission:  # rate limit, quota, streams, capacity
+        bound = _input_bound(st.config, message, conversation_id)
+        with admit_turn(who, bound) as admission:  # every limit, in SPEC's order
             body, new = start_turn(
-                st.relay, st.config, who, message, conversation_id, key, describe
+                st.relay,
+                st.config,
+                who,
+                message,
+                conversation_id,
+                key,
+                describe,
+                admission.model,
+                admission.refusal,
             )
             if new:
                 admission.started(body["id"])
@@ -112,6 +121,12 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
     headers.update(rate_limit_headers())  # counted by the hit itself, no second scan
     return jsonify(body), 201, headers
+
+
+def _input_bound(config: dict[str, Any], message: str, conversation: str | None) -> int:
+    """Bound a turn's input in characters: prompt, message, history if any."""
+    history = config["HISTORY_MAX_CHARS"] if conversation else 0
+    return len(config["SYSTEM_PROMPT"]) + len(message) + history
 
 
 def _bot_check(

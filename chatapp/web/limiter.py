@@ -18,11 +18,14 @@ Redis Cluster: each window is one key, so one slot.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import time
+from collections.abc import Callable
 from typing import cast
 
 import redis
+import requests
 from flask import Flask
 from flask import Response
 from flask import current_app
@@ -41,10 +44,13 @@ from chatapp.tokens import TokenInvalid
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
 from chatapp.turns.admit import Leases
+from chatapp.turns.spend import Alert
+from chatapp.upstream.webhook import Webhook
 from chatapp.web import limits_storage
 from chatapp.web import moving_window
 
 EXTENSION = "chatapp.limits"
+spend_log = logging.getLogger("chatapp.spend")
 # An IPv6 client is its /56, the usual home delegation (RFC 6177).
 IPV6_PREFIX = 56
 TOKEN_REFRESH_LIMITS = "30/minute"
@@ -140,8 +146,11 @@ def gate() -> Gate:
     return value
 
 
-def admit_turn(identity: Identity) -> Admission:
-    """Check a valid chat POST against every limit, in SPEC's order."""
+def admit_turn(identity: Identity, input_chars: int = 0) -> Admission:
+    """Check a valid chat POST against every limit, in SPEC's order.
+
+    `input_chars` bounds the turn's input, for the site's spend ceilings.
+    """
     if current_app.extensions["chatapp"].relay.draining:
         raise ApiError(
             503,
@@ -152,7 +161,7 @@ def admit_turn(identity: Identity) -> Admission:
     client = key_for(identity)
     g.chatapp_counting = True
     _count_chat_turn()
-    return Admission(gate(), gate().admit(client))
+    return Admission(gate(), gate().admit(client, input_chars))
 
 
 def rate_limit_headers() -> dict[str, str]:
@@ -190,6 +199,19 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
     )
 
 
+def _spend_alerts(url: str, http: requests.Session) -> Callable[[Alert], None]:
+    """Log each spend alert, and post it to the owner's webhook if there is one."""
+    hook = Webhook(url, http) if url else None
+
+    def alert(alert: Alert) -> None:
+        payload = alert.payload()
+        spend_log.warning("spend.alert", extra=payload)
+        if hook is not None:
+            hook.send(payload)
+
+    return alert
+
+
 def init_limits(app: Flask) -> Gate:
     """Bind the limiter and this worker's gate to the app."""
     st = app.extensions["chatapp"]
@@ -210,7 +232,11 @@ def init_limits(app: Flask) -> Gate:
         app.config["RATELIMIT_STORAGE_URI"] = "memory://"
     leases = st.events if client is not None else None
     state_gate = Gate(
-        config, lambda: st.relay.running, client, leases=cast("Leases | None", leases)
+        config,
+        lambda: st.relay.running,
+        client,
+        leases=cast("Leases | None", leases),
+        alert=_spend_alerts(config["ALERT_WEBHOOK"], st.http),
     )
     app.extensions[EXTENSION] = state_gate
     st.relay.on_end.append(state_gate.turn_finished)
