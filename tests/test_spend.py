@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,18 @@ from chatapp.prices import Price
 from chatapp.prices import parse_ceilings
 from chatapp.prices import parse_percentages
 from chatapp.prices import parse_prices
+from chatapp.store.redis import connect
+from chatapp.store.spend import Ask
+from chatapp.store.spend import MemorySpendStore
+from chatapp.store.spend import Periods
+from chatapp.store.spend import RedisSpendStore
+from chatapp.store.spend import Settlement
+from chatapp.store.spend import SpendStore
+from chatapp.store.spend import Totals
+from chatapp.store.spend import Verdict
 from chatapp.upstream.anthropic import _State as AnthropicUsage
 from chatapp.upstream.openai_compat import _Batch as OpenAIUsage
+from tests.conftest import RedisServer
 
 # -- prices ------------------------------------------------------------------------
 
@@ -179,3 +191,97 @@ def test_soft_ceilings_need_a_fallback_model() -> None:
 def test_prices_without_ceilings_need_not_cover_every_model() -> None:
     config = load_config(environ={"CHATAPP_PRICES": "gpt-5-mini=0.25/2"})
     assert "demo" not in config["PRICES"]
+
+
+# -- the ledger: memory and Redis, one contract ------------------------------------
+
+PERIODS = Periods("20260115", "202601", 3600, 86400)
+
+
+def ask(
+    cost: int, hard: tuple[int, int] = (0, 0), soft: tuple[int, int] = (0, 0)
+) -> Ask:
+    return Ask("big", cost, "small", cost // 10, hard, soft)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def ledger(request: pytest.FixtureRequest) -> SpendStore:
+    if request.param == "memory":
+        return MemorySpendStore()
+    server: RedisServer = request.getfixturevalue("redis_server")
+    server.command("-n", "9", "FLUSHDB")
+    return RedisSpendStore(connect(f"redis://127.0.0.1:{server.port}/9", 64))
+
+
+class TestLedgerContract:
+    def test_a_turn_holds_in_both_periods_or_in_neither(
+        self, ledger: SpendStore
+    ) -> None:
+        held = ledger.reserve(PERIODS, ask(60, hard=(100, 1000)), None)
+        assert (held.model, held.amount, held.refused) == ("big", 60, ())
+        assert held.totals == Totals((60, 60), (0, 0))
+        refused = ledger.reserve(PERIODS, ask(60, hard=(100, 1000)), None)
+        assert refused.refused == ("day",)
+        assert refused.totals.used == (60, 60)  # nothing held by a refusal
+        month = ledger.reserve(PERIODS, ask(40, hard=(0, 90)), None)
+        assert month.refused == ("month",)
+        both = ledger.reserve(PERIODS, ask(60, hard=(100, 90)), None)
+        assert both.refused == ("day", "month")
+
+    def test_past_a_soft_ceiling_the_fallback_is_held(self, ledger: SpendStore) -> None:
+        first = ledger.reserve(PERIODS, ask(100, soft=(50, 0)), None)
+        assert (first.model, first.amount) == ("big", 100)
+        second = ledger.reserve(PERIODS, ask(100, soft=(50, 0)), None)
+        assert (second.model, second.amount) == ("small", 10)
+        assert second.totals.used == (110, 110)
+
+    def test_settlements_give_back_the_unspent_and_count_by_model(
+        self, ledger: SpendStore
+    ) -> None:
+        ledger.reserve(PERIODS, ask(100), None)
+        ledger.reserve(PERIODS, ask(100), None)
+        settle = Settlement()
+        settle.add("big", 100, 7)
+        settle.add("big", 100, 3)
+        verdict = ledger.reserve(PERIODS, None, settle)
+        assert verdict.totals == Totals((10, 10), (10, 10))
+        totals, models = ledger.totals(PERIODS)
+        assert totals == verdict.totals
+        assert models == {"big": (10, 2)}
+        back = Settlement()
+        back.give_back(5)
+        assert ledger.reserve(PERIODS, None, back).totals.used == (5, 5)
+
+    def test_a_new_day_starts_at_zero_in_the_same_month(
+        self, ledger: SpendStore
+    ) -> None:
+        ledger.reserve(PERIODS, ask(100), None)
+        tomorrow = Periods("20260116", "202601", 3600, 86400)
+        assert ledger.reserve(tomorrow, ask(1), None).totals.used == (1, 101)
+
+    def test_an_alert_is_claimed_once(self, ledger: SpendStore) -> None:
+        assert ledger.claim_alert("day:20260115:80", 60)
+        assert not ledger.claim_alert("day:20260115:80", 60)
+        assert ledger.claim_alert("day:20260116:80", 60)
+
+
+@pytest.mark.redis
+def test_concurrent_turns_never_overshoot_a_ceiling(redis_server: RedisServer) -> None:
+    """200 turns of uneven sizes at once, from 50 threads on 4 clients."""
+    redis_server.command("-n", "10", "FLUSHDB")
+    url = f"redis://127.0.0.1:{redis_server.port}/10"
+    stores = [RedisSpendStore(connect(url, 64)) for _ in range(4)]
+    limit = 10_000
+    costs = [random.Random(n).randint(50, 400) for n in range(200)]
+
+    def turn(n: int) -> Verdict:
+        return stores[n % 4].reserve(PERIODS, ask(costs[n], hard=(limit, 0)), None)
+
+    with ThreadPoolExecutor(50) as pool:
+        verdicts = list(pool.map(turn, range(200)))
+    held = sum(v.amount for v in verdicts if not v.refused)
+    refused = [c for c, v in zip(costs, verdicts, strict=True) if v.refused]
+    used = stores[0].totals(PERIODS)[0].used[0]
+    assert used == held <= limit
+    assert refused, "the ceiling was never reached"
+    assert limit - used < max(costs)  # full up to the largest single reservation
