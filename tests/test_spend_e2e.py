@@ -24,6 +24,8 @@ from tests.conftest import data_of
 from tests.conftest import openai_settings
 from tests.conftest import wait_for
 from tests.fake_provider import FakeProvider
+from tests.test_openapi_e2e import DOCUMENT
+from tests.test_openapi_e2e import Contract
 
 pytestmark = pytest.mark.e2e
 
@@ -65,6 +67,9 @@ def mode(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"CHATAPP_REDIS_URL": url, "CHATAPP_WORKERS": "2"}
 
 
+CONTRACT = Contract(json.loads(DOCUMENT.read_text(encoding="utf-8")))
+
+
 def spend(service: Service) -> dict[str, Any]:
     response = requests.get(
         service.url + "/api/spend",
@@ -72,7 +77,7 @@ def spend(service: Service) -> dict[str, Any]:
         timeout=10,
     )
     assert response.status_code == 200, response.text
-    assert response.headers["Cache-Control"] == "no-store"
+    CONTRACT.check(response, "GET", "/api/spend")
     body: dict[str, Any] = response.json()
     return body
 
@@ -125,6 +130,7 @@ def test_a_hard_ceiling_refuses_until_the_day_ends(
     refused = client.post(message="one turn too many")
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "site_budget_exhausted"
+    CONTRACT.check(refused, "POST", "/api/chat")
     until_midnight = period_ends(time.time())[0] - time.time()
     assert abs(int(refused.headers["Retry-After"]) - until_midnight) <= 5
 
@@ -357,9 +363,22 @@ def test_spend_answers_only_the_owner(
     bare = requests.get(url, timeout=10)
     assert bare.status_code == 401
     assert bare.json()["error"]["code"] == "unauthorized"
+    CONTRACT.check(bare, "GET", "/api/spend")
     wrong = requests.get(url, headers={"Authorization": "Bearer nope"}, timeout=10)
     assert wrong.status_code == 403
     assert wrong.json()["error"]["code"] == "forbidden"
+    CONTRACT.check(wrong, "GET", "/api/spend")
     report = spend(service)
     assert report["periods"]["day"]["limit"] is None
     assert report["periods"]["day"]["spent"] == 0
+
+    unpriced = service_factory(
+        **openai_settings(fake_provider, CHATAPP_ADMIN_TOKEN=ADMIN)
+    )
+    off = requests.get(
+        unpriced.url + "/api/spend",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=10,
+    )
+    assert off.status_code == 404
+    CONTRACT.check(off, "GET", "/api/spend")
