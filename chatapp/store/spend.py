@@ -29,12 +29,15 @@ PERIODS = ("day", "month")
 
 @dataclass(frozen=True, slots=True)
 class Periods:
-    """The UTC day and month a turn counts in, and how long to keep each."""
+    """The UTC day and month a turn counts in, and how long to keep each.
+
+    Two are equal when they name the same day and month, whatever the TTLs.
+    """
 
     day: str
     month: str
-    day_ttl: int
-    month_ttl: int
+    day_ttl: int = field(compare=False)
+    month_ttl: int = field(compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -365,10 +365,23 @@ class Gate:
         if store is not self._spend_shared:
             store.reserve(periods, None, settlement)
             return
-        if governor.pend(periods, settlement) and (
-            self._flush_at is None or self._flush_at.dead
-        ):
-            self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self.flush_spend)
+        governor.pend(periods, settlement)
+        if self._flush_at is None or self._flush_at.dead:
+            self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self._flush_due)
+
+    def _flush_due(self) -> None:
+        """Flush what has waited FLUSH_SECONDS; look again when that will be."""
+        governor = self.spend
+        since = governor.pending_since if governor is not None else None
+        if since is None:
+            return  # reservations carried it all
+        left = since + FLUSH_SECONDS - time.monotonic()
+        if left <= 0:
+            self.flush_spend()
+            since = governor.pending_since if governor is not None else None
+            left = FLUSH_SECONDS if since is not None else 0
+        if left > 0:
+            self._flush_at = gevent.spawn_later(left, self._flush_due)
 
     def flush_spend(self) -> None:
         """Carry this worker's waiting settlements to Redis now."""
@@ -381,7 +394,8 @@ class Gate:
             except redis.RedisError as exc:
                 log.warning("spend: could not settle (%s)", type(exc).__name__)
                 governor.put_back({periods: settlement})
-                self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self.flush_spend)
+                if self._flush_at is None or self._flush_at.dead:
+                    self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self._flush_due)
                 return
             self._check_alerts(shared, periods, verdict.totals, ())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import calendar
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
@@ -115,6 +116,7 @@ class Governor:
         self.soft = (soft.get("day", 0), soft.get("month", 0))
         self.thresholds: tuple[int, ...] = tuple(config["SPEND_ALERTS"])
         self._pending: dict[Periods, Settlement] = {}
+        self.pending_since: float | None = None  # monotonic; None = nothing waits
         self._alerted: set[str] = set()
 
     @property
@@ -170,19 +172,22 @@ class Governor:
 
     # -- settlements waiting for the next reservation ---------------------------
 
-    def pend(self, periods: Periods, settlement: Settlement) -> bool:
-        """Keep a settlement for later; say whether nothing was waiting."""
-        first = not self._pending
+    def pend(self, periods: Periods, settlement: Settlement) -> None:
+        """Keep a settlement for the next reservation (or flush) to carry."""
+        if not self._pending:
+            self.pending_since = time.monotonic()
         self._pending.setdefault(periods, Settlement()).merge(settlement)
-        return first
 
     def take_pending(self, periods: Periods | None = None) -> dict[Periods, Settlement]:
         """Hand over what waits (for `periods` only, if named)."""
         if periods is None:
             taken, self._pending = self._pending, {}
-            return taken
-        one = self._pending.pop(periods, None)
-        return {periods: one} if one is not None else {}
+        else:
+            one = self._pending.pop(periods, None)
+            taken = {periods: one} if one is not None else {}
+        if not self._pending:
+            self.pending_since = None
+        return taken
 
     def put_back(self, pending: dict[Periods, Settlement]) -> None:
         """Keep settlements the store did not take, for the next try."""
