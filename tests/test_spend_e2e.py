@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -382,3 +384,43 @@ def test_spend_answers_only_the_owner(
     )
     assert off.status_code == 404
     CONTRACT.check(off, "GET", "/api/spend")
+
+
+@pytest.mark.redis
+def test_a_killed_workers_holds_are_settled_by_another_host(
+    service_factory: ServiceFactory, fake_provider: FakeProvider, redis_url: str
+) -> None:
+    settings = spend_settings(
+        fake_provider,
+        CHATAPP_SPEND_LIMITS="0.35/day",
+        CHATAPP_REDIS_URL=redis_url,
+        CHATAPP_WORKERS="1",
+    )
+    dying, other = service_factory(**settings), service_factory(**settings)
+    client = ChatClient(dying.url)
+    held = [client.start(STALL_PAID) for _ in range(3)]
+    for turn in held:  # each streamed its two pieces before the kill
+        assert [e.event for e in client.events(turn, limit=3)][1:] == ["delta"] * 2
+    (worker,) = dying.worker_pids()
+    os.kill(worker, signal.SIGKILL)
+
+    # The other host refuses until the dead worker's lease lapses, then
+    # settles its holds to what its turns streamed, and admits again.
+    survivor = ChatClient(other.url)
+
+    def admitted() -> bool:
+        response = survivor.post(message="fake: | after the kill")
+        if response.status_code == 429:
+            assert response.json()["error"]["code"] == "site_budget_exhausted"
+            return False
+        assert response.status_code == 201, response.text
+        survivor.events(turn_of(response))
+        return True
+
+    wait_for(admitted, 20, "the dead worker's holds to be settled", every=0.2)
+    day = settled(other)
+    # Each dead turn is charged what its log holds of the two pieces (a
+    # worker writes its log a moment after its own readers see the text),
+    # never the 0.1 it held; the new answer's 5 pieces cost 0.005.
+    assert 3 * 0.001 + 0.005 <= day["spent"] <= 3 * 0.002 + 0.005
+    assert spend(other)["models"][MODEL]["turns"] == 4
