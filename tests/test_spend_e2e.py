@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from chatapp.turns.spend import period_ends
+from tests.conftest import ROOT
 from tests.conftest import ChatClient
 from tests.conftest import RedisServer
 from tests.conftest import Service
@@ -424,3 +429,65 @@ def test_a_killed_workers_holds_are_settled_by_another_host(
     # never the 0.1 it held; the new answer's 5 pieces cost 0.005.
     assert 3 * 0.001 + 0.005 <= day["spent"] <= 3 * 0.002 + 0.005
     assert spend(other)["models"][MODEL]["turns"] == 4
+
+
+# -- the example Prometheus rule -----------------------------------------------------
+
+RULES = ROOT / "deploy" / "prometheus-spend-rules.yml"
+RATIO = "chatapp_spend_ceiling_used_ratio"
+
+
+def test_the_example_alert_rule_is_valid_and_fires_past_80_percent(
+    tmp_path: Path,
+) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool is not installed (apt-get install prometheus)")
+    check = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    rules = {
+        r["alert"]: r for r in yaml.safe_load(RULES.read_text())["groups"][0]["rules"]
+    }
+    near = rules["ChatappSpendCeilingNear"]["annotations"]
+    # Two hosts report the same site-wide ratio: max() does not add them.
+    series = [
+        {
+            "series": f'{RATIO}{{period="day",instance="{i}"}}',
+            "values": "0.5 0.5 0.85x10",
+        }
+        for i in ("a", "b")
+    ]
+    firing = {
+        "exp_labels": {"severity": "warning", "period": "day"},
+        "exp_annotations": {
+            "summary": "chatapp has used 85% of its day spend ceiling",
+            "description": near["description"],
+        },
+    }
+    unit = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [
+                    {"eval_time": "3m", "alertname": "ChatappSpendCeilingNear"},
+                    {
+                        "eval_time": "10m",
+                        "alertname": "ChatappSpendCeilingNear",
+                        "exp_alerts": [firing],
+                    },
+                    {"eval_time": "10m", "alertname": "ChatappSpendCeilingReached"},
+                ],
+            }
+        ],
+    }
+    test_file = tmp_path / "spend-rules-test.yml"
+    test_file.write_text(yaml.safe_dump(unit))
+    tested = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True
+    )
+    assert tested.returncode == 0, tested.stdout + tested.stderr
