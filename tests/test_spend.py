@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
+from typing import ClassVar
 
 import pytest
+import requests
 
 from chatapp.config import load_config
 from chatapp.errors import ConfigError
@@ -24,8 +30,10 @@ from chatapp.store.spend import Settlement
 from chatapp.store.spend import SpendStore
 from chatapp.store.spend import Totals
 from chatapp.store.spend import Verdict
+from chatapp.turns.spend import Governor
 from chatapp.upstream.anthropic import _State as AnthropicUsage
 from chatapp.upstream.openai_compat import _Batch as OpenAIUsage
+from chatapp.upstream.webhook import Webhook
 from tests.conftest import RedisServer
 
 # -- prices ------------------------------------------------------------------------
@@ -285,3 +293,82 @@ def test_concurrent_turns_never_overshoot_a_ceiling(redis_server: RedisServer) -
     assert used == held <= limit
     assert refused, "the ceiling was never reached"
     assert limit - used < max(costs)  # full up to the largest single reservation
+
+
+# -- alerts ----------------------------------------------------------------------------
+
+
+def governor(**settings: Any) -> Governor:
+    env = {"CHATAPP_PRICES": "demo=1/2;cheap=0.1/0.2", **settings}
+    return Governor(load_config(environ=env))
+
+
+def test_each_threshold_is_found_once_per_period() -> None:
+    g = governor(CHATAPP_SPEND_LIMITS="1/day;10/month")
+    assert g.crossed(PERIODS, Totals((400_000, 400_000), (400_000, 400_000)), ()) == []
+    found = g.crossed(PERIODS, Totals((900_000, 900_000), (810_000, 810_000)), ())
+    assert [name for name, _ in found] == ["day:20260115:50", "day:20260115:80"]
+    alert = found[1][1]
+    assert alert.payload() == {
+        "text": "chatapp: 80% of this day's spend ceiling is used (0.81 of 1 USD).",
+        "kind": "threshold",
+        "period": "day",
+        "percent": 80,
+        "spent": 0.81,
+        "limit": 1.0,
+        "currency": "USD",
+    }
+    for name, _ in found:
+        g.claimed(name)
+    # The ceiling refuses a turn before what was settled reaches it.
+    (reached,) = g.crossed(PERIODS, Totals((950_000, 950_000), (900_000, 0)), ("day",))
+    assert reached[0] == "day:20260115:100"
+    assert "reached its ceiling" in reached[1].payload()["text"]
+
+
+def test_passing_a_soft_ceiling_alerts_too() -> None:
+    g = governor(
+        CHATAPP_SPEND_LIMITS="10/day",
+        CHATAPP_SPEND_SOFT_LIMITS="2/day",
+        CHATAPP_FALLBACK_MODEL="cheap",
+        CHATAPP_SPEND_ALERTS="90",
+    )
+    (soft,) = g.crossed(PERIODS, Totals((2_000_000, 0), (1_500_000, 0)), ())
+    assert soft[0] == "day:20260115:soft"
+    assert soft[1].payload()["kind"] == "soft_limit"
+    assert "fallback model" in soft[1].payload()["text"]
+
+
+class _Hook(BaseHTTPRequestHandler):
+    hits: ClassVar[list[str]] = []
+
+    def do_POST(self) -> None:
+        self.hits.append(self.path)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.path == "/moved":
+            self.send_response(307)
+            self.send_header("Location", "/elsewhere")
+        else:
+            self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_the_webhook_never_follows_a_redirect_and_tries_a_few_times() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with requests.Session() as http:
+            assert not Webhook(base + "/moved", http, pause=0.01).post({"text": "x"})
+            assert _Hook.hits == ["/moved"] * 3
+            assert Webhook(base + "/fine", http, pause=0.01).post({"text": "x"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    closed = Webhook(base + "/fine", requests.Session(), pause=0.01)
+    assert not closed.post({"text": "nobody listens"})

@@ -25,13 +25,16 @@ FIRST_PAUSE = 1.0
 class Webhook:
     """Post alerts to one URL."""
 
-    def __init__(self, url: str, session: requests.Session) -> None:
+    def __init__(
+        self, url: str, session: requests.Session, pause: float = FIRST_PAUSE
+    ) -> None:
         self.url = url
         self._session = session
+        self._pause = pause
 
     def post(self, payload: dict[str, Any]) -> bool:
         """Post `payload`, a few times if need be; say whether it was taken."""
-        pause = FIRST_PAUSE
+        pause = self._pause
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 response = self._session.post(
