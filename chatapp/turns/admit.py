@@ -330,20 +330,29 @@ class Gate:
     def _reserve_spend(self, held: Reservation, now: float, input_chars: int) -> None:
         """Hold the turn's worst case, or carry the site's refusal."""
         governor = self.spend
-        assert governor is not None
+        if governor is None:
+            return
         periods = periods_at(now)
         ask = governor.ask(input_chars)
         shared = self._spend_shared
         pending = governor.take_pending(periods).get(periods)
+        carried = [pending]  # only the first call carries the settlements
 
         def reserve(store: SpendStore) -> Any:
-            return store.reserve(periods, ask, pending if store is shared else None)
+            settle = carried[0] if store is shared else None
+            return store.reserve(periods, ask, settle)
 
         verdict, store = self._either(
             cast("SpendStore | None", shared), self.spend_memory, reserve
         )
+        carried[0] = None
         if pending is not None and store is not shared:
             governor.put_back({periods: pending})
+        if verdict.refused and self._reclaim(now=True):
+            # A dead worker's turns held part of the ceiling: ask again.
+            verdict, store = self._either(
+                cast("SpendStore | None", shared), self.spend_memory, reserve
+            )
         held.model = verdict.model
         if verdict.refused:
             held.refusal = governor.refusal(verdict, now)
@@ -358,12 +367,13 @@ class Gate:
             return
         held.spend_store = None
         settlement = Settlement()
-        if outcome is None:
-            settlement.give_back(held.spend)
+        if outcome is None or outcome.cached:
+            settlement.give_back(held.spend)  # no provider call: no turn of a model
         else:
             settlement.add(held.model, held.spend, governor.cost(held.model, outcome))
         if store is not self._spend_shared:
-            store.reserve(periods, None, settlement)
+            verdict = store.reserve(periods, None, settlement)
+            self._check_alerts(store, periods, verdict.totals, ())
             return
         governor.pend(periods, settlement)
         if self._flush_at is None or self._flush_at.dead:
