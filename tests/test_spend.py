@@ -35,6 +35,7 @@ from chatapp.upstream.anthropic import _State as AnthropicUsage
 from chatapp.upstream.openai_compat import _Batch as OpenAIUsage
 from chatapp.upstream.webhook import Webhook
 from tests.conftest import RedisServer
+from tests.redis_topologies import RedisClusterSet
 
 # -- prices ------------------------------------------------------------------------
 
@@ -372,3 +373,21 @@ def test_the_webhook_never_follows_a_redirect_and_tries_a_few_times() -> None:
         server.server_close()
     closed = Webhook(base + "/fine", requests.Session(), pause=0.01)
     assert not closed.post({"text": "nobody listens"})
+
+
+@pytest.mark.redis
+def test_the_ledger_keeps_to_one_slot_of_a_cluster() -> None:
+    cluster = RedisClusterSet(replicas=0).start()
+    try:
+        ledger = RedisSpendStore(connect(cluster.url, 8))
+        held = ledger.reserve(PERIODS, ask(60, hard=(100, 1000)), None)
+        assert held.amount == 60
+        settle = Settlement()
+        settle.add("big", 60, 20)
+        again = ledger.reserve(PERIODS, ask(90, hard=(200, 1000)), settle)
+        assert (again.amount, again.refused) == (90, ())
+        totals = (Totals((110, 110), (20, 20)), {"big": (20, 1)})
+        assert ledger.totals(PERIODS) == totals
+        assert ledger.claim_alert("day:20260115:50", 60)
+    finally:
+        cluster.stop()
