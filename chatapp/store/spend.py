@@ -1,11 +1,12 @@
 """Where the site's spend is counted: memory (one process) or Redis (every host).
 
-{chatapp:spend}:day:<YYYYMMDD>     hash: `used` (settled + held by running
-                                   turns, what ceilings are checked against)
-                                   and `spent` (settled), in micro-units
-{chatapp:spend}:month:<YYYYMM>     the same for the UTC month
-{chatapp:spend}:models:<YYYYMM>    hash: `spent:<model>`, `turns:<model>`
-{chatapp:spend}:alert:<period>:<key>:<name>   an alert claimed (SET NX)
+chatapp:spend:{site}:day:<YYYYMMDD>    hash: `used` (settled + held by
+                                       running turns, what ceilings are
+                                       checked against) and `spent`
+                                       (settled), in micro-units
+chatapp:spend:{site}:month:<YYYYMM>    the same for the UTC month
+chatapp:spend:{site}:models:<YYYYMM>   hash: `spent:<model>`, `turns:<model>`
+chatapp:spend:{site}:alert:<period>:<key>:<name>   an alert claimed (SET NX)
 
 One hash tag for all of them: the script that checks and reserves both
 periods names three keys, which Redis Cluster needs in one slot. A worker
@@ -23,7 +24,7 @@ from typing import cast
 
 import redis
 
-TAG = "{chatapp:spend}"
+TAG = "chatapp:spend:{site}"
 PERIODS = ("day", "month")
 
 
