@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Any
+from typing import Protocol
 
 from chatapp.errors import ApiError
 from chatapp.store.conversations import History
@@ -93,6 +94,18 @@ def conversation_messages(
     ]
 
 
+class Admitted(Protocol):
+    """What a turn's admission decided beyond yes (turns/admit.py)."""
+
+    @property
+    def model(self) -> str:
+        """The model to ask (the fallback past a soft ceiling); empty: the usual."""
+
+    @property
+    def refusal(self) -> ApiError | None:
+        """The site's spend ceiling: raised unless a cached answer serves."""
+
+
 def start_turn(
     relay: Relay,
     config: dict[str, Any],
@@ -101,19 +114,18 @@ def start_turn(
     conversation_id: str | None,
     idempotency_key: str | None,
     describe: Callable[[str, str], dict[str, Any]],
-    model: str = "",
-    refusal: ApiError | None = None,
+    admitted: Admitted | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
     `describe(turn_id, conversation_id)` builds the response body, so that a
     retry with the same key gets the very same body back. The caller has
-    checked that `identity` owns `conversation_id`. `model` is the model the
-    admission chose (the site's spend may move turns to the fallback model);
-    `refusal`, the site's ceiling, is raised unless a cached answer serves.
+    checked that `identity` owns `conversation_id`. `admitted` says which
+    model the turn asks and whether the site's ceiling refuses it.
     """
     history = relay.history
-    model = model or config["MODEL"]
+    model = (admitted.model if admitted else "") or config["MODEL"]
+    refusal = admitted.refusal if admitted else None
     if refusal is not None and (
         conversation_id is not None or not _cached(history, config, message, model)
     ):

@@ -89,25 +89,16 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     values = parse.fields()
     who = parse.identity(parse.page_token(values))
     message = parse.message(values)
-    conversation_id = parse.text_field(values, "conversation_id")
-    check_conversation(st.history, who, conversation_id)
+    cid = parse.text_field(values, "conversation_id")
+    check_conversation(st.history, who, cid)
     key = parse.idempotency_key(values)
     # A retry of an accepted turn gets that turn back, whatever the limits say.
     body = earlier_turn(st.history, who, key)
     if body is None:
         who, describe = _bot_check(who, values)
-        bound = _input_bound(st.config, message, conversation_id)
-        with admit_turn(who, bound) as admission:  # every limit, in SPEC's order
+        with admit_turn(who, message, cid) as admission:  # every limit, in order
             body, new = start_turn(
-                st.relay,
-                st.config,
-                who,
-                message,
-                conversation_id,
-                key,
-                describe,
-                admission.model,
-                admission.refusal,
+                st.relay, st.config, who, message, cid, key, describe, admission
             )
             if new:
                 admission.started(body["id"])
@@ -121,12 +112,6 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
     headers.update(rate_limit_headers())  # counted by the hit itself, no second scan
     return jsonify(body), 201, headers
-
-
-def _input_bound(config: dict[str, Any], message: str, conversation: str | None) -> int:
-    """Bound a turn's input in characters: prompt, message, history if any."""
-    history = config["HISTORY_MAX_CHARS"] if conversation else 0
-    return len(config["SYSTEM_PROMPT"]) + len(message) + history
 
 
 def _bot_check(

@@ -146,11 +146,10 @@ def gate() -> Gate:
     return value
 
 
-def admit_turn(identity: Identity, input_chars: int = 0) -> Admission:
-    """Check a valid chat POST against every limit, in SPEC's order.
-
-    `input_chars` bounds the turn's input, for the site's spend ceilings.
-    """
+def admit_turn(
+    identity: Identity, message: str = "", conversation_id: str | None = None
+) -> Admission:
+    """Check a valid chat POST against every limit, in SPEC's order."""
     if current_app.extensions["chatapp"].relay.draining:
         raise ApiError(
             503,
@@ -161,7 +160,11 @@ def admit_turn(identity: Identity, input_chars: int = 0) -> Admission:
     client = key_for(identity)
     g.chatapp_counting = True
     _count_chat_turn()
-    return Admission(gate(), gate().admit(client, input_chars))
+    config = current_app.extensions["chatapp"].config
+    # The site's spend holds the turn's worst case: its whole input at most.
+    history = config["HISTORY_MAX_CHARS"] if conversation_id else 0
+    bound = len(config["SYSTEM_PROMPT"]) + len(message) + history
+    return Admission(gate(), gate().admit(client, bound))
 
 
 def rate_limit_headers() -> dict[str, str]:
