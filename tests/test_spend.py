@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
@@ -30,6 +32,9 @@ from chatapp.store.spend import Settlement
 from chatapp.store.spend import SpendStore
 from chatapp.store.spend import Totals
 from chatapp.store.spend import Verdict
+from chatapp.turns.admit import Gate
+from chatapp.turns.model import TurnEnd
+from chatapp.turns.model import TurnInfo
 from chatapp.turns.spend import Governor
 from chatapp.upstream.anthropic import _State as AnthropicUsage
 from chatapp.upstream.openai_compat import _Batch as OpenAIUsage
@@ -391,3 +396,57 @@ def test_the_ledger_keeps_to_one_slot_of_a_cluster() -> None:
         assert ledger.claim_alert("day:20260115:50", 60)
     finally:
         cluster.stop()
+
+
+# -- the gate: spend held, settled, and counted in memory while Redis is away ----
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to kill without disturbing others."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.kill()
+    shutil.rmtree(server.dir, ignore_errors=True)
+
+
+def ended(turn_id: str, output_tokens: int) -> TurnEnd:
+    info = TurnInfo(turn_id, "v:x", "conv-0001", 0.0)
+    return TurnEnd(info, "stop", None, 0, output_tokens, 40, None)
+
+
+@pytest.mark.redis
+def test_the_gate_holds_and_settles_spend_and_counts_in_memory_while_redis_is_away(
+    private_redis: RedisServer,
+) -> None:
+    env = {
+        "CHATAPP_PRICES": "demo=0/1000",  # 100 output tokens at most: 0.1 held
+        "CHATAPP_SPEND_LIMITS": "0.25/day",
+        "CHATAPP_MAX_OUTPUT_TOKENS": "100",
+    }
+    client = connect(f"redis://127.0.0.1:{private_redis.port}/0", 8)
+    gate = Gate(load_config(environ=env), lambda: 0, client)
+    first, second = gate.admit("ip:192.0.2.1"), gate.admit("ip:192.0.2.2")
+    third = gate.admit("ip:192.0.2.3")
+    assert first.refusal is None and second.refusal is None
+    assert third.refusal is not None and third.refusal.code == "site_budget_exhausted"
+    gate.release(third)
+    gate.started(first, "turn-0001")
+    gate.turn_finished(ended("turn-0001", 10))  # waits for the next reservation
+    report = gate.spend_report()  # which carries it now
+    assert report is not None
+    assert report["periods"]["day"] == {
+        **report["periods"]["day"],
+        "spent": 0.01,
+        "held": 0.1,
+    }
+    assert report["models"] == {"demo": {"spent": 0.01, "turns": 1}}
+
+    private_redis.kill()
+    away = gate.admit("ip:192.0.2.4")  # this worker's memory: nothing held yet
+    assert away.refusal is None and away.spend_store is gate.spend_memory
+    gate.release(away)
+    gate.release(second)  # held in Redis, which is away: nothing breaks
+    report = gate.spend_report()
+    assert report is not None and report["periods"]["day"]["held"] == 0

@@ -344,6 +344,30 @@ def test_each_threshold_alerts_once_across_two_hosts(
     assert sorted(line["percent"] for line in logged) == [50, 80, 100]
 
 
+def test_memory_mode_alerts_each_threshold_once(
+    service_factory: ServiceFactory, fake_provider: FakeProvider, webhook: Webhook
+) -> None:
+    service = service_factory(
+        **spend_settings(
+            fake_provider,
+            CHATAPP_SPEND_LIMITS="0.5/day",
+            CHATAPP_ALERT_WEBHOOK=webhook.url,
+        )
+    )
+    client = ChatClient(service.url)
+    for _ in range(20):
+        response = client.post(message=COSTLY)
+        if response.status_code != 201:
+            assert response.json()["error"]["code"] == "site_budget_exhausted"
+            break
+        client.events(turn_of(response))
+    else:
+        pytest.fail("the ceiling never refused a turn")
+    assert client.post(message=COSTLY).status_code == 429  # no second alert
+    wait_for(lambda: len(webhook.percents()) >= 3, 20, "three alerts")
+    assert webhook.percents() == [50, 80, 100]
+
+
 # -- start-up and the owner's credentials ------------------------------------------
 
 

@@ -178,6 +178,7 @@ class Gate:
         self._spend_shared = RedisSpendStore(client) if client is not None else None
         self._alert = alert
         self._flush_at: gevent.Greenlet | None = None
+        self._last_failure: redis.RedisError | None = None
 
     # -- admission ------------------------------------------------------------
 
@@ -347,7 +348,7 @@ class Gate:
         )
         carried[0] = None
         if pending is not None and store is not shared:
-            governor.put_back({periods: pending})
+            self._keep_unsettled({periods: pending}, self._last_failure)
         if verdict.refused and self._reclaim(now=True):
             # A dead worker's turns held part of the ceiling: ask again.
             verdict, store = self._either(
@@ -403,11 +404,29 @@ class Gate:
                 verdict = shared.reserve(periods, None, settlement)
             except redis.RedisError as exc:
                 log.warning("spend: could not settle (%s)", type(exc).__name__)
-                governor.put_back({periods: settlement})
+                self._keep_unsettled({periods: settlement}, exc)
                 if self._flush_at is None or self._flush_at.dead:
                     self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self._flush_due)
                 return
             self._check_alerts(shared, periods, verdict.totals, ())
+
+    def _keep_unsettled(
+        self, pending: dict[Periods, Settlement], exc: redis.RedisError | None
+    ) -> None:
+        """Keep settlements Redis did not take, unless it may have taken them.
+
+        A call that timed out may have run: sending its settlements again
+        could give a hold back twice, and the ceiling would let more through.
+        Dropped, they leave the ledger holding too much until the period
+        ends, which refuses early but never overspends.
+        """
+        governor = self.spend
+        if governor is None:
+            return
+        if isinstance(exc, redis.TimeoutError):
+            log.warning("spend: a settlement may be lost (Redis timed out)")
+            return
+        governor.put_back(pending)
 
     def _check_alerts(
         self,
@@ -453,6 +472,7 @@ class Gate:
         return self._either(self._shared, self.memory, op)
 
     def _either(self, shared: S | None, memory: S, op: Callable[[S], T]) -> tuple[T, S]:
+        self._last_failure = None  # set below if this call's Redis try fails
         down_until = self._redis_down_until
         if shared is not None and (
             down_until is None or time.monotonic() >= down_until
@@ -469,6 +489,7 @@ class Gate:
         return op(memory), memory
 
     def _redis_failed(self, exc: redis.RedisError) -> None:
+        self._last_failure = exc
         if self._redis_down_until is None:
             log.warning(
                 "limits: Redis did not answer (%s); counting in this worker's "
