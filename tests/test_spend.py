@@ -8,6 +8,8 @@ import shutil
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -36,6 +38,8 @@ from chatapp.turns.admit import Gate
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.spend import Governor
+from chatapp.turns.spend import period_ends
+from chatapp.turns.spend import periods_at
 from chatapp.upstream.anthropic import _State as AnthropicUsage
 from chatapp.upstream.openai_compat import _Batch as OpenAIUsage
 from chatapp.upstream.webhook import Webhook
@@ -450,3 +454,33 @@ def test_the_gate_holds_and_settles_spend_and_counts_in_memory_while_redis_is_aw
     gate.release(second)  # held in Redis, which is away: nothing breaks
     report = gate.spend_report()
     assert report is not None and report["periods"]["day"]["held"] == 0
+
+
+PERIOD_ENDS = [
+    # now (UTC), end of its day, end of its month
+    ("2026-01-15T10:00:00", "2026-01-16T00:00:00", "2026-02-01T00:00:00"),
+    ("2026-12-31T23:59:59", "2027-01-01T00:00:00", "2027-01-01T00:00:00"),
+    ("2028-02-28T12:00:00", "2028-02-29T00:00:00", "2028-03-01T00:00:00"),
+]
+
+
+@pytest.mark.parametrize(("now", "day_end", "month_end"), PERIOD_ENDS)
+def test_a_refusal_waits_for_the_end_of_its_period(
+    now: str, day_end: str, month_end: str
+) -> None:
+    def at(text: str) -> float:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+    moment = at(now)
+    assert period_ends(moment) == (at(day_end), at(month_end))
+    g = governor(CHATAPP_SPEND_LIMITS="1/day;10/month")
+    totals = Totals((0, 0), (0, 0))
+    for refused, end in ((("day",), day_end), (("month",), month_end)):
+        refusal = g.refusal(Verdict("demo", 1, refused, totals), moment)
+        assert (refusal.status, refusal.code) == (429, "site_budget_exhausted")
+        assert refusal.retry_after == max(1, round(at(end) - moment))
+    both = g.refusal(Verdict("demo", 1, ("day", "month"), totals), moment)
+    assert both.retry_after == max(1, round(at(month_end) - moment))
+    periods = periods_at(moment)
+    assert periods.day == now[:10].replace("-", "")
+    assert periods.month == now[:7].replace("-", "")
