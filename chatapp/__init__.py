@@ -82,6 +82,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from chatapp.web import openapi
     from chatapp.web import ops
     from chatapp.web import pages
+    from chatapp.web import spend
     from chatapp.web import widget
 
     app.register_blueprint(pages.bp)
@@ -89,6 +90,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)  # GET /api/openapi.json
     app.register_blueprint(widget.bp)  # GET /widget.js
+    app.register_blueprint(spend.bp)  # GET /api/spend, the owner's
 
     @app.after_request
     def security_headers(response: Response) -> Response:

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Callable
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from chatapp.errors import ConfigError
@@ -122,6 +123,31 @@ def _keys(raw: str) -> tuple[str, ...]:
     return keys
 
 
+def _prices(raw: str) -> Any:
+    from chatapp.prices import parse_prices
+
+    return parse_prices(raw)
+
+
+def _ceilings(raw: str) -> Any:
+    from chatapp.prices import parse_ceilings
+
+    return parse_ceilings(raw)
+
+
+def _percentages(raw: str) -> tuple[int, ...]:
+    from chatapp.prices import parse_percentages
+
+    return parse_percentages(raw)
+
+
+def _http_url(raw: str) -> str:
+    value = raw.strip()
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
 def _networks(raw: str) -> tuple[Any, ...]:
     # Imported here: guards imports gevent, which config must not need.
     from chatapp.web.guards import parse_networks
@@ -161,6 +187,19 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     # Not in SPEC's table: which peers are those proxies (CIDRs); empty = any.
     "TRUSTED_PROXIES": ("CHATAPP_TRUSTED_PROXIES", _networks, ()),
     "DAILY_TOKEN_BUDGET": ("CHATAPP_DAILY_TOKEN_BUDGET", _int(0), 0),
+    # The site's spend (SPEC "Spend"): prices, ceilings, alerts. FALLBACK_MODEL
+    # is the models issue's setting, read here too for the soft ceilings.
+    "PRICES": ("CHATAPP_PRICES", _prices, MappingProxyType({})),
+    "CURRENCY": ("CHATAPP_CURRENCY", _text, "USD"),
+    "SPEND_LIMITS": ("CHATAPP_SPEND_LIMITS", _ceilings, MappingProxyType({})),
+    "SPEND_SOFT_LIMITS": (
+        "CHATAPP_SPEND_SOFT_LIMITS",
+        _ceilings,
+        MappingProxyType({}),
+    ),
+    "SPEND_ALERTS": ("CHATAPP_SPEND_ALERTS", _percentages, (50, 80, 100)),
+    "ALERT_WEBHOOK": ("CHATAPP_ALERT_WEBHOOK", _http_url, ""),
+    "FALLBACK_MODEL": ("CHATAPP_FALLBACK_MODEL", _text, ""),
     "CACHE_TTL": ("CHATAPP_CACHE_TTL", _seconds(zero_ok=True), 0.0),
     "DRAIN_SECONDS": ("CHATAPP_DRAIN_SECONDS", _seconds(), 30.0),
     "LOG_PROMPTS": ("CHATAPP_LOG_PROMPTS", _flag, False),
@@ -298,7 +337,27 @@ def _load_config(
             "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
         )
     _check_rate_limits(config["RATE_LIMITS"])
+    _check_spend(config)
     return config
+
+
+def _check_spend(config: dict[str, Any]) -> None:
+    """Refuse ceilings over a model without a price: its spend is unknown."""
+    soft = config["SPEND_SOFT_LIMITS"]
+    if soft and not config["FALLBACK_MODEL"]:
+        raise ConfigError(
+            "CHATAPP_SPEND_SOFT_LIMITS needs CHATAPP_FALLBACK_MODEL, the cheaper "
+            "model that new turns use past a soft ceiling"
+        )
+    if not (config["SPEND_LIMITS"] or soft):
+        return
+    for model in (config["MODEL"], config["FALLBACK_MODEL"]):
+        if model and model not in config["PRICES"]:
+            raise ConfigError(
+                f"CHATAPP_PRICES has no price for the model {model!r}, and a spend "
+                "ceiling is set: add it, e.g. CHATAPP_PRICES='"
+                f"{model}=0.25/2.00' (per million input/output tokens)"
+            )
 
 
 def _check_moderation(config: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter
@@ -19,6 +21,8 @@ from prometheus_client import Gauge
 from prometheus_client import Histogram
 from prometheus_client import generate_latest
 from prometheus_client import multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from chatapp.turns.model import TurnEnd
 
@@ -160,11 +164,77 @@ class Metrics:
         if cause is not None:
             self._disconnects.labels(cause).inc()
 
-    def render(self) -> bytes:
-        """Render every metric of this host in the Prometheus text format."""
+    def render(self, spend: dict[str, Any] | None = None) -> bytes:
+        """Render every metric of this host in the Prometheus text format.
+
+        `spend` is GET /api/spend's report, read from the shared count at
+        scrape time: the same site-wide figures from any worker.
+        """
         folder = multiprocess_dir()
         if folder is None:
-            return generate_latest(self._registry)
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=folder)
-        return generate_latest(registry)
+            text = generate_latest(self._registry)
+        else:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=folder)
+            text = generate_latest(registry)
+        if spend is not None:
+            registry = CollectorRegistry()
+            registry.register(SpendCollector(spend))
+            text += generate_latest(registry)
+        return text
+
+
+class SpendCollector(Collector):
+    """The site's spend, ceilings and the fraction used, as gauges.
+
+    Read from the count every worker shares when scraped, never kept in a
+    worker's files: each host shows the whole site's figures, so aggregate
+    them across hosts with max(), not sum().
+    """
+
+    def __init__(self, report: dict[str, Any]) -> None:
+        self._report = report
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        currency = self._report["currency"]
+        spent = GaugeMetricFamily(
+            "chatapp_spend", "Settled spend this period.", labels=["period", "currency"]
+        )
+        held = GaugeMetricFamily(
+            "chatapp_spend_held",
+            "Spend held by running turns (their worst case) this period.",
+            labels=["period", "currency"],
+        )
+        ceiling = GaugeMetricFamily(
+            "chatapp_spend_ceiling",
+            "The spend ceiling of a period, hard (refuse) or soft (fallback).",
+            labels=["period", "kind", "currency"],
+        )
+        ratio = GaugeMetricFamily(
+            "chatapp_spend_ceiling_used_ratio",
+            "Spend settled and held over the hard ceiling (1: turns refused).",
+            labels=["period"],
+        )
+        for period, figures in self._report["periods"].items():
+            spent.add_metric([period, currency], figures["spent"])
+            held.add_metric([period, currency], figures["held"])
+            for kind, key in (("hard", "limit"), ("soft", "soft_limit")):
+                if figures[key] is not None:
+                    ceiling.add_metric([period, kind, currency], figures[key])
+            if figures["limit"]:
+                used = figures["spent"] + figures["held"]
+                ratio.add_metric([period], used / figures["limit"])
+        by_model = GaugeMetricFamily(
+            "chatapp_spend_model",
+            "Settled spend this UTC month by model.",
+            labels=["model", "currency"],
+        )
+        turns = GaugeMetricFamily(
+            "chatapp_spend_model_turns",
+            "Turns settled this UTC month by model.",
+            labels=["model"],
+        )
+        for model, figures in self._report["models"].items():
+            by_model.add_metric([model, currency], figures["spent"])
+            turns.add_metric([model], figures["turns"])
+        yield from (spent, held, ceiling, ratio, by_model, turns)

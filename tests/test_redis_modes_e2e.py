@@ -70,6 +70,8 @@ def test_a_session_on_a_cluster_keeps_every_key_to_its_slot(
         CHATAPP_SECRET_KEY=SECRET,
         CHATAPP_RATE_LIMITS=f"{RATE}/minute",
         CHATAPP_DAILY_TOKEN_BUDGET="100000",
+        CHATAPP_PRICES="gpt-4o-mini=0.15/0.60",  # the site's spend, held too
+        CHATAPP_SPEND_LIMITS="100/day;1000/month",
         CHATAPP_CACHE_TTL="60",
         CHATAPP_BOT_CHECK="pow",
         CHATAPP_BOT_CHECK_MAX_NUMBER="2000",
@@ -168,12 +170,19 @@ def _assert_keys_keep_to_their_slots(cluster: RedisClusterSet) -> None:
         "chatapp:answer:",
         "chatapp:worker:",
         "chatapp:limits:",
+        "chatapp:spend:",
         "chatapp:altcha:",
         "LIMITS:",
     )
     assert keys, "the session wrote nothing"
     assert [k for k in keys if not k.startswith(families)] == []
-    for name in ("chatapp:t:", "chatapp:c:", "chatapp:idem:", "LIMITS:"):
+    for name in (
+        "chatapp:t:",
+        "chatapp:c:",
+        "chatapp:idem:",
+        "chatapp:spend:",
+        "LIMITS:",
+    ):
         assert any(k.startswith(name) for k in keys), f"no {name} key"
     turns: dict[str, set[int]] = {}
     for key in keys:

@@ -562,6 +562,7 @@ def test_rate_limit_shows_its_message_and_a_live_countdown(
     ("status", "code", "retry_after", "words"),
     [
         (429, "quota_exceeded", "7260", "It renews in 2 hours 1 minute."),
+        (429, "site_budget_exhausted", "7260", "It opens again in 2 hours 1 minute."),
         (429, "too_many_streams", "5", "Try again in 5 seconds."),
         (503, "over_capacity", "30", "The chat is very busy right now."),
         (400, "message_too_long", None, "Shorten it and send it again."),

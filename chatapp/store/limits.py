@@ -6,6 +6,7 @@ chatapp:limits:tokens:<day>:<client>    tokens used and held that UTC day
 chatapp:limits:held:<worker>            hash: ticket -> the budget a running
                                         turn of that worker holds (JSON)
 chatapp:limits:holders                  set: workers that have held budget
+                                        (tokens, or the site's spend)
 
 A worker that dies (SIGKILL, a lost host) cannot settle what its turns hold.
 Its lease (`chatapp:worker:<id>`) lapses, and then any other worker frees
@@ -49,6 +50,10 @@ class Hold:
     turn: str
     day: str
     tokens: int
+    # The site's spend it holds (store/spend.py), and in which month.
+    model: str = ""
+    spend: int = 0
+    month: str = ""
 
 
 class LimitStore(Protocol):
@@ -217,9 +222,9 @@ class RedisLimitStore:
     def reclaim(
         self,
         alive: Callable[[list[str]], list[bool]],
-        spent_of: Callable[[Hold], int],
+        settle: Callable[[Hold], None],
     ) -> int:
-        """Settle the budget dead workers' turns hold; return how many."""
+        """Settle (with `settle`) what dead workers' turns hold; return how many."""
         holders = sorted(_text(w) for w in self._r.smembers(HOLDERS_KEY))
         if not holders:
             return 0
@@ -231,8 +236,7 @@ class RedisLimitStore:
                 continue  # another worker does it
             held = self._r.hgetall(_held_key(worker))
             for ticket, raw in held.items():
-                hold = Hold(**json.loads(raw))
-                self.add_tokens(hold.client, hold.day, spent_of(hold) - hold.tokens)
+                settle(Hold(**json.loads(raw)))
                 # One by one: a failure midway leaves only the unsettled.
                 self._r.hdel(_held_key(worker), ticket)
                 freed += 1

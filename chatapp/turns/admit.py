@@ -4,6 +4,8 @@ A chat POST that passed validation and the rate limit (web/limiter.py) is
 admitted in SPEC's order:
 
   quota       CHATAPP_DAILY_TOKEN_BUDGET per client, UTC day    429 quota_exceeded
+  spend       CHATAPP_SPEND_LIMITS, the whole site, UTC day and month
+                                                    429 site_budget_exhausted
   streams     CHATAPP_MAX_STREAMS_PER_CLIENT turns generating   429 too_many_streams
   capacity    CHATAPP_WORKER_MAX_STREAMS open on this worker    503 over_capacity
 
@@ -18,6 +20,13 @@ those of workers whose lease is gone before it refuses. Budget holds are
 recorded while their turns run, and the gates of the other workers settle
 those of a dead worker (store/limits.py): every RECLAIM_EVERY seconds while
 turns are admitted, and at once before refusing a turn for its budget.
+
+The site's spend (turns/spend.py) is held the same way, in the same hold
+record. Its settlements wait in this worker for its next reservation, which
+carries them to Redis in the same command, or for a flush FLUSH_SECONDS
+later: a turn costs Redis one command more than the token budget alone. A
+refusal for the site's spend is not raised here but carried, so that a
+cached answer can still be served (start.py raises it otherwise).
 """
 
 from __future__ import annotations
@@ -34,7 +43,9 @@ from types import TracebackType
 from typing import Any
 from typing import Protocol
 from typing import TypeVar
+from typing import cast
 
+import gevent
 import redis
 
 from chatapp.errors import ApiError
@@ -45,7 +56,15 @@ from chatapp.store.limits import MemoryLimitStore
 from chatapp.store.limits import RedisLimitStore
 from chatapp.store.redis import guard
 from chatapp.store.redis import ping
+from chatapp.store.spend import MemorySpendStore
+from chatapp.store.spend import Periods
+from chatapp.store.spend import RedisSpendStore
+from chatapp.store.spend import Settlement
+from chatapp.store.spend import SpendStore
 from chatapp.turns.model import TurnEnd
+from chatapp.turns.spend import Alert
+from chatapp.turns.spend import Governor
+from chatapp.turns.spend import periods_at
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +81,11 @@ CHARS_PER_TOKEN = 4
 # Look for dead workers' holds at most this often while turns are admitted.
 RECLAIM_EVERY = 2.0
 NORMAL_ENDS = frozenset(("stop", "length", "content_filter"))
+# Settlements of the site's spend wait at most this long for a reservation.
+FLUSH_SECONDS = 1.0
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def utc_day(now: float) -> str:
@@ -104,6 +126,11 @@ class Reservation:
     tokens_store: LimitStore | None
     slot_store: LimitStore | None
     recorded: bool = False  # its hold is recorded for reclaiming
+    model: str = ""  # the model the turn asks (the fallback past a soft ceiling)
+    spend: int = 0  # micro-units of the site's spend held
+    spend_store: SpendStore | None = None
+    periods: Periods | None = None
+    refusal: ApiError | None = None  # the site's ceiling: unless answered cached
 
 
 class Leases(Protocol):
@@ -127,6 +154,7 @@ class Gate:
         clock: Callable[[], float] = time.time,
         leases: Leases | None = None,
         readers: Callable[[], int] = lambda: 0,
+        alert: Callable[[Alert], None] | None = None,
     ) -> None:
         self._running = running
         self._readers = readers
@@ -146,11 +174,22 @@ class Gate:
         self._reclaimed_at = -RECLAIM_EVERY
         self._held: dict[str, Reservation] = {}
         self._early: dict[str, tuple[float, TurnEnd]] = {}
+        governor = Governor(config)
+        self.spend = governor if governor.active else None
+        self.spend_memory: SpendStore = MemorySpendStore()
+        self._spend_shared = RedisSpendStore(client) if client is not None else None
+        self._alert = alert
+        self._flush_at: gevent.Greenlet | None = None
+        self._last_failure: StoreError | redis.RedisError | None = None
 
     # -- admission ------------------------------------------------------------
 
-    def admit(self, client: str) -> Reservation:
-        """Hold budget and a stream slot for a new turn, or refuse it."""
+    def admit(self, client: str, input_chars: int = 0) -> Reservation:
+        """Hold budget and a stream slot for a new turn, or refuse it.
+
+        `input_chars` bounds the turn's input (system prompt, history and
+        message), for the worst case the site's spend holds.
+        """
         now = self._clock()
         ticket = secrets.token_urlsafe(12)
         if self._leases is not None:
@@ -177,6 +216,8 @@ class Gate:
                         retry_after=seconds_to_utc_midnight(now),
                     )
                 held.tokens = self._hold
+            if self.spend is not None:
+                self._reserve_spend(held, now, input_chars)
 
             def take(s: LimitStore) -> bool:
                 return s.take_slot(
@@ -225,9 +266,22 @@ class Gate:
             return
         self._held[turn_id] = held
         shared, leases = self._shared, self._leases
-        if shared is None or leases is None or held.tokens_store is not shared:
+        spend_shared = held.spend_store is not None and (
+            held.spend_store is self._spend_shared
+        )
+        if shared is None or leases is None:
             return
-        hold = Hold(held.client, turn_id, held.day, held.tokens)
+        if held.tokens_store is not shared and not spend_shared:
+            return
+        hold = Hold(
+            held.client,
+            turn_id,
+            held.day,
+            held.tokens if held.tokens_store is shared else 0,
+            held.model,
+            held.spend if spend_shared else 0,
+            held.periods.month if held.periods is not None else "",
+        )
         held.recorded = self._quietly(
             lambda: shared.record_hold(leases.worker, held.ticket, hold)
         )
@@ -235,6 +289,7 @@ class Gate:
     def release(self, held: Reservation) -> None:
         """Give back all a reservation holds: the turn never started."""
         self._free(held, spent=0)
+        self._settle_spend(held, None)
 
     def turn_finished(self, outcome: TurnEnd) -> None:
         """Free the slot of a turn that ended and charge what it spent."""
@@ -252,6 +307,7 @@ class Gate:
 
     def _settle(self, held: Reservation, outcome: TurnEnd) -> None:
         self._free(held, spent=tokens_spent(outcome))
+        self._settle_spend(held, outcome)
 
     def _free(self, held: Reservation, spent: int) -> None:
         slot_store, tokens_store = held.slot_store, held.tokens_store
@@ -264,31 +320,178 @@ class Gate:
         if held.recorded and shared is not None and leases is not None:
             self._quietly(lambda: shared.forget_hold(leases.worker, held.ticket))
 
+    # -- the site's spend ----------------------------------------------------------
+
+    def _reserve_spend(self, held: Reservation, now: float, input_chars: int) -> None:
+        """Hold the turn's worst case, or carry the site's refusal."""
+        governor = self.spend
+        if governor is None:
+            return
+        periods = periods_at(now)
+        ask = governor.ask(input_chars)
+        shared = self._spend_shared
+        pending = governor.take_pending(periods).get(periods)
+        carried = [pending]  # only the first call carries the settlements
+
+        def reserve(store: SpendStore) -> Any:
+            settle = carried[0] if store is shared else None
+            return store.reserve(periods, ask, settle)
+
+        verdict, store = self._either(
+            cast("SpendStore | None", shared), self.spend_memory, reserve
+        )
+        carried[0] = None
+        if pending is not None and store is not shared:
+            self._keep_unsettled({periods: pending}, self._last_failure)
+        if verdict.refused and self._reclaim(now=True):
+            # A dead worker's turns held part of the ceiling: ask again.
+            verdict, store = self._either(
+                cast("SpendStore | None", shared), self.spend_memory, reserve
+            )
+        held.model = verdict.model
+        if verdict.refused:
+            held.refusal = governor.refusal(verdict, now)
+        else:
+            held.spend, held.spend_store, held.periods = verdict.amount, store, periods
+        self._check_alerts(store, periods, verdict.totals, verdict.refused)
+
+    def _settle_spend(self, held: Reservation, outcome: TurnEnd | None) -> None:
+        """Settle what a turn held: at once in memory, with the next call in Redis."""
+        governor, store, periods = self.spend, held.spend_store, held.periods
+        if governor is None or store is None or periods is None:
+            return
+        held.spend_store = None
+        settlement = Settlement()
+        if outcome is None or outcome.cached:
+            settlement.give_back(held.spend)  # no provider call: no turn of a model
+        else:
+            settlement.add(held.model, held.spend, governor.cost(held.model, outcome))
+        if store is not self._spend_shared:
+            verdict = store.reserve(periods, None, settlement)
+            self._check_alerts(store, periods, verdict.totals, ())
+            return
+        governor.pend(periods, settlement)
+        if self._flush_at is None or self._flush_at.dead:
+            self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self._flush_due)
+
+    def _flush_due(self) -> None:
+        """Flush what has waited FLUSH_SECONDS; look again when that will be."""
+        governor = self.spend
+        since = governor.pending_since if governor is not None else None
+        if since is None:
+            return  # reservations carried it all
+        left = since + FLUSH_SECONDS - time.monotonic()
+        if left <= 0:
+            self.flush_spend()
+            since = governor.pending_since if governor is not None else None
+            left = FLUSH_SECONDS if since is not None else 0
+        if left > 0:
+            self._flush_at = gevent.spawn_later(left, self._flush_due)
+
+    def flush_spend(self) -> None:
+        """Carry this worker's waiting settlements to Redis now."""
+        governor, shared = self.spend, self._spend_shared
+        if governor is None or shared is None:
+            return
+        for periods, settlement in governor.take_pending().items():
+            try:
+                verdict = shared.reserve(periods, None, settlement)
+            except redis.RedisError as exc:
+                log.warning("spend: could not settle (%s)", type(exc).__name__)
+                self._keep_unsettled({periods: settlement}, exc)
+                if self._flush_at is None or self._flush_at.dead:
+                    self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self._flush_due)
+                return
+            self._check_alerts(shared, periods, verdict.totals, ())
+
+    def _keep_unsettled(
+        self,
+        pending: dict[Periods, Settlement],
+        exc: StoreError | redis.RedisError | None,
+    ) -> None:
+        """Keep settlements Redis did not take, unless it may have taken them.
+
+        A call that timed out may have run: sending its settlements again
+        could give a hold back twice, and the ceiling would let more through.
+        Dropped, they leave the ledger holding too much until the period
+        ends, which refuses early but never overspends.
+        """
+        governor = self.spend
+        if governor is None:
+            return
+        cause = exc.__cause__ if isinstance(exc, StoreError) else exc
+        if isinstance(cause, redis.TimeoutError):
+            log.warning("spend: a settlement may be lost (Redis timed out)")
+            return
+        governor.put_back(pending)
+
+    def _check_alerts(
+        self,
+        store: SpendStore,
+        periods: Periods,
+        totals: Any,
+        refused: tuple[str, ...],
+    ) -> None:
+        governor = self.spend
+        if governor is None:
+            return
+        for name, alert in governor.crossed(periods, totals, refused):
+            ttl = periods.day_ttl if alert.period == "day" else periods.month_ttl
+            try:
+                won = store.claim_alert(name, ttl)
+            except redis.RedisError as exc:
+                log.warning("spend: could not claim an alert (%s)", type(exc).__name__)
+                continue
+            governor.claimed(name)
+            if won and self._alert is not None:
+                self._alert(alert)
+
+    def spend_report(self) -> dict[str, Any] | None:
+        """The site's spend as the owner sees it; None when nothing is priced."""
+        governor = self.spend
+        if governor is None:
+            return None
+        self.flush_spend()
+        now = self._clock()
+        periods = periods_at(now)
+
+        def read(store: SpendStore) -> Any:
+            return store.totals(periods)
+
+        (totals, models), _ = self._either(
+            cast("SpendStore | None", self._spend_shared), self.spend_memory, read
+        )
+        return governor.report(totals, models, now)
+
     # -- Redis, or memory while Redis is away -----------------------------------
 
     def _call(self, op: Callable[[LimitStore], T]) -> tuple[T, LimitStore]:
-        shared = self._shared
+        return self._either(self._shared, self.memory, op)
+
+    def _either(self, shared: S | None, memory: S, op: Callable[[S], T]) -> tuple[T, S]:
+        self._last_failure = None  # set below if this call's Redis try fails
         down_until = self._redis_down_until
         if shared is not None and (
             down_until is None or time.monotonic() >= down_until
         ):
             try:
                 result = op(shared)
-            except StoreError as exc:
+            except (StoreError, redis.RedisError) as exc:
                 self._redis_failed(exc)
             else:
                 if down_until is not None:
                     log.warning("limits: Redis answers again; limits are shared")
                     self._redis_down_until = None
                 return result, shared
-        return op(self.memory), self.memory
+        return op(memory), memory
 
-    def _redis_failed(self, exc: StoreError) -> None:
+    def _redis_failed(self, exc: StoreError | redis.RedisError) -> None:
+        self._last_failure = exc
         if self._redis_down_until is None:
             log.warning(
                 "limits: Redis did not answer (%s); counting in this worker's "
                 "memory until it does, so limits are per worker meanwhile",
-                type(exc.__cause__).__name__,
+                type(exc.__cause__ or exc).__name__,
             )
         self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
 
@@ -323,7 +526,7 @@ class Gate:
         if (
             shared is None
             or leases is None
-            or self._budget <= 0
+            or (self._budget <= 0 and self.spend is None)
             or self._redis_down_until is not None
         ):
             return False
@@ -332,13 +535,26 @@ class Gate:
             return False
         self._reclaimed_at = time.monotonic()
 
-        def spent(hold: Hold) -> int:
-            return estimate_tokens(leases.streamed_chars(hold.turn))
+        def settle(hold: Hold) -> None:
+            chars = leases.streamed_chars(hold.turn)
+            if hold.tokens:
+                spent = estimate_tokens(chars)
+                shared.add_tokens(hold.client, hold.day, spent - hold.tokens)
+            governor, spend_shared = self.spend, self._spend_shared
+            if hold.spend and governor is not None and spend_shared is not None:
+                cost = governor.reclaimed_cost(hold.model, hold.spend, chars)
+                settlement = Settlement()
+                settlement.add(hold.model, hold.spend, cost)
+                periods = periods_at(self._clock())
+                periods = Periods(
+                    hold.day, hold.month, periods.day_ttl, periods.month_ttl
+                )
+                spend_shared.reserve(periods, None, settlement)
 
         try:
-            return shared.reclaim(leases.workers_alive, spent) > 0
-        except StoreError as exc:
-            log.warning("limits: could not reclaim holds (%s)", exc)
+            return shared.reclaim(leases.workers_alive, settle) > 0
+        except (redis.RedisError, StoreError) as exc:
+            log.warning("limits: could not reclaim holds (%s)", type(exc).__name__)
             return False
 
     def storage_problem(self) -> str | None:
@@ -364,6 +580,16 @@ class Admission:
 
     def __enter__(self) -> Admission:
         return self
+
+    @property
+    def model(self) -> str:
+        """The model the turn asks; empty for the configured one."""
+        return self._held.model
+
+    @property
+    def refusal(self) -> ApiError | None:
+        """The site's spend ceiling, if it refuses all but a cached answer."""
+        return self._held.refusal
 
     def started(self, turn_id: str) -> None:
         """The turn runs: keep what it holds until it ends."""

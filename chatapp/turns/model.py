@@ -24,6 +24,7 @@ class TurnEnd:
     max_gap_seconds: float | None = None
     cancel_seconds: float | None = None  # from a client's cancel to upstream closed
     cached: bool = False
+    cached_input_tokens: int | None = None  # of input_tokens, from a prompt cache
 
 
 @dataclass(frozen=True, slots=True)

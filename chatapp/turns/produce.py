@@ -134,6 +134,7 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
     error: dict[str, Any] | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cached_input: int | None = None
     first_token: float | None = None
     max_gap: float | None = None
     last_text = 0.0
@@ -174,6 +175,8 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
                 input_tokens = chunk.input_tokens
             if chunk.output_tokens is not None:
                 output_tokens = chunk.output_tokens
+            if chunk.cached_input_tokens is not None:
+                cached_input = chunk.cached_input_tokens
             if finish == "length" and chars >= limit:
                 break  # a runaway answer: cut here, and close the upstream
             if chunk.finish_reason:
@@ -224,6 +227,7 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
         first_token,
         max_gap,
         cancel_seconds,
+        cached_input_tokens=cached_input,
     )
     text = "".join(pieces)
     if run.cache_key and finish == "stop" and text:
@@ -251,11 +255,11 @@ def moderate(moderator: Moderator, run: Run, request: ChatRequest) -> None:
     run.last_read = time.monotonic()  # the model's silence counts from here
 
 
-def replay(parts: Parts, info: TurnInfo, cached: str) -> None:
+def replay(parts: Parts, info: TurnInfo, cached: str, model: str = "") -> None:
     """Serve a cached answer as a complete turn, without a provider call."""
     s = parts.settings
     answer = json.loads(cached)
-    start = start_frame(info, s, cached=True)
+    start = start_frame(info, s, cached=True, model=model)
     tail = parts.events.create(info, start, s.stream_ttl + 5)
     text = answer["text"]
     final = [sse.delta(2, text), sse.frame(3, "done", {"finish_reason": "stop"})]
@@ -264,13 +268,15 @@ def replay(parts: Parts, info: TurnInfo, cached: str) -> None:
     close_turn(parts, end, tail, text, final)
 
 
-def start_frame(info: TurnInfo, settings: TurnSettings, *, cached: bool) -> bytes:
-    """Encode a turn's first event."""
+def start_frame(
+    info: TurnInfo, settings: TurnSettings, *, cached: bool, model: str = ""
+) -> bytes:
+    """Encode a turn's first event, naming the model asked (`model`, if given)."""
     data = {
         "id": info.id,
         "conversation_id": info.conversation_id,
         "provider": settings.provider,
-        "model": settings.model,
+        "model": model or settings.model,
         "cached": cached,
     }
     return sse.frame(1, "start", data)

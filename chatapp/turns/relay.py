@@ -78,7 +78,7 @@ class Relay:
         s = self.settings
         tail = self.events.create(
             info,
-            start_frame(info, s, cached=False),
+            start_frame(info, s, cached=False, model=request.model),
             s.total_timeout + s.stream_ttl + LEASE_SECONDS,
         )
         run = Run(info, tail, time.monotonic() + s.total_timeout, cache_key)
@@ -92,9 +92,9 @@ class Relay:
         finally:
             self.runs.pop(run.info.id, None)
 
-    def replay(self, info: TurnInfo, cached: str) -> None:
+    def replay(self, info: TurnInfo, cached: str, model: str = "") -> None:
         """Serve a cached answer as a complete turn, without a provider call."""
-        replay(self.parts, info, cached)
+        replay(self.parts, info, cached, model)
 
     def _ended(self, end: TurnEnd) -> None:
         self.runs.pop(end.info.id, None)

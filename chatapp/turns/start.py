@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Any
+from typing import Protocol
 
 from chatapp.errors import ApiError
 from chatapp.masking import has_personal_data
@@ -130,6 +131,18 @@ def conversation_messages(
     ]
 
 
+class Admitted(Protocol):
+    """What a turn's admission decided beyond yes (turns/admit.py)."""
+
+    @property
+    def model(self) -> str:
+        """The model to ask (the fallback past a soft ceiling); empty: the usual."""
+
+    @property
+    def refusal(self) -> ApiError | None:
+        """The site's spend ceiling: raised unless a cached answer serves."""
+
+
 def start_turn(
     relay: Relay,
     config: dict[str, Any],
@@ -138,14 +151,22 @@ def start_turn(
     conversation_id: str | None,
     idempotency_key: str | None,
     describe: Callable[[str, str], dict[str, Any]],
+    admitted: Admitted | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
     `describe(turn_id, conversation_id)` builds the response body, so that a
     retry with the same key gets the very same body back. The caller has
-    checked that `identity` owns `conversation_id`.
+    checked that `identity` owns `conversation_id`. `admitted` says which
+    model the turn asks and whether the site's ceiling refuses it.
     """
     history = relay.history
+    model = (admitted.model if admitted else "") or config["MODEL"]
+    refusal = admitted.refusal if admitted else None
+    if refusal is not None and (
+        conversation_id is not None or not _cached(history, config, message, model)
+    ):
+        raise refusal
     turn_id = new_id()
     cid = conversation_id or new_id()
     body = describe(turn_id, cid)
@@ -165,7 +186,7 @@ def start_turn(
     else:
         history.append(cid, StoredMessage("user", message, now, turn_id))
     request = ChatRequest(
-        model=config["MODEL"],
+        model=model,
         system=config["SYSTEM_PROMPT"],
         messages=(
             *context(earlier_messages, config["HISTORY_MAX_CHARS"]),
@@ -180,7 +201,21 @@ def start_turn(
         key = cache_key(request, config["PROVIDER"])
         cached = history.cached_answer(key)
         if cached is not None:
-            relay.replay(info, cached)
+            relay.replay(info, cached, model)
             return body, True
     relay.start(info, request, cache_key=key)
     return body, True
+
+
+def _cached(history: History, config: dict[str, Any], message: str, model: str) -> bool:
+    """Whether a new conversation's first message has a cached answer."""
+    if not config["CACHE_TTL"]:
+        return False
+    request = ChatRequest(
+        model=model,
+        system=config["SYSTEM_PROMPT"],
+        messages=(Message("user", message),),
+        max_output_tokens=config["MAX_OUTPUT_TOKENS"],
+        temperature=config["TEMPERATURE"],
+    )
+    return history.cached_answer(cache_key(request, config["PROVIDER"])) is not None

@@ -79,6 +79,7 @@ class _State:
     def __init__(self) -> None:
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cached_input_tokens: int | None = None
         self.stopped = False
 
     def handle(self, event: str, payload: dict[str, Any]) -> list[Chunk]:
@@ -96,7 +97,11 @@ class _State:
             self._take_usage(usage)
             reason = (payload.get("delta") or {}).get("stop_reason")
             chunks = [
-                Chunk(input_tokens=self.input_tokens, output_tokens=self.output_tokens)
+                Chunk(
+                    input_tokens=self.input_tokens,
+                    output_tokens=self.output_tokens,
+                    cached_input_tokens=self.cached_input_tokens,
+                )
             ]
             if isinstance(reason, str):
                 chunks.append(Chunk(finish_reason=STOP_REASONS.get(reason, "stop")))
@@ -126,5 +131,7 @@ class _State:
         counted = [v for v in inputs if isinstance(v, int)]
         if counted:
             self.input_tokens = sum(counted)
+        if isinstance(usage.get("cache_read_input_tokens"), int):
+            self.cached_input_tokens = usage["cache_read_input_tokens"]
         if isinstance(usage.get("output_tokens"), int):
             self.output_tokens = usage["output_tokens"]

@@ -34,6 +34,8 @@ class Chunk:
     input_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str | None = None
+    # Of input_tokens, those read from the provider's prompt cache (cheaper).
+    cached_input_tokens: int | None = None
 
 
 def merge(chunks: list[Chunk]) -> Chunk | None:
@@ -43,15 +45,17 @@ def merge(chunks: list[Chunk]) -> Chunk | None:
     if len(chunks) == 1:
         return chunks[0]
     text = "".join(c.text for c in chunks)
-    input_tokens = output_tokens = finish_reason = None
+    input_tokens = output_tokens = finish_reason = cached = None
     for chunk in chunks:
         if chunk.input_tokens is not None:
             input_tokens = chunk.input_tokens
+        if chunk.cached_input_tokens is not None:
+            cached = chunk.cached_input_tokens
         if chunk.output_tokens is not None:
             output_tokens = chunk.output_tokens
         if chunk.finish_reason:
             finish_reason = chunk.finish_reason
-    return Chunk(text, input_tokens, output_tokens, finish_reason)
+    return Chunk(text, input_tokens, output_tokens, finish_reason, cached)
 
 
 class Provider(Protocol):

@@ -75,12 +75,19 @@ class OpenAIProvider(SSEProvider):
 class _Batch:
     """What one network read of an OpenAI stream says, in one pass."""
 
-    __slots__ = ("finish_reason", "input_tokens", "output_tokens", "texts")
+    __slots__ = (
+        "cached_input_tokens",
+        "finish_reason",
+        "input_tokens",
+        "output_tokens",
+        "texts",
+    )
 
     def __init__(self) -> None:
         self.texts: list[str] = []
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        self.cached_input_tokens: int | None = None
         self.finish_reason: str | None = None
 
     def take(self, payload: dict[str, Any]) -> None:
@@ -102,6 +109,9 @@ class _Batch:
         if isinstance(usage, dict):
             self.input_tokens = _int(usage.get("prompt_tokens"))
             self.output_tokens = _int(usage.get("completion_tokens"))
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict):
+                self.cached_input_tokens = _int(details.get("cached_tokens"))
 
     def worth_yielding(self) -> bool:
         return bool(
@@ -118,6 +128,7 @@ class _Batch:
             self.input_tokens,
             self.output_tokens,
             self.finish_reason,
+            self.cached_input_tokens,
         )
 
 

@@ -89,16 +89,16 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     values = parse.fields()
     who = parse.identity(parse.page_token(values))
     message = parse.message(values)
-    conversation_id = parse.text_field(values, "conversation_id")
-    check_conversation(st.history, who, conversation_id)
+    cid = parse.text_field(values, "conversation_id")
+    check_conversation(st.history, who, cid)
     key = parse.idempotency_key(values)
     # A retry of an accepted turn gets that turn back, whatever the limits say.
     body = earlier_turn(st.history, who, key)
     if body is None:
         who, describe = _bot_check(who, values)
-        with admit_turn(who) as admission:  # rate limit, quota, streams, capacity
+        with admit_turn(who, message, cid) as admission:  # every limit, in order
             body, new = start_turn(
-                st.relay, st.config, who, message, conversation_id, key, describe
+                st.relay, st.config, who, message, cid, key, describe, admission
             )
             if new:
                 admission.started(body["id"])

@@ -17,11 +17,14 @@ Redis Cluster: each window is one key, so one slot.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable
 from typing import cast
 
 import redis
+import requests
 from flask import Flask
 from flask import Response
 from flask import current_app
@@ -40,6 +43,8 @@ from chatapp.tokens import TokenInvalid
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
 from chatapp.turns.admit import Leases
+from chatapp.turns.spend import Alert
+from chatapp.upstream.webhook import Webhook
 from chatapp.web import limits_storage
 from chatapp.web import moving_window
 from chatapp.web.errors import error_response
@@ -47,6 +52,7 @@ from chatapp.web.readers import EXTENSION as READERS
 from chatapp.web.readers import ReaderCaps
 
 EXTENSION = "chatapp.limits"
+spend_log = logging.getLogger("chatapp.spend")
 TOKEN_REFRESH_LIMITS = "30/minute"
 
 
@@ -127,7 +133,9 @@ def gate() -> Gate:
     return value
 
 
-def admit_turn(identity: Identity) -> Admission:
+def admit_turn(
+    identity: Identity, message: str = "", conversation_id: str | None = None
+) -> Admission:
     """Check a valid chat POST against every limit, in SPEC's order."""
     if current_app.extensions["chatapp"].relay.draining:
         raise ApiError(
@@ -139,7 +147,11 @@ def admit_turn(identity: Identity) -> Admission:
     client = key_for(identity)
     g.chatapp_counting = True
     _count_chat_turn()
-    return Admission(gate(), gate().admit(client))
+    config = current_app.extensions["chatapp"].config
+    # The site's spend holds the turn's worst case: its whole input at most.
+    history = config["HISTORY_MAX_CHARS"] if conversation_id else 0
+    bound = len(config["SYSTEM_PROMPT"]) + len(message) + history
+    return Admission(gate(), gate().admit(client, bound))
 
 
 def rate_limit_headers() -> dict[str, str]:
@@ -177,6 +189,19 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
     )
 
 
+def _spend_alerts(url: str, http: requests.Session) -> Callable[[Alert], None]:
+    """Log each spend alert, and post it to the owner's webhook if there is one."""
+    hook = Webhook(url, http) if url else None
+
+    def alert(alert: Alert) -> None:
+        payload = alert.payload()
+        spend_log.warning("spend.alert", extra=payload)
+        if hook is not None:
+            hook.send(payload)
+
+    return alert
+
+
 def init_limits(app: Flask) -> Gate:
     """Bind the limiter and this worker's gate to the app."""
     st = app.extensions["chatapp"]
@@ -203,6 +228,7 @@ def init_limits(app: Flask) -> Gate:
         client,
         leases=cast("Leases | None", leases),
         readers=lambda: caps.open,
+        alert=_spend_alerts(config["ALERT_WEBHOOK"], st.http),
     )
     app.extensions[EXTENSION] = state_gate
     st.relay.on_end.append(state_gate.turn_finished)

@@ -5,10 +5,12 @@ from __future__ import annotations
 from flask import Blueprint
 from flask import Response
 from flask import jsonify
+from redis import RedisError
 
 from chatapp.errors import StoreError
 from chatapp.extensions import state
 from chatapp.metrics import CONTENT_TYPE
+from chatapp.web.limiter import gate
 from chatapp.web.limiter import storage_problem
 
 bp = Blueprint("ops", __name__)
@@ -42,4 +44,8 @@ def readyz() -> tuple[Response, int]:
 @bp.get("/metrics")
 def metrics() -> Response:
     """Serve Prometheus text, summed across this host's workers."""
-    return Response(state().metrics.render(), content_type=CONTENT_TYPE)
+    try:
+        spend = gate().spend_report()
+    except (StoreError, RedisError):
+        spend = None  # the rest still answers while Redis is away
+    return Response(state().metrics.render(spend), content_type=CONTENT_TYPE)

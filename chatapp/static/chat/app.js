@@ -119,6 +119,14 @@ function describeRefusal(err) {
         wait,
         retry: true,
       };
+    case 'site_budget_exhausted':
+      return {
+        text: (left) => (left > 0
+          ? `This chat has reached its spending limit for now, so it can't answer new questions. It opens again in ${formatDuration(left)}.`
+          : 'This chat is open again. You can try again now.'),
+        wait,
+        retry: true,
+      };
     case 'too_many_streams':
       return { text: later('Several answers are already being written for you, perhaps in other tabs.'), wait, retry: true };
     case 'over_capacity':

@@ -1,0 +1,34 @@
+"""Blueprint: the site's spend, for its owner (GET /api/spend)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+from flask import Response
+from flask import jsonify
+
+from chatapp.errors import ApiError
+from chatapp.web.errors import api_error_response
+from chatapp.web.limiter import gate
+from chatapp.web.owner import require_owner
+
+bp = Blueprint("spend", __name__, url_prefix="/api")
+
+
+@bp.errorhandler(ApiError)
+def refused(exc: ApiError) -> Response:
+    """Answer a refusal as SPEC's JSON."""
+    return api_error_response(exc)
+
+
+@bp.get("/spend")
+def spend() -> Response:
+    """Show what the site spent this UTC day and month, against its ceilings."""
+    require_owner()
+    report = gate().spend_report()
+    if report is None:
+        raise ApiError(
+            404, "not_found", "Spend is not counted: CHATAPP_PRICES has no price."
+        )
+    response = jsonify(report)
+    response.headers["Cache-Control"] = "no-store"
+    return response
