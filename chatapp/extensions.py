@@ -117,10 +117,23 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             heartbeat=config["HEARTBEAT_SECONDS"],
             orphan=config["ORPHAN_SECONDS"],
             cache_ttl=config["CACHE_TTL"],
+            first_token_timeout=config["UPSTREAM_FIRST_TOKEN_TIMEOUT"],
+            show_reasoning=config["SHOW_REASONING"],
+            fallback_provider=config["FALLBACK_PROVIDER"],
+            fallback_model=config["FALLBACK_MODEL"],
         ),
         moderator,
     )
     metrics = Metrics(lambda: relay.running)
+    metrics.known_upstreams(
+        [(config["PROVIDER"], config["MODEL"])]
+        + (
+            [(config["FALLBACK_PROVIDER"], config["FALLBACK_MODEL"])]
+            if config["FALLBACK_MODEL"]
+            else []
+        )
+    )
+    provider.on_attempt.append(metrics.upstream_attempt)
     relay.on_end.append(metrics.turn_ended)
     relay.on_end.append(log_end)
     botcheck = None

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+from gevent.lock import Semaphore
 
 from chatapp import sse
 from chatapp.errors import ContentBlocked
@@ -31,6 +32,7 @@ from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.model import TurnSettings
 from chatapp.upstream.base import ChatRequest
+from chatapp.upstream.base import Chunk
 from chatapp.upstream.base import Provider
 from chatapp.upstream.moderation import Moderator
 from chatapp.upstream.moderation import unavailable
@@ -68,15 +70,22 @@ class Run:
     """A turn being produced in this worker, and where it may be interrupted."""
 
     __slots__ = (
+        "answering",
+        "attempt_at",
         "cache_key",
         "cancel_at",
         "cancel_reason",
         "deadline",
+        "delta_sent",
         "greenlet",
         "in_upstream",
         "info",
         "last_read",
+        "lock",
+        "next_id",
+        "started_at",
         "tail",
+        "thinking_sent",
     )
 
     def __init__(
@@ -90,11 +99,25 @@ class Run:
         self.cancel_reason = ""
         self.cancel_at = 0.0
         self.in_upstream = False
-        self.last_read = time.monotonic()
+        self.started_at = self.attempt_at = self.last_read = time.monotonic()
+        self.answering = False  # text or reasoning came: idle timeout applies
+        self.delta_sent = False
+        self.thinking_sent = False
+        self.next_id = 2  # the start frame is 1
+        # Held while an event is numbered and written: the producer and the
+        # supervisor (a `thinking` status after a silence) both write.
+        self.lock = Semaphore()
 
     def raise_if_cancelled(self) -> None:
         if self.cancel_reason:
             raise TurnCancelled(self.cancel_reason)
+
+    def write(self, events: EventLog, event: str, data: dict[str, Any]) -> None:
+        """Number and append one event; the lock keeps ids in order."""
+        with self.lock:
+            frame = sse.frame(self.next_id, event, data)
+            self.next_id += 1
+            events.append(self.info.id, self.tail, [frame])
 
 
 def interrupt(run: Run, exc: Exception) -> None:
@@ -126,109 +149,186 @@ class Parts:
 
 def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
     """Generate one turn's answer into its log, ending with exactly one done."""
-    info, tail = run.info, run.tail
-    next_id = 2  # the start frame is 1
-    pieces: list[str] = []
-    chars = 0
-    finish = "stop"
-    error: dict[str, Any] | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    first_token: float | None = None
-    max_gap: float | None = None
-    last_text = 0.0
-    started = time.monotonic()
-    limit = answer_char_limit(request.max_output_tokens)
+    answer = Answer(parts, run, answer_char_limit(request.max_output_tokens))
     stream = None
     try:
         run.raise_if_cancelled()
         if parts.moderator is not None:
             moderate(parts.moderator, run, request)
+        run.attempt_at = time.monotonic()
         stream = parts.provider.stream(request)
         run.in_upstream = True
         for chunk in stream:
             run.in_upstream = False
-            now = run.last_read = time.monotonic()
-            text = chunk.text
-            if chars + len(text) > limit:
-                text = text[: limit - chars]
-                finish = "length"
-            if text:
-                if first_token is None:
-                    first_token = now - started
-                    turn_log.info(
-                        "turn.first_token",
-                        extra={
-                            "turn_id": info.id,
-                            "ttft_ms": round(first_token * 1000, 1),
-                        },
-                    )
-                elif now - last_text > (max_gap or 0.0):
-                    max_gap = now - last_text
-                last_text = now
-                pieces.append(text)
-                chars += len(text)
-                parts.events.append(info.id, tail, [sse.delta(next_id, text)])
-                next_id += 1
-            if chunk.input_tokens is not None:
-                input_tokens = chunk.input_tokens
-            if chunk.output_tokens is not None:
-                output_tokens = chunk.output_tokens
-            if finish == "length" and chars >= limit:
+            if answer.take(chunk):
                 break  # a runaway answer: cut here, and close the upstream
-            if chunk.finish_reason:
-                finish = chunk.finish_reason
             run.raise_if_cancelled()
             run.in_upstream = True
         run.in_upstream = False
     except TurnCancelled as exc:
-        finish = "cancelled"
-        log.info("turn %s %s", info.id, exc)
+        answer.finish = "cancelled"
+        log.info("turn %s %s", run.info.id, exc)
     except ContentBlocked as exc:
-        finish = "content_filter"
-        error = {"code": exc.code, "message": exc.message, "retryable": False}
+        answer.fail(exc, "content_filter")
     except ProviderError as exc:
-        finish = "error"
-        error = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+        answer.fail(exc)
     except StoreError:
-        log.exception("turn %s: the turn log failed", info.id)
-        finish, error = "error", INTERNAL_ERROR
+        log.exception("turn %s: the turn log failed", run.info.id)
+        answer.finish, answer.error = "error", INTERNAL_ERROR
     except Exception:
-        log.exception("turn %s failed", info.id)
-        finish, error = "error", INTERNAL_ERROR
+        log.exception("turn %s failed", run.info.id)
+        answer.finish, answer.error = "error", INTERNAL_ERROR
     finally:
         run.in_upstream = False
         if stream is not None:
             # Closing the iterator closes the upstream response at once,
             # whatever stopped us: cancel, timeout or error.
             stream.close()
-    cancel_seconds = None
-    if finish == "cancelled" and run.cancel_reason == "cancelled":
-        cancel_seconds = time.monotonic() - run.cancel_at
-    final = []
-    if error is not None:
-        final.append(sse.frame(next_id, "error", error))
-        next_id += 1
-    if input_tokens is not None or output_tokens is not None:
-        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens}
-        final.append(sse.frame(next_id, "usage", usage))
-        next_id += 1
-    final.append(sse.frame(next_id, "done", {"finish_reason": finish}))
-    end = TurnEnd(
-        info,
-        finish,
-        str(error["code"]) if error else None,
-        input_tokens,
-        output_tokens,
-        chars,
-        first_token,
-        max_gap,
-        cancel_seconds,
-    )
-    text = "".join(pieces)
-    if run.cache_key and finish == "stop" and text:
-        _cache(parts, run.cache_key, text, input_tokens, output_tokens)
-    close_turn(parts, end, tail, text, final)
+    answer.close()
+
+
+class Answer:
+    """What a turn has produced so far, written to its log as it comes."""
+
+    def __init__(self, parts: Parts, run: Run, limit: int) -> None:
+        self.parts = parts
+        self.run = run
+        self.limit = limit
+        self.pieces: list[str] = []
+        self.chars = 0
+        self.thought_chars = 0
+        self.finish = "stop"
+        self.error: dict[str, Any] | None = None
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.first_token: float | None = None
+        self.max_gap: float | None = None
+        self.last_text = 0.0
+
+    def take(self, chunk: Chunk) -> bool:
+        """Relay one chunk; True when the answer hit its bound and must stop."""
+        run = self.run
+        now = run.last_read = time.monotonic()
+        if chunk.reasoning or chunk.retrying is not None:
+            self._aside(chunk, now)
+        text = chunk.text
+        if self.chars + len(text) > self.limit:
+            text = text[: self.limit - self.chars]
+            self.finish = "length"
+        if text:
+            self._text(text, now)
+        if chunk.input_tokens is not None:
+            self.input_tokens = chunk.input_tokens
+        if chunk.output_tokens is not None:
+            self.output_tokens = chunk.output_tokens
+        if self.finish == "length" and self.chars >= self.limit:
+            return True
+        if chunk.finish_reason:
+            self.finish = chunk.finish_reason
+        return False
+
+    def _text(self, text: str, now: float) -> None:
+        run = self.run
+        if self.first_token is None:
+            run.answering = run.delta_sent = True
+            self.first_token = now - run.started_at
+            turn_log.info(
+                "turn.first_token",
+                extra={
+                    "turn_id": run.info.id,
+                    "ttft_ms": round(self.first_token * 1000, 1),
+                },
+            )
+        elif now - self.last_text > (self.max_gap or 0.0):
+            self.max_gap = now - self.last_text
+        self.last_text = now
+        self.pieces.append(text)
+        self.chars += len(text)
+        with run.lock:
+            frame = sse.delta(run.next_id, text)
+            run.next_id += 1
+            self.parts.events.append(run.info.id, run.tail, [frame])
+
+    def _aside(self, chunk: Chunk, now: float) -> None:
+        """Relay what is not answer text: a new attempt, or reasoning."""
+        run, events = self.run, self.parts.events
+        attempt = chunk.retrying
+        if attempt is not None:
+            run.attempt_at = now  # the first-token wait starts again
+            run.answering = False
+            turn_log.info(
+                "turn.retry",
+                extra={
+                    "turn_id": run.info.id,
+                    "attempt": attempt.number,
+                    "provider": attempt.provider,
+                    "model": attempt.model,
+                    "reason": attempt.reason,
+                },
+            )
+            status = {
+                "state": "retrying",
+                "attempt": attempt.number,
+                "provider": attempt.provider,
+                "model": attempt.model,
+            }
+            run.write(events, "status", status)
+            return
+        run.answering = True
+        if not run.thinking_sent and not run.delta_sent:
+            run.thinking_sent = True
+            run.write(events, "status", {"state": "thinking"})
+        if self.parts.settings.show_reasoning and self.thought_chars < self.limit:
+            thought = chunk.reasoning[: self.limit - self.thought_chars]
+            self.thought_chars += len(thought)
+            run.write(events, "reasoning", {"text": thought})
+
+    def fail(self, exc: ProviderError, finish: str = "error") -> None:
+        """End the answer with SPEC's error event for `exc`."""
+        self.finish = finish
+        retryable = exc.retryable and finish == "error"
+        self.error = {"code": exc.code, "message": exc.message, "retryable": retryable}
+
+    def close(self) -> None:
+        """Write the end: error, usage, done; then history, limits, cache."""
+        parts, run = self.parts, self.run
+        cancel_seconds = None
+        if self.finish == "cancelled" and run.cancel_reason == "cancelled":
+            cancel_seconds = time.monotonic() - run.cancel_at
+        end = TurnEnd(
+            run.info,
+            self.finish,
+            str(self.error["code"]) if self.error else None,
+            self.input_tokens,
+            self.output_tokens,
+            self.chars,
+            self.first_token,
+            self.max_gap,
+            cancel_seconds,
+        )
+        text = "".join(self.pieces)
+        if run.cache_key and self.finish == "stop" and text:
+            _cache(parts, run.cache_key, text, self.input_tokens, self.output_tokens)
+        # Numbered under the lock: a `thinking` status being written by the
+        # supervisor lands before them.
+        with run.lock:
+            close_turn(parts, end, run.tail, text, self._final())
+
+    def _final(self) -> list[bytes]:
+        final = []
+        next_id = self.run.next_id
+        if self.error is not None:
+            final.append(sse.frame(next_id, "error", self.error))
+            next_id += 1
+        if self.input_tokens is not None or self.output_tokens is not None:
+            usage = {
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+            }
+            final.append(sse.frame(next_id, "usage", usage))
+            next_id += 1
+        final.append(sse.frame(next_id, "done", {"finish_reason": self.finish}))
+        return final
 
 
 def moderate(moderator: Moderator, run: Run, request: ChatRequest) -> None:
@@ -264,13 +364,20 @@ def replay(parts: Parts, info: TurnInfo, cached: str) -> None:
     close_turn(parts, end, tail, text, final)
 
 
-def start_frame(info: TurnInfo, settings: TurnSettings, *, cached: bool) -> bytes:
-    """Encode a turn's first event."""
+def start_frame(
+    info: TurnInfo,
+    settings: TurnSettings,
+    *,
+    cached: bool,
+    request: ChatRequest | None = None,
+) -> bytes:
+    """Encode a turn's first event, naming the model asked first."""
+    fallback = request is not None and request.route == "fallback"
     data = {
         "id": info.id,
         "conversation_id": info.conversation_id,
-        "provider": settings.provider,
-        "model": settings.model,
+        "provider": settings.fallback_provider if fallback else settings.provider,
+        "model": request.model if request is not None else settings.model,
         "cached": cached,
     }
     return sse.frame(1, "start", data)

@@ -78,7 +78,7 @@ class Relay:
         s = self.settings
         tail = self.events.create(
             info,
-            start_frame(info, s, cached=False),
+            start_frame(info, s, cached=False, request=request),
             s.total_timeout + s.stream_ttl + LEASE_SECONDS,
         )
         run = Run(info, tail, time.monotonic() + s.total_timeout, cache_key)

@@ -101,12 +101,16 @@ def start_turn(
     conversation_id: str | None,
     idempotency_key: str | None,
     describe: Callable[[str, str], dict[str, Any]],
+    *,
+    fallback: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
     `describe(turn_id, conversation_id)` builds the response body, so that a
     retry with the same key gets the very same body back. The caller has
-    checked that `identity` owns `conversation_id`.
+    checked that `identity` owns `conversation_id`. `fallback` asks
+    CHATAPP_FALLBACK_MODEL only (the spend governor's soft ceiling); without
+    a fallback model configured it asks the primary.
     """
     history = relay.history
     turn_id = new_id()
@@ -125,8 +129,9 @@ def start_turn(
         history.create(cid, identity.owner, StoredMessage("user", message, now))
     else:
         history.append(cid, StoredMessage("user", message, now))
+    on_fallback = fallback and bool(config["FALLBACK_MODEL"])
     request = ChatRequest(
-        model=config["MODEL"],
+        model=config["FALLBACK_MODEL"] if on_fallback else config["MODEL"],
         system=config["SYSTEM_PROMPT"],
         messages=(
             *context(earlier_messages, config["HISTORY_MAX_CHARS"]),
@@ -134,6 +139,8 @@ def start_turn(
         ),
         max_output_tokens=config["MAX_OUTPUT_TOKENS"],
         temperature=config["TEMPERATURE"],
+        reasoning_effort=config["REASONING_EFFORT"] or None,
+        route="fallback" if on_fallback else "primary",
     )
     info = TurnInfo(turn_id, identity.owner, cid, now)
     key = None
