@@ -26,9 +26,9 @@ from chatapp.turns.model import TurnSettings
 from chatapp.turns.relay import Relay
 from chatapp.turns.supervise import LEASE_SECONDS
 from chatapp.upstream import build_provider
-from chatapp.upstream.base import Provider
 from chatapp.upstream.moderation import Moderator
 from chatapp.upstream.moderation import OpenAIModerator
+from chatapp.upstream.retry import Resilient
 
 # Pooled Redis connections a worker may open: commands are short and never
 # block (the follower and the cancel listener have connections of their own).
@@ -43,7 +43,7 @@ class State:
     signer: TokenSigner
     events: EventLog
     history: History
-    provider: Provider
+    provider: Resilient
     relay: Relay
     http: requests.Session
     metrics: Metrics

@@ -12,6 +12,7 @@ from chatapp.errors import ConfigError
 from chatapp.errors import ProviderError
 from chatapp.upstream import anthropic
 from chatapp.upstream import openai_compat
+from chatapp.upstream.base import Attempt
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Chunk
 from chatapp.upstream.base import Message
@@ -228,8 +229,12 @@ def unavailable(reason: str | None = "5xx", after: float | None = None) -> Any:
     )
 
 
-def run(provider: Resilient, req: ChatRequest) -> list[Chunk]:
+def run(provider: Resilient, req: ChatRequest) -> list[Any]:
     return list(provider.stream(req))
+
+
+def texts(chunks: list[Any]) -> list[str]:
+    return [c.text for c in chunks if isinstance(c, Chunk) and c.text]
 
 
 def test_failures_before_the_first_word_are_retried_then_answered() -> None:
@@ -237,12 +242,12 @@ def test_failures_before_the_first_word_are_retried_then_answered() -> None:
     waits: list[float] = []
     resilient = Resilient(Route(main, "m"), retries=2, sleep=waits.append)
     chunks = run(resilient, request("m"))
-    attempts = [c.retrying for c in chunks if c.retrying is not None]
+    attempts = [c for c in chunks if isinstance(c, Attempt)]
     assert [(a.number, a.model, a.reason) for a in attempts] == [
         (2, "m", "5xx"),
         (3, "m", "5xx"),
     ]
-    assert [c.text for c in chunks if c.text] == ["Hi"]
+    assert texts(chunks) == ["Hi"]
     assert waits[0] == 3.0 and 0.125 <= waits[1] <= 0.5
     assert main.closed == 3
 
@@ -258,7 +263,7 @@ def test_after_the_retries_the_fallback_model_is_asked() -> None:
         lambda a, provider, model: seen.append((a.number, provider, model, a.fallback))
     )
     chunks = run(resilient, request("big"))
-    assert [c.text for c in chunks if c.text] == ["Hello"]
+    assert texts(chunks) == ["Hello"]
     assert spare.asked == ["small"]
     assert seen == [(2, "openai", "big", False), (3, "openai", "big", True)]
 
@@ -270,7 +275,7 @@ def test_a_turn_on_the_fallback_route_asks_only_the_fallback() -> None:
         Route(main, "big"), Route(spare, "small"), retries=1, sleep=lambda s: None
     )
     chunks = run(resilient, request("small", route="fallback"))
-    assert [c.text for c in chunks if c.text] == ["cheap"]
+    assert texts(chunks) == ["cheap"]
     assert main.asked == [] and spare.asked == ["small", "small"]
 
 

@@ -31,9 +31,10 @@ from chatapp.text import scrub
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.model import TurnSettings
+from chatapp.upstream.base import Attempt
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Chunk
-from chatapp.upstream.base import Provider
+from chatapp.upstream.base import Upstream
 from chatapp.upstream.moderation import Moderator
 from chatapp.upstream.moderation import unavailable
 
@@ -141,7 +142,7 @@ class Parts:
 
     events: EventLog
     history: History
-    provider: Provider
+    provider: Upstream
     settings: TurnSettings
     ended: Callable[[TurnEnd], None]
     moderator: Moderator | None = None
@@ -190,9 +191,28 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
 class Answer:
     """What a turn has produced so far, written to its log as it comes."""
 
+    # Slots: `take` runs per chunk, and slot attributes are the cheap ones.
+    __slots__ = (
+        "append",
+        "chars",
+        "error",
+        "finish",
+        "first_token",
+        "input_tokens",
+        "last_text",
+        "limit",
+        "max_gap",
+        "output_tokens",
+        "parts",
+        "pieces",
+        "run",
+        "thought_chars",
+    )
+
     def __init__(self, parts: Parts, run: Run, limit: int) -> None:
         self.parts = parts
         self.run = run
+        self.append = parts.events.append
         self.limit = limit
         self.pieces: list[str] = []
         self.chars = 0
@@ -202,21 +222,36 @@ class Answer:
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.first_token: float | None = None
-        self.max_gap: float | None = None
+        self.max_gap = 0.0
         self.last_text = 0.0
 
-    def take(self, chunk: Chunk) -> bool:
+    def take(self, chunk: Chunk | Attempt) -> bool:
         """Relay one chunk; True when the answer hit its bound and must stop."""
         run = self.run
         now = run.last_read = time.monotonic()
-        if chunk.reasoning or chunk.retrying is not None:
-            self._aside(chunk, now)
+        if isinstance(chunk, Attempt):
+            self._retrying(chunk, now)
+            return False
+        if chunk.reasoning:
+            self._reasoning(chunk.reasoning)
         text = chunk.text
-        if self.chars + len(text) > self.limit:
-            text = text[: self.limit - self.chars]
-            self.finish = "length"
         if text:
-            self._text(text, now)
+            if self.chars + len(text) > self.limit:
+                text = text[: self.limit - self.chars]
+                self.finish = "length"
+            if self.first_token is None:
+                self._first(text, now)
+            else:
+                # The hot path. After the first delta nobody else writes
+                # (the supervisor's `thinking` comes only before it): no lock.
+                if now - self.last_text > self.max_gap:
+                    self.max_gap = now - self.last_text
+                self.last_text = now
+                self.pieces.append(text)
+                self.chars += len(text)
+                frame = sse.delta(run.next_id, text)
+                run.next_id += 1
+                self.append(run.info.id, run.tail, [frame])
         if chunk.input_tokens is not None:
             self.input_tokens = chunk.input_tokens
         if chunk.output_tokens is not None:
@@ -227,59 +262,58 @@ class Answer:
             self.finish = chunk.finish_reason
         return False
 
-    def _text(self, text: str, now: float) -> None:
+    def _first(self, text: str, now: float) -> None:
+        """Write the first delta, after any `thinking` the supervisor writes."""
         run = self.run
-        if self.first_token is None:
-            run.answering = run.delta_sent = True
-            self.first_token = now - run.started_at
-            turn_log.info(
-                "turn.first_token",
-                extra={
-                    "turn_id": run.info.id,
-                    "ttft_ms": round(self.first_token * 1000, 1),
-                },
-            )
-        elif now - self.last_text > (self.max_gap or 0.0):
-            self.max_gap = now - self.last_text
+        run.answering = run.delta_sent = True
+        self.first_token = now - run.started_at
+        turn_log.info(
+            "turn.first_token",
+            extra={
+                "turn_id": run.info.id,
+                "ttft_ms": round(self.first_token * 1000, 1),
+            },
+        )
         self.last_text = now
         self.pieces.append(text)
         self.chars += len(text)
         with run.lock:
             frame = sse.delta(run.next_id, text)
             run.next_id += 1
-            self.parts.events.append(run.info.id, run.tail, [frame])
+            self.append(run.info.id, run.tail, [frame])
 
-    def _aside(self, chunk: Chunk, now: float) -> None:
-        """Relay what is not answer text: a new attempt, or reasoning."""
-        run, events = self.run, self.parts.events
-        attempt = chunk.retrying
-        if attempt is not None:
-            run.attempt_at = now  # the first-token wait starts again
-            run.answering = False
-            turn_log.info(
-                "turn.retry",
-                extra={
-                    "turn_id": run.info.id,
-                    "attempt": attempt.number,
-                    "provider": attempt.provider,
-                    "model": attempt.model,
-                    "reason": attempt.reason,
-                },
-            )
-            status = {
-                "state": "retrying",
+    def _retrying(self, attempt: Attempt, now: float) -> None:
+        """Announce a new upstream attempt; its first-token wait starts now."""
+        run = self.run
+        run.attempt_at = now
+        run.answering = False
+        turn_log.info(
+            "turn.retry",
+            extra={
+                "turn_id": run.info.id,
                 "attempt": attempt.number,
                 "provider": attempt.provider,
                 "model": attempt.model,
-            }
-            run.write(events, "status", status)
-            return
+                "reason": attempt.reason,
+            },
+        )
+        status = {
+            "state": "retrying",
+            "attempt": attempt.number,
+            "provider": attempt.provider,
+            "model": attempt.model,
+        }
+        run.write(self.parts.events, "status", status)
+
+    def _reasoning(self, reasoning: str) -> None:
+        """Say `thinking` once; relay the reasoning itself only if asked to."""
+        run, events = self.run, self.parts.events
         run.answering = True
         if not run.thinking_sent and not run.delta_sent:
             run.thinking_sent = True
             run.write(events, "status", {"state": "thinking"})
         if self.parts.settings.show_reasoning and self.thought_chars < self.limit:
-            thought = chunk.reasoning[: self.limit - self.thought_chars]
+            thought = reasoning[: self.limit - self.thought_chars]
             self.thought_chars += len(thought)
             run.write(events, "reasoning", {"text": thought})
 
@@ -303,7 +337,7 @@ class Answer:
             self.output_tokens,
             self.chars,
             self.first_token,
-            self.max_gap,
+            self.max_gap if len(self.pieces) > 1 else None,
             cancel_seconds,
         )
         text = "".join(self.pieces)

@@ -54,7 +54,6 @@ class Chunk:
     output_tokens: int | None = None
     finish_reason: str | None = None
     reasoning: str = ""
-    retrying: Attempt | None = None
 
 
 # The provider sent bytes that carry nothing (a keep-alive): still alive.
@@ -78,6 +77,18 @@ def merge(chunks: list[Chunk]) -> Chunk | None:
         if chunk.finish_reason:
             finish_reason = chunk.finish_reason
     return Chunk(text, input_tokens, output_tokens, finish_reason, reasoning)
+
+
+class Upstream(Protocol):
+    """What the producer reads: a provider's chunks, and new attempts.
+
+    An `Attempt` is its own type, not a Chunk field: the retry path then
+    adds nothing to the construction of every chunk.
+    """
+
+    name: str
+
+    def stream(self, request: ChatRequest) -> Generator[Chunk | Attempt]: ...
 
 
 class Provider(Protocol):

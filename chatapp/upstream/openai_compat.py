@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Generator
+from itertools import chain
 from typing import Any
 
 from chatapp.errors import ProviderError
@@ -88,11 +89,13 @@ class OpenAIProvider(SSEProvider):
     def stream(self, request: ChatRequest) -> Generator[Chunk]:
         """Yield the answer's chunks per network read."""
         body = request_body(request)
+        batches = self.events(body)
         try:
-            yield from self._stream(body)
+            first = next(batches, None)  # a refusal comes before any event
         except UnsupportedParameter as exc:
-            # Refused before any answer: safe to ask once more, in the
-            # form the message names.
+            # Refused before any answer: safe to ask once more, in the form
+            # the refusal names (no generator of our own in between: this is
+            # the per-chunk path).
             other = adjusted(body, exc.param)
             if other is None:
                 raise
@@ -101,13 +104,11 @@ class OpenAIProvider(SSEProvider):
                 exc.param,
                 request.model,
             )
-            yield from self._stream(other)
-
-    def _stream(self, body: dict[str, Any]) -> Generator[Chunk]:
+            batches = self.events(other)
+            first = next(batches, None)
         finished = False
-        batches = self.events(body)
         try:
-            for events in batches:
+            for events in chain((first,), batches) if first is not None else ():
                 batch = _Batch()
                 done = False
                 for event in events:
@@ -138,7 +139,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.texts: list[str] = []
-        self.thoughts: list[str] = []
+        self.thoughts: list[str] | None = None  # made for reasoning only
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.finish_reason: str | None = None
@@ -157,10 +158,14 @@ class _Batch:
                 if isinstance(text, str) and text:
                     self.texts.append(text)
                 # DeepSeek and vLLM say reasoning_content, OpenRouter and
-                # Ollama reasoning: never answer text.
-                thought = delta.get("reasoning_content") or delta.get("reasoning")
-                if isinstance(thought, str) and thought:
-                    self.thoughts.append(thought)
+                # Ollama reasoning: never answer text. (A plain text delta
+                # has one key: no lookups for it.)
+                if len(delta) > 1 or not text:
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(thought, str) and thought:
+                        if self.thoughts is None:
+                            self.thoughts = []
+                        self.thoughts.append(thought)
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
                 self.finish_reason = FINISH_REASONS.get(reason, "stop")
@@ -185,7 +190,7 @@ class _Batch:
             self.input_tokens,
             self.output_tokens,
             self.finish_reason,
-            "".join(self.thoughts) if self.thoughts else "",
+            "".join(self.thoughts) if self.thoughts is not None else "",
         )
 
 

@@ -1,17 +1,18 @@
 """Retries and a fallback model, only before the first word.
 
-`Resilient` is a Provider around the configured ones. While an attempt has
+`Resilient` is the Upstream around the configured ones. While an attempt has
 produced nothing (no text, no reasoning), a failure that asking again may
 cure (ProviderError.reason set: refused or reset connection, 429, 5xx, 529,
 overloaded) is retried up to `retries` times, then the fallback model is
-asked the same way. Each new attempt is announced by a `Chunk(retrying=…)`
+asked the same way. Each new attempt is announced by yielding an `Attempt`
 before its wait, so the reader sees `status` `retrying`. Once anything of
 an answer came, a failure is the turn's end: an answer is never asked
 twice. The wait is a plain gevent sleep inside the producer's upstream
 wait, so a cancel, the orphan rule or the watchdog interrupt it at once.
 
-Nothing here runs per chunk beyond one flag test: a turn without a retry
-pays nothing for this (BENCHMARKS.md, "What the retry path costs").
+Per chunk, nothing runs here once the first text came (the rest is handed
+over with `yield from`): a turn without a retry pays nothing for this
+(BENCHMARKS.md, "What the retry path costs").
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class Resilient:
             return self.fallback
         return self.primary
 
-    def stream(self, request: ChatRequest) -> Generator[Chunk]:
+    def stream(self, request: ChatRequest) -> Generator[Chunk | Attempt]:
         """Yield one attempt's chunks; announce and start another on failure."""
         first = self.route(request)
         routes = [first]
@@ -106,9 +107,13 @@ class Resilient:
                 stream = route.provider.stream(asked)
                 try:
                     for chunk in stream:
-                        if not answered and (chunk.text or chunk.reasoning):
-                            answered = True
                         yield chunk
+                        if chunk.text or chunk.reasoning:
+                            # Committed to this answer: hand the rest over
+                            # with no test per chunk.
+                            answered = True
+                            yield from stream
+                            return
                     return
                 except ProviderError as exc:
                     if answered or exc.reason is None:
@@ -137,6 +142,6 @@ class Resilient:
                 )
                 for hook in self.on_attempt:
                     hook(attempt, route.provider.name, route.model)
-                yield Chunk(retrying=attempt)
+                yield attempt
                 if not last_try:
                     self._sleep(backoff(failure, retry))
