@@ -240,6 +240,21 @@ def test_keep_alives_reach_the_browser_during_a_silence(
     assert silent.count(b": keep-alive") >= 2
 
 
+def test_provider_keep_alives_count_as_life_after_the_first_word(
+    service_factory: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    service = service_factory(
+        **openai_settings(fake_provider, CHATAPP_UPSTREAM_IDLE_TIMEOUT="1")
+    )
+    # 1.2 s between events, a keep-alive comment half way: never 1 s silent.
+    message = Behaviour(
+        text="abcdefgh", pieces=2, comments=True, delay_ms=600
+    ).as_directive()
+    _, events = ChatClient(service.url).answer(message)
+    assert text_of(events) == "abcdefgh"
+    assert data_of(events, "done") == [{"finish_reason": "stop"}]
+
+
 def test_first_token_timeout_ends_a_dead_provider(
     service_factory: ServiceFactory, fake_provider: FakeProvider
 ) -> None:
