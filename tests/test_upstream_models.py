@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator
 from typing import Any
 
 import pytest
 
+from chatapp import sse
 from chatapp.config import load_config
 from chatapp.errors import ConfigError
 from chatapp.errors import ProviderError
@@ -143,8 +145,6 @@ def test_anthropic_extended_thinking_takes_no_temperature() -> None:
 
 @pytest.mark.parametrize("param", sorted(REFUSED_PARAMETER_FIXTURE))
 def test_openai_recorded_400s_name_the_refused_parameter(param: str) -> None:
-    import json
-
     path = default_fixtures_dir() / REFUSED_PARAMETER_FIXTURE[param]
     error = bad_request(json.loads(path.read_bytes()))
     assert isinstance(error, UnsupportedParameter) and error.param == param
@@ -369,3 +369,58 @@ def test_anthropic_thinking_needs_room_above_its_minimum_budget() -> None:
 def test_the_first_token_wait_never_outlasts_the_whole_turn() -> None:
     config = load_config({**BASE, "CHATAPP_UPSTREAM_TOTAL_TIMEOUT": "40"})
     assert config["UPSTREAM_FIRST_TOKEN_TIMEOUT"] == 40
+
+
+# -- starting a turn on the fallback (what the spend governor asks for) ----------
+
+
+def test_a_turn_can_start_on_the_fallback_model() -> None:
+    from chatapp.store.conversations import MemoryHistory
+    from chatapp.store.events import MemoryEventLog
+    from chatapp.tokens import Identity
+    from chatapp.turns.model import TurnSettings
+    from chatapp.turns.relay import Relay
+    from chatapp.turns.start import start_turn
+
+    main = Script("openai")
+    spare = Script("anthropic", [Chunk("cheap"), Chunk(finish_reason="stop")])
+    upstream = Resilient(Route(main, "big"), Route(spare, "small"), retries=0)
+    settings = TurnSettings(
+        provider="openai",
+        model="big",
+        stream_ttl=60,
+        total_timeout=30,
+        idle_timeout=30,
+        heartbeat=15,
+        orphan=30,
+        fallback_provider="anthropic",
+        fallback_model="small",
+    )
+    relay = Relay(MemoryEventLog(), MemoryHistory(60), upstream, settings)
+    config = load_config(
+        {**BASE, "CHATAPP_MODEL": "big", "CHATAPP_FALLBACK_MODEL": "small"}
+    )
+    body, new = start_turn(
+        relay,
+        config,
+        Identity("visitor-1"),
+        "Hello",
+        None,
+        None,
+        lambda turn_id, cid: {"id": turn_id},
+        fallback=True,
+    )
+    assert new
+    run = relay.runs[body["id"]]
+    assert run.greenlet is not None
+    run.greenlet.join(5)
+    tail = relay.open(body["id"])
+    assert tail is not None and tail.done
+    _, event, data = sse.parse(tail.frames[0])
+    assert event == "start"
+    assert (json.loads(data)["provider"], json.loads(data)["model"]) == (
+        "anthropic",
+        "small",
+    )
+    assert b"cheap" in b"".join(tail.frames)
+    assert main.asked == [] and spare.asked == ["small"]
