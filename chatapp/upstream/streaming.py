@@ -63,6 +63,22 @@ def parse_json(data: str) -> dict[str, Any]:
     return dict(scrub_parsed(data, value))
 
 
+def check_stream(response: Any) -> None:
+    """Raise the provider's refusal, unless it answered with an event stream."""
+    if response.status != 200:
+        if response.status == 400:
+            raise bad_request(read_error_body(response))
+        raise status_error(
+            response.status, retry_after(response.headers.get("Retry-After"))
+        )
+    # harden #11: a 200 that is no event stream (a proxy's HTML page) is the
+    # provider's error, not a connection that dropped.
+    if not response.headers.get("Content-Type", "").lower().startswith(EVENT_STREAM):
+        raise ProviderError(
+            "provider_error", "The provider did not answer with an event stream."
+        )
+
+
 def event_batches(
     pool: Any,
     url: str,
@@ -86,21 +102,7 @@ def event_batches(
             body=body,
             connect_timeout=connect_timeout,
         )
-        if response.status != 200:
-            if response.status == 400:
-                raise bad_request(read_error_body(response))
-            after = retry_after(response.headers.get("Retry-After"))
-            raise status_error(response.status, after)
-        # harden #11: a 200 that is no event stream (a proxy's HTML page) is
-        # the provider's error, not a connection that dropped.
-        if (
-            not response.headers.get("Content-Type", "")
-            .lower()
-            .startswith(EVENT_STREAM)
-        ):
-            raise ProviderError(
-                "provider_error", "The provider did not answer with an event stream."
-            )
+        check_stream(response)
         decoder = SSEDecoder()
         while True:
             with READING:
