@@ -308,3 +308,38 @@ def test_the_first_token_wait_ends_a_silent_provider() -> None:
     assert [e for e, _ in got] == ["start", "error", "done"]
     assert got[1][1]["code"] == "provider_timeout"
     assert ends[0].error_code == "provider_timeout"
+
+
+def test_usage_a_failed_attempt_reported_is_charged_with_the_answer() -> None:
+    from chatapp.upstream.retry import Resilient
+    from chatapp.upstream.retry import Route
+
+    class Flaky:
+        name = "flaky"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def stream(self, request: ChatRequest) -> Generator[Chunk]:
+            self.calls += 1
+            if self.calls == 1:
+                yield Chunk(input_tokens=7)
+                raise ProviderError(
+                    "provider_unavailable", "overloaded", retryable=True, reason="529"
+                )
+            yield Chunk(text="Fine.")
+            yield Chunk(input_tokens=7, output_tokens=2, finish_reason="stop")
+
+    upstream = Resilient(Route(Flaky(), "m"), retries=1, sleep=lambda s: None)
+    relay, ends = relay_with(upstream)
+    info = started(relay)
+    got = follow(relay, info.id)
+    assert [e for e, _ in got] == ["start", "status", "delta", "usage", "done"]
+    assert got[1][1] == {
+        "state": "retrying",
+        "attempt": 2,
+        "provider": "flaky",
+        "model": "m",
+    }
+    assert got[3][1] == {"input_tokens": 14, "output_tokens": 2}
+    assert (ends[0].input_tokens, ends[0].output_tokens) == (14, 2)

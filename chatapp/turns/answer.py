@@ -31,6 +31,7 @@ class Answer:
     # Slots: `take` runs per chunk, and slot attributes are the cheap ones.
     __slots__ = (
         "append",
+        "carried",
         "chars",
         "error",
         "finish",
@@ -58,6 +59,8 @@ class Answer:
         self.error: dict[str, Any] | None = None
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
+        # What failed attempts reported spending: it counts too (SPEC).
+        self.carried: tuple[int, int] | None = None
         self.first_token: float | None = None
         self.max_gap = 0.0
         self.last_text = 0.0
@@ -124,6 +127,13 @@ class Answer:
         run = self.run
         run.attempt_at = now
         run.answering = False
+        if self.input_tokens is not None or self.output_tokens is not None:
+            spent_in, spent_out = self.carried or (0, 0)
+            self.carried = (
+                spent_in + (self.input_tokens or 0),
+                spent_out + (self.output_tokens or 0),
+            )
+            self.input_tokens = self.output_tokens = None
         turn_log.info(
             "turn.retry",
             extra={
@@ -153,6 +163,13 @@ class Answer:
             thought = reasoning[: self.limit - self.thought_chars]
             self.thought_chars += len(thought)
             run.write(events, "reasoning", {"text": thought})
+
+    def settle_usage(self) -> None:
+        """Add what failed attempts reported to what the last one did."""
+        if self.carried is not None:
+            self.input_tokens = (self.input_tokens or 0) + self.carried[0]
+            self.output_tokens = (self.output_tokens or 0) + self.carried[1]
+            self.carried = None
 
     def fail(self, exc: ProviderError, finish: str = "error") -> None:
         """End the answer with SPEC's error event for `exc`."""

@@ -188,6 +188,7 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
 def close(answer: Answer) -> None:
     """Write the answer's end: history, limits and cache, then error, usage, done."""
     parts, run = answer.parts, answer.run
+    answer.settle_usage()
     cancel_seconds = None
     if answer.finish == "cancelled" and run.cancel_reason == "cancelled":
         cancel_seconds = time.monotonic() - run.cancel_at
