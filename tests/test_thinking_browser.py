@@ -77,3 +77,23 @@ def test_thinking_then_the_answer_and_a_folded_reasoning(
     expect(details).not_to_have_attribute("open", "")
     # "Thinking" was announced once, not per token or per second.
     assert said.count("Thinking") == 1, said
+
+
+def test_a_retry_shows_a_quiet_note_until_the_answer(
+    context: BrowserContext,
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+) -> None:
+    service = service_factory(
+        **openai_settings(fake_provider, CHATAPP_UPSTREAM_RETRIES="2")
+    )
+    fake_provider.fail_next(1, 503, retry_after=3)
+    chat = ChatPage(context.new_page(), service.url).open()
+    chat.send(Behaviour(text="Back again.").as_directive())
+    reply = chat.answers.last
+    note = reply.locator(".msg__note")
+    expect(note).to_have_text("The AI service is busy; asking again…")
+    expect(reply.locator(".msg__body")).to_have_text("Back again.")
+    expect(reply).to_have_attribute("data-state", "done")
+    expect(note).not_to_have_text("The AI service is busy; asking again…")
+    assert len(fake_provider.requests) == 2
