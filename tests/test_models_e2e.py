@@ -15,6 +15,7 @@ import requests
 
 from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.conftest import ChatClient
+from tests.conftest import RedisServer
 from tests.conftest import ServiceFactory
 from tests.conftest import anthropic_settings
 from tests.conftest import data_of
@@ -179,11 +180,19 @@ def test_without_show_reasoning_only_the_thinking_status_is_relayed(
     assert statuses(events) == [{"state": "thinking"}]
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_resume_and_polling_replay_status_and_reasoning_exactly(
-    service_factory: ServiceFactory, fake_provider: FakeProvider
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+    request: pytest.FixtureRequest,
+    store: str,
 ) -> None:
+    shared = {}
+    if store == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        shared = {"CHATAPP_REDIS_URL": server.url, "CHATAPP_WORKERS": "2"}
     service = service_factory(
-        **anthropic_settings(fake_provider, CHATAPP_SHOW_REASONING="1")
+        **anthropic_settings(fake_provider, CHATAPP_SHOW_REASONING="1", **shared)
     )
     client = ChatClient(service.url)
     message = Behaviour(fixture=ANTHROPIC_THINKING_STREAM).as_directive()
@@ -203,11 +212,19 @@ def test_resume_and_polling_replay_status_and_reasoning_exactly(
 # -- silences: thinking is not dead ---------------------------------------------
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_a_long_silence_before_the_first_word_completes(
-    service_factory: ServiceFactory, fake_provider: FakeProvider
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+    request: pytest.FixtureRequest,
+    store: str,
 ) -> None:
+    shared = {}
+    if store == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        shared = {"CHATAPP_REDIS_URL": server.url}
     service = service_factory(
-        **openai_settings(fake_provider, CHATAPP_UPSTREAM_IDLE_TIMEOUT="2")
+        **openai_settings(fake_provider, CHATAPP_UPSTREAM_IDLE_TIMEOUT="2", **shared)
     )
     message = Behaviour(ttft_ms=6000, text="Here it is.").as_directive()
     _, events = ChatClient(service.url).answer(message)
