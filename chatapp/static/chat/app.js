@@ -234,8 +234,8 @@ function onTurnEvent(turn, type, data) {
       onReasoning(turn.answer, data);
       break;
     case 'delta':
+      if (turn.answer.thinking) onAnswering(turn.answer); // the first words
       if (typeof data.text === 'string') turn.answer.append(data.text);
-      onAnswering(turn.answer);
       break;
     case 'error':
       turn.error = data;
