@@ -179,7 +179,27 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "ORPHAN_SECONDS": ("CHATAPP_ORPHAN_SECONDS", _seconds(), 30.0),
     "UPSTREAM_CONNECT_TIMEOUT": ("CHATAPP_UPSTREAM_CONNECT_TIMEOUT", _seconds(), 5.0),
     "UPSTREAM_IDLE_TIMEOUT": ("CHATAPP_UPSTREAM_IDLE_TIMEOUT", _seconds(), 30.0),
-    "UPSTREAM_TOTAL_TIMEOUT": ("CHATAPP_UPSTREAM_TOTAL_TIMEOUT", _seconds(), 300.0),
+    "UPSTREAM_TOTAL_TIMEOUT": ("CHATAPP_UPSTREAM_TOTAL_TIMEOUT", _seconds(), 600.0),
+    # Models as they ship today (SPEC "Models and resilient upstreams").
+    "UPSTREAM_FIRST_TOKEN_TIMEOUT": (
+        "CHATAPP_UPSTREAM_FIRST_TOKEN_TIMEOUT",
+        _seconds(),
+        300.0,
+    ),
+    "UPSTREAM_RETRIES": ("CHATAPP_UPSTREAM_RETRIES", _int(0, 10), 2),
+    "FALLBACK_MODEL": ("CHATAPP_FALLBACK_MODEL", _text, ""),
+    "FALLBACK_PROVIDER": (
+        "CHATAPP_FALLBACK_PROVIDER",
+        _choice("openai", "anthropic", "demo"),
+        "",
+    ),
+    "FALLBACK_BASE_URL": ("CHATAPP_FALLBACK_BASE_URL", _text, ""),
+    "REASONING_EFFORT": (
+        "CHATAPP_REASONING_EFFORT",
+        _choice("low", "medium", "high"),
+        "",
+    ),
+    "SHOW_REASONING": ("CHATAPP_SHOW_REASONING", _flag, False),
     "EMBED_ORIGINS": ("CHATAPP_EMBED_ORIGINS", _origins, ()),
     "API_ORIGINS": ("CHATAPP_API_ORIGINS", _origins, ()),
     "WP_SHARED_SECRET": ("CHATAPP_WP_SHARED_SECRET", _text, ""),
@@ -187,8 +207,8 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     # Not in SPEC's table: which peers are those proxies (CIDRs); empty = any.
     "TRUSTED_PROXIES": ("CHATAPP_TRUSTED_PROXIES", _networks, ()),
     "DAILY_TOKEN_BUDGET": ("CHATAPP_DAILY_TOKEN_BUDGET", _int(0), 0),
-    # The site's spend (SPEC "Spend"): prices, ceilings, alerts. FALLBACK_MODEL
-    # is the models issue's setting, read here too for the soft ceilings.
+    # The site's spend (SPEC "Spend"): prices, ceilings, alerts. Soft ceilings
+    # move turns to FALLBACK_MODEL (with the upstream settings above).
     "PRICES": ("CHATAPP_PRICES", _prices, MappingProxyType({})),
     "CURRENCY": ("CHATAPP_CURRENCY", _text, "USD"),
     "SPEND_LIMITS": ("CHATAPP_SPEND_LIMITS", _ceilings, MappingProxyType({})),
@@ -199,7 +219,6 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     ),
     "SPEND_ALERTS": ("CHATAPP_SPEND_ALERTS", _percentages, (50, 80, 100)),
     "ALERT_WEBHOOK": ("CHATAPP_ALERT_WEBHOOK", _http_url, ""),
-    "FALLBACK_MODEL": ("CHATAPP_FALLBACK_MODEL", _text, ""),
     "CACHE_TTL": ("CHATAPP_CACHE_TTL", _seconds(zero_ok=True), 0.0),
     "DRAIN_SECONDS": ("CHATAPP_DRAIN_SECONDS", _seconds(), 30.0),
     "LOG_PROMPTS": ("CHATAPP_LOG_PROMPTS", _flag, False),
@@ -301,6 +320,7 @@ def _load_config(
         raise ConfigError("CHATAPP_PROVIDER_BASE_URL must be an http(s) URL")
 
     _check_moderation(config, env)
+    _check_fallback(config, env)
     config["SYSTEM_PROMPT"] = _read_prompt(config["SYSTEM_PROMPT"])
     config["EPHEMERAL_KEY"] = False
     if not config["SECRET_KEYS"]:
@@ -326,6 +346,11 @@ def _load_config(
             "CHATAPP_UPSTREAM_IDLE_TIMEOUT must not exceed "
             "CHATAPP_UPSTREAM_TOTAL_TIMEOUT"
         )
+    # The whole-turn deadline bounds the first word's wait as well: a short
+    # total (tests, strict sites) needs no matching first-token setting.
+    config["UPSTREAM_FIRST_TOKEN_TIMEOUT"] = min(
+        config["UPSTREAM_FIRST_TOKEN_TIMEOUT"], config["UPSTREAM_TOTAL_TIMEOUT"]
+    )
     if config["WP_SHARED_SECRET"] and len(config["WP_SHARED_SECRET"].encode()) < 32:
         raise ConfigError(
             "CHATAPP_WP_SHARED_SECRET must be at least 32 bytes long "
@@ -375,6 +400,48 @@ def _check_moderation(config: dict[str, Any], env: Mapping[str, str]) -> None:
         raise ConfigError(
             "CHATAPP_MODERATION=openai needs OPENAI_API_KEY; set it in the "
             "environment (it stays on the server)"
+        )
+
+
+def _check_fallback(config: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Resolve the fallback model's provider, URL and key, or stop start-up."""
+    name = config["FALLBACK_PROVIDER"] or config["PROVIDER"]
+    same = name == config["PROVIDER"]
+    defaults = PROVIDER_DEFAULTS[name]
+    if not config["FALLBACK_MODEL"]:
+        if config["FALLBACK_PROVIDER"] or config["FALLBACK_BASE_URL"]:
+            raise ConfigError(
+                "CHATAPP_FALLBACK_PROVIDER and CHATAPP_FALLBACK_BASE_URL need "
+                "CHATAPP_FALLBACK_MODEL (the model to ask there)"
+            )
+    url = config["FALLBACK_BASE_URL"] or (
+        config["PROVIDER_BASE_URL"] if same else defaults["base_url"]
+    )
+    config["FALLBACK_PROVIDER"] = name
+    config["FALLBACK_BASE_URL"] = url.rstrip("/")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError("CHATAPP_FALLBACK_BASE_URL must be an http(s) URL")
+    key_env = defaults["key_env"]
+    config.setdefault(
+        "FALLBACK_API_KEY",
+        config["PROVIDER_API_KEY"]
+        if same
+        else (env.get(key_env, "").strip() if key_env else ""),
+    )
+    if config["FALLBACK_MODEL"] and key_env and not config["FALLBACK_API_KEY"]:
+        raise ConfigError(
+            f"CHATAPP_FALLBACK_PROVIDER={name} needs {key_env}; set it in the "
+            "environment (it stays on the server)"
+        )
+    effort = config["REASONING_EFFORT"]
+    uses_anthropic = "anthropic" in (
+        config["PROVIDER"],
+        name if config["FALLBACK_MODEL"] else "",
+    )
+    if effort and uses_anthropic and config["MAX_OUTPUT_TOKENS"] <= 1024:
+        raise ConfigError(
+            "CHATAPP_REASONING_EFFORT with Anthropic needs CHATAPP_MAX_OUTPUT_TOKENS "
+            "above 1024 (extended thinking takes at least 1024 of them)"
         )
 
 

@@ -42,11 +42,23 @@ class ApiError(ChatappError):
 class ProviderError(ChatappError):
     """The provider failed; `code` is one of SPEC's error event codes."""
 
-    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retryable = retryable
+        # Set when asking again may help (a refused connection, 429, 5xx,
+        # overloaded): the metrics label of why. None: never ask again.
+        self.reason = reason
+        self.retry_after = retry_after  # the provider's Retry-After, seconds
 
 
 class ContentBlocked(ProviderError):

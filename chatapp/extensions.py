@@ -25,9 +25,9 @@ from chatapp.turns.model import TurnSettings
 from chatapp.turns.relay import Relay
 from chatapp.turns.supervise import LEASE_SECONDS
 from chatapp.upstream import build_provider
-from chatapp.upstream.base import Provider
 from chatapp.upstream.moderation import Moderator
 from chatapp.upstream.moderation import OpenAIModerator
+from chatapp.upstream.retry import Resilient
 from chatapp.web.logs import log_turn
 
 # Pooled Redis connections a worker may open: commands are short and never
@@ -46,7 +46,7 @@ class State:
     signer: TokenSigner
     events: EventLog
     history: History
-    provider: Provider
+    provider: Resilient
     relay: Relay
     http: requests.Session
     metrics: Metrics
@@ -124,10 +124,23 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             heartbeat=config["HEARTBEAT_SECONDS"],
             orphan=config["ORPHAN_SECONDS"],
             cache_ttl=config["CACHE_TTL"],
+            first_token_timeout=config["UPSTREAM_FIRST_TOKEN_TIMEOUT"],
+            show_reasoning=config["SHOW_REASONING"],
+            fallback_provider=config["FALLBACK_PROVIDER"],
+            fallback_model=config["FALLBACK_MODEL"],
         ),
         moderator,
     )
     metrics = Metrics(lambda: relay.running)
+    metrics.known_upstreams(
+        [(config["PROVIDER"], config["MODEL"])]
+        + (
+            [(config["FALLBACK_PROVIDER"], config["FALLBACK_MODEL"])]
+            if config["FALLBACK_MODEL"]
+            else []
+        )
+    )
+    provider.on_attempt.append(metrics.upstream_attempt)
     relay.on_end.append(metrics.turn_ended)
     relay.on_end.append(log_end)
     botcheck = None

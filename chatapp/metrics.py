@@ -25,6 +25,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from chatapp.turns.model import TurnEnd
+from chatapp.upstream.base import Attempt
+from chatapp.upstream.retry import REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -107,6 +109,20 @@ class Metrics:
             "Failed calls to shared storage (Redis).",
             registry=r,
         )
+        self._retries = Counter(
+            "chatapp_upstream_retries",
+            "Upstream attempts asked again before the first word, by the "
+            "provider and model that failed and why.",
+            ["provider", "model", "reason"],
+            registry=r,
+        )
+        self._fallbacks = Counter(
+            "chatapp_upstream_fallbacks",
+            "Turns handed to the fallback model before the first word, by the "
+            "provider and model that failed and why.",
+            ["provider", "model", "reason"],
+            registry=r,
+        )
         self._active = Gauge(
             "chatapp_active_turns",
             "Turns generating now.",
@@ -123,6 +139,18 @@ class Metrics:
             self._refusals.labels(code)
         for cause in DISCONNECT_CAUSES:
             self._disconnects.labels(cause)
+
+    def known_upstreams(self, routes: list[tuple[str, str]]) -> None:
+        """Create the retry series at 0, so dashboards show 0, not no data."""
+        for provider, model in routes:
+            for reason in REASONS:
+                self._retries.labels(provider, model, reason)
+                self._fallbacks.labels(provider, model, reason)
+
+    def upstream_attempt(self, attempt: Attempt, provider: str, model: str) -> None:
+        """Count a new upstream attempt after `provider` `model` failed."""
+        counter = self._fallbacks if attempt.fallback else self._retries
+        counter.labels(provider, model, attempt.reason).inc()
 
     def turn_started(self) -> None:
         self._started.inc()

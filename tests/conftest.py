@@ -244,6 +244,9 @@ class ServiceFactory:
                 # the limits' own tests set them.
                 "CHATAPP_RATE_LIMITS": "100000/minute",
                 "CHATAPP_MAX_STREAMS_PER_CLIENT": "1000",
+                # Tests of other behaviour see each upstream failure once;
+                # the retries' own tests (test_models_e2e.py) set it.
+                "CHATAPP_UPSTREAM_RETRIES": "0",
             }
         )
         env.update({k: str(v) for k, v in settings.items()})

@@ -9,6 +9,11 @@ last user message with a directive::
 
 Options come before `` | ``, the answer text to synthesize after it.
 
+OpenAI's reasoning models (``o1``…``o9``, ``gpt-5``…) are refused as OpenAI
+refuses them: a body with ``max_tokens`` or ``temperature`` gets the recorded
+400 naming that parameter. ``FakeProvider.fail_next`` makes the next K
+requests fail with a status (and an optional ``Retry-After``).
+
 ``POST /v1/moderations`` answers OpenAI's moderation verdict: not flagged,
 unless the input holds one of the moderation directives anywhere in it
 (``mod:flag``, ``mod:fail`` = 500, ``mod:malformed``, ``mod:stall`` = no
@@ -21,6 +26,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import select
 import socket
 import struct
@@ -73,6 +79,14 @@ ERROR_FIXTURE: dict[tuple[Provider, int], str] = {
     ("anthropic", 529): "anthropic-error-529.json",
 }
 ANTHROPIC_ERROR_STREAM = "anthropic-error-stream.txt"
+OPENAI_REASONING_STREAM = "openai-compat-reasoning-content-stream.txt"
+ANTHROPIC_THINKING_STREAM = "anthropic-thinking-stream.txt"
+# OpenAI's exact 400s for a reasoning model sent max_tokens or temperature.
+REFUSED_PARAMETER_FIXTURE = {
+    "max_tokens": "openai-error-400-max-tokens.json",
+    "temperature": "openai-error-400-temperature.json",
+}
+REASONING_MODEL = re.compile(r"^(?:o[1-9]|gpt-5)(?:$|[-._:])")
 STREAM_CONTENT_TYPE: dict[Provider, str] = {
     "openai": "text/event-stream; charset=utf-8",
     "anthropic": "text/event-stream",
@@ -149,6 +163,12 @@ class Behaviour:
     truncate: bool = False
     gzip: bool = False
     html: bool = False
+    # Sent with an error status as the Retry-After header (seconds).
+    retry_after: int | None = None
+    # Anthropic: an in-stream overloaded_error before any text (HTTP 200).
+    overloaded: bool = False
+    # Refuse this request field with OpenAI's recorded 400, whatever the model.
+    refuse: str | None = None
 
     def __post_init__(self) -> None:
         if self.line_ending not in ("lf", "crlf", "cr"):
@@ -171,6 +191,10 @@ class Behaviour:
             raise ValueError("choose drop_after or stall_after, not both")
         if self.midstream_error and self.malformed:
             raise ValueError("choose midstream_error or malformed, not both")
+        if self.refuse is not None and self.refuse not in REFUSED_PARAMETER_FIXTURE:
+            raise ValueError(
+                f"refuse must name one of {list(REFUSED_PARAMETER_FIXTURE)}"
+            )
         if self.fixture is not None and Path(self.fixture).name != self.fixture:
             raise ValueError(f"fixture must be a bare file name: {self.fixture!r}")
 
@@ -204,11 +228,21 @@ _FLAG_OPTIONS = {
     "truncate": ("truncate", True),
     "gzip": ("gzip", True),
     "html": ("html", True),
+    "overloaded": ("overloaded", True),
 }
 _INT_OPTIONS = frozenset(
-    ("chunk", "delay_ms", "ttft_ms", "status", "drop_after", "stall_after", "pieces")
+    (
+        "chunk",
+        "delay_ms",
+        "ttft_ms",
+        "status",
+        "drop_after",
+        "stall_after",
+        "pieces",
+        "retry_after",
+    )
 )
-_STR_OPTIONS = frozenset(("fixture", "finish", "location"))
+_STR_OPTIONS = frozenset(("fixture", "finish", "location", "refuse"))
 
 
 def parse_directive(content: str) -> Behaviour | None:
@@ -528,6 +562,12 @@ def _events(
         and behaviour.fixture is None
     ):
         return split_events(_read_fixture(fixtures_dir, ANTHROPIC_ERROR_STREAM))
+    if provider == "anthropic" and behaviour.overloaded:
+        # The recorded error event, after the recorded opening and before
+        # any text: what the API sends when it is overloaded mid-request.
+        recorded = split_events(_read_fixture(fixtures_dir, ANTHROPIC_ERROR_STREAM))
+        end = _cut_after_content(provider, recorded, 1) - 1
+        return [*recorded[:end], recorded[-1]]
     if behaviour.fixture is not None or behaviour.text is None:
         name = behaviour.fixture or MAIN_FIXTURE[provider]
         events = split_events(_read_fixture(fixtures_dir, name))
@@ -604,6 +644,19 @@ def error_json(provider: Provider, status: int, message: str | None = None) -> b
             "request_id": "req_fake" + uuid.uuid4().hex[:16],
         }
     )
+
+
+def refused_parameter(provider: Provider, body: dict[str, Any] | None) -> str | None:
+    """Name the field OpenAI refuses for a reasoning model, if the body has one."""
+    model = body.get("model") if body is not None else None
+    if provider != "openai" or not isinstance(model, str):
+        return None
+    if not REASONING_MODEL.match(model):
+        return None
+    for name in ("max_tokens", "temperature"):
+        if name in body:  # type: ignore[operator]
+            return name
+    return None
 
 
 @dataclass(frozen=True)
@@ -720,7 +773,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if behaviour.status != 200:
             body_bytes = error_body(provider, behaviour.status, fake.fixtures_dir)
-            self._send_error(provider, behaviour.status, body_bytes)
+            extra = {}
+            if behaviour.retry_after is not None:
+                extra["retry-after"] = str(behaviour.retry_after)
+            self._send_error(provider, behaviour.status, body_bytes, extra)
+            return
+        refused = behaviour.refuse or refused_parameter(provider, body)
+        if refused is not None:
+            body_bytes = _read_fixture(
+                fake.fixtures_dir, REFUSED_PARAMETER_FIXTURE[refused]
+            )
+            self._send_error(provider, 400, body_bytes)
             return
         try:
             plan = plan_stream(provider, behaviour, body, fake.fixtures_dir)
@@ -783,10 +846,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def _send_error(self, provider: Provider, status: int, body: bytes) -> None:
+    def _send_error(
+        self,
+        provider: Provider,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         extra = _request_id_header(provider)
         if status == 429:
             extra["retry-after"] = "7"
+        extra.update(headers or {})
         self._send_json(status, body, JSON_CONTENT_TYPE[provider], extra)
 
     def _stream(self, provider: Provider, behaviour: Behaviour, plan: Plan) -> None:
@@ -976,6 +1046,13 @@ class FakeProvider:
         """Answer the next provider request (either endpoint) with ``behaviour``."""
         with self._cond:
             self._queue.append(behaviour)
+
+    def fail_next(
+        self, count: int, status: int = 503, retry_after: int | None = None
+    ) -> None:
+        """Fail the next ``count`` provider requests with ``status``."""
+        for _ in range(count):
+            self.enqueue(Behaviour(status=status, retry_after=retry_after))
 
     @property
     def requests(self) -> list[RecordedRequest]:

@@ -551,3 +551,78 @@ def test_fixtures_dir_can_be_overridden(
 ) -> None:
     monkeypatch.setenv("CHATAPP_FIXTURES_DIR", str(tmp_path))
     assert default_fixtures_dir() == tmp_path
+
+
+# -- reasoning models, refusals and failing first requests ---------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "fixture"),
+    [
+        ("max_tokens", "openai-error-400-max-tokens.json"),
+        ("temperature", "openai-error-400-temperature.json"),
+    ],
+)
+def test_a_reasoning_model_is_refused_what_openai_refuses(
+    fake: FakeProvider, field: str, fixture: str
+) -> None:
+    body: dict[str, Any] = {
+        "model": "o4-mini",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+        "max_completion_tokens" if field != "max_tokens" else "max_tokens": 256,
+    }
+    if field == "temperature":
+        body["temperature"] = 0.2
+    response = requests.post(
+        fake.openai_base_url + "/chat/completions", json=body, timeout=10
+    )
+    assert response.status_code == 400
+    assert response.content == (FIXTURES / fixture).read_bytes()
+    body.pop(field)
+    body["max_completion_tokens"] = 256
+    ok = requests.post(
+        fake.openai_base_url + "/chat/completions", json=body, timeout=10
+    )
+    assert ok.status_code == 200
+
+
+def test_refuse_answers_any_model_with_the_recorded_400(upstream: Upstream) -> None:
+    with upstream.call("openai", "fake: refuse=max_tokens") as response:
+        assert response.status_code == 400
+        assert response.json()["error"]["param"] == "max_tokens"
+
+
+def test_fail_next_fails_that_many_requests_then_answers(
+    fake: FakeProvider, upstream: Upstream
+) -> None:
+    fake.fail_next(2, 503, retry_after=3)
+    statuses = []
+    for _ in range(3):
+        with upstream.call("openai", "hello") as response:
+            statuses.append((response.status_code, response.headers.get("retry-after")))
+    assert statuses == [(503, "3"), (503, "3"), (200, None)]
+
+
+def test_overloaded_sends_the_recorded_error_event_before_any_text(
+    upstream: Upstream,
+) -> None:
+    with upstream.call("anthropic", "fake: overloaded") as response:
+        assert response.status_code == 200
+        events = parse_sse(raw_body(response))
+    names = [name for name, _ in events]
+    assert "content_block_delta" not in names
+    assert names[-1] == "error"
+    assert json.loads(events[-1][1])["error"]["type"] == "overloaded_error"
+
+
+@pytest.mark.parametrize(
+    "fixture",
+    ["openai-compat-reasoning-content-stream.txt", "anthropic-thinking-stream.txt"],
+)
+def test_reasoning_recordings_replay_byte_for_byte(
+    upstream: Upstream, fixture: str
+) -> None:
+    provider = "openai" if fixture.startswith("openai") else "anthropic"
+    with upstream.call(provider, f"fake: fixture={fixture}") as response:
+        assert raw_body(response) == (FIXTURES / fixture).read_bytes()

@@ -144,6 +144,8 @@ def services(
 ) -> dict[str, Service]:
     common: dict[str, Any] = {
         "CHATAPP_UPSTREAM_IDLE_TIMEOUT": IDLE_TIMEOUT,
+        # A stall before the first byte is the first-token wait's to end.
+        "CHATAPP_UPSTREAM_FIRST_TOKEN_TIMEOUT": IDLE_TIMEOUT,
         "CHATAPP_MAX_OUTPUT_TOKENS": "64000",
         "CHATAPP_ORPHAN_SECONDS": "30",
     }

@@ -68,7 +68,7 @@ class Failing:
 
 
 def relay_with(provider: object, **settings: float) -> tuple[Relay, list[TurnEnd]]:
-    values = {
+    values: dict[str, float] = {
         "stream_ttl": 60.0,
         "total_timeout": 30.0,
         "idle_timeout": 30.0,
@@ -250,3 +250,96 @@ def test_a_reader_past_the_end_of_a_finished_turn_is_finished() -> None:
     assert read.finished(tail, len(everything))
     assert read.finished(tail, len(everything) + 10)
     assert not read.finished(tail, len(everything) - 1)
+
+
+class Thinker:
+    """A provider that is silent, then reasons, then answers."""
+
+    name = "thinker"
+
+    def __init__(self, silence: float) -> None:
+        self.silence = silence
+
+    def stream(self, request: ChatRequest) -> Generator[Chunk]:
+        gevent.sleep(self.silence)
+        yield Chunk(reasoning="Let me see. ")
+        yield Chunk(reasoning="Two and two.")
+        yield Chunk(text="Four.")
+        yield Chunk(input_tokens=3, output_tokens=9, finish_reason="stop")
+
+
+@pytest.mark.parametrize("silence", [0.0, 1.6])
+def test_thinking_is_said_once_before_the_answer_and_never_in_it(
+    silence: float,
+) -> None:
+    relay, _ = relay_with(Thinker(silence), show_reasoning=True)
+    info = started(relay)
+    got = follow(relay, info.id)
+    # Whether the silence or the reasoning says it first: one status.
+    assert [e for e, _ in got] == [
+        "start",
+        "status",
+        "reasoning",
+        "reasoning",
+        "delta",
+        "usage",
+        "done",
+    ]
+    assert got[1][1] == {"state": "thinking"}
+    assert "".join(d["text"] for e, d in got if e == "reasoning") == (
+        "Let me see. Two and two."
+    )
+    assert relay.history.messages("conv-0001")[-1].content == "Four."
+
+
+def test_reasoning_is_not_relayed_unless_asked_for() -> None:
+    relay, _ = relay_with(Thinker(0.0))
+    info = started(relay)
+    got = follow(relay, info.id)
+    assert [e for e, _ in got] == ["start", "status", "delta", "usage", "done"]
+
+
+def test_the_first_token_wait_ends_a_silent_provider() -> None:
+    relay, ends = relay_with(
+        Scripted([], stall=True), first_token_timeout=0.3, idle_timeout=10.0
+    )
+    info = started(relay)
+    got = follow(relay, info.id)
+    assert [e for e, _ in got] == ["start", "error", "done"]
+    assert got[1][1]["code"] == "provider_timeout"
+    assert ends[0].error_code == "provider_timeout"
+
+
+def test_usage_a_failed_attempt_reported_is_charged_with_the_answer() -> None:
+    from chatapp.upstream.retry import Resilient
+    from chatapp.upstream.retry import Route
+
+    class Flaky:
+        name = "flaky"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def stream(self, request: ChatRequest) -> Generator[Chunk]:
+            self.calls += 1
+            if self.calls == 1:
+                yield Chunk(input_tokens=7)
+                raise ProviderError(
+                    "provider_unavailable", "overloaded", retryable=True, reason="529"
+                )
+            yield Chunk(text="Fine.")
+            yield Chunk(input_tokens=7, output_tokens=2, finish_reason="stop")
+
+    upstream = Resilient(Route(Flaky(), "m"), retries=1, sleep=lambda s: None)
+    relay, ends = relay_with(upstream)
+    info = started(relay)
+    got = follow(relay, info.id)
+    assert [e for e, _ in got] == ["start", "status", "delta", "usage", "done"]
+    assert got[1][1] == {
+        "state": "retrying",
+        "attempt": 2,
+        "provider": "flaky",
+        "model": "m",
+    }
+    assert got[3][1] == {"input_tokens": 14, "output_tokens": 2}
+    assert (ends[0].input_tokens, ends[0].output_tokens) == (14, 2)

@@ -39,3 +39,8 @@ class TurnSettings:
     heartbeat: float
     orphan: float
     cache_ttl: float = 0
+    # Bounds the wait for the first text or reasoning; idle_timeout after it.
+    first_token_timeout: float = 300.0
+    show_reasoning: bool = False  # relay reasoning text, not only `thinking`
+    fallback_provider: str = ""
+    fallback_model: str = ""

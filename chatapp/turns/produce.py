@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gevent
+from gevent.lock import Semaphore
 
 from chatapp import sse
 from chatapp.errors import ContentBlocked
@@ -27,17 +28,16 @@ from chatapp.store.conversations import StoredMessage
 from chatapp.store.events import EventLog
 from chatapp.store.tail import Tail
 from chatapp.text import scrub
+from chatapp.turns.answer import Answer
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.model import TurnSettings
 from chatapp.upstream.base import ChatRequest
-from chatapp.upstream.base import Provider
+from chatapp.upstream.base import Upstream
 from chatapp.upstream.moderation import Moderator
 from chatapp.upstream.moderation import unavailable
 
 log = logging.getLogger(__name__)
-# Lifecycle lines go to the logger the JSON log set-up names for turns.
-turn_log = logging.getLogger("chatapp.turn")
 
 # `max_tokens` asks the provider to stop; this makes sure of it. A provider
 # that streams on past the bound (broken, hostile, or a proxy in between) is
@@ -68,15 +68,22 @@ class Run:
     """A turn being produced in this worker, and where it may be interrupted."""
 
     __slots__ = (
+        "answering",
+        "attempt_at",
         "cache_key",
         "cancel_at",
         "cancel_reason",
         "deadline",
+        "delta_sent",
         "greenlet",
         "in_upstream",
         "info",
         "last_read",
+        "lock",
+        "next_id",
+        "started_at",
         "tail",
+        "thinking_sent",
     )
 
     def __init__(
@@ -90,11 +97,25 @@ class Run:
         self.cancel_reason = ""
         self.cancel_at = 0.0
         self.in_upstream = False
-        self.last_read = time.monotonic()
+        self.started_at = self.attempt_at = self.last_read = time.monotonic()
+        self.answering = False  # text or reasoning came: idle timeout applies
+        self.delta_sent = False
+        self.thinking_sent = False
+        self.next_id = 2  # the start frame is 1
+        # Held while an event is numbered and written: the producer and the
+        # supervisor (a `thinking` status after a silence) both write.
+        self.lock = Semaphore()
 
     def raise_if_cancelled(self) -> None:
         if self.cancel_reason:
             raise TurnCancelled(self.cancel_reason)
+
+    def write(self, events: EventLog, event: str, data: dict[str, Any]) -> None:
+        """Number and append one event; the lock keeps ids in order."""
+        with self.lock:
+            frame = sse.frame(self.next_id, event, data)
+            self.next_id += 1
+            events.append(self.info.id, self.tail, [frame])
 
 
 def interrupt(run: Run, exc: Exception) -> None:
@@ -118,7 +139,7 @@ class Parts:
 
     events: EventLog
     history: History
-    provider: Provider
+    provider: Upstream
     settings: TurnSettings
     ended: Callable[[TurnEnd], None]
     moderator: Moderator | None = None
@@ -126,113 +147,70 @@ class Parts:
 
 def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
     """Generate one turn's answer into its log, ending with exactly one done."""
-    info, tail = run.info, run.tail
-    next_id = 2  # the start frame is 1
-    pieces: list[str] = []
-    chars = 0
-    finish = "stop"
-    error: dict[str, Any] | None = None
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    cached_input: int | None = None
-    first_token: float | None = None
-    max_gap: float | None = None
-    last_text = 0.0
-    started = time.monotonic()
-    limit = answer_char_limit(request.max_output_tokens)
+    answer = Answer(parts, run, answer_char_limit(request.max_output_tokens))
     stream = None
     try:
         run.raise_if_cancelled()
         if parts.moderator is not None:
             moderate(parts.moderator, run, request)
+        run.attempt_at = time.monotonic()
         stream = parts.provider.stream(request)
         run.in_upstream = True
         for chunk in stream:
             run.in_upstream = False
-            now = run.last_read = time.monotonic()
-            text = chunk.text
-            if chars + len(text) > limit:
-                text = text[: limit - chars]
-                finish = "length"
-            if text:
-                if first_token is None:
-                    first_token = now - started
-                    turn_log.info(
-                        "turn.first_token",
-                        extra={
-                            "turn_id": info.id,
-                            "ttft_ms": round(first_token * 1000, 1),
-                        },
-                    )
-                elif now - last_text > (max_gap or 0.0):
-                    max_gap = now - last_text
-                last_text = now
-                pieces.append(text)
-                chars += len(text)
-                parts.events.append(info.id, tail, [sse.delta(next_id, text)])
-                next_id += 1
-            if chunk.input_tokens is not None:
-                input_tokens = chunk.input_tokens
-            if chunk.output_tokens is not None:
-                output_tokens = chunk.output_tokens
-            if chunk.cached_input_tokens is not None:
-                cached_input = chunk.cached_input_tokens
-            if finish == "length" and chars >= limit:
+            if answer.take(chunk):
                 break  # a runaway answer: cut here, and close the upstream
-            if chunk.finish_reason:
-                finish = chunk.finish_reason
             run.raise_if_cancelled()
             run.in_upstream = True
         run.in_upstream = False
     except TurnCancelled as exc:
-        finish = "cancelled"
-        log.info("turn %s %s", info.id, exc)
+        answer.finish = "cancelled"
+        log.info("turn %s %s", run.info.id, exc)
     except ContentBlocked as exc:
-        finish = "content_filter"
-        error = {"code": exc.code, "message": exc.message, "retryable": False}
+        answer.fail(exc, "content_filter")
     except ProviderError as exc:
-        finish = "error"
-        error = {"code": exc.code, "message": exc.message, "retryable": exc.retryable}
+        answer.fail(exc)
     except StoreError:
-        log.exception("turn %s: the turn log failed", info.id)
-        finish, error = "error", INTERNAL_ERROR
+        log.exception("turn %s: the turn log failed", run.info.id)
+        answer.finish, answer.error = "error", INTERNAL_ERROR
     except Exception:
-        log.exception("turn %s failed", info.id)
-        finish, error = "error", INTERNAL_ERROR
+        log.exception("turn %s failed", run.info.id)
+        answer.finish, answer.error = "error", INTERNAL_ERROR
     finally:
         run.in_upstream = False
         if stream is not None:
             # Closing the iterator closes the upstream response at once,
             # whatever stopped us: cancel, timeout or error.
             stream.close()
+    close(answer)
+
+
+def close(answer: Answer) -> None:
+    """Write the answer's end: history, limits and cache, then error, usage, done."""
+    parts, run = answer.parts, answer.run
+    answer.settle_usage()
     cancel_seconds = None
-    if finish == "cancelled" and run.cancel_reason == "cancelled":
+    if answer.finish == "cancelled" and run.cancel_reason == "cancelled":
         cancel_seconds = time.monotonic() - run.cancel_at
-    final = []
-    if error is not None:
-        final.append(sse.frame(next_id, "error", error))
-        next_id += 1
-    if input_tokens is not None or output_tokens is not None:
-        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens}
-        final.append(sse.frame(next_id, "usage", usage))
-        next_id += 1
-    final.append(sse.frame(next_id, "done", {"finish_reason": finish}))
     end = TurnEnd(
-        info,
-        finish,
-        str(error["code"]) if error else None,
-        input_tokens,
-        output_tokens,
-        chars,
-        first_token,
-        max_gap,
+        run.info,
+        answer.finish,
+        str(answer.error["code"]) if answer.error else None,
+        answer.input_tokens,
+        answer.output_tokens,
+        answer.chars,
+        answer.first_token,
+        answer.max_gap if len(answer.pieces) > 1 else None,
         cancel_seconds,
-        cached_input_tokens=cached_input,
+        cached_input_tokens=answer.cached_input_tokens,
     )
-    text = "".join(pieces)
-    if run.cache_key and finish == "stop" and text:
-        _cache(parts, run.cache_key, text, input_tokens, output_tokens)
-    close_turn(parts, end, tail, text, final)
+    text = "".join(answer.pieces)
+    if run.cache_key and answer.finish == "stop" and text:
+        _cache(parts, run.cache_key, text, answer.input_tokens, answer.output_tokens)
+    # Numbered under the lock: a `thinking` status being written by the
+    # supervisor lands before them.
+    with run.lock:
+        close_turn(parts, end, run.tail, text, answer.final_frames())
 
 
 def moderate(moderator: Moderator, run: Run, request: ChatRequest) -> None:
@@ -269,14 +247,20 @@ def replay(parts: Parts, info: TurnInfo, cached: str, model: str = "") -> None:
 
 
 def start_frame(
-    info: TurnInfo, settings: TurnSettings, *, cached: bool, model: str = ""
+    info: TurnInfo,
+    settings: TurnSettings,
+    *,
+    cached: bool,
+    request: ChatRequest | None = None,
+    model: str = "",
 ) -> bytes:
-    """Encode a turn's first event, naming the model asked (`model`, if given)."""
+    """Encode a turn's first event, naming the model asked first."""
+    fallback = request is not None and request.route == "fallback"
     data = {
         "id": info.id,
         "conversation_id": info.conversation_id,
-        "provider": settings.provider,
-        "model": model or settings.model,
+        "provider": settings.fallback_provider if fallback else settings.provider,
+        "model": request.model if request is not None else model or settings.model,
         "cached": cached,
     }
     return sse.frame(1, "start", data)

@@ -31,7 +31,7 @@ from chatapp.turns.produce import start_frame
 from chatapp.turns.supervise import LEASE_SECONDS
 from chatapp.turns.supervise import Supervisor
 from chatapp.upstream.base import ChatRequest
-from chatapp.upstream.base import Provider
+from chatapp.upstream.base import Upstream
 from chatapp.upstream.moderation import Moderator
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Relay:
         self,
         events: EventLog,
         history: History,
-        provider: Provider,
+        provider: Upstream,
         settings: TurnSettings,
         moderator: Moderator | None = None,
     ) -> None:
@@ -78,7 +78,7 @@ class Relay:
         s = self.settings
         tail = self.events.create(
             info,
-            start_frame(info, s, cached=False, model=request.model),
+            start_frame(info, s, cached=False, request=request),
             s.total_timeout + s.stream_ttl + LEASE_SECONDS,
         )
         run = Run(info, tail, time.monotonic() + s.total_timeout, cache_key)

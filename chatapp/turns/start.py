@@ -152,16 +152,27 @@ def start_turn(
     idempotency_key: str | None,
     describe: Callable[[str, str], dict[str, Any]],
     admitted: Admitted | None = None,
+    *,
+    fallback: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
     `describe(turn_id, conversation_id)` builds the response body, so that a
     retry with the same key gets the very same body back. The caller has
     checked that `identity` owns `conversation_id`. `admitted` says which
-    model the turn asks and whether the site's ceiling refuses it.
+    model the turn asks (the spend governor's soft ceiling picks
+    CHATAPP_FALLBACK_MODEL) and whether the site's ceiling refuses it;
+    `fallback` asks the fallback model only. Without a fallback model
+    configured, both ask the primary.
     """
     history = relay.history
     model = (admitted.model if admitted else "") or config["MODEL"]
+    fallback_model = config["FALLBACK_MODEL"]
+    on_fallback = bool(fallback_model) and (
+        fallback or (model == fallback_model and model != config["MODEL"])
+    )
+    if on_fallback:
+        model = fallback_model
     refusal = admitted.refusal if admitted else None
     if refusal is not None and (
         conversation_id is not None or not _cached(history, config, message, model)
@@ -194,6 +205,8 @@ def start_turn(
         ),
         max_output_tokens=config["MAX_OUTPUT_TOKENS"],
         temperature=config["TEMPERATURE"],
+        reasoning_effort=config["REASONING_EFFORT"] or None,
+        route="fallback" if on_fallback else "primary",
     )
     info = TurnInfo(turn_id, identity.owner, cid, now)
     key = None

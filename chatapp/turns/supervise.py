@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import gevent
 
+from chatapp import sse
 from chatapp.errors import ProviderError
 from chatapp.errors import StoreError
 from chatapp.store.events import EventLog
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 4.0
 SHARED_EVERY = 1.0  # lease and orphan checks touch shared storage this often
+# A model silent this long before its first text gets `status` `thinking`.
+THINKING_AFTER = 1.0
 
 
 class Supervisor:
@@ -46,7 +49,15 @@ class Supervisor:
         self._greenlet: gevent.Greenlet | None = None
         self._lease_at = -SHARED_EVERY
         s = settings
-        self.tick = max(0.05, min(1.0, s.idle_timeout / 4, s.orphan / 4))
+        self.tick = max(
+            0.05,
+            min(
+                THINKING_AFTER / 2,
+                s.idle_timeout / 4,
+                s.first_token_timeout / 4,
+                s.orphan / 4,
+            ),
+        )
 
     def watch(self) -> None:
         """Make sure the watch runs, and that this worker's lease is fresh."""
@@ -67,7 +78,7 @@ class Supervisor:
                 self._orphans(now)
 
     def _watchdog(self, now: float) -> None:
-        idle = self._settings.idle_timeout
+        s = self._settings
         for run in list(self._runs.values()):
             if now >= run.deadline:
                 interrupt(
@@ -78,13 +89,52 @@ class Supervisor:
                         retryable=True,
                     ),
                 )
-            elif run.in_upstream and now - run.last_read >= idle:
+            elif not run.in_upstream:
+                continue
+            elif run.answering:
+                # Something came: a silence (keep-alives count as life).
+                if now - run.last_read >= s.idle_timeout:
+                    interrupt(
+                        run,
+                        ProviderError(
+                            "provider_timeout",
+                            "The provider went silent.",
+                            retryable=True,
+                        ),
+                    )
+            elif now - run.attempt_at >= s.first_token_timeout:
                 interrupt(
                     run,
                     ProviderError(
-                        "provider_timeout", "The provider went silent.", retryable=True
+                        "provider_timeout",
+                        "The provider did not start answering in time.",
+                        retryable=True,
                     ),
                 )
+            elif not run.thinking_sent and now - run.started_at >= THINKING_AFTER:
+                self._thinking(run)
+
+    def _thinking(self, run: Run) -> None:
+        """Say that a silent model is thinking, once, before any text.
+
+        The producer waits on its provider and holds no lock: take it now, so
+        that whatever the producer writes next is numbered after the status.
+        """
+        if not run.lock.acquire(blocking=False):
+            return  # the producer is writing; look again next tick
+        run.thinking_sent = True
+
+        def write() -> None:
+            try:
+                frame = sse.frame(run.next_id, "status", {"state": "thinking"})
+                run.next_id += 1
+                self._events.append(run.info.id, run.tail, [frame])
+            except StoreError:
+                log.warning("turn %s: could not write its status", run.info.id)
+            finally:
+                run.lock.release()
+
+        gevent.spawn(write)
 
     def _orphans(self, now: float) -> None:
         orphan = self._settings.orphan

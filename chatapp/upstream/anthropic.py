@@ -6,6 +6,7 @@ from collections.abc import Generator
 from typing import Any
 
 from chatapp.errors import ProviderError
+from chatapp.upstream.base import ALIVE
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Chunk
 from chatapp.upstream.base import merge
@@ -22,12 +23,47 @@ STOP_REASONS = {
     "max_tokens": "length",
     "refusal": "content_filter",
 }
-ERROR_TYPES = {
-    "overloaded_error": ("provider_unavailable", True),
-    "api_error": ("provider_unavailable", True),
-    "rate_limit_error": ("provider_rate_limited", True),
-    "timeout_error": ("provider_timeout", True),
+# error.type -> (SPEC code, why asking again may help, or None)
+ERROR_TYPES: dict[str, tuple[str, str | None]] = {
+    "overloaded_error": ("provider_unavailable", "overloaded"),
+    "api_error": ("provider_unavailable", "5xx"),
+    "rate_limit_error": ("provider_rate_limited", "429"),
+    "timeout_error": ("provider_timeout", None),
 }
+# Extended thinking's budget, as a share of max_tokens, per effort.
+THINKING_SHARE = {"low": 0.25, "medium": 0.5, "high": 0.8}
+MIN_THINKING_BUDGET = 1024
+
+
+def thinking_budget(effort: str, max_tokens: int) -> int | None:
+    """Return the thinking budget for `effort`: >= 1024, < max_tokens."""
+    if max_tokens <= MIN_THINKING_BUDGET:
+        return None
+    budget = int(max_tokens * THINKING_SHARE.get(effort, 0.5))
+    return min(max(budget, MIN_THINKING_BUDGET), max_tokens - 1)
+
+
+def request_body(request: ChatRequest) -> dict[str, Any]:
+    """Build the Messages body, with extended thinking when effort is asked."""
+    body: dict[str, Any] = {
+        "model": request.model,
+        "max_tokens": request.max_output_tokens,
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "stream": True,
+    }
+    if request.system:
+        body["system"] = request.system
+    budget = (
+        thinking_budget(request.reasoning_effort, request.max_output_tokens)
+        if request.reasoning_effort
+        else None
+    )
+    if budget is not None:
+        # Extended thinking takes no temperature.
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    elif request.temperature is not None:
+        body["temperature"] = min(request.temperature, 1.0)
+    return body
 
 
 class AnthropicProvider(SSEProvider):
@@ -41,18 +77,7 @@ class AnthropicProvider(SSEProvider):
 
     def stream(self, request: ChatRequest) -> Generator[Chunk]:
         """Yield the answer's chunks per network read."""
-        body: dict[str, Any] = {
-            "model": request.model,
-            "max_tokens": request.max_output_tokens,
-            "messages": [
-                {"role": m.role, "content": m.content} for m in request.messages
-            ],
-            "stream": True,
-        }
-        if request.system:
-            body["system"] = request.system
-        if request.temperature is not None:
-            body["temperature"] = min(request.temperature, 1.0)
+        body = request_body(request)
         state = _State()
         batches = self.events(body)
         try:
@@ -61,8 +86,8 @@ class AnthropicProvider(SSEProvider):
                 for event in events:
                     chunks.extend(state.handle(event.event, parse_json(event.data)))
                 merged = merge(chunks)
-                if merged is not None:
-                    yield merged
+                # Nothing to relay (a ping, a comment): the provider is alive.
+                yield ALIVE if merged is None else merged
                 if state.stopped:
                     read_to_end(batches)
                     return
@@ -72,6 +97,7 @@ class AnthropicProvider(SSEProvider):
             "provider_unavailable",
             "The provider closed the connection before the answer was complete.",
             retryable=True,
+            reason="reset",
         )
 
 
@@ -86,8 +112,16 @@ class _State:
         kind = payload.get("type", event)
         if kind == "content_block_delta":
             delta = payload.get("delta") or {}
-            text = delta.get("text") if delta.get("type") == "text_delta" else None
-            return [Chunk(text=text)] if isinstance(text, str) and text else []
+            kind = delta.get("type")
+            if kind == "text_delta":
+                text = delta.get("text")
+                return [Chunk(text=text)] if isinstance(text, str) and text else []
+            if kind == "thinking_delta":
+                # Never answer text; a signature_delta carries nothing to show.
+                thought = delta.get("thinking")
+                if isinstance(thought, str) and thought:
+                    return [Chunk(reasoning=thought)]
+            return []
         if kind == "message_start":
             usage = (payload.get("message") or {}).get("usage") or {}
             self._take_usage(usage)
@@ -111,11 +145,14 @@ class _State:
             return []
         if kind == "error":
             error = payload.get("error") or {}
-            code, retryable = ERROR_TYPES.get(
-                str(error.get("type")), ("provider_error", False)
+            code, reason = ERROR_TYPES.get(
+                str(error.get("type")), ("provider_error", None)
             )
             raise ProviderError(
-                code, "The provider reported an error mid-answer.", retryable=retryable
+                code,
+                "The provider reported an error mid-answer.",
+                retryable=code != "provider_error",
+                reason=reason,
             )
         return []
 

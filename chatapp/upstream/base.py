@@ -24,18 +24,42 @@ class ChatRequest:
     messages: tuple[Message, ...]
     max_output_tokens: int
     temperature: float | None = None
+    reasoning_effort: str | None = None  # "low", "medium", "high"
+    # "primary" tries the main model first, then the fallback; "fallback"
+    # asks the fallback model only (the spend governor's soft ceiling).
+    route: str = "primary"
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """A new upstream attempt, announced before it starts."""
+
+    number: int  # 2 for the first retry
+    provider: str
+    model: str
+    reason: str  # why the previous attempt failed (metrics label)
+    fallback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Chunk:
-    """What one network read brought: text, and at the end usage and reason."""
+    """What one network read brought: text, and at the end usage and reason.
+
+    `reasoning` is the model's thinking, never answer text. A chunk with
+    nothing set says only that the provider is alive (a ping, a comment).
+    """
 
     text: str = ""
     input_tokens: int | None = None
     output_tokens: int | None = None
     finish_reason: str | None = None
+    reasoning: str = ""
     # Of input_tokens, those read from the provider's prompt cache (cheaper).
     cached_input_tokens: int | None = None
+
+
+# The provider sent bytes that carry nothing (a keep-alive): still alive.
+ALIVE = Chunk()
 
 
 def merge(chunks: list[Chunk]) -> Chunk | None:
@@ -45,6 +69,7 @@ def merge(chunks: list[Chunk]) -> Chunk | None:
     if len(chunks) == 1:
         return chunks[0]
     text = "".join(c.text for c in chunks)
+    reasoning = "".join(c.reasoning for c in chunks)
     input_tokens = output_tokens = finish_reason = cached = None
     for chunk in chunks:
         if chunk.input_tokens is not None:
@@ -55,7 +80,19 @@ def merge(chunks: list[Chunk]) -> Chunk | None:
             output_tokens = chunk.output_tokens
         if chunk.finish_reason:
             finish_reason = chunk.finish_reason
-    return Chunk(text, input_tokens, output_tokens, finish_reason, cached)
+    return Chunk(text, input_tokens, output_tokens, finish_reason, reasoning, cached)
+
+
+class Upstream(Protocol):
+    """What the producer reads: a provider's chunks, and new attempts.
+
+    An `Attempt` is its own type, not a Chunk field: the retry path then
+    adds nothing to the construction of every chunk.
+    """
+
+    name: str
+
+    def stream(self, request: ChatRequest) -> Generator[Chunk | Attempt]: ...
 
 
 class Provider(Protocol):

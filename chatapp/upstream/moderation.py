@@ -1,15 +1,14 @@
 """Moderation before the model: an OpenAI-compatible `POST …/moderations`.
 
-The same edge rules as the providers (upstream/streaming.py): requests' own
-pooled connection, a connect timeout, no redirects (one could carry the key
-elsewhere), no retries, and a whole-call deadline. The key travels only in
+Through the same HTTP edge as the providers (upstream/http.py): requests'
+own pooled connection, a connect timeout, no redirects (one could carry the
+key elsewhere), no retries, and a whole-call deadline. The key travels only in
 the Authorization header and is never logged. Every failure is
 `moderation_unavailable`: the check fails closed.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 from typing import Any
@@ -17,24 +16,19 @@ from typing import Protocol
 
 import gevent
 import requests
-import urllib3
-import urllib3.exceptions
 
 from chatapp.errors import ContentBlocked
 from chatapp.errors import ProviderError
-from chatapp.upstream.streaming import upstream_pool
+from chatapp.upstream.http import post
+from chatapp.upstream.http import request_path
+from chatapp.upstream.http import translate_errors
+from chatapp.upstream.http import upstream_pool
 
 log = logging.getLogger(__name__)
 
 PATH = "/moderations"
 # A verdict is a few hundred bytes; refuse to read a large body at all.
 BODY_LIMIT = 256 * 1024
-
-_TRANSPORT = (
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
 
 
 def unavailable() -> ProviderError:
@@ -67,7 +61,7 @@ class OpenAIModerator:
         deadline: float,
     ) -> None:
         self._url = base_url.rstrip("/") + PATH
-        self._path = urllib3.util.parse_url(self._url).request_uri
+        self._path = request_path(self._url)
         self._pool = upstream_pool(session, self._url)
         self._headers = {
             "Accept": "application/json",
@@ -89,21 +83,16 @@ class OpenAIModerator:
         response: Any = None
         complete = False
         try:
-            response = self._pool.urlopen(
-                "POST",
+            response = post(
+                self._pool,
                 self._path,
-                body=json.dumps({"input": text}).encode(),
                 headers=self._headers,
-                timeout=urllib3.Timeout(
-                    connect=self._connect_timeout, read=self._deadline
-                ),
-                redirect=False,
-                retries=False,
-                assert_same_host=False,
-                preload_content=False,
-                decode_content=False,
+                body={"input": text},
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._deadline,
             )
-            body = response.read(BODY_LIMIT + 1)
+            with translate_errors(reading=True):
+                body = response.read(BODY_LIMIT + 1)
             complete = len(body) <= BODY_LIMIT
             if response.status != 200 or not complete:
                 log.warning("moderation: the endpoint answered %s", response.status)
@@ -114,8 +103,10 @@ class OpenAIModerator:
                 raise
             log.warning("moderation: no verdict within %ss", self._deadline)
             raise unavailable() from None
-        except _TRANSPORT as exc:
-            log.warning("moderation: the endpoint failed (%s)", type(exc).__name__)
+        except ProviderError as exc:
+            if exc.code == "moderation_unavailable":
+                raise
+            log.warning("moderation: the endpoint failed (%s)", exc.message)
             raise unavailable() from exc
         except (ValueError, RecursionError) as exc:
             log.warning("moderation: the endpoint sent malformed JSON")

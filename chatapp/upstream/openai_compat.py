@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Generator
+from itertools import chain
 from typing import Any
 
 from chatapp.errors import ProviderError
+from chatapp.upstream.base import ALIVE
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Chunk
+from chatapp.upstream.http import UnsupportedParameter
 from chatapp.upstream.streaming import SSEProvider
 from chatapp.upstream.streaming import parse_json
 from chatapp.upstream.streaming import read_to_end
@@ -21,6 +26,57 @@ FINISH_REASONS = {
 }
 
 
+# OpenAI's reasoning models (o1, o3, o4-mini, the gpt-5 family) refuse
+# `max_tokens` and any temperature but the default. Only bare names count: a
+# router's prefixed name ("openai/o4-mini") is translated by the router, and
+# any server that still refuses gets the other form once (see `stream`).
+REASONING_MODEL = re.compile(r"^(?:o[1-9]|gpt-5)(?:$|[-._:])")
+
+log = logging.getLogger(__name__)
+
+
+def is_reasoning_model(model: str) -> bool:
+    """Tell whether `model` is one of OpenAI's reasoning models."""
+    return REASONING_MODEL.match(model) is not None
+
+
+def request_body(request: ChatRequest) -> dict[str, Any]:
+    """Build the Chat Completions body, in the form this model understands."""
+    messages = [{"role": "system", "content": request.system}] if request.system else []
+    messages += [{"role": m.role, "content": m.content} for m in request.messages]
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if is_reasoning_model(request.model):
+        body["max_completion_tokens"] = request.max_output_tokens
+        if request.reasoning_effort:
+            body["reasoning_effort"] = request.reasoning_effort
+    else:
+        body["max_tokens"] = request.max_output_tokens
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+    return body
+
+
+def adjusted(body: dict[str, Any], param: str) -> dict[str, Any] | None:
+    """Return `body` in the other form for a refused `param`; None if none."""
+    body = dict(body)
+    if param == "temperature" and "temperature" in body:
+        del body["temperature"]
+    elif param == "max_tokens" and "max_tokens" in body:
+        body["max_completion_tokens"] = body.pop("max_tokens")
+        body.pop("temperature", None)
+    elif param == "max_completion_tokens" and "max_completion_tokens" in body:
+        body["max_tokens"] = body.pop("max_completion_tokens")
+        body.pop("reasoning_effort", None)
+    else:
+        return None
+    return body
+
+
 class OpenAIProvider(SSEProvider):
     """Stream answers from an OpenAI-compatible /chat/completions endpoint."""
 
@@ -32,23 +88,27 @@ class OpenAIProvider(SSEProvider):
 
     def stream(self, request: ChatRequest) -> Generator[Chunk]:
         """Yield the answer's chunks per network read."""
-        messages = (
-            [{"role": "system", "content": request.system}] if request.system else []
-        )
-        messages += [{"role": m.role, "content": m.content} for m in request.messages]
-        body: dict[str, Any] = {
-            "model": request.model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            "max_tokens": request.max_output_tokens,
-        }
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        finished = False
+        body = request_body(request)
         batches = self.events(body)
         try:
-            for events in batches:
+            first = next(batches, None)  # a refusal comes before any event
+        except UnsupportedParameter as exc:
+            # Refused before any answer: safe to ask once more, in the form
+            # the refusal names (no generator of our own in between: this is
+            # the per-chunk path).
+            other = adjusted(body, exc.param)
+            if other is None:
+                raise
+            log.warning(
+                "the provider refused %r for model %s; asking again without it",
+                exc.param,
+                request.model,
+            )
+            batches = self.events(other)
+            first = next(batches, None)
+        finished = False
+        try:
+            for events in chain((first,), batches) if first is not None else ():
                 batch = _Batch()
                 done = False
                 for event in events:
@@ -57,8 +117,7 @@ class OpenAIProvider(SSEProvider):
                         break
                     batch.take(parse_json(event.data))
                 finished = finished or batch.finish_reason is not None
-                if batch.worth_yielding():
-                    yield batch.chunk()
+                yield batch.chunk() if batch.worth_yielding() else ALIVE
                 if done:
                     read_to_end(batches)
                     return
@@ -69,6 +128,7 @@ class OpenAIProvider(SSEProvider):
                 "provider_unavailable",
                 "The provider closed the connection before the answer was complete.",
                 retryable=True,
+                reason="reset",
             )
 
 
@@ -81,10 +141,12 @@ class _Batch:
         "input_tokens",
         "output_tokens",
         "texts",
+        "thoughts",
     )
 
     def __init__(self) -> None:
         self.texts: list[str] = []
+        self.thoughts: list[str] | None = None  # made for reasoning only
         self.input_tokens: int | None = None
         self.output_tokens: int | None = None
         self.cached_input_tokens: int | None = None
@@ -99,9 +161,19 @@ class _Batch:
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             choice = choices[0]
             delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else None
-            if isinstance(text, str) and text:
-                self.texts.append(text)
+            if isinstance(delta, dict):
+                text = delta.get("content")
+                if isinstance(text, str) and text:
+                    self.texts.append(text)
+                # DeepSeek and vLLM say reasoning_content, OpenRouter and
+                # Ollama reasoning: never answer text. (A plain text delta
+                # has one key: no lookups for it.)
+                if len(delta) > 1 or not text:
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    if isinstance(thought, str) and thought:
+                        if self.thoughts is None:
+                            self.thoughts = []
+                        self.thoughts.append(thought)
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
                 self.finish_reason = FINISH_REASONS.get(reason, "stop")
@@ -116,6 +188,7 @@ class _Batch:
     def worth_yielding(self) -> bool:
         return bool(
             self.texts
+            or self.thoughts
             or self.finish_reason
             or self.input_tokens is not None
             or self.output_tokens is not None
@@ -128,6 +201,7 @@ class _Batch:
             self.input_tokens,
             self.output_tokens,
             self.finish_reason,
+            "".join(self.thoughts) if self.thoughts is not None else "",
             self.cached_input_tokens,
         )
 

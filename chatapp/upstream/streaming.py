@@ -1,15 +1,14 @@
-"""The HTTP edge shared by the SSE-speaking providers.
+"""Reading event streams from the SSE-speaking providers.
 
-Owns the upstream request: the connect timeout, no redirects, no compression,
-status mapping, incremental decoding and closing the connection whatever
-happens. Reads wait without a timer of their own: the relay's one watchdog
-per worker ends a turn whose provider went silent (turns/supervise.py).
-Transport errors leave here only as ProviderError.
+The POST itself and every transport error go through the one HTTP edge
+(upstream/http.py); this module checks the answer is an event stream,
+decodes it incrementally and closes the connection whatever happens. Reads
+wait without a timer of their own: the relay's one watchdog per worker ends
+a turn whose provider went silent (turns/supervise.py).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Generator
 from typing import Any
@@ -18,10 +17,17 @@ from typing import ClassVar
 import gevent
 import orjson
 import requests
-import urllib3.exceptions
 
 from chatapp.errors import ProviderError
 from chatapp.text import scrub_parsed
+from chatapp.upstream.http import READING
+from chatapp.upstream.http import bad_request
+from chatapp.upstream.http import post
+from chatapp.upstream.http import read_error_body
+from chatapp.upstream.http import request_path
+from chatapp.upstream.http import retry_after
+from chatapp.upstream.http import status_error
+from chatapp.upstream.http import upstream_pool
 from chatapp.upstream.sse_decoder import ServerSentEvent
 from chatapp.upstream.sse_decoder import SSEDecodeError
 from chatapp.upstream.sse_decoder import SSEDecoder
@@ -29,56 +35,7 @@ from chatapp.upstream.sse_decoder import SSEDecoder
 READ_SIZE = 64 * 1024
 # After the last event a body ends at once; never wait long for it.
 DRAIN_SECONDS = 1.0
-# Bounds what an error body may cost us to read.
-ERROR_BODY_LIMIT = 16 * 1024
 EVENT_STREAM = "text/event-stream"
-
-_TIMEOUTS = (
-    urllib3.exceptions.TimeoutError,
-    TimeoutError,
-)
-_TRANSPORT = (
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
-
-
-def status_error(status: int) -> ProviderError:
-    """Map an upstream HTTP status to SPEC's error event."""
-    if 300 <= status < 400:  # harden #11: redirects are not followed
-        return ProviderError(
-            "provider_error", f"The provider redirected the request ({status})."
-        )
-    if status in (401, 403):
-        return ProviderError("provider_error", "The provider refused our credentials.")
-    if status == 404:
-        return ProviderError(
-            "provider_error", "The provider does not know this model or URL."
-        )
-    if status == 429:
-        return ProviderError(
-            "provider_rate_limited",
-            "The provider is rate limiting us; try again shortly.",
-            retryable=True,
-        )
-    if 300 <= status < 400:
-        return ProviderError(
-            "provider_error", "The provider answered with a redirect, not followed."
-        )
-    if status in (408, 504):
-        return ProviderError(
-            "provider_timeout", "The provider timed out.", retryable=True
-        )
-    if status >= 500:
-        return ProviderError(
-            "provider_unavailable",
-            "The provider is unavailable or overloaded; try again shortly.",
-            retryable=True,
-        )
-    return ProviderError(
-        "provider_error", f"The provider refused the request ({status})."
-    )
 
 
 def parse_json(data: str) -> dict[str, Any]:
@@ -106,18 +63,20 @@ def parse_json(data: str) -> dict[str, Any]:
     return dict(scrub_parsed(data, value))
 
 
-def upstream_pool(session: requests.Session, url: str) -> Any:
-    """Return the connection pool requests would use for `url`, TLS set up.
-
-    Preparing a request per turn (cookies, hooks, settings merged from the
-    environment) cost more CPU than the whole answer's decoding; the pool is
-    the same one requests sends through, with the same TLS verification.
-    """
-    prepared = requests.Request("POST", url).prepare()
-    adapter: Any = session.get_adapter(url)
-    return adapter.get_connection_with_tls_context(
-        prepared, verify=True, proxies=None, cert=None
-    )
+def check_stream(response: Any) -> None:
+    """Raise the provider's refusal, unless it answered with an event stream."""
+    if response.status != 200:
+        if response.status == 400:
+            raise bad_request(read_error_body(response))
+        raise status_error(
+            response.status, retry_after(response.headers.get("Retry-After"))
+        )
+    # harden #11: a 200 that is no event stream (a proxy's HTML page) is the
+    # provider's error, not a connection that dropped.
+    if not response.headers.get("Content-Type", "").lower().startswith(EVENT_STREAM):
+        raise ProviderError(
+            "provider_error", "The provider did not answer with an event stream."
+        )
 
 
 def event_batches(
@@ -128,68 +87,28 @@ def event_batches(
     body: dict[str, Any],
     connect_timeout: float,
 ) -> Generator[list[ServerSentEvent]]:
-    """POST and yield the SSE events each network read completes."""
+    """POST and yield the SSE events each network read completes.
+
+    A read that completes no event (a keep-alive comment, half an event)
+    yields an empty list: the provider is alive.
+    """
     response: Any = None
     complete = False
     try:
-        try:
-            response = pool.urlopen(
-                "POST",
-                urllib3.util.parse_url(url).request_uri,
-                body=json.dumps(body).encode(),
-                headers=headers,
-                # Reads are watched by the relay's watchdog, not by a timer
-                # per socket read; a redirect could carry the key elsewhere;
-                # a retried POST would be a second paid call.
-                timeout=urllib3.Timeout(connect=connect_timeout, read=None),
-                redirect=False,
-                retries=False,
-                assert_same_host=False,
-                preload_content=False,
-                decode_content=False,
-            )
-        except urllib3.exceptions.NewConnectionError as exc:
-            raise ProviderError(
-                "provider_unavailable", "Could not reach the provider.", retryable=True
-            ) from exc
-        except _TIMEOUTS as exc:
-            raise ProviderError(
-                "provider_timeout",
-                "Could not connect to the provider in time.",
-                retryable=True,
-            ) from exc
-        except _TRANSPORT as exc:
-            raise ProviderError(
-                "provider_unavailable", "Could not reach the provider.", retryable=True
-            ) from exc
-        if response.status != 200:
-            raise status_error(response.status)
-        # harden #11: a 200 that is no event stream (a proxy's HTML page) is
-        # the provider's error, not a connection that dropped.
-        if (
-            not response.headers.get("Content-Type", "")
-            .lower()
-            .startswith(EVENT_STREAM)
-        ):
-            raise ProviderError(
-                "provider_error", "The provider did not answer with an event stream."
-            )
+        response = post(
+            pool,
+            request_path(url),
+            headers=headers,
+            body=body,
+            connect_timeout=connect_timeout,
+        )
+        check_stream(response)
         decoder = SSEDecoder()
         while True:
-            try:
+            with READING:
                 # A compressing proxy may gzip the stream even though we ask
                 # for identity: read1 decodes incrementally.
                 data = response.read1(READ_SIZE, decode_content=True)
-            except _TIMEOUTS as exc:
-                raise ProviderError(
-                    "provider_timeout", "The provider went silent.", retryable=True
-                ) from exc
-            except _TRANSPORT as exc:
-                raise ProviderError(
-                    "provider_unavailable",
-                    "The connection to the provider dropped.",
-                    retryable=True,
-                ) from exc
             if not data:
                 complete = True
                 return
@@ -199,8 +118,7 @@ def event_batches(
                 raise ProviderError(
                     "provider_error", "The provider sent an oversized line."
                 ) from exc
-            if events:
-                yield events
+            yield events
     finally:
         if response is not None:
             if complete:

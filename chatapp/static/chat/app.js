@@ -10,6 +10,7 @@ import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js
 import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
 import { botCheck } from './altcha.js';
 import { showAllowance } from './ratelimit.js';
+import { onAnswering, onReasoning, onStatus } from './thinking.js';
 
 // After Stop, the stream normally ends with done/cancelled within a second;
 // past this, end the turn locally so the composer can never stay locked.
@@ -245,7 +246,14 @@ function onTurnEvent(turn, type, data) {
         conversation.set(data.conversation_id);
       }
       break;
+    case 'status':
+      onStatus(turn.answer, data);
+      break;
+    case 'reasoning':
+      onReasoning(turn.answer, data);
+      break;
     case 'delta':
+      if (turn.answer.thinking) onAnswering(turn.answer); // the first words
       if (typeof data.text === 'string') turn.answer.append(data.text);
       break;
     case 'error':
@@ -265,6 +273,7 @@ function endTurn(turn, reason) {
   clearTimeout(turn.cancelTimer);
   turn.stream?.close();
   const { answer } = turn;
+  onAnswering(answer);
   // Not busy any more before the outcome lands, so the log announces it.
   if (activeTurn === turn) thread.setBusy(false);
 

@@ -222,6 +222,7 @@ const RECONNECTING = 'Reconnecting…';
 export class AssistantMessage {
   constructor({ text = '', finished = false } = {}) {
     this.text = text;
+    this.createdAt = performance.now(); // "Thinking…" counts from here
     this.frame = 0;
     this.ending = null; // [state, note, kind] once finished, until drawn
     this.offline = false;
