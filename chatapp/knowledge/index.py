@@ -2,8 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+# How much more a match in the title and in the heading path counts than one
+# in the body (FTS5 bm25() column weights; Postgres's A/B/C weights follow).
+WEIGHTS = (4.0, 2.0, 1.0)
+# The visitor's own page counts this much more than any other.
+PREFER_FACTOR = 2.0
+# Longer questions are cut: each term costs a posting-list read.
+MAX_QUERY_TERMS = 32
+
+_WORD = re.compile(r"\w+")
+# Words too common to tell passages apart; matching them costs time only.
+STOPWORDS = frozenset(
+    """a about above after again all am an and any are as at be because been
+    before being below between both but by can could did do does doing down
+    during each few for from further had has have having he her here hers
+    herself him himself his how i if in into is it its itself just me more
+    most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their
+    theirs them themselves then there these they this those through to too
+    under until up very was we were what when where which while who whom why
+    will with would you your yours yourself yourselves""".split()
+)
+
+
+class KnowledgeError(Exception):
+    """Site knowledge failed: a document, the index or a fetch."""
+
+
+class IndexUnavailable(KnowledgeError):
+    """The index could not be read or written (its engine's error is chained)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +59,27 @@ class DocumentInfo:
     modified: float | None  # seconds since the epoch, when known
     etag: str = ""  # the crawler's validators, for conditional re-fetches
     last_modified: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """The index's size: documents, passages, bytes on disk."""
+
+    documents: int
+    passages: int
+    bytes: int
+
+
+def query_terms(text: str) -> list[str]:
+    """Pick a question's searchable words: lower-cased, no stopwords, no syntax."""
+    terms: list[str] = []
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS or word in terms or word == "_" * len(word):
+            continue
+        terms.append(word)
+        if len(terms) == MAX_QUERY_TERMS:
+            break
+    return terms
 
 
 class Index(Protocol):
@@ -67,4 +120,31 @@ class Index(Protocol):
         """
         ...
 
+    def stats(self) -> IndexStats:
+        """Count documents and passages, and the index's size in bytes."""
+        ...
+
     def close(self) -> None: ...
+
+
+DEFAULT_SQLITE_FILE = "knowledge.sqlite3"
+
+
+def open_index(url: str, instance_path: str | Path) -> Index:
+    """Open the index `url` names (CHATAPP_KNOWLEDGE_URL).
+
+    `sqlite:///` alone is a file in the instance folder, `sqlite:///name` a
+    path relative to it, `sqlite:////abs/path` an absolute one;
+    `postgresql://…` is one index shared by every host.
+    """
+    url = url.strip() or "sqlite:///"
+    if url.startswith("sqlite:///"):
+        from chatapp.knowledge.sqlite_index import SqliteIndex
+
+        path = url.removeprefix("sqlite:///") or DEFAULT_SQLITE_FILE
+        return SqliteIndex(Path(instance_path) / path)
+    if url.startswith(("postgresql://", "postgres://")):
+        from chatapp.knowledge.pg_index import PgIndex
+
+        return PgIndex(url)
+    raise ValueError("must start with sqlite:/// or postgresql://")

@@ -1,0 +1,214 @@
+"""The embedded index: SQLite FTS5 in one file, read by every worker of a host."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from chatapp.knowledge.index import PREFER_FACTOR
+from chatapp.knowledge.index import WEIGHTS
+from chatapp.knowledge.index import DocumentInfo
+from chatapp.knowledge.index import IndexStats
+from chatapp.knowledge.index import IndexUnavailable
+from chatapp.knowledge.index import Passage
+from chatapp.knowledge.index import query_terms
+
+# Readers never wait in WAL mode; a writer waits this long for another one.
+BUSY_TIMEOUT_MS = 5000
+# Best-ranked passages considered before the page preference reorders them.
+CANDIDATES = 200
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS documents (
+    url TEXT PRIMARY KEY,
+    title TEXT NOT NULL,
+    passages INTEGER NOT NULL,
+    modified REAL,
+    etag TEXT NOT NULL DEFAULT '',
+    last_modified TEXT NOT NULL DEFAULT '',
+    indexed REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS passages (
+    id INTEGER PRIMARY KEY,
+    url TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    title TEXT NOT NULL,
+    headings TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS passages_url ON passages (url);
+-- External content: the text is stored once, in `passages`; the triggers
+-- keep the full-text index in step with it.
+CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5 (
+    title, headings, body,
+    content='passages', content_rowid='id',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS passages_ai AFTER INSERT ON passages BEGIN
+    INSERT INTO passages_fts (rowid, title, headings, body)
+    VALUES (new.id, new.title, new.headings, new.body);
+END;
+CREATE TRIGGER IF NOT EXISTS passages_ad AFTER DELETE ON passages BEGIN
+    INSERT INTO passages_fts (passages_fts, rowid, title, headings, body)
+    VALUES ('delete', old.id, old.title, old.headings, old.body);
+END;
+"""
+
+SEARCH = f"""
+SELECT p.url, p.title, p.headings, p.body,
+       -bm25(passages_fts, ?, ?, ?) * (CASE WHEN p.url = ? THEN ? ELSE 1.0 END)
+         AS score
+FROM passages_fts JOIN passages AS p ON p.id = passages_fts.rowid
+WHERE passages_fts MATCH ?
+ORDER BY score DESC
+LIMIT {CANDIDATES}
+"""
+
+
+class SqliteIndex:
+    """Passages in an SQLite file: WAL, so readers never wait for the writer."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        # One connection per process (a fork must not share the parent's), used
+        # by one caller at a time. Under gevent no sqlite3 call yields, so a
+        # statement runs whole, and the lock only serialises real threads.
+        with self._lock:
+            try:
+                if self._conn is None or self._pid != os.getpid():
+                    self._conn = self._connect()
+                    self._pid = os.getpid()
+                yield self._conn
+            except sqlite3.Error as exc:
+                raise IndexUnavailable(f"knowledge index {self.path}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level=None,  # transactions are explicit
+            check_same_thread=False,  # guarded by self._lock
+        )
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        # WAL with NORMAL syncs at checkpoints only: a power cut may lose the
+        # last pages indexed, never corrupt the file; a re-crawl restores them.
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.executescript(SCHEMA)
+        return conn
+
+    def replace(
+        self,
+        url: str,
+        title: str,
+        passages: list[Passage],
+        *,
+        modified: float | None = None,
+        etag: str = "",
+        last_modified: str = "",
+    ) -> int:
+        """Store `passages` as the whole document at `url`; return their count."""
+        rows = [(url, seq, title, p.headings, p.text) for seq, p in enumerate(passages)]
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM passages WHERE url = ?", (url,))
+                db.executemany(
+                    "INSERT INTO passages (url, seq, title, headings, body) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+                db.execute(
+                    "INSERT OR REPLACE INTO documents (url, title, passages, "
+                    "modified, etag, last_modified, indexed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (url, title, len(rows), modified, etag, last_modified, time.time()),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return len(rows)
+
+    def remove(self, url: str) -> bool:
+        """Drop the document at `url`; False when there was none."""
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("DELETE FROM passages WHERE url = ?", (url,))
+                gone = db.execute("DELETE FROM documents WHERE url = ?", (url,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return gone.rowcount > 0
+
+    def document(self, url: str) -> DocumentInfo | None:
+        """Describe one document, or None."""
+        with self._db() as db:
+            row = db.execute(
+                "SELECT url, title, passages, modified, etag, last_modified "
+                "FROM documents WHERE url = ?",
+                (url,),
+            ).fetchone()
+        return DocumentInfo(*row) if row else None
+
+    def documents(self) -> list[DocumentInfo]:
+        """Describe every document, by URL."""
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT url, title, passages, modified, etag, last_modified "
+                "FROM documents ORDER BY url"
+            ).fetchall()
+        return [DocumentInfo(*row) for row in rows]
+
+    def search(
+        self, query: str, *, limit: int = 8, prefer_url: str | None = None
+    ) -> list[Passage]:
+        """Return the best passages for `query`, best first."""
+        match = fts_query(query)
+        if not match or limit <= 0:
+            return []
+        with self._db() as db:
+            rows = db.execute(
+                SEARCH, (*WEIGHTS, prefer_url or "", PREFER_FACTOR, match)
+            ).fetchmany(limit)
+        return [
+            Passage(url=u, title=t, headings=h, text=b, score=float(s))
+            for u, t, h, b, s in rows
+        ]
+
+    def stats(self) -> IndexStats:
+        """Count documents and passages, and the file's size."""
+        with self._db() as db:
+            documents, passages = db.execute(
+                "SELECT count(*), coalesce(sum(passages), 0) FROM documents"
+            ).fetchone()
+            pages, page_size = (
+                db.execute("PRAGMA page_count").fetchone()[0],
+                db.execute("PRAGMA page_size").fetchone()[0],
+            )
+        return IndexStats(documents, passages, pages * page_size)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def fts_query(text: str) -> str:
+    """Build an FTS5 query from any text: every term quoted, any one may match."""
+    return " OR ".join(f'"{term}"' for term in query_terms(text))
