@@ -21,6 +21,8 @@ from chatapp.guards import body_refusal
 from chatapp.readers import EXTENSION as READERS
 from chatapp.readers import ReaderCaps
 from chatapp.web.cors import init_cors
+from chatapp.web.knowledge import DOCUMENTS_PATH
+from chatapp.web.knowledge import MAX_DOCUMENT_BYTES
 from chatapp.web.limiter import init_limits
 
 log = logging.getLogger("chatapp")
@@ -63,7 +65,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             )
     # Outermost: the body is read under its deadline before anything else.
     app.wsgi_app = BodyDeadline(  # type: ignore[method-assign]
-        app.wsgi_app, config["BODY_READ_SECONDS"], config["MAX_BODY_BYTES"]
+        app.wsgi_app,
+        config["BODY_READ_SECONDS"],
+        config["MAX_BODY_BYTES"],
+        larger={DOCUMENTS_PATH: max(MAX_DOCUMENT_BYTES, config["MAX_BODY_BYTES"])},
     )
     if config["EPHEMERAL_KEY"]:
         log.warning(
@@ -72,6 +77,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
 
     from chatapp.web import api
+    from chatapp.web import knowledge
     from chatapp.web import openapi
     from chatapp.web import ops
     from chatapp.web import pages
@@ -79,6 +85,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(knowledge.bp)  # /api/knowledge/documents
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)  # GET /api/openapi.json
     app.register_blueprint(widget.bp)  # GET /widget.js

@@ -21,6 +21,7 @@ from chatapp.store.conversations import MemoryHistory
 from chatapp.store.events import EventLog
 from chatapp.store.events import MemoryEventLog
 from chatapp.tokens import TokenSigner
+from chatapp.turns.knowledge import Knowledge
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnSettings
 from chatapp.turns.relay import Relay
@@ -49,6 +50,7 @@ class State:
     metrics: Metrics
     redis: Any = None
     botcheck: BotCheck | None = None
+    knowledge: Knowledge | None = None  # with CHATAPP_KNOWLEDGE=on
 
 
 def provider_session(pool_size: int) -> requests.Session:
@@ -133,6 +135,16 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         botcheck = BotCheck(
             config["SECRET_KEYS"], spent, max_number=config["BOT_CHECK_MAX_NUMBER"]
         )
+    knowledge = None
+    if knowledge_on(config):
+        from chatapp.knowledge.index import open_index
+
+        knowledge = Knowledge(
+            open_index(config["KNOWLEDGE_URL"], app.instance_path),
+            mode=config["KNOWLEDGE_MODE"],
+            max_chars=config["KNOWLEDGE_MAX_CHARS"],
+            observe=metrics.retrieved,
+        )
     state = State(
         config,
         signer,
@@ -144,9 +156,15 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         metrics,
         redis_client,
         botcheck,
+        knowledge,
     )
     app.extensions["chatapp"] = state
     return state
+
+
+def knowledge_on(config: dict[str, Any]) -> bool:
+    """Tell whether site knowledge is on (CHATAPP_KNOWLEDGE=on)."""
+    return config.get("KNOWLEDGE") in (True, "on")
 
 
 def log_end(end: TurnEnd) -> None:

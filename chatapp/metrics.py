@@ -26,6 +26,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 GAP_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
 CANCEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+RETRIEVAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
 def multiprocess_dir() -> str | None:
@@ -111,6 +112,25 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+
+        # Site knowledge: what each turn's retrieval came to, and how long it took.
+        self._retrievals = Counter(
+            "chatapp_knowledge_retrievals",
+            "Turns' retrievals, by outcome: sources, none (nothing relevant), failed.",
+            ["outcome"],
+            registry=r,
+        )
+        self._retrieval_seconds = Histogram(
+            "chatapp_knowledge_retrieval_seconds",
+            "Time to find a turn's sources, before the model is asked.",
+            buckets=RETRIEVAL_BUCKETS,
+            registry=r,
+        )
+
+    def retrieved(self, outcome: str, seconds: float) -> None:
+        """Count one turn's retrieval: with sources, without, or failed."""
+        self._retrievals.labels(outcome).inc()
+        self._retrieval_seconds.observe(seconds)
 
     def turn_started(self) -> None:
         self._started.inc()

@@ -76,6 +76,7 @@ class Run:
         "in_upstream",
         "info",
         "last_read",
+        "sources",
         "tail",
     )
 
@@ -91,6 +92,7 @@ class Run:
         self.cancel_at = 0.0
         self.in_upstream = False
         self.last_read = time.monotonic()
+        self.sources: list[dict[str, Any]] | None = None  # with site knowledge on
 
     def raise_if_cancelled(self) -> None:
         if self.cancel_reason:
@@ -144,6 +146,9 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
         run.raise_if_cancelled()
         if parts.moderator is not None:
             moderate(parts.moderator, run, request)
+        if run.sources is not None:
+            parts.events.append(info.id, tail, [sources_frame(next_id, run.sources)])
+            next_id += 1
         stream = parts.provider.stream(request)
         run.in_upstream = True
         for chunk in stream:
@@ -251,17 +256,29 @@ def moderate(moderator: Moderator, run: Run, request: ChatRequest) -> None:
     run.last_read = time.monotonic()  # the model's silence counts from here
 
 
-def replay(parts: Parts, info: TurnInfo, cached: str) -> None:
+def replay(
+    parts: Parts,
+    info: TurnInfo,
+    cached: str,
+    sources: list[dict[str, Any]] | None = None,
+) -> None:
     """Serve a cached answer as a complete turn, without a provider call."""
     s = parts.settings
     answer = json.loads(cached)
     start = start_frame(info, s, cached=True)
     tail = parts.events.create(info, start, s.stream_ttl + 5)
     text = answer["text"]
-    final = [sse.delta(2, text), sse.frame(3, "done", {"finish_reason": "stop"})]
+    final = [] if sources is None else [sources_frame(2, sources)]
+    n = len(final) + 2
+    final += [sse.delta(n, text), sse.frame(n + 1, "done", {"finish_reason": "stop"})]
     # Nothing was spent upstream: no usage event, and zero to settle.
     end = TurnEnd(info, "stop", None, 0, 0, len(text), None, cached=True)
     close_turn(parts, end, tail, text, final)
+
+
+def sources_frame(event_id: int, sources: list[dict[str, Any]]) -> bytes:
+    """Encode what the answer may cite (site knowledge), before its first delta."""
+    return sse.frame(event_id, "sources", {"sources": sources})
 
 
 def start_frame(info: TurnInfo, settings: TurnSettings, *, cached: bool) -> bytes:

@@ -14,6 +14,7 @@ from chatapp.errors import ApiError
 from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.tokens import Identity
+from chatapp.turns.knowledge import Knowledge
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.relay import Relay
 from chatapp.upstream.base import ChatRequest
@@ -101,6 +102,9 @@ def start_turn(
     conversation_id: str | None,
     idempotency_key: str | None,
     describe: Callable[[str, str], dict[str, Any]],
+    *,
+    page_url: str | None = None,
+    knowledge: Knowledge | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
@@ -135,13 +139,20 @@ def start_turn(
         max_output_tokens=config["MAX_OUTPUT_TOKENS"],
         temperature=config["TEMPERATURE"],
     )
+    sources = None
+    if knowledge is not None:
+        # Before the cache lookup: the key then covers the sources' text.
+        request, found = knowledge.consult(
+            request, page_url=page_url, earlier=earlier_messages
+        )
+        sources = [source.as_json() for source in found.sources]
     info = TurnInfo(turn_id, identity.owner, cid, now)
     key = None
     if config["CACHE_TTL"] and conversation_id is None:
         key = cache_key(request, config["PROVIDER"])
         cached = history.cached_answer(key)
         if cached is not None:
-            relay.replay(info, cached)
+            relay.replay(info, cached, sources=sources)
             return body, True
-    relay.start(info, request, cache_key=key)
+    relay.start(info, request, cache_key=key, sources=sources)
     return body, True

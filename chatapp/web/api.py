@@ -90,6 +90,7 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     who = parse.identity(parse.page_token(values))
     message = parse.message(values)
     conversation_id = parse.text_field(values, "conversation_id")
+    page_url = parse.page_url(values)
     check_conversation(st.history, who, conversation_id)
     key = parse.idempotency_key(values)
     # A retry of an accepted turn gets that turn back, whatever the limits say.
@@ -98,7 +99,15 @@ def chat() -> tuple[Response, int, dict[str, str]]:
         who, describe = _bot_check(who, values)
         with admit_turn(who) as admission:  # rate limit, quota, streams, capacity
             body, new = start_turn(
-                st.relay, st.config, who, message, conversation_id, key, describe
+                st.relay,
+                st.config,
+                who,
+                message,
+                conversation_id,
+                key,
+                describe,
+                page_url=page_url,
+                knowledge=st.knowledge,
             )
             if new:
                 admission.started(body["id"])

@@ -48,6 +48,9 @@ EXTENSION = "chatapp.limits"
 # An IPv6 client is its /56, the usual home delegation (RFC 6177).
 IPV6_PREFIX = 56
 TOKEN_REFRESH_LIMITS = "30/minute"
+# The owner's API, per client: a site's worth of pushes in a few minutes, and
+# far too few tries to guess a credential.
+OWNER_API_LIMITS = "120/minute"
 
 
 def client_key() -> str:
@@ -119,6 +122,9 @@ limiter = Limiter(
 )
 
 token_refresh_limit = limiter.limit(TOKEN_REFRESH_LIMITS)
+owner_api_limit = limiter.limit(OWNER_API_LIMITS, scope="owner")
+# Endpoints that declare a limit of their own (the decorators above).
+_LIMITED_BLUEPRINTS = ("knowledge",)
 
 
 @limiter.request_filter
@@ -126,7 +132,11 @@ def _declares_no_limit() -> bool:
     # flask-limiter would otherwise look up limits for every request (event
     # streams, pages, health checks) before its view runs, for nothing: only
     # the token refresh and admit_turn's own call count against a limit.
-    return request.endpoint != "api.refresh_token" and not g.get("chatapp_counting")
+    return (
+        request.endpoint != "api.refresh_token"
+        and request.blueprint not in _LIMITED_BLUEPRINTS
+        and not g.get("chatapp_counting")
+    )
 
 
 @limiter.limit(_chat_rate_limits)

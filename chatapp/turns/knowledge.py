@@ -1,0 +1,87 @@
+"""Site knowledge for a turn: retrieve its sources, tell the model, never fail it.
+
+Retrieval happens when the turn starts, before the answer cache is looked
+up: the sources' text becomes part of the system prompt, which the cache key
+covers, so an edited page is never answered from a stale cached reply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+
+from chatapp.knowledge.index import Index
+from chatapp.knowledge.retrieve import STRICT
+from chatapp.knowledge.retrieve import STRICT_NOTHING_FOUND
+from chatapp.knowledge.retrieve import Retrieved
+from chatapp.knowledge.retrieve import retrieve
+from chatapp.store.conversations import StoredMessage
+from chatapp.upstream.base import ChatRequest
+
+log = logging.getLogger(__name__)
+
+# What a retrieval came to, for the metrics: sources found, none, or failed.
+FOUND = "sources"
+NONE = "none"
+FAILED = "failed"
+
+
+class Knowledge:
+    """This worker's way to a turn's sources: one index, the mode, the bound."""
+
+    def __init__(
+        self,
+        index: Index,
+        *,
+        mode: str,
+        max_chars: int,
+        observe: Callable[[str, float], None] = lambda outcome, seconds: None,
+    ) -> None:
+        self.index = index
+        self.mode = mode
+        self.max_chars = max_chars
+        self.observe = observe
+
+    def consult(
+        self,
+        request: ChatRequest,
+        *,
+        page_url: str | None,
+        earlier: Sequence[StoredMessage] = (),
+    ) -> tuple[ChatRequest, Retrieved]:
+        """Find the turn's sources; return the request as the model must see it.
+
+        A failing index (a locked or unreadable file, Postgres away) never
+        fails the turn: it goes on without sources, logged and counted.
+        """
+        started = time.perf_counter()
+        try:
+            found = retrieve(
+                self.index,
+                request.messages[-1].content,
+                previous=previous_question(earlier),
+                page_url=page_url,
+                max_chars=self.max_chars,
+                mode=self.mode,
+            )
+            outcome = FOUND if found.sources else NONE
+        except Exception:  # any engine's error; gevent's Timeout is no Exception
+            log.exception("knowledge: retrieval failed; the turn goes on without")
+            found = Retrieved((), STRICT_NOTHING_FOUND if self.mode == STRICT else "")
+            outcome = FAILED
+        self.observe(outcome, time.perf_counter() - started)
+        if not found.instructions:
+            return request, found
+        system = f"{request.system}\n\n{found.instructions}".strip()
+        return dataclasses.replace(request, system=system), found
+
+
+def previous_question(earlier: Sequence[StoredMessage]) -> str | None:
+    """Return the visitor's question before this one, if any."""
+    for message in reversed(earlier):
+        if message.role == "user":
+            return message.content
+    return None
