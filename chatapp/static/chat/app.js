@@ -10,6 +10,7 @@ import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js
 import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
 import { botCheck } from './altcha.js';
 import { showAllowance } from './ratelimit.js';
+import { readSources, withPageUrl } from './sources.js';
 
 // After Stop, the stream normally ends with done/cancelled within a second;
 // past this, end the turn locally so the composer can never stay locked.
@@ -182,9 +183,9 @@ async function startTurn(text, { userNode = null, key = newKey() } = {}) {
       method: 'POST',
       headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
       onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
-      json: turn.conversationId
+      json: withPageUrl(turn.conversationId
         ? { message: text, token, conversation_id: turn.conversationId }
-        : { message: text, token },
+        : { message: text, token }),
     }));
   } catch (err) {
     if (altcha) botCheck.spent({ verified: false });
@@ -228,6 +229,9 @@ function onTurnEvent(turn, type, data) {
       break;
     case 'delta':
       if (typeof data.text === 'string') turn.answer.append(data.text);
+      break;
+    case 'sources':
+      turn.answer.sources = readSources(data.sources);
       break;
     case 'error':
       turn.error = data;
