@@ -4,20 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from chatapp.knowledge.index import Index
+from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import open_index
+from chatapp.knowledge.pg_index import PgIndex
 from chatapp.knowledge.sqlite_index import SqliteIndex
+from tests.conftest import free_port
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=ENGINES)
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
-    opened = open_index("sqlite:///", tmp_path)
+    if request.param == "sqlite":
+        opened = open_index("sqlite:///", tmp_path)
+    else:
+        server = request.getfixturevalue("postgres_server")
+        server.execute(
+            "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+        )
+        opened = open_index(server.url, tmp_path)
+        assert isinstance(opened, PgIndex)
     yield opened
     opened.close()
 
@@ -205,3 +217,31 @@ def test_a_reader_sees_a_writers_commit_from_another_connection(
     assert urls(reader.search("giraffe")) == ["u"]
     writer.close()
     reader.close()
+
+
+def test_two_hosts_share_one_postgres_index(postgres_server: Any) -> None:
+    postgres_server.execute(
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+    )
+    first, second = PgIndex(postgres_server.url), PgIndex(postgres_server.url)
+    try:
+        add(first, "https://s.test/hours", "Opening hours", ("", "Open 9 to 5."))
+        assert urls(second.search("opening hours")) == ["https://s.test/hours"]
+        assert second.remove("https://s.test/hours") is True
+        assert first.search("opening hours") == []
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_unreachable_index_raises_index_unavailable(
+    engine: str, tmp_path: Path
+) -> None:
+    if engine == "sqlite":
+        broken: Index = SqliteIndex(tmp_path)  # a directory, not a database file
+    else:
+        broken = PgIndex(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    with pytest.raises(IndexUnavailable):
+        broken.search("anything")
+    broken.close()

@@ -59,6 +59,7 @@ class DocumentInfo:
     modified: float | None  # seconds since the epoch, when known
     etag: str = ""  # the crawler's validators, for conditional re-fetches
     last_modified: str = ""
+    origin: str = ""  # who put it there: "crawl" (its to drop), else "" or a name
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,8 +95,13 @@ class Index(Protocol):
         modified: float | None = None,
         etag: str = "",
         last_modified: str = "",
+        origin: str = "",
     ) -> int:
-        """Store `passages` as the whole document at `url`; return their count."""
+        """Store `passages` as the whole document at `url`; return their count.
+
+        `origin` marks who owns it: the crawler drops only its own ("crawl")
+        documents when they leave the sitemap, never pushed or added ones.
+        """
         ...
 
     def remove(self, url: str) -> bool:

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS documents (
     modified REAL,
     etag TEXT NOT NULL DEFAULT '',
     last_modified TEXT NOT NULL DEFAULT '',
+    origin TEXT NOT NULL DEFAULT '',
     indexed REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS passages (
@@ -118,6 +119,7 @@ class SqliteIndex:
         modified: float | None = None,
         etag: str = "",
         last_modified: str = "",
+        origin: str = "",
     ) -> int:
         """Store `passages` as the whole document at `url`; return their count."""
         rows = [(url, seq, title, p.headings, p.text) for seq, p in enumerate(passages)]
@@ -132,9 +134,18 @@ class SqliteIndex:
                 )
                 db.execute(
                     "INSERT OR REPLACE INTO documents (url, title, passages, "
-                    "modified, etag, last_modified, indexed) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (url, title, len(rows), modified, etag, last_modified, time.time()),
+                    "modified, etag, last_modified, origin, indexed) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        url,
+                        title,
+                        len(rows),
+                        modified,
+                        etag,
+                        last_modified,
+                        origin,
+                        time.time(),
+                    ),
                 )
             except BaseException:
                 db.execute("ROLLBACK")
@@ -159,7 +170,7 @@ class SqliteIndex:
         """Describe one document, or None."""
         with self._db() as db:
             row = db.execute(
-                "SELECT url, title, passages, modified, etag, last_modified "
+                "SELECT url, title, passages, modified, etag, last_modified, origin "
                 "FROM documents WHERE url = ?",
                 (url,),
             ).fetchone()
@@ -169,7 +180,7 @@ class SqliteIndex:
         """Describe every document, by URL."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT url, title, passages, modified, etag, last_modified "
+                "SELECT url, title, passages, modified, etag, last_modified, origin "
                 "FROM documents ORDER BY url"
             ).fetchall()
         return [DocumentInfo(*row) for row in rows]
