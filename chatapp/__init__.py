@@ -11,6 +11,7 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from chatapp import cli
 from chatapp import logs
 from chatapp.config import load_config
 from chatapp.errors import error_response
@@ -106,6 +107,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         return error_response(*refusal)
 
     _register_error_pages(app)
+    cli.init_app(app)  # flask --app wsgi knowledge …; re-crawls in a worker
     logs.init_app(app, config)  # X-Request-ID, JSON access lines
     return app
 

@@ -184,6 +184,11 @@ def test_one_file_lock_holder_at_a_time(tmp_path: Path) -> None:
     assert second.acquire() is False
     first.release()
     assert second.acquire() is True
+    # A round done keeps the others from crawling again in the same period.
+    assert second.due(3600) is True
+    second.done(3600)
+    assert first.due(3600) is False
+    assert first.due(0) is True
     second.release()
 
 
@@ -204,6 +209,10 @@ def test_one_redis_lock_holder_at_a_time_and_only_the_holder_releases(
     assert client.get("chatapp:knowledge:crawl") == b"someone-else"
     client.delete("chatapp:knowledge:crawl")
     assert second.acquire() is True
+    client.delete("chatapp:knowledge:crawl:done")
+    assert second.due(3600) is True
+    second.done(3600)
+    assert first.due(3600) is False
     second.release()
     assert client.get("chatapp:knowledge:crawl") is None
     client.close()

@@ -42,7 +42,7 @@ CHUNK_BYTES = 64 * 1024
 XML_TYPES = ("application/xml", "text/xml")
 # Which documents the crawler owns: only those it may drop when they leave
 # the sitemap. Pushed and added documents are never touched by a crawl.
-ORIGIN = "crawl"
+CRAWL_OWNER = "crawl"
 
 # Outcomes of one page, as counted in the report and the metrics.
 INDEXED = "indexed"
@@ -146,6 +146,7 @@ class Crawler:
         deadline: float = DEADLINE_SECONDS,
         max_bytes: int = MAX_BYTES,
         max_pages: int = MAX_PAGES,
+        owner: str = CRAWL_OWNER,
     ) -> None:
         self.index = index
         self.sources = [urldefrag(s.strip())[0] for s in sources if s.strip()]
@@ -160,6 +161,7 @@ class Crawler:
         self.deadline = deadline
         self.max_bytes = max_bytes
         self.max_pages = max_pages
+        self.owner = owner
         self.robots: dict[str, RobotFileParser | None] = {}
         self.report = CrawlReport()
         self.complete = True  # every source read: pages absent from it may go
@@ -173,7 +175,7 @@ class Crawler:
         if self.complete:
             for info in self.index.documents():
                 gone = info.url not in pages and origin(info.url) in self.hosts
-                if gone and info.origin == ORIGIN:
+                if gone and info.owner == self.owner == CRAWL_OWNER:
                     self.index.remove(info.url)
                     self._record(PageResult(info.url, REMOVED, detail="not listed"))
         self.report.seconds = time.monotonic() - started
@@ -317,7 +319,7 @@ class Crawler:
             modified=modified,
             etag=fetched.etag,
             last_modified=fetched.last_modified,
-            origin=ORIGIN,
+            owner=self.owner,
         )
         return PageResult(page.url, INDEXED, count)
 

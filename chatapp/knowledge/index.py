@@ -59,7 +59,7 @@ class DocumentInfo:
     modified: float | None  # seconds since the epoch, when known
     etag: str = ""  # the crawler's validators, for conditional re-fetches
     last_modified: str = ""
-    origin: str = ""  # who put it there: "crawl" (its to drop), else "" or a name
+    owner: str = ""  # who put it there: "crawl" (its own to drop), "cli", "" (the API)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +95,11 @@ class Index(Protocol):
         modified: float | None = None,
         etag: str = "",
         last_modified: str = "",
-        origin: str = "",
+        owner: str = "",
     ) -> int:
         """Store `passages` as the whole document at `url`; return their count.
 
-        `origin` marks who owns it: the crawler drops only its own ("crawl")
+        `owner` says who put it there: the crawler drops only its own ("crawl")
         documents when they leave the sitemap, never pushed or added ones.
         """
         ...
@@ -136,6 +136,14 @@ class Index(Protocol):
 DEFAULT_SQLITE_FILE = "knowledge.sqlite3"
 
 
+def sqlite_path(url: str, instance_path: str | Path) -> Path | None:
+    """The file a `sqlite:///…` index URL names, or None for another engine."""
+    url = url.strip() or "sqlite:///"
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(instance_path) / (url.removeprefix("sqlite:///") or DEFAULT_SQLITE_FILE)
+
+
 def open_index(url: str, instance_path: str | Path) -> Index:
     """Open the index `url` names (CHATAPP_KNOWLEDGE_URL).
 
@@ -143,12 +151,11 @@ def open_index(url: str, instance_path: str | Path) -> Index:
     path relative to it, `sqlite:////abs/path` an absolute one;
     `postgresql://…` is one index shared by every host.
     """
-    url = url.strip() or "sqlite:///"
-    if url.startswith("sqlite:///"):
+    path = sqlite_path(url, instance_path)
+    if path is not None:
         from chatapp.knowledge.sqlite_index import SqliteIndex
 
-        path = url.removeprefix("sqlite:///") or DEFAULT_SQLITE_FILE
-        return SqliteIndex(Path(instance_path) / path)
+        return SqliteIndex(path)
     if url.startswith(("postgresql://", "postgres://")):
         from chatapp.knowledge.pg_index import PgIndex
 

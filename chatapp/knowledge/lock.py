@@ -42,6 +42,18 @@ class CrawlLock(Protocol):
         """Tell the lock the crawler is still alive (cheap; call often)."""
         ...
 
+    def due(self, every: float) -> bool:
+        """While holding the lock: True when no crawl finished in `every` seconds.
+
+        Workers wake at different times; this keeps them from crawling one
+        after the other in the same period.
+        """
+        ...
+
+    def done(self, every: float) -> None:
+        """Record a finished crawl, so the others wait `every` seconds."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -66,6 +78,12 @@ class RedisLock:
         if self.token and time.monotonic() - self.renewed >= RENEW_EVERY:
             self.redis.eval(_RENEW, 1, self.key, self.token, LOCK_MS)
             self.renewed = time.monotonic()
+
+    def due(self, every: float) -> bool:
+        return not self.redis.exists(self.key + ":done")
+
+    def done(self, every: float) -> None:
+        self.redis.set(self.key + ":done", "1", px=max(1, int(every * 1000)))
 
     def release(self) -> None:
         if self.token:
@@ -93,6 +111,19 @@ class FileLock:
 
     def renew(self) -> None:
         pass  # held until released or the process ends
+
+    def due(self, every: float) -> bool:
+        try:
+            return time.time() - self._stamp.stat().st_mtime >= every
+        except FileNotFoundError:
+            return True
+
+    def done(self, every: float) -> None:
+        self._stamp.touch()
+
+    @property
+    def _stamp(self) -> Path:
+        return self.path.with_name(self.path.name + ".done")
 
     def release(self) -> None:
         if self.fd is not None:

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS knowledge_documents (
     modified double precision,
     etag text NOT NULL DEFAULT '',
     last_modified text NOT NULL DEFAULT '',
-    origin text NOT NULL DEFAULT '',
+    owner text NOT NULL DEFAULT '',
     indexed double precision NOT NULL
 );
 CREATE TABLE IF NOT EXISTS knowledge_passages (
@@ -116,7 +116,7 @@ class PgIndex:
         modified: float | None = None,
         etag: str = "",
         last_modified: str = "",
-        origin: str = "",
+        owner: str = "",
     ) -> int:
         """Store `passages` as the whole document at `url`; return their count."""
         rows = [
@@ -126,12 +126,12 @@ class PgIndex:
         with self._db() as db, db.transaction():
             db.execute(
                 "INSERT INTO knowledge_documents (url, title, passages, modified, "
-                "etag, last_modified, origin, indexed) "
+                "etag, last_modified, owner, indexed) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (url) DO UPDATE SET title = excluded.title, "
                 "passages = excluded.passages, modified = excluded.modified, "
                 "etag = excluded.etag, last_modified = excluded.last_modified, "
-                "origin = excluded.origin, "
+                "owner = excluded.owner, "
                 "indexed = excluded.indexed",
                 (
                     url,
@@ -140,7 +140,7 @@ class PgIndex:
                     modified,
                     etag,
                     last_modified,
-                    origin,
+                    owner,
                     time.time(),
                 ),
             )
@@ -163,7 +163,7 @@ class PgIndex:
         """Describe one document, or None."""
         with self._db() as db:
             row = db.execute(
-                "SELECT url, title, passages, modified, etag, last_modified, origin "
+                "SELECT url, title, passages, modified, etag, last_modified, owner "
                 "FROM knowledge_documents WHERE url = %s",
                 (url,),
             ).fetchone()
@@ -173,7 +173,7 @@ class PgIndex:
         """Describe every document, by URL."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT url, title, passages, modified, etag, last_modified, origin "
+                "SELECT url, title, passages, modified, etag, last_modified, owner "
                 'FROM knowledge_documents ORDER BY url COLLATE "C"'
             ).fetchall()
         return [DocumentInfo(*row) for row in rows]

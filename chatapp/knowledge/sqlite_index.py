@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS documents (
     modified REAL,
     etag TEXT NOT NULL DEFAULT '',
     last_modified TEXT NOT NULL DEFAULT '',
-    origin TEXT NOT NULL DEFAULT '',
+    owner TEXT NOT NULL DEFAULT '',
     indexed REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS passages (
@@ -119,7 +119,7 @@ class SqliteIndex:
         modified: float | None = None,
         etag: str = "",
         last_modified: str = "",
-        origin: str = "",
+        owner: str = "",
     ) -> int:
         """Store `passages` as the whole document at `url`; return their count."""
         rows = [(url, seq, title, p.headings, p.text) for seq, p in enumerate(passages)]
@@ -134,7 +134,7 @@ class SqliteIndex:
                 )
                 db.execute(
                     "INSERT OR REPLACE INTO documents (url, title, passages, "
-                    "modified, etag, last_modified, origin, indexed) "
+                    "modified, etag, last_modified, owner, indexed) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         url,
@@ -143,7 +143,7 @@ class SqliteIndex:
                         modified,
                         etag,
                         last_modified,
-                        origin,
+                        owner,
                         time.time(),
                     ),
                 )
@@ -170,7 +170,7 @@ class SqliteIndex:
         """Describe one document, or None."""
         with self._db() as db:
             row = db.execute(
-                "SELECT url, title, passages, modified, etag, last_modified, origin "
+                "SELECT url, title, passages, modified, etag, last_modified, owner "
                 "FROM documents WHERE url = ?",
                 (url,),
             ).fetchone()
@@ -180,7 +180,7 @@ class SqliteIndex:
         """Describe every document, by URL."""
         with self._db() as db:
             rows = db.execute(
-                "SELECT url, title, passages, modified, etag, last_modified, origin "
+                "SELECT url, title, passages, modified, etag, last_modified, owner "
                 "FROM documents ORDER BY url"
             ).fetchall()
         return [DocumentInfo(*row) for row in rows]
