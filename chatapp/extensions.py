@@ -136,7 +136,7 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             config["SECRET_KEYS"], spent, max_number=config["BOT_CHECK_MAX_NUMBER"]
         )
     knowledge = None
-    if knowledge_on(config):
+    if config["KNOWLEDGE"]:
         from chatapp.knowledge.index import open_index
 
         knowledge = Knowledge(
@@ -160,11 +160,6 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
     )
     app.extensions["chatapp"] = state
     return state
-
-
-def knowledge_on(config: dict[str, Any]) -> bool:
-    """Tell whether site knowledge is on (CHATAPP_KNOWLEDGE=on)."""
-    return config.get("KNOWLEDGE") in (True, "on")
 
 
 def log_end(end: TurnEnd) -> None:
