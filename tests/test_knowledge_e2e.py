@@ -424,7 +424,9 @@ def test_a_bad_page_url_is_invalid_input(service: Service, page_url: Any) -> Non
 def test_a_failing_index_never_fails_a_turn(
     service_factory: ServiceFactory, fake_provider: FakeProvider, tmp_path: Path
 ) -> None:
-    failing = service_factory(**knowledge_settings(fake_provider, tmp_path))
+    failing = service_factory(
+        **knowledge_settings(fake_provider, tmp_path, CHATAPP_LOG_LEVEL="info")
+    )
     Owner(failing.url).put(f"{SITE}/shipping", SHIPPING_TEXT, title="Shipping")
     client = ChatClient(failing.url)
     _, events = client.answer("When do parcels leave?")
@@ -442,3 +444,10 @@ def test_a_failing_index_never_fails_a_turn(
     assert 'chatapp_knowledge_retrievals_total{outcome="sources"} 1.0' in metrics
     assert "chatapp_knowledge_retrieval_seconds_bucket" in metrics
     assert "knowledge: retrieval failed" in failing.log()
+    lines = [json.loads(line) for line in failing.log_lines() if line.startswith("{")]
+    retrievals = [line for line in lines if line.get("event") == "turn.sources"]
+    assert [(r["outcome"], r["sources"]) for r in retrievals] == [
+        ("sources", 1),
+        ("failed", 0),
+    ]
+    assert all(r["turn_id"] and r["request_id"] for r in retrievals)

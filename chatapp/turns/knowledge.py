@@ -22,6 +22,8 @@ from chatapp.store.conversations import StoredMessage
 from chatapp.upstream.base import ChatRequest
 
 log = logging.getLogger(__name__)
+# Lifecycle lines go to the logger the JSON log set-up names for turns.
+turn_log = logging.getLogger("chatapp.turn")
 
 # What a retrieval came to, for the metrics: sources found, none, or failed.
 FOUND = "sources"
@@ -51,6 +53,7 @@ class Knowledge:
         *,
         page_url: str | None,
         earlier: Sequence[StoredMessage] = (),
+        turn_id: str | None = None,
     ) -> tuple[ChatRequest, Retrieved]:
         """Find the turn's sources; return the request as the model must see it.
 
@@ -72,7 +75,17 @@ class Knowledge:
             log.exception("knowledge: retrieval failed; the turn goes on without")
             found = Retrieved((), STRICT_NOTHING_FOUND if self.mode == STRICT else "")
             outcome = FAILED
-        self.observe(outcome, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        self.observe(outcome, seconds)
+        turn_log.info(
+            "turn.sources",
+            extra={
+                "turn_id": turn_id,
+                "outcome": outcome,
+                "sources": len(found.sources),
+                "retrieval_ms": round(seconds * 1000, 1),
+            },
+        )
         if not found.instructions:
             return request, found
         system = f"{request.system}\n\n{found.instructions}".strip()

@@ -143,7 +143,7 @@ def start_turn(
     if knowledge is not None:
         # Before the cache lookup: the key then covers the sources' text.
         request, found = knowledge.consult(
-            request, page_url=page_url, earlier=earlier_messages
+            request, page_url=page_url, earlier=earlier_messages, turn_id=turn_id
         )
         sources = [source.as_json() for source in found.sources]
     info = TurnInfo(turn_id, identity.owner, cid, now)
