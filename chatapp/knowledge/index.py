@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 # How much more a match in the title and in the heading path counts than one
 # in the body (FTS5 bm25() column weights; Postgres's A/B/C weights follow).
-WEIGHTS = (4.0, 2.0, 1.0)
+# Measured on git's docs (BENCHMARKS.md): heavier title weights lost there,
+# where titles are command names that questions rarely use.
+WEIGHTS = (1.5, 1.5, 1.0)
 # The visitor's own page counts this much more than any other.
 PREFER_FACTOR = 2.0
+# Best-ranked passages an engine hands to `rank`; more cost time, not recall.
+CANDIDATES = 200
 # Longer questions are cut: each term costs a posting-list read.
 MAX_QUERY_TERMS = 32
 
@@ -81,6 +86,40 @@ def query_terms(text: str) -> list[str]:
         if len(terms) == MAX_QUERY_TERMS:
             break
     return terms
+
+
+def rank(
+    hits: list[Passage], *, limit: int, prefer_url: str | None = None
+) -> list[Passage]:
+    """Order an engine's candidates: page evidence, then the visitor's page.
+
+    A passage gains the score of the next-best passage of its page: a page
+    that answers with several passages beats a single lucky match (an index
+    page listing every topic in a line each). Passages of `prefer_url`
+    count PREFER_FACTOR times more.
+    """
+    hits = sorted(hits, key=lambda p: -p.score)
+    top: dict[str, list[float]] = {}  # each page's two best scores
+    for hit in hits:
+        scores = top.setdefault(hit.url, [])
+        if len(scores) < 2:
+            scores.append(hit.score)
+    ranked = []
+    seen: set[str] = set()
+    for hit in hits:
+        scores = top[hit.url]
+        # The page's best passage gains the second-best; the others the best.
+        if hit.url in seen:
+            bonus = scores[0]
+        else:
+            bonus = scores[1] if len(scores) > 1 else 0.0
+            seen.add(hit.url)
+        score = hit.score + bonus
+        if prefer_url and hit.url == prefer_url:
+            score *= PREFER_FACTOR
+        ranked.append(replace(hit, score=score))
+    ranked.sort(key=lambda p: -p.score)
+    return ranked[:limit]
 
 
 class Index(Protocol):

@@ -10,18 +10,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from chatapp.knowledge.index import PREFER_FACTOR
+from chatapp.knowledge.index import CANDIDATES
 from chatapp.knowledge.index import WEIGHTS
 from chatapp.knowledge.index import DocumentInfo
 from chatapp.knowledge.index import IndexStats
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import query_terms
+from chatapp.knowledge.index import rank
 
 # Readers never wait in WAL mode; a writer waits this long for another one.
 BUSY_TIMEOUT_MS = 5000
-# Best-ranked passages considered before the page preference reorders them.
-CANDIDATES = 200
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -60,13 +59,22 @@ CREATE TRIGGER IF NOT EXISTS passages_ad AFTER DELETE ON passages BEGIN
 END;
 """
 
+# Ranked on the full-text table alone, joined only for the candidates kept.
 SEARCH = f"""
-SELECT p.url, p.title, p.headings, p.body,
-       -bm25(passages_fts, ?, ?, ?) * (CASE WHEN p.url = ? THEN ? ELSE 1.0 END)
-         AS score
+SELECT p.url, p.title, p.headings, p.body, c.score
+FROM (
+    SELECT rowid, -bm25(passages_fts, ?, ?, ?) AS score
+    FROM passages_fts WHERE passages_fts MATCH ?
+    ORDER BY score DESC LIMIT {CANDIDATES}
+) AS c JOIN passages AS p ON p.id = c.rowid
+"""
+# The visitor's page may rank below the candidates and still deserve a place.
+SEARCH_PAGE = f"""
+SELECT p.url, p.title, p.headings, p.body, -bm25(passages_fts, ?, ?, ?)
 FROM passages_fts JOIN passages AS p ON p.id = passages_fts.rowid
-WHERE passages_fts MATCH ?
-ORDER BY score DESC
+WHERE passages_fts MATCH ? AND passages_fts.rowid IN (
+    SELECT id FROM passages WHERE url = ?
+)
 LIMIT {CANDIDATES}
 """
 
@@ -193,13 +201,16 @@ class SqliteIndex:
         if not match or limit <= 0:
             return []
         with self._db() as db:
-            rows = db.execute(
-                SEARCH, (*WEIGHTS, prefer_url or "", PREFER_FACTOR, match)
-            ).fetchmany(limit)
-        return [
-            Passage(url=u, title=t, headings=h, text=b, score=float(s))
+            rows = db.execute(SEARCH, (*WEIGHTS, match)).fetchall()
+            if prefer_url:
+                rows += db.execute(
+                    SEARCH_PAGE, (*WEIGHTS, match, prefer_url)
+                ).fetchall()
+        hits = {
+            (u, b): Passage(url=u, title=t, headings=h, text=b, score=float(s))
             for u, t, h, b, s in rows
-        ]
+        }
+        return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
 
     def stats(self) -> IndexStats:
         """Count documents and passages, and the file's size."""
