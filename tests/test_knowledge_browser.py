@@ -12,6 +12,8 @@ import pytest
 from playwright.sync_api import BrowserContext
 from playwright.sync_api import expect
 
+from chatapp.knowledge.index import Passage
+from chatapp.knowledge.index import open_index
 from tests.browser import ChatPage
 from tests.browser import LocalSite
 from tests.conftest import Service
@@ -148,3 +150,30 @@ def test_the_widget_sends_its_host_page_as_page_url(
         assert 'page=\\"current\\"' in json.dumps(call.body)
     finally:
         site.close()
+
+
+def test_a_source_that_is_no_web_page_is_named_never_linked(
+    context: BrowserContext,
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+    tmp_path: Path,
+) -> None:
+    chat_service = service_factory(**knowledge_settings(fake_provider, tmp_path))
+    # As `flask --app wsgi knowledge add faq.md` files it, without --base-url.
+    index = open_index(f"sqlite:///{tmp_path / 'knowledge.sqlite3'}", tmp_path)
+    try:
+        url = "file:///srv/help/faq.md"
+        index.replace(
+            url, "Help FAQ", [Passage(url, "Help FAQ", "", "Gift wrap is free.")]
+        )
+    finally:
+        index.close()
+    chat = ChatPage(context.new_page(), chat_service.url).open("/")
+    chat.send(Behaviour(text="Gift wrap is free [1].", delay_ms=2).as_directive())
+    chat.wait_answer_finished()
+    listed = chat.answers.last.locator("[data-chatapp-sources] li")
+    expect(listed).to_have_text("Help FAQ")
+    expect(chat.page.locator("[data-chatapp-sources] a, a.cite")).to_have_count(0)
+    expect(chat.answers.last.locator(".msg__body")).to_have_text(
+        "Gift wrap is free [1]."
+    )

@@ -46,10 +46,12 @@ export function readSources(list) {
   const byNumber = new Map();
   if (!Array.isArray(list)) return byNumber;
   for (const item of list) {
-    const url = webUrl(item?.url);
-    if (url && Number.isInteger(item.n) && item.n > 0 && !byNumber.has(item.n)) {
-      byNumber.set(item.n, { n: item.n, url, title: typeof item.title === 'string' && item.title.trim() ? item.title.trim() : url });
-    }
+    if (!Number.isInteger(item?.n) || item.n <= 0 || byNumber.has(item.n)) continue;
+    // A source that is no web page (a file added on the command line) is
+    // named, never linked.
+    const url = webUrl(item.url);
+    const title = typeof item.title === 'string' && item.title.trim() ? item.title.trim() : (url ?? '');
+    if (url || title) byNumber.set(item.n, { n: item.n, url, title });
   }
   return byNumber;
 }
@@ -78,7 +80,7 @@ export function linkCitations(body, sources) {
     let from = 0;
     for (const match of node.data.matchAll(CITATION)) {
       const source = sources.get(Number(match[1]));
-      if (!source) continue;
+      if (!source?.url) continue;
       cited.add(source.n);
       parts.push(node.data.slice(from, match.index));
       const link = newTabLink(source, h('span', { 'aria-hidden': 'true', text: match[0] }));
@@ -101,7 +103,7 @@ export function sourcesList(sources) {
   const items = [...sources.values()].map((source) => h(
     'li',
     { value: source.n, 'data-chatapp-source': source.n },
-    newTabLink(source, source.title),
+    source.url ? newTabLink(source, source.title) : h('span', { text: source.title }),
   ));
   const heading = h('h3', { class: 'sources__title', text: WORDS.heading });
   heading.id = `chatapp-sources-${Math.random().toString(36).slice(2)}`;
