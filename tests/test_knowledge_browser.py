@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 from urllib.parse import urlsplit
 
 import pytest
+from playwright.sync_api import Browser
 from playwright.sync_api import BrowserContext
 from playwright.sync_api import expect
 
@@ -16,6 +18,7 @@ from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import open_index
 from tests.browser import ChatPage
 from tests.browser import LocalSite
+from tests.browser import new_context
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
 from tests.fake_provider import Behaviour
@@ -47,10 +50,19 @@ def service(
     return started
 
 
+@pytest.fixture(params=["light", "dark"])
+def scheme_context(
+    request: pytest.FixtureRequest, browser: Browser
+) -> Iterator[BrowserContext]:
+    context = new_context(browser, color_scheme=request.param)
+    yield context
+    context.close()
+
+
 def test_citations_become_links_and_the_sources_follow_the_answer(
-    context: BrowserContext, service: Service, fake_provider: FakeProvider
+    scheme_context: BrowserContext, service: Service, fake_provider: FakeProvider
 ) -> None:
-    page = context.new_page()
+    page = scheme_context.new_page()
     posted: list[dict[str, Any]] = []
     page.on(
         "request",
