@@ -6,10 +6,12 @@ import re
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from chatapp.knowledge.index import Index
+from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import open_index
 from chatapp.knowledge.retrieve import STRICT
@@ -23,6 +25,8 @@ from chatapp.store.conversations import StoredMessage
 from chatapp.turns.knowledge import FAILED
 from chatapp.turns.knowledge import FOUND
 from chatapp.turns.knowledge import NONE
+from chatapp.turns.knowledge import PAUSE_AFTER_FAILURE
+from chatapp.turns.knowledge import SKIPPED
 from chatapp.turns.knowledge import Knowledge
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Message
@@ -172,3 +176,37 @@ def test_a_failing_index_never_fails_the_turn(tmp_path: Path) -> None:
     assert found.sources == ()
     assert seen == [FAILED]
     assert STRICT_NOTHING_FOUND in request.system
+
+
+class Unreachable:
+    """An index whose engine is away: every search raises, as PgIndex's would."""
+
+    def __init__(self) -> None:
+        self.searches = 0
+
+    def search(
+        self, query: str, *, limit: int = 8, prefer_url: str | None = None
+    ) -> list[Passage]:
+        self.searches += 1
+        raise IndexUnavailable("knowledge index: connection refused")
+
+
+def test_after_a_failure_turns_skip_the_index_for_a_while() -> None:
+    index = Unreachable()
+    seen: list[str] = []
+    now = [1000.0]
+    knowledge = Knowledge(
+        cast(Index, index),
+        mode="prefer",
+        max_chars=6000,
+        observe=lambda o, s: seen.append(o),
+        clock=lambda: now[0],
+    )
+    for _ in range(3):
+        request, found = knowledge.consult(_request("refunds"), page_url=None)
+        assert found.sources == () and request.system == "Be kind."
+    assert seen == [FAILED, SKIPPED, SKIPPED]
+    assert index.searches == 1  # an unreachable engine costs its timeout once
+    now[0] += PAUSE_AFTER_FAILURE
+    knowledge.consult(_request("refunds"), page_url=None)
+    assert index.searches == 2 and seen[-1] == FAILED

@@ -25,10 +25,15 @@ log = logging.getLogger(__name__)
 # Lifecycle lines go to the logger the JSON log set-up names for turns.
 turn_log = logging.getLogger("chatapp.turn")
 
-# What a retrieval came to, for the metrics: sources found, none, or failed.
+# What a retrieval came to, for the metrics: sources found, none, failed, or
+# skipped (the index failed moments ago: turns go on without waiting on it).
 FOUND = "sources"
 NONE = "none"
 FAILED = "failed"
+SKIPPED = "skipped"
+# After a failure, turns skip the index this long: an unreachable Postgres
+# costs its connect timeout once, not on every turn.
+PAUSE_AFTER_FAILURE = 10.0
 
 
 class Knowledge:
@@ -41,11 +46,14 @@ class Knowledge:
         mode: str,
         max_chars: int,
         observe: Callable[[str, float], None] = lambda outcome, seconds: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.index = index
+        self.clock = clock
         self.mode = mode
         self.max_chars = max_chars
         self.observe = observe
+        self.paused_until = 0.0
 
     def consult(
         self,
@@ -61,20 +69,10 @@ class Knowledge:
         fails the turn: it goes on without sources, logged and counted.
         """
         started = time.perf_counter()
-        try:
-            found = retrieve(
-                self.index,
-                request.messages[-1].content,
-                previous=previous_question(earlier),
-                page_url=page_url,
-                max_chars=self.max_chars,
-                mode=self.mode,
-            )
-            outcome = FOUND if found.sources else NONE
-        except Exception:  # any engine's error; gevent's Timeout is no Exception
-            log.exception("knowledge: retrieval failed; the turn goes on without")
-            found = Retrieved((), STRICT_NOTHING_FOUND if self.mode == STRICT else "")
-            outcome = FAILED
+        if self.clock() < self.paused_until:
+            found, outcome = self._without(), SKIPPED
+        else:
+            found, outcome = self._retrieve(request, page_url, earlier)
         seconds = time.perf_counter() - started
         self.observe(outcome, seconds)
         turn_log.info(
@@ -90,6 +88,31 @@ class Knowledge:
             return request, found
         system = f"{request.system}\n\n{found.instructions}".strip()
         return dataclasses.replace(request, system=system), found
+
+    def _retrieve(
+        self,
+        request: ChatRequest,
+        page_url: str | None,
+        earlier: Sequence[StoredMessage],
+    ) -> tuple[Retrieved, str]:
+        try:
+            found = retrieve(
+                self.index,
+                request.messages[-1].content,
+                previous=previous_question(earlier),
+                page_url=page_url,
+                max_chars=self.max_chars,
+                mode=self.mode,
+            )
+        except Exception:  # any engine's error; gevent's Timeout is no Exception
+            log.exception("knowledge: retrieval failed; the turn goes on without")
+            self.paused_until = self.clock() + PAUSE_AFTER_FAILURE
+            return self._without(), FAILED
+        return found, FOUND if found.sources else NONE
+
+    def _without(self) -> Retrieved:
+        """What a turn gets when the index could not be asked: no sources."""
+        return Retrieved((), STRICT_NOTHING_FOUND if self.mode == STRICT else "")
 
 
 def previous_question(earlier: Sequence[StoredMessage]) -> str | None:
