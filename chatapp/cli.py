@@ -14,6 +14,7 @@ from flask.cli import AppGroup
 
 from chatapp.knowledge import refresh
 from chatapp.knowledge.crawl import Crawler
+from chatapp.knowledge.crawl import CrawlReport
 from chatapp.knowledge.crawl import Listed
 from chatapp.knowledge.crawl import PageResult
 from chatapp.knowledge.extract import MAX_INPUT_CHARS
@@ -62,11 +63,19 @@ def init_app(app: Flask) -> None:
     # for these commands and for the tests, which must not start crawling.
     serving = os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
     if serving and config["KNOWLEDGE"] and config["KNOWLEDGE_SOURCES"]:
+        index = open_index(config["KNOWLEDGE_URL"], app.instance_path)
+        metrics = app.extensions["chatapp"].metrics
+
+        def count(report: CrawlReport) -> None:
+            stats = index.stats()
+            metrics.crawl_finished(report.counts(), stats.documents, stats.passages)
+
         refresh.start(
-            open_index(config["KNOWLEDGE_URL"], app.instance_path),
+            index,
             config["KNOWLEDGE_SOURCES"],
             crawl_lock(app),
             config["KNOWLEDGE_REFRESH"],
+            on_report=count,
         )
 
 

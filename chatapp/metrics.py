@@ -112,6 +112,35 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
+        # Site knowledge: what the index holds and what crawls made of pages.
+        self._crawl_pages = Counter(
+            "chatapp_knowledge_crawl_pages",
+            "URLs seen by the site-knowledge crawler, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self._documents = Gauge(
+            "chatapp_knowledge_documents",
+            "Documents in the knowledge index, as of the last crawl.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self._passages = Gauge(
+            "chatapp_knowledge_passages",
+            "Passages in the knowledge index, as of the last crawl.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+
+    def crawl_finished(
+        self, outcomes: dict[str, int], documents: int, passages: int
+    ) -> None:
+        """Count a crawl's URLs by outcome and what the index holds after it."""
+        for outcome, count in outcomes.items():
+            self._crawl_pages.labels(outcome).inc(count)
+        self._documents.set(documents)
+        self._passages.set(passages)
+
     def turn_started(self) -> None:
         self._started.inc()
         self._active.set(self._running())

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from flask import Flask
 
 from chatapp import create_app
@@ -142,7 +143,7 @@ def test_the_service_crawls_its_sources_at_start_up_with_one_worker_of_two(
 ) -> None:
     redis_server.flush()
     db = tmp_path / "knowledge.sqlite3"
-    service_factory(
+    service = service_factory(
         CHATAPP_REDIS_URL=redis_server.url,
         CHATAPP_KNOWLEDGE="on",
         CHATAPP_KNOWLEDGE_URL=f"sqlite:///{db}",
@@ -164,5 +165,16 @@ def test_the_service_crawls_its_sources_at_start_up_with_one_worker_of_two(
     wait_for(crawled, 60, "the start-up crawl")
     assert index.search("express delivery")[0].url == site.url("/shipping.html")
     assert site.hits["/private.html"] == 0
-    assert site.hits["/sitemap.xml"] == 1  # one worker crawled, the other did not
+    documents = len(index.documents())
     index.close()
+
+    def counted() -> str:
+        text = requests.get(service.url + "/metrics", timeout=5).text
+        return text if "\nchatapp_knowledge_documents " in text else ""
+
+    metrics = wait_for(counted, 30, "the crawl's metrics")
+    indexed = f'chatapp_knowledge_crawl_pages_total{{outcome="indexed"}} {documents}.0'
+    assert indexed in metrics
+    assert 'chatapp_knowledge_crawl_pages_total{outcome="disallowed"} 1.0' in metrics
+    assert f"\nchatapp_knowledge_documents {documents}.0" in metrics
+    assert site.hits["/sitemap.xml"] == 1  # one worker crawled, the other did not
