@@ -13,6 +13,8 @@ import requests
 from flask import Flask
 
 from chatapp import create_app
+from chatapp.config import load_config
+from chatapp.errors import ConfigError
 from chatapp.knowledge.lock import FileLock
 from chatapp.knowledge.sqlite_index import SqliteIndex
 from tests.conftest import ROOT
@@ -178,3 +180,33 @@ def test_the_service_crawls_its_sources_at_start_up_with_one_worker_of_two(
     assert 'chatapp_knowledge_crawl_pages_total{outcome="disallowed"} 1.0' in metrics
     assert f"\nchatapp_knowledge_documents {documents}.0" in metrics
     assert site.hits["/sitemap.xml"] == 1  # one worker crawled, the other did not
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CHATAPP_KNOWLEDGE_URL", "mysql://db/knowledge"),
+        ("CHATAPP_KNOWLEDGE_SOURCES", "https://ok.test/sitemap.xml ftp://x/y"),
+        ("CHATAPP_KNOWLEDGE_MODE", "sometimes"),
+        ("CHATAPP_KNOWLEDGE_REFRESH", "0"),
+        ("CHATAPP_EMBEDDINGS_BASE_URL", "localhost:11434"),
+    ],
+)
+def test_bad_knowledge_settings_stop_start_up_with_one_line(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_config({name: value})
+
+
+def test_knowledge_settings_have_spec_defaults() -> None:
+    config = load_config({"OPENAI_API_KEY": "sk-x"})
+    assert config["KNOWLEDGE"] is False
+    assert config["KNOWLEDGE_URL"] == "sqlite:///"
+    assert config["KNOWLEDGE_SOURCES"] == ()
+    assert config["KNOWLEDGE_REFRESH"] == 86400.0
+    assert config["KNOWLEDGE_MODE"] == "prefer"
+    assert config["KNOWLEDGE_MAX_CHARS"] == 6000
+    assert config["EMBEDDINGS_MODEL"] == ""
+    assert config["EMBEDDINGS_BASE_URL"] == "https://api.openai.com/v1"
+    assert config["EMBEDDINGS_API_KEY"] == "sk-x"
