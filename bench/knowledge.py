@@ -31,11 +31,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psycopg
 import requests
 
 from bench.procs import free_port
 from chatapp.knowledge.crawl import Crawler
+from chatapp.knowledge.embed import VectorCache
+from chatapp.knowledge.index import CANDIDATES
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import Passage
 from chatapp.knowledge.pg_index import PgIndex
@@ -285,6 +288,37 @@ def latency(index: Index, questions: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def vector_cost(passages: int, dims: int = 1536) -> dict[str, float]:
+    """What the hybrid half of a search costs at `passages` vectors of `dims`.
+
+    Random unit vectors stand in for a model's (the cost does not depend on
+    their values): loading them from BLOBs once per change, then one
+    matrix product and a top-200 per question.
+    """
+    rng = np.random.default_rng(7)
+    rows = [
+        (i, (v / np.linalg.norm(v)).astype(np.float32).tobytes())
+        for i, v in enumerate(rng.standard_normal((passages, dims)))
+    ]
+    cache = VectorCache()
+    started = time.perf_counter()
+    cache.load((passages,), rows)
+    load_ms = (time.perf_counter() - started) * 1000
+    query = cache.matrix[0]
+    samples = []
+    for _ in range(50):
+        started = time.perf_counter()
+        cache.nearest(query, CANDIDATES)
+        samples.append((time.perf_counter() - started) * 1000)
+    return {
+        "passages": passages,
+        "dims": dims,
+        "load_ms": round(load_ms, 1),
+        "nearest_p50_ms": round(statistics.median(samples), 2),
+        "bytes": passages * dims * 4,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", default="/usr/share/doc/git-doc")
@@ -358,6 +392,7 @@ def main() -> None:
         results["sqlite_latency_passages"] = held
         results["sqlite_bytes_at_latency"] = index.stats().bytes
         index.close()
+        results["vectors"] = vector_cost(held)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(results, indent=2))

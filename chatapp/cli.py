@@ -14,8 +14,10 @@ from flask.cli import AppGroup
 
 from chatapp.knowledge import refresh
 from chatapp.knowledge.crawl import Crawler
+from chatapp.knowledge.crawl import CrawlReport
 from chatapp.knowledge.crawl import Listed
 from chatapp.knowledge.crawl import PageResult
+from chatapp.knowledge.embed import make_embedder
 from chatapp.knowledge.extract import MAX_INPUT_CHARS
 from chatapp.knowledge.extract import extract
 from chatapp.knowledge.index import Index
@@ -62,11 +64,19 @@ def init_app(app: Flask) -> None:
     # for these commands and for the tests, which must not start crawling.
     serving = os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
     if serving and config["KNOWLEDGE"] and config["KNOWLEDGE_SOURCES"]:
+        index = knowledge_index(app)
+        metrics = app.extensions["chatapp"].metrics
+
+        def count(report: CrawlReport) -> None:
+            stats = index.stats()
+            metrics.crawl_finished(report.counts(), stats.documents, stats.passages)
+
         refresh.start(
-            open_index(config["KNOWLEDGE_URL"], app.instance_path),
+            index,
             config["KNOWLEDGE_SOURCES"],
             crawl_lock(app),
             config["KNOWLEDGE_REFRESH"],
+            on_report=count,
         )
 
 
@@ -87,8 +97,19 @@ def _config() -> dict[str, Any]:
     return config
 
 
+def knowledge_index(app: Flask) -> Index:
+    """Open the index the settings name, hybrid when embeddings are configured."""
+    config = app.extensions["chatapp"].config
+    embedder = make_embedder(
+        config["EMBEDDINGS_MODEL"],
+        config["EMBEDDINGS_BASE_URL"],
+        config["EMBEDDINGS_API_KEY"],
+    )
+    return open_index(config["KNOWLEDGE_URL"], app.instance_path, embedder)
+
+
 def _index() -> Index:
-    return open_index(_config()["KNOWLEDGE_URL"], current_app.instance_path)
+    return knowledge_index(current_app)
 
 
 @knowledge.command("crawl")

@@ -113,10 +113,29 @@ class Metrics:
             multiprocess_mode="livesum",
         )
 
-        # Site knowledge: what each turn's retrieval came to, and how long it took.
+        # Site knowledge: what the index holds and what crawls made of pages.
+        self._crawl_pages = Counter(
+            "chatapp_knowledge_crawl_pages",
+            "URLs seen by the site-knowledge crawler, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self._documents = Gauge(
+            "chatapp_knowledge_documents",
+            "Documents in the knowledge index, as of the last crawl.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self._passages = Gauge(
+            "chatapp_knowledge_passages",
+            "Passages in the knowledge index, as of the last crawl.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        # And what each turn's retrieval came to, and how long it took.
         self._retrievals = Counter(
             "chatapp_knowledge_retrievals",
-            "Turns' retrievals, by outcome: sources, none (nothing relevant), failed.",
+            "Turns' retrievals, by outcome: sources, none, failed, skipped.",
             ["outcome"],
             registry=r,
         )
@@ -126,6 +145,15 @@ class Metrics:
             buckets=RETRIEVAL_BUCKETS,
             registry=r,
         )
+
+    def crawl_finished(
+        self, outcomes: dict[str, int], documents: int, passages: int
+    ) -> None:
+        """Count a crawl's URLs by outcome and what the index holds after it."""
+        for outcome, count in outcomes.items():
+            self._crawl_pages.labels(outcome).inc(count)
+        self._documents.set(documents)
+        self._passages.set(passages)
 
     def retrieved(self, outcome: str, seconds: float) -> None:
         """Count one turn's retrieval: with sources, without, or failed."""

@@ -8,6 +8,7 @@ TRACKERSCRIPT) that must never reach the index. Beside them the site serves:
 - /sitemap.xml, a sitemap index of /sitemap-pages.xml, /sitemap-broken.xml
   and an off-host sitemap;
 - /away, a redirect to another host; /moved, a redirect on this host;
+  /loop, a redirect to itself;
 - /huge.html, bigger than any cap; /slow.html, trickling a byte at a time;
 - /logo.png, a wrong content type; /gone.html, 404.
 """
@@ -39,6 +40,7 @@ DEFAULT_LISTED: dict[str, str | None] = {
     "/huge.html": None,
     "/slow.html": None,
     "/logo.png": None,
+    "/loop": None,
     "/gone.html": None,
 }
 
@@ -134,6 +136,8 @@ def _handler(site: ShopSite) -> Any:
                 self.send(200, "application/xml", b"<urlset><url><loc>http://x")
             elif path == "/away":
                 self.redirect(f"http://localhost:{site.port}/returns.html")
+            elif path == "/loop":
+                self.redirect("/loop")
             elif path == "/moved":
                 self.redirect("/shipping.html")
             elif path == "/huge.html":

@@ -9,9 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from flask import Flask
 
 from chatapp import create_app
+from chatapp.config import load_config
+from chatapp.errors import ConfigError
 from chatapp.knowledge.lock import FileLock
 from chatapp.knowledge.sqlite_index import SqliteIndex
 from tests.conftest import ROOT
@@ -142,7 +145,7 @@ def test_the_service_crawls_its_sources_at_start_up_with_one_worker_of_two(
 ) -> None:
     redis_server.flush()
     db = tmp_path / "knowledge.sqlite3"
-    service_factory(
+    service = service_factory(
         CHATAPP_REDIS_URL=redis_server.url,
         CHATAPP_KNOWLEDGE="on",
         CHATAPP_KNOWLEDGE_URL=f"sqlite:///{db}",
@@ -164,5 +167,46 @@ def test_the_service_crawls_its_sources_at_start_up_with_one_worker_of_two(
     wait_for(crawled, 60, "the start-up crawl")
     assert index.search("express delivery")[0].url == site.url("/shipping.html")
     assert site.hits["/private.html"] == 0
-    assert site.hits["/sitemap.xml"] == 1  # one worker crawled, the other did not
+    documents = len(index.documents())
     index.close()
+
+    def counted() -> str:
+        text = requests.get(service.url + "/metrics", timeout=5).text
+        return text if "\nchatapp_knowledge_documents " in text else ""
+
+    metrics = wait_for(counted, 30, "the crawl's metrics")
+    indexed = f'chatapp_knowledge_crawl_pages_total{{outcome="indexed"}} {documents}.0'
+    assert indexed in metrics
+    assert 'chatapp_knowledge_crawl_pages_total{outcome="disallowed"} 1.0' in metrics
+    assert f"\nchatapp_knowledge_documents {documents}.0" in metrics
+    assert site.hits["/sitemap.xml"] == 1  # one worker crawled, the other did not
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("CHATAPP_KNOWLEDGE_URL", "mysql://db/knowledge"),
+        ("CHATAPP_KNOWLEDGE_SOURCES", "https://ok.test/sitemap.xml ftp://x/y"),
+        ("CHATAPP_KNOWLEDGE_MODE", "sometimes"),
+        ("CHATAPP_KNOWLEDGE_REFRESH", "0"),
+        ("CHATAPP_EMBEDDINGS_BASE_URL", "localhost:11434"),
+    ],
+)
+def test_bad_knowledge_settings_stop_start_up_with_one_line(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_config({name: value})
+
+
+def test_knowledge_settings_have_spec_defaults() -> None:
+    config = load_config({"OPENAI_API_KEY": "sk-x"})
+    assert config["KNOWLEDGE"] is False
+    assert config["KNOWLEDGE_URL"] == "sqlite:///"
+    assert config["KNOWLEDGE_SOURCES"] == ()
+    assert config["KNOWLEDGE_REFRESH"] == 86400.0
+    assert config["KNOWLEDGE_MODE"] == "prefer"
+    assert config["KNOWLEDGE_MAX_CHARS"] == 6000
+    assert config["EMBEDDINGS_MODEL"] == ""
+    assert config["EMBEDDINGS_BASE_URL"] == "https://api.openai.com/v1"
+    assert config["EMBEDDINGS_API_KEY"] == "sk-x"

@@ -63,6 +63,8 @@ def test_a_first_crawl_indexes_the_sitemaps_pages_and_refuses_the_rest(
     assert got["/slow.html"] == crawl.FAILED
     assert got["/logo.png"] == crawl.UNSUPPORTED
     assert got["/gone.html"] == crawl.FAILED
+    assert got["/loop"] == crawl.FAILED  # after 5 hops, not forever
+    assert site.hits["/loop"] == 6
     assert seen == report.results  # progress saw every page as it went
     # robots.txt's disallowed page and other hosts are never asked for.
     assert site.hits["/private.html"] == 0

@@ -105,3 +105,25 @@ def test_bytes_are_decoded_leniently() -> None:
 def test_other_content_types_are_refused(content_type: str) -> None:
     with pytest.raises(UnsupportedContent):
         extract(b"\x89PNG", url="u", content_type=content_type)
+
+
+def test_a_pages_own_charset_is_honoured() -> None:
+    page = (
+        '<html><head><meta charset="iso-8859-1"><title>Caf\xe9</title></head>'
+        "<body><article><h1>Caf\xe9 cr\xe8me</h1><p>Le caf\xe9 est ouvert du lundi "
+        "au vendredi, de huit heures \xe0 dix-huit heures, toute l'ann\xe9e.</p>"
+        "</article></body></html>"
+    ).encode("iso-8859-1")
+    doc = extract(page, url="http://shop.test/cafe", content_type="text/html")
+    assert "café est ouvert" in doc.passages[0].text
+
+
+def test_a_text_files_declared_charset_is_honoured() -> None:
+    doc = extract(
+        "Öffnungszeiten: täglich".encode("latin-1"),
+        url="u",
+        content_type="text/plain; charset=ISO-8859-1",
+    )
+    assert doc.title == "Öffnungszeiten: täglich"
+    odd = extract(b"plain", url="u", content_type="text/plain; charset=no-such")
+    assert odd.passages[0].text == "plain"

@@ -65,27 +65,42 @@ def extract(
     kind = media_type(content_type)
     if kind not in CONTENT_TYPES:
         raise UnsupportedContent(f"{kind or 'no content type'} is not indexed")
-    if isinstance(content, bytes):
-        content = content[: MAX_INPUT_CHARS * 4].decode("utf-8", errors="replace")
-    content = content[:MAX_INPUT_CHARS]
     if kind in HTML_TYPES:
-        found_title, markdown = _main_content(content, url)
+        # Bytes go to trafilatura as they are: it reads the page's own
+        # charset (meta tag, or a guess) where a wrong header would garble it.
+        found_title, markdown = _main_content(content[:MAX_INPUT_CHARS], url)
         title = title or found_title
         sections = _sections(markdown)
-    elif kind in MARKDOWN_TYPES:
-        markdown = content
-        sections = _sections(markdown)
     else:
-        # A line starting with "#" in a text file is not a heading.
-        markdown = content
-        sections = [((), content.strip())] if content.strip() else []
+        markdown = _decode(content, content_type)[:MAX_INPUT_CHARS]
+        if kind in MARKDOWN_TYPES:
+            sections = _sections(markdown)
+        else:
+            # A line starting with "#" in a text file is not a heading.
+            text = markdown.strip()
+            sections = [((), text)] if text else []
     if not title:
         title = _first_heading(sections) or _first_line(markdown) or url
     passages = split(url, title, sections)
     return Extracted(url=url, title=title, passages=tuple(passages), modified=modified)
 
 
-def _main_content(html: str, url: str) -> tuple[str, str]:
+def _decode(content: str | bytes, content_type: str) -> str:
+    if isinstance(content, str):
+        return content
+    charset = "utf-8"
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"') or charset
+    data = content[: MAX_INPUT_CHARS * 4]
+    try:
+        return data.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        return data.decode("utf-8", errors="replace")
+
+
+def _main_content(html: str | bytes, url: str) -> tuple[str, str]:
     # trafilatura drops navigation, headers, footers, cookie banners, scripts
     # and comments, and keeps headings as Markdown so the split below can
     # follow them. Without recall bias, short product pages come back empty.

@@ -11,6 +11,10 @@ from typing import Any
 
 import psycopg
 
+from chatapp.knowledge.embed import Embedder
+from chatapp.knowledge.embed import VectorCache
+from chatapp.knowledge.embed import embed_passages
+from chatapp.knowledge.embed import hybrid_search
 from chatapp.knowledge.index import CANDIDATES
 from chatapp.knowledge.index import WEIGHTS
 from chatapp.knowledge.index import DocumentInfo
@@ -54,6 +58,7 @@ CREATE TABLE IF NOT EXISTS knowledge_passages (
     title text NOT NULL,
     headings text NOT NULL,
     body text NOT NULL,
+    vec bytea,  -- float32 unit vector, with embeddings configured
     tsv tsvector GENERATED ALWAYS AS (
         setweight(to_tsvector('english'::regconfig, title), 'A')
         || setweight(to_tsvector('english'::regconfig, headings), 'B')
@@ -86,8 +91,10 @@ LIMIT {CANDIDATES}
 class PgIndex:
     """Passages in Postgres: every host reads and writes the same index."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, embedder: Embedder | None = None) -> None:
         self.url = url
+        self.embedder = embedder
+        self._vectors = VectorCache()
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
@@ -129,9 +136,15 @@ class PgIndex:
         owner: str = "",
     ) -> int:
         """Store `passages` as the whole document at `url`; return their count."""
+        # Embedded before the transaction opens: the endpoint may be slow.
+        vectors = (
+            embed_passages(self.embedder, passages)
+            if self.embedder is not None
+            else [None] * len(passages)
+        )
         rows = [
-            (url, seq, title, p.headings, _clean(p.text))
-            for seq, p in enumerate(passages)
+            (url, seq, _clean(title), _clean(p.headings), _clean(p.text), vec)
+            for seq, (p, vec) in enumerate(zip(passages, vectors, strict=True))
         ]
         with self._db() as db, db.transaction():
             db.execute(
@@ -157,9 +170,10 @@ class PgIndex:
             db.execute("DELETE FROM knowledge_passages WHERE url = %s", (url,))
             with db.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO knowledge_passages (url, seq, title, headings, body) "
-                    "VALUES (%s, %s, %s, %s, %s)",
-                    [(u, s, _clean(t), _clean(h), b) for u, s, t, h, b in rows],
+                    "INSERT INTO knowledge_passages "
+                    "(url, seq, title, headings, body, vec) "
+                    "VALUES (%s, %s, %s, %s, %s, %s)",
+                    rows,
                 )
         return len(rows)
 
@@ -210,7 +224,50 @@ class PgIndex:
             (u, b): Passage(url=u, title=t, headings=h, text=b, score=float(s))
             for u, t, h, b, s in rows
         }
-        return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
+        if self.embedder is None:
+            return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
+        lexical = rank(list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url)
+        with self._db() as db:
+            version = tuple(
+                db.execute(
+                    "SELECT count(*), coalesce(max(id), 0) FROM knowledge_passages "
+                    "WHERE vec IS NOT NULL"
+                ).fetchone()
+                or ()
+            )
+        return hybrid_search(
+            query,
+            lexical,
+            self.embedder,
+            self._vectors,
+            version=version,
+            load=self._all_vectors,
+            fetch=self._passages_by_id,
+            limit=limit,
+            prefer_url=prefer_url,
+        )
+
+    def _all_vectors(self) -> list[tuple[int, bytes]]:
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, vec FROM knowledge_passages WHERE vec IS NOT NULL "
+                "ORDER BY id"
+            ).fetchall()
+        return [(int(i), bytes(v)) for i, v in rows]
+
+    def _passages_by_id(self, ids: list[int]) -> dict[int, Passage]:
+        if not ids:
+            return {}
+        with self._db() as db:
+            rows = db.execute(
+                "SELECT id, url, title, headings, body FROM knowledge_passages "
+                "WHERE id = ANY(%s)",
+                (ids,),
+            ).fetchall()
+        return {
+            int(i): Passage(url=u, title=t, headings=h, text=b)
+            for i, u, t, h, b in rows
+        }
 
     def stats(self) -> IndexStats:
         """Count documents and passages, and the tables' size with indexes."""

@@ -10,6 +10,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from chatapp.knowledge.embed import Embedder
+from chatapp.knowledge.embed import VectorCache
+from chatapp.knowledge.embed import embed_passages
+from chatapp.knowledge.embed import hybrid_search
 from chatapp.knowledge.index import CANDIDATES
 from chatapp.knowledge.index import WEIGHTS
 from chatapp.knowledge.index import DocumentInfo
@@ -33,13 +37,16 @@ CREATE TABLE IF NOT EXISTS documents (
     owner TEXT NOT NULL DEFAULT '',
     indexed REAL NOT NULL
 );
+-- AUTOINCREMENT: an id is never reused, so (count, max id) of the rows
+-- with vectors tells a worker when its copy of them is stale.
 CREATE TABLE IF NOT EXISTS passages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     url TEXT NOT NULL,
     seq INTEGER NOT NULL,
     title TEXT NOT NULL,
     headings TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    vec BLOB  -- float32 unit vector, with embeddings configured
 );
 CREATE INDEX IF NOT EXISTS passages_url ON passages (url);
 -- External content: the text is stored once, in `passages`; the triggers
@@ -82,8 +89,12 @@ LIMIT {CANDIDATES}
 class SqliteIndex:
     """Passages in an SQLite file: WAL, so readers never wait for the writer."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], embedder: Embedder | None = None
+    ) -> None:
         self.path = Path(path)
+        self.embedder = embedder
+        self._vectors = VectorCache()
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
         self._pid = 0
@@ -130,14 +141,23 @@ class SqliteIndex:
         owner: str = "",
     ) -> int:
         """Store `passages` as the whole document at `url`; return their count."""
-        rows = [(url, seq, title, p.headings, p.text) for seq, p in enumerate(passages)]
+        # Embedded before the write lock is taken: the endpoint may be slow.
+        vectors = (
+            embed_passages(self.embedder, passages)
+            if self.embedder is not None
+            else [None] * len(passages)
+        )
+        rows = [
+            (url, seq, title, p.headings, p.text, vec)
+            for seq, (p, vec) in enumerate(zip(passages, vectors, strict=True))
+        ]
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute("DELETE FROM passages WHERE url = ?", (url,))
                 db.executemany(
-                    "INSERT INTO passages (url, seq, title, headings, body) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT INTO passages (url, seq, title, headings, body, vec) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 db.execute(
@@ -197,9 +217,9 @@ class SqliteIndex:
         self, query: str, *, limit: int = 8, prefer_url: str | None = None
     ) -> list[Passage]:
         """Return the best passages for `query`, best first."""
-        match = fts_query(query)
-        if not match or limit <= 0:
+        if limit <= 0 or not query_terms(query):
             return []
+        match = fts_query(query)
         with self._db() as db:
             rows = db.execute(SEARCH, (*WEIGHTS, match)).fetchall()
             if prefer_url:
@@ -210,7 +230,47 @@ class SqliteIndex:
             (u, b): Passage(url=u, title=t, headings=h, text=b, score=float(s))
             for u, t, h, b, s in rows
         }
-        return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
+        if self.embedder is None:
+            return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
+        lexical = rank(list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url)
+        with self._db() as db:
+            version = tuple(
+                db.execute(
+                    "SELECT count(*), coalesce(max(id), 0) FROM passages "
+                    "WHERE vec IS NOT NULL"
+                ).fetchone()
+            )
+        return hybrid_search(
+            query,
+            lexical,
+            self.embedder,
+            self._vectors,
+            version=version,
+            load=self._all_vectors,
+            fetch=self._passages_by_id,
+            limit=limit,
+            prefer_url=prefer_url,
+        )
+
+    def _all_vectors(self) -> list[tuple[int, bytes]]:
+        with self._db() as db:
+            return db.execute(
+                "SELECT id, vec FROM passages WHERE vec IS NOT NULL ORDER BY id"
+            ).fetchall()
+
+    def _passages_by_id(self, ids: list[int]) -> dict[int, Passage]:
+        if not ids:
+            return {}
+        marks = ", ".join("?" * len(ids))
+        with self._db() as db:
+            rows = db.execute(
+                f"SELECT id, url, title, headings, body FROM passages "
+                f"WHERE id IN ({marks})",
+                ids,
+            ).fetchall()
+        return {
+            i: Passage(url=u, title=t, headings=h, text=b) for i, u, t, h, b in rows
+        }
 
     def stats(self) -> IndexStats:
         """Count documents and passages, and the file's size."""
