@@ -137,10 +137,18 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         )
     knowledge = None
     if config["KNOWLEDGE"]:
+        from chatapp.knowledge.embed import make_embedder
         from chatapp.knowledge.index import open_index
 
+        embedder = make_embedder(
+            config["EMBEDDINGS_MODEL"],
+            config["EMBEDDINGS_BASE_URL"],
+            config["EMBEDDINGS_API_KEY"],
+        )
         knowledge = Knowledge(
-            open_index(config["KNOWLEDGE_URL"], app.instance_path),
+            # Hybrid when CHATAPP_EMBEDDINGS_MODEL is set: pushes are embedded
+            # as they are stored, questions as they are asked.
+            open_index(config["KNOWLEDGE_URL"], app.instance_path, embedder),
             mode=config["KNOWLEDGE_MODE"],
             max_chars=config["KNOWLEDGE_MAX_CHARS"],
             observe=metrics.retrieved,

@@ -17,6 +17,7 @@ from tests.conftest import Service
 from tests.conftest import ServiceFactory
 from tests.conftest import data_of
 from tests.conftest import openai_settings
+from tests.fake_embeddings import FakeEmbeddings
 from tests.fake_provider import FakeProvider
 from tests.test_openapi_e2e import DOCUMENT
 from tests.test_openapi_e2e import Contract
@@ -451,3 +452,23 @@ def test_a_failing_index_never_fails_a_turn(
         ("failed", 0),
     ]
     assert all(r["turn_id"] and r["request_id"] for r in retrievals)
+
+
+def test_with_embeddings_a_question_sharing_no_word_finds_its_pushed_page(
+    service_factory: ServiceFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    with FakeEmbeddings() as embeddings:
+        hybrid = service_factory(
+            **knowledge_settings(
+                fake_provider,
+                tmp_path,
+                CHATAPP_EMBEDDINGS_MODEL="toy-embedder",
+                CHATAPP_EMBEDDINGS_BASE_URL=embeddings.base_url,
+            )
+        )
+        page = f"{SITE}/returns"
+        Owner(hybrid.url).put(page, "Refunds are paid within five working days.")
+        assert embeddings.requests, "the push was not embedded"
+        _, events = ChatClient(hybrid.url).answer("Can I get my money back?")
+        assert [s["url"] for s in sources_of(events)] == [page]
+        assert "five working days" in system_prompt(fake_provider)
