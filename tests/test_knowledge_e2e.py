@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import jwt
 import pytest
 import requests
 
+from tests.conftest import ROOT
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
@@ -472,3 +474,16 @@ def test_with_embeddings_a_question_sharing_no_word_finds_its_pushed_page(
         _, events = ChatClient(hybrid.url).answer("Can I get my money back?")
         assert [s["url"] for s in sources_of(events)] == [page]
         assert "five working days" in system_prompt(fake_provider)
+
+
+def test_the_readmes_push_example_is_accepted_as_written(
+    service: Service, owner: Owner
+) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Site knowledge") :]
+    example = re.search(r"-d '(\{.*?\})'", section, flags=re.DOTALL)
+    assert example is not None, "the README lost its push example"
+    body = json.loads(example.group(1))
+    response = owner.http.put(service.url + DOCUMENTS, json=body, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"url": body["url"], "passages": 1}
