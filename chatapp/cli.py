@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Any
 
 import click
@@ -12,14 +13,6 @@ from flask import Flask
 from flask import current_app
 from flask.cli import AppGroup
 
-from chatapp.knowledge import refresh
-from chatapp.knowledge.crawl import Crawler
-from chatapp.knowledge.crawl import CrawlReport
-from chatapp.knowledge.crawl import Listed
-from chatapp.knowledge.crawl import PageResult
-from chatapp.knowledge.embed import make_embedder
-from chatapp.knowledge.extract import MAX_INPUT_CHARS
-from chatapp.knowledge.extract import extract
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import KnowledgeError
 from chatapp.knowledge.index import open_index
@@ -27,6 +20,13 @@ from chatapp.knowledge.index import sqlite_path
 from chatapp.knowledge.lock import CrawlLock
 from chatapp.knowledge.lock import FileLock
 from chatapp.knowledge.lock import RedisLock
+
+if TYPE_CHECKING:
+    from chatapp.knowledge.crawl import CrawlReport
+    from chatapp.knowledge.crawl import PageResult
+
+# The crawler, trafilatura, lxml and numpy are imported where they are used:
+# a worker with knowledge off never loads them (about 20 MB and a second).
 
 
 class KnowledgeGroup(AppGroup):
@@ -64,6 +64,8 @@ def init_app(app: Flask) -> None:
     # for these commands and for the tests, which must not start crawling.
     serving = os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
     if serving and config["KNOWLEDGE"] and config["KNOWLEDGE_SOURCES"]:
+        from chatapp.knowledge import refresh
+
         index = knowledge_index(app)
         metrics = app.extensions["chatapp"].metrics
 
@@ -99,6 +101,8 @@ def _config() -> dict[str, Any]:
 
 def knowledge_index(app: Flask) -> Index:
     """Open the index the settings name, hybrid when embeddings are configured."""
+    from chatapp.knowledge.embed import make_embedder
+
     config = app.extensions["chatapp"].config
     embedder = make_embedder(
         config["EMBEDDINGS_MODEL"],
@@ -115,6 +119,8 @@ def _index() -> Index:
 @knowledge.command("crawl")
 def crawl_command() -> None:
     """Crawl CHATAPP_KNOWLEDGE_SOURCES now, print each page, then a summary."""
+    from chatapp.knowledge.crawl import Crawler
+
     sources = _config()["KNOWLEDGE_SOURCES"]
     if not sources:
         raise click.ClickException("CHATAPP_KNOWLEDGE_SOURCES is empty")
@@ -185,6 +191,9 @@ def _files(root: Path) -> list[Path]:
 
 
 def _add_file(index: Index, path: Path, root: Path, base_url: str) -> int:
+    from chatapp.knowledge.extract import MAX_INPUT_CHARS
+    from chatapp.knowledge.extract import extract
+
     kind = SUFFIX_TYPES.get(path.suffix.lower())
     if kind is None:
         click.echo(f"unsupported {path} (not .md, .html or .txt)", err=True)
@@ -211,6 +220,10 @@ def _add_file(index: Index, path: Path, root: Path, base_url: str) -> int:
 
 
 def _add_url(index: Index, url: str) -> int:
+    from chatapp.knowledge.crawl import Crawler
+    from chatapp.knowledge.crawl import Listed
+    from chatapp.knowledge.crawl import PageResult
+
     crawler = Crawler(index, [url], owner=CLI_OWNER)
     if not crawler.allowed(url):
         _print_result(PageResult(url, "disallowed", detail="robots.txt"))

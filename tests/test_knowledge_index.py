@@ -245,3 +245,22 @@ def test_an_unreachable_index_raises_index_unavailable(
     with pytest.raises(IndexUnavailable):
         broken.search("anything")
     broken.close()
+
+
+def test_words_in_most_passages_cost_nothing_and_still_match_alone(
+    tmp_path: Path,
+) -> None:
+    index = SqliteIndex(tmp_path / "k.db")
+    filler = [
+        Passage("https://s.test/log", "Log", "", f"common entry number{i}")
+        for i in range(1200)
+    ]
+    index.replace("https://s.test/log", "Log", filler)
+    add(index, "https://s.test/rare", "Rare", ("", "common words and a zebra"))
+    assert urls(index.search("common zebra", limit=1)) == ["https://s.test/rare"]
+    assert len(index.search("common", limit=5)) == 5  # only a common word: kept
+    assert index.search("absent missing", limit=5) == []
+    # A write is seen at once: the counts behind the choice start over.
+    add(index, "https://s.test/more", "More", ("", "zebra zebra"))
+    assert "https://s.test/more" in urls(index.search("zebra"))
+    index.close()
