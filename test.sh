@@ -7,6 +7,7 @@ cd "$(dirname "$0")"
 
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
+[ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v php >/dev/null || need+=(php-cli)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)

@@ -11,6 +11,7 @@ from flask import request
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from chatapp import cli
 from chatapp.config import load_config
 from chatapp.extensions import init_state
 from chatapp.web import logs
@@ -19,6 +20,8 @@ from chatapp.web.errors import error_response
 from chatapp.web.guards import BodyDeadline
 from chatapp.web.guards import TrustedPeers
 from chatapp.web.guards import body_refusal
+from chatapp.web.knowledge import DOCUMENTS_PATH
+from chatapp.web.knowledge import MAX_DOCUMENT_BYTES
 from chatapp.web.limiter import init_limits
 from chatapp.web.readers import EXTENSION as READERS
 from chatapp.web.readers import ReaderCaps
@@ -70,7 +73,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
             )
     # Outermost: the body is read under its deadline before anything else.
     app.wsgi_app = BodyDeadline(  # type: ignore[method-assign]
-        app.wsgi_app, config["BODY_READ_SECONDS"], config["MAX_BODY_BYTES"]
+        app.wsgi_app,
+        config["BODY_READ_SECONDS"],
+        config["MAX_BODY_BYTES"],
+        larger={DOCUMENTS_PATH: max(MAX_DOCUMENT_BYTES, config["MAX_BODY_BYTES"])},
     )
     if config["EPHEMERAL_KEY"]:
         log.warning(
@@ -79,6 +85,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         )
 
     from chatapp.web import api
+    from chatapp.web import knowledge
     from chatapp.web import openapi
     from chatapp.web import ops
     from chatapp.web import pages
@@ -87,6 +94,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(knowledge.bp)  # /api/knowledge/documents
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)  # GET /api/openapi.json
     app.register_blueprint(widget.bp)  # GET /widget.js
@@ -108,6 +116,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         return error_response(*refusal)
 
     _register_error_pages(app)
+    cli.init_app(app)  # flask --app wsgi knowledge …; re-crawls in a worker
     logs.init_app(app, config)  # X-Request-ID, JSON access lines
     return app
 

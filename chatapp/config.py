@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlsplit
 
 from chatapp.errors import ConfigError
 
@@ -155,6 +156,31 @@ def _networks(raw: str) -> tuple[Any, ...]:
     return parse_networks(raw)
 
 
+def _knowledge_url(raw: str) -> str:
+    value = raw.strip()
+    if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ValueError(
+            "must be sqlite:///path (one host) or postgresql://… (shared by hosts)"
+        )
+    return value
+
+
+def _base_url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+def _urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(raw.split())
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an http(s) URL")
+    return urls
+
+
 # Shorter keys are guessable offline from any token a visitor holds.
 MIN_SECRET_KEY_CHARS = 32
 
@@ -231,6 +257,19 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "BOT_CHECK": ("CHATAPP_BOT_CHECK", _choice("off", "pow"), "off"),
     # The owner's API (knowledge pushes, spend): a bearer secret; empty = off.
     "ADMIN_TOKEN": ("CHATAPP_ADMIN_TOKEN", _text, ""),
+    # Site knowledge (SPEC "Site knowledge"): the index, its sources, answering.
+    "KNOWLEDGE": ("CHATAPP_KNOWLEDGE", _flag, False),
+    "KNOWLEDGE_URL": ("CHATAPP_KNOWLEDGE_URL", _knowledge_url, "sqlite:///"),
+    "KNOWLEDGE_SOURCES": ("CHATAPP_KNOWLEDGE_SOURCES", _urls, ()),
+    "KNOWLEDGE_REFRESH": ("CHATAPP_KNOWLEDGE_REFRESH", _seconds(), 86400.0),
+    "KNOWLEDGE_MODE": ("CHATAPP_KNOWLEDGE_MODE", _choice("prefer", "strict"), "prefer"),
+    "KNOWLEDGE_MAX_CHARS": ("CHATAPP_KNOWLEDGE_MAX_CHARS", _int(1, 1_000_000), 6000),
+    "EMBEDDINGS_MODEL": ("CHATAPP_EMBEDDINGS_MODEL", _text, ""),
+    "EMBEDDINGS_BASE_URL": (
+        "CHATAPP_EMBEDDINGS_BASE_URL",
+        _base_url,
+        "https://api.openai.com/v1",
+    ),
     # Not in SPEC's table: the demo provider's pace, so tests and benches can
     # make it fast; the size of a request body we read at all.
     "DEMO_DELAY_MS": ("CHATAPP_DEMO_DELAY_MS", _int(0, 10_000), 30),
@@ -321,6 +360,7 @@ def _load_config(
 
     _check_moderation(config, env)
     _check_fallback(config, env)
+    config.setdefault("EMBEDDINGS_API_KEY", env.get("OPENAI_API_KEY", "").strip())
     config["SYSTEM_PROMPT"] = _read_prompt(config["SYSTEM_PROMPT"])
     config["EPHEMERAL_KEY"] = False
     if not config["SECRET_KEYS"]:

@@ -20,6 +20,7 @@ from chatapp.store.conversations import MemoryHistory
 from chatapp.store.events import EventLog
 from chatapp.store.events import MemoryEventLog
 from chatapp.tokens import TokenSigner
+from chatapp.turns.knowledge import Knowledge
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnSettings
 from chatapp.turns.relay import Relay
@@ -52,6 +53,7 @@ class State:
     metrics: Metrics
     redis: Any = None
     botcheck: BotCheck | None = None
+    knowledge: Knowledge | None = None  # with CHATAPP_KNOWLEDGE=on
 
 
 def provider_session(pool_size: int) -> requests.Session:
@@ -153,6 +155,24 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         botcheck = BotCheck(
             config["SECRET_KEYS"], spent, max_number=config["BOT_CHECK_MAX_NUMBER"]
         )
+    knowledge = None
+    if config["KNOWLEDGE"]:
+        from chatapp.knowledge.embed import make_embedder
+        from chatapp.knowledge.index import open_index
+
+        embedder = make_embedder(
+            config["EMBEDDINGS_MODEL"],
+            config["EMBEDDINGS_BASE_URL"],
+            config["EMBEDDINGS_API_KEY"],
+        )
+        knowledge = Knowledge(
+            # Hybrid when CHATAPP_EMBEDDINGS_MODEL is set: pushes are embedded
+            # as they are stored, questions as they are asked.
+            open_index(config["KNOWLEDGE_URL"], app.instance_path, embedder),
+            mode=config["KNOWLEDGE_MODE"],
+            max_chars=config["KNOWLEDGE_MAX_CHARS"],
+            observe=metrics.retrieved,
+        )
     state = State(
         config,
         signer,
@@ -164,6 +184,7 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         metrics,
         redis_client,
         botcheck,
+        knowledge,
     )
     app.extensions["chatapp"] = state
     return state

@@ -36,6 +36,7 @@ CANCEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 # appears only with its first event reads as "no data" on a dashboard.
 REFUSAL_CODES = ("rate_limited", "quota_exceeded", "too_many_streams", "over_capacity")
 DISCONNECT_CAUSES = ("client", "storage")
+RETRIEVAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
 def multiprocess_dir() -> str | None:
@@ -135,6 +136,38 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        # Site knowledge: what the index holds and what crawls made of pages.
+        self._crawl_pages = Counter(
+            "chatapp_knowledge_crawl_pages",
+            "URLs seen by the site-knowledge crawler, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self._documents = Gauge(
+            "chatapp_knowledge_documents",
+            "Documents in the knowledge index, as of the last crawl.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self._passages = Gauge(
+            "chatapp_knowledge_passages",
+            "Passages in the knowledge index, as of the last crawl.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        # And what each turn's retrieval came to, and how long it took.
+        self._retrievals = Counter(
+            "chatapp_knowledge_retrievals",
+            "Turns' retrievals, by outcome: sources, none, failed, skipped.",
+            ["outcome"],
+            registry=r,
+        )
+        self._retrieval_seconds = Histogram(
+            "chatapp_knowledge_retrieval_seconds",
+            "Time to find a turn's sources, before the model is asked.",
+            buckets=RETRIEVAL_BUCKETS,
+            registry=r,
+        )
         for code in REFUSAL_CODES:
             self._refusals.labels(code)
         for cause in DISCONNECT_CAUSES:
@@ -151,6 +184,20 @@ class Metrics:
         """Count a new upstream attempt after `provider` `model` failed."""
         counter = self._fallbacks if attempt.fallback else self._retries
         counter.labels(provider, model, attempt.reason).inc()
+
+    def crawl_finished(
+        self, outcomes: dict[str, int], documents: int, passages: int
+    ) -> None:
+        """Count a crawl's URLs by outcome and what the index holds after it."""
+        for outcome, count in outcomes.items():
+            self._crawl_pages.labels(outcome).inc(count)
+        self._documents.set(documents)
+        self._passages.set(passages)
+
+    def retrieved(self, outcome: str, seconds: float) -> None:
+        """Count one turn's retrieval: with sources, without, or failed."""
+        self._retrievals.labels(outcome).inc()
+        self._retrieval_seconds.observe(seconds)
 
     def turn_started(self) -> None:
         self._started.inc()

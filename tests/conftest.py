@@ -467,3 +467,16 @@ def text_of(events: list[ServerSentEvent]) -> str:
 
 def data_of(events: list[ServerSentEvent], name: str) -> list[dict[str, Any]]:
     return [json.loads(e.data) for e in events if e.event == name]
+
+
+# -- postgres ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()

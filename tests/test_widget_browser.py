@@ -114,7 +114,7 @@ def test_widget_opens_chats_and_closes_on_a_hostile_page(
     embeds: list[str] = []
     context.on(
         "request",
-        lambda r: embeds.append(r.url) if r.url.endswith("/embed") else None,
+        lambda r: embeds.append(r.url) if "/embed?" in r.url else None,
     )
     widget, watch = open_page(context, site.origin + "/")
     page = widget.page

@@ -2,8 +2,49 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 from typing import Protocol
+
+if TYPE_CHECKING:
+    from chatapp.knowledge.embed import Embedder
+
+# How much more a match in the title and in the heading path counts than one
+# in the body (FTS5 bm25() column weights; Postgres's A/B/C weights follow).
+# Measured on git's docs (BENCHMARKS.md): heavier title weights lost there,
+# where titles are command names that questions rarely use.
+WEIGHTS = (1.5, 1.5, 1.0)
+# The visitor's own page counts this much more than any other.
+PREFER_FACTOR = 2.0
+# Best-ranked passages an engine hands to `rank`; more cost time, not recall.
+CANDIDATES = 200
+# Longer questions are cut: each term costs a posting-list read.
+MAX_QUERY_TERMS = 32
+
+_WORD = re.compile(r"\w+")
+# Words too common to tell passages apart; matching them costs time only.
+STOPWORDS = frozenset(
+    """a about above after again all am an and any are as at be because been
+    before being below between both but by can could did do does doing down
+    during each few for from further had has have having he her here hers
+    herself him himself his how i if in into is it its itself just me more
+    most my myself no nor not now of off on once only or other our ours
+    ourselves out over own same she should so some such than that the their
+    theirs them themselves then there these they this those through to too
+    under until up very was we were what when where which while who whom why
+    will with would you your yours yourself yourselves""".split()
+)
+
+
+class KnowledgeError(Exception):
+    """Site knowledge failed: a document, the index or a fetch."""
+
+
+class IndexUnavailable(KnowledgeError):
+    """The index could not be read or written (its engine's error is chained)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +68,62 @@ class DocumentInfo:
     modified: float | None  # seconds since the epoch, when known
     etag: str = ""  # the crawler's validators, for conditional re-fetches
     last_modified: str = ""
+    owner: str = ""  # who put it there: "crawl" (its own to drop), "cli", "" (the API)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexStats:
+    """The index's size: documents, passages, bytes on disk."""
+
+    documents: int
+    passages: int
+    bytes: int
+
+
+def query_terms(text: str) -> list[str]:
+    """Pick a question's searchable words: lower-cased, no stopwords, no syntax."""
+    terms: list[str] = []
+    for word in _WORD.findall(text.lower()):
+        if word in STOPWORDS or word in terms or word == "_" * len(word):
+            continue
+        terms.append(word)
+        if len(terms) == MAX_QUERY_TERMS:
+            break
+    return terms
+
+
+def rank(
+    hits: list[Passage], *, limit: int, prefer_url: str | None = None
+) -> list[Passage]:
+    """Order an engine's candidates: page evidence, then the visitor's page.
+
+    A passage gains the score of the next-best passage of its page: a page
+    that answers with several passages beats a single lucky match (an index
+    page listing every topic in a line each). Passages of `prefer_url`
+    count PREFER_FACTOR times more.
+    """
+    hits = sorted(hits, key=lambda p: -p.score)
+    top: dict[str, list[float]] = {}  # each page's two best scores
+    for hit in hits:
+        scores = top.setdefault(hit.url, [])
+        if len(scores) < 2:
+            scores.append(hit.score)
+    ranked = []
+    seen: set[str] = set()
+    for hit in hits:
+        scores = top[hit.url]
+        # The page's best passage gains the second-best; the others the best.
+        if hit.url in seen:
+            bonus = scores[0]
+        else:
+            bonus = scores[1] if len(scores) > 1 else 0.0
+            seen.add(hit.url)
+        score = hit.score + bonus
+        if prefer_url and hit.url == prefer_url:
+            score *= PREFER_FACTOR
+        ranked.append(replace(hit, score=score))
+    ranked.sort(key=lambda p: -p.score)
+    return ranked[:limit]
 
 
 class Index(Protocol):
@@ -41,8 +138,13 @@ class Index(Protocol):
         modified: float | None = None,
         etag: str = "",
         last_modified: str = "",
+        owner: str = "",
     ) -> int:
-        """Store `passages` as the whole document at `url`; return their count."""
+        """Store `passages` as the whole document at `url`; return their count.
+
+        `owner` says who put it there: the crawler drops only its own ("crawl")
+        documents when they leave the sitemap, never pushed or added ones.
+        """
         ...
 
     def remove(self, url: str) -> bool:
@@ -67,4 +169,42 @@ class Index(Protocol):
         """
         ...
 
+    def stats(self) -> IndexStats:
+        """Count documents and passages, and the index's size in bytes."""
+        ...
+
     def close(self) -> None: ...
+
+
+DEFAULT_SQLITE_FILE = "knowledge.sqlite3"
+
+
+def sqlite_path(url: str, instance_path: str | Path) -> Path | None:
+    """The file a `sqlite:///…` index URL names, or None for another engine."""
+    url = url.strip() or "sqlite:///"
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(instance_path) / (url.removeprefix("sqlite:///") or DEFAULT_SQLITE_FILE)
+
+
+def open_index(
+    url: str, instance_path: str | Path, embedder: Embedder | None = None
+) -> Index:
+    """Open the index `url` names (CHATAPP_KNOWLEDGE_URL).
+
+    `sqlite:///` alone is a file in the instance folder, `sqlite:///name` a
+    path relative to it, `sqlite:////abs/path` an absolute one;
+    `postgresql://…` is one index shared by every host. With an `embedder`
+    (CHATAPP_EMBEDDINGS_MODEL, see embed.make_embedder), passages are also
+    embedded and searches are hybrid.
+    """
+    path = sqlite_path(url, instance_path)
+    if path is not None:
+        from chatapp.knowledge.sqlite_index import SqliteIndex
+
+        return SqliteIndex(path, embedder)
+    if url.startswith(("postgresql://", "postgres://")):
+        from chatapp.knowledge.pg_index import PgIndex
+
+        return PgIndex(url, embedder)
+    raise ValueError("must start with sqlite:/// or postgresql://")

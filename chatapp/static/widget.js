@@ -18,6 +18,14 @@
   if (!script || !window.customElements || customElements.get('chatapp-widget')) return;
 
   const embedUrl = new URL('embed', script.src);
+  // The page the visitor reads goes to the chat as page_url (site knowledge
+  // favours it), when it is a web page of a sensible length.
+  const withHostPage = (url) => {
+    const page = window.location.href.split('#')[0];
+    const framed = new URL(url.href);
+    if (/^https?:/.test(page) && page.length <= 2048) framed.searchParams.set('page_url', page);
+    return framed;
+  };
   const chatOrigin = embedUrl.origin;
   const title = (script.dataset.title || '').trim() || 'Chat';
   const position = script.dataset.position === 'left' ? 'left' : 'right';
@@ -204,7 +212,7 @@
     /** Open the panel, creating the chat frame the first time. */
     open({ focus = true } = {}) {
       if (!this.frame) {
-        this.frame = el('iframe', { src: embedUrl.href, title, allow: 'clipboard-write' });
+        this.frame = el('iframe', { src: withHostPage(embedUrl).href, title, allow: 'clipboard-write' });
         this.frame.addEventListener('load', () => {
           this.loaded = true;
           if (this.isOpen && this.wantsFocus) this.focusChat();

@@ -81,6 +81,7 @@ class Run:
         "last_read",
         "lock",
         "next_id",
+        "sources",
         "started_at",
         "tail",
         "thinking_sent",
@@ -105,6 +106,7 @@ class Run:
         # Held while an event is numbered and written: the producer and the
         # supervisor (a `thinking` status after a silence) both write.
         self.lock = Semaphore()
+        self.sources: list[dict[str, Any]] | None = None  # with site knowledge on
 
     def raise_if_cancelled(self) -> None:
         if self.cancel_reason:
@@ -153,6 +155,11 @@ def produce(parts: Parts, run: Run, request: ChatRequest) -> None:
         run.raise_if_cancelled()
         if parts.moderator is not None:
             moderate(parts.moderator, run, request)
+        if run.sources is not None:
+            with run.lock:  # numbered among a supervisor's `thinking`
+                frame = sources_frame(run.next_id, run.sources)
+                run.next_id += 1
+                parts.events.append(run.info.id, run.tail, [frame])
         run.attempt_at = time.monotonic()
         stream = parts.provider.stream(request)
         run.in_upstream = True
@@ -233,17 +240,30 @@ def moderate(moderator: Moderator, run: Run, request: ChatRequest) -> None:
     run.last_read = time.monotonic()  # the model's silence counts from here
 
 
-def replay(parts: Parts, info: TurnInfo, cached: str, model: str = "") -> None:
+def replay(
+    parts: Parts,
+    info: TurnInfo,
+    cached: str,
+    model: str = "",
+    sources: list[dict[str, Any]] | None = None,
+) -> None:
     """Serve a cached answer as a complete turn, without a provider call."""
     s = parts.settings
     answer = json.loads(cached)
     start = start_frame(info, s, cached=True, model=model)
     tail = parts.events.create(info, start, s.stream_ttl + 5)
     text = answer["text"]
-    final = [sse.delta(2, text), sse.frame(3, "done", {"finish_reason": "stop"})]
+    final = [] if sources is None else [sources_frame(2, sources)]
+    n = len(final) + 2
+    final += [sse.delta(n, text), sse.frame(n + 1, "done", {"finish_reason": "stop"})]
     # Nothing was spent upstream: no usage event, and zero to settle.
     end = TurnEnd(info, "stop", None, 0, 0, len(text), None, cached=True)
     close_turn(parts, end, tail, text, final)
+
+
+def sources_frame(event_id: int, sources: list[dict[str, Any]]) -> bytes:
+    """Encode what the answer may cite (site knowledge), before its first delta."""
+    return sse.frame(event_id, "sources", {"sources": sources})
 
 
 def start_frame(

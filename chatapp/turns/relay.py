@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import gevent
 
@@ -72,7 +73,11 @@ class Relay:
         return len(self.runs)
 
     def start(
-        self, info: TurnInfo, request: ChatRequest, cache_key: str | None = None
+        self,
+        info: TurnInfo,
+        request: ChatRequest,
+        cache_key: str | None = None,
+        sources: list[dict[str, Any]] | None = None,
     ) -> None:
         """Log the turn and start generating its answer at once."""
         s = self.settings
@@ -82,6 +87,7 @@ class Relay:
             s.total_timeout + s.stream_ttl + LEASE_SECONDS,
         )
         run = Run(info, tail, time.monotonic() + s.total_timeout, cache_key)
+        run.sources = sources
         self.runs[info.id] = run
         run.greenlet = gevent.spawn(self._produce, run, request)
         self.supervisor.watch()
@@ -92,9 +98,15 @@ class Relay:
         finally:
             self.runs.pop(run.info.id, None)
 
-    def replay(self, info: TurnInfo, cached: str, model: str = "") -> None:
+    def replay(
+        self,
+        info: TurnInfo,
+        cached: str,
+        model: str = "",
+        sources: list[dict[str, Any]] | None = None,
+    ) -> None:
         """Serve a cached answer as a complete turn, without a provider call."""
-        replay(self.parts, info, cached, model)
+        replay(self.parts, info, cached, model, sources)
 
     def _ended(self, end: TurnEnd) -> None:
         self.runs.pop(end.info.id, None)

@@ -16,6 +16,7 @@ from chatapp.masking import has_personal_data
 from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.tokens import Identity
+from chatapp.turns.knowledge import Knowledge
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.relay import Relay
 from chatapp.upstream.base import ChatRequest
@@ -154,6 +155,8 @@ def start_turn(
     admitted: Admitted | None = None,
     *,
     fallback: bool = False,
+    page_url: str | None = None,
+    knowledge: Knowledge | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
@@ -208,15 +211,22 @@ def start_turn(
         reasoning_effort=config["REASONING_EFFORT"] or None,
         route="fallback" if on_fallback else "primary",
     )
+    sources = None
+    if knowledge is not None:
+        # Before the cache lookup: the key then covers the sources' text.
+        request, found = knowledge.consult(
+            request, page_url=page_url, earlier=earlier_messages, turn_id=turn_id
+        )
+        sources = [source.as_json() for source in found.sources]
     info = TurnInfo(turn_id, identity.owner, cid, now)
     key = None
     if config["CACHE_TTL"] and conversation_id is None and cacheable(message):
         key = cache_key(request, config["PROVIDER"])
         cached = history.cached_answer(key)
         if cached is not None:
-            relay.replay(info, cached, model)
+            relay.replay(info, cached, model, sources=sources)
             return body, True
-    relay.start(info, request, cache_key=key)
+    relay.start(info, request, cache_key=key, sources=sources)
     return body, True
 
 

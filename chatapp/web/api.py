@@ -90,6 +90,7 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     who = parse.identity(parse.page_token(values))
     message = parse.message(values)
     cid = parse.text_field(values, "conversation_id")
+    page_url = parse.page_url(values)
     check_conversation(st.history, who, cid)
     key = parse.idempotency_key(values)
     # A retry of an accepted turn gets that turn back, whatever the limits say.
@@ -98,7 +99,16 @@ def chat() -> tuple[Response, int, dict[str, str]]:
         who, describe = _bot_check(who, values)
         with admit_turn(who, message, cid) as admission:  # every limit, in order
             body, new = start_turn(
-                st.relay, st.config, who, message, cid, key, describe, admission
+                st.relay,
+                st.config,
+                who,
+                message,
+                cid,
+                key,
+                describe,
+                admission,
+                page_url=page_url,
+                knowledge=st.knowledge,
             )
             if new:
                 admission.started(body["id"])

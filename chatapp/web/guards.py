@@ -17,6 +17,7 @@ import io
 import ipaddress
 from collections.abc import Callable
 from collections.abc import Iterable
+from collections.abc import Mapping
 from typing import Any
 
 import gevent
@@ -43,20 +44,32 @@ class BodyTooSlow(Exception):
 
 
 class BodyDeadline:
-    """Read each request body within `seconds`, at most `max_bytes` of it."""
+    """Read each request body within `seconds`, at most `max_bytes` of it.
 
-    def __init__(self, app: WSGIApp, seconds: float, max_bytes: int) -> None:
+    `larger` names the few paths that take bigger bodies (the owner's
+    document pushes), with their own bound.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        seconds: float,
+        max_bytes: int,
+        larger: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.seconds = seconds
         self.max_bytes = max_bytes
+        self.larger = dict(larger or {})
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
         length = _content_length(environ)
-        if chunked or (length is not None and 0 < length <= self.max_bytes):
-            refusal, body = self._read(environ["wsgi.input"], length)
+        most = self.larger.get(environ.get("PATH_INFO", ""), self.max_bytes)
+        if chunked or (length is not None and 0 < length <= most):
+            refusal, body = self._read(environ["wsgi.input"], length, most)
             if refusal is not None:
                 environ[REFUSAL] = refusal
                 body = b""
@@ -66,9 +79,9 @@ class BodyDeadline:
         return self.app(environ, start_response)
 
     def _read(
-        self, stream: Any, length: int | None
+        self, stream: Any, length: int | None, most: int
     ) -> tuple[tuple[int, str, str] | None, bytes]:
-        want = self.max_bytes + 1 if length is None else length
+        want = most + 1 if length is None else length
         parts: list[bytes] = []
         got = 0
         try:
@@ -84,7 +97,7 @@ class BodyDeadline:
         except (ParseException, OSError, ValueError):
             # A malformed chunk size or terminator, or a connection cut short.
             return (400, "invalid_input", "The request body is malformed."), b""
-        if got > self.max_bytes:
+        if got > most:
             return (413, "payload_too_large", "The request body is too large."), b""
         if length is not None and got < length:
             return (400, "invalid_input", "The request body ended early."), b""

@@ -54,6 +54,9 @@ from chatapp.web.readers import ReaderCaps
 EXTENSION = "chatapp.limits"
 spend_log = logging.getLogger("chatapp.spend")
 TOKEN_REFRESH_LIMITS = "30/minute"
+# The owner's API, per client: a site's worth of pushes in a few minutes, and
+# far too few tries to guess a credential.
+OWNER_API_LIMITS = "120/minute"
 
 
 def client_key() -> str:
@@ -112,6 +115,9 @@ limiter = Limiter(
 )
 
 token_refresh_limit = limiter.limit(TOKEN_REFRESH_LIMITS)
+owner_api_limit = limiter.limit(OWNER_API_LIMITS, scope="owner")
+# Endpoints that declare a limit of their own (the decorators above).
+_LIMITED_BLUEPRINTS = ("knowledge",)
 
 
 @limiter.request_filter
@@ -119,7 +125,11 @@ def _declares_no_limit() -> bool:
     # flask-limiter would otherwise look up limits for every request (event
     # streams, pages, health checks) before its view runs, for nothing: only
     # the token refresh and admit_turn's own call count against a limit.
-    return request.endpoint != "api.refresh_token" and not g.get("chatapp_counting")
+    return (
+        request.endpoint != "api.refresh_token"
+        and request.blueprint not in _LIMITED_BLUEPRINTS
+        and not g.get("chatapp_counting")
+    )
 
 
 @limiter.limit(_chat_rate_limits)
@@ -149,8 +159,11 @@ def admit_turn(
     _count_chat_turn()
     config = current_app.extensions["chatapp"].config
     # The site's spend holds the turn's worst case: its whole input at most.
+    # Site knowledge adds its sources and their instructions, at most
+    # KNOWLEDGE_MAX_CHARS plus the wording around them.
     history = config["HISTORY_MAX_CHARS"] if conversation_id else 0
-    bound = len(config["SYSTEM_PROMPT"]) + len(message) + history
+    sources = 2 * config["KNOWLEDGE_MAX_CHARS"] if config["KNOWLEDGE"] else 0
+    bound = len(config["SYSTEM_PROMPT"]) + len(message) + history + sources
     return Admission(gate(), gate().admit(client, bound))
 
 

@@ -9,6 +9,7 @@ from flask import request
 
 from chatapp.errors import ApiError
 from chatapp.extensions import state
+from chatapp.knowledge.documents import is_web_url
 from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
 from chatapp.tokens import TokenInvalid
@@ -17,6 +18,7 @@ from chatapp.web.bodies import read_fields
 ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 _EVENT_ID = re.compile(r"^[0-9]{1,9}$")
+MAX_PAGE_URL_CHARS = 2048
 
 
 def fields() -> dict[str, Any]:
@@ -79,3 +81,18 @@ def last_event_id() -> int:
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id", "")
     raw = raw.strip()
     return int(raw) if _EVENT_ID.match(raw) else 0
+
+
+def page_url(values: dict[str, Any]) -> str | None:
+    """Return the visitor's page (site knowledge favours it), without its fragment."""
+    url = text_field(values, "page_url")
+    if url is None:
+        return None
+    if not is_web_url(url, MAX_PAGE_URL_CHARS):
+        raise ApiError(
+            400,
+            "invalid_input",
+            "'page_url' must be an absolute http(s) URL of at most "
+            f"{MAX_PAGE_URL_CHARS} characters.",
+        )
+    return url.split("#", 1)[0]

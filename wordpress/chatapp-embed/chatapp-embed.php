@@ -25,6 +25,7 @@ const CHATAPP_EMBED_MAX_HEIGHT    = 2000;
 define( 'CHATAPP_EMBED_FILE', __FILE__ );
 
 require_once __DIR__ . '/includes/jwt.php';
+require_once __DIR__ . '/includes/push.php';
 
 /**
  * Reduce a URL to scheme://host[:port][/path] when it is http(s), else ''.
@@ -178,18 +179,28 @@ function chatapp_embed_shortcode( $atts = array() ): string {
 	}
 
 	$src     = $base . '/embed';
+	$query   = array();
 	$notice  = '';
 	$loading = 'lazy';
 	if ( is_user_logged_in() ) {
 		$token = chatapp_embed_sso_token( wp_get_current_user() );
 		if ( '' !== $token ) {
-			$src .= '?sso=' . rawurlencode( $token );
+			$query[] = 'sso=' . rawurlencode( $token );
 			// The SSO token lives minutes; a lazy frame far down the page could
 			// load after it expired and sign the user in anonymously.
 			$loading = 'eager';
 		} else {
 			$notice = chatapp_embed_admin_notice( __( 'Chatapp: CHATAPP_WP_SHARED_SECRET is not defined in wp-config.php, so logged-in users chat anonymously.', 'chatapp-embed' ) );
 		}
+	}
+
+	// The post's permalink: chatapp's site knowledge favours the page the visitor reads.
+	$permalink = get_permalink();
+	if ( is_string( $permalink ) && '' !== $permalink && strlen( $permalink ) <= 2048 ) {
+		$query[] = 'page_url=' . rawurlencode( $permalink );
+	}
+	if ( array() !== $query ) {
+		$src .= '?' . implode( '&', $query );
 	}
 
 	$title = is_scalar( $atts['title'] ) ? trim( (string) $atts['title'] ) : '';
@@ -293,6 +304,17 @@ function chatapp_embed_register_settings(): void {
 			'default'           => '',
 		)
 	);
+	register_setting(
+		CHATAPP_EMBED_SETTINGS_PAGE,
+		CHATAPP_EMBED_PUSH_OPTION,
+		array(
+			'type'              => 'string',
+			'description'       => __( "Keep chatapp's knowledge of the site in step with published posts and pages.", 'chatapp-embed' ),
+			'sanitize_callback' => 'chatapp_embed_sanitize_flag',
+			'show_in_rest'      => false,
+			'default'           => '',
+		)
+	);
 	add_settings_section(
 		'chatapp_embed_main',
 		__( 'Connection', 'chatapp-embed' ),
@@ -314,6 +336,14 @@ function chatapp_embed_register_settings(): void {
 		CHATAPP_EMBED_SETTINGS_PAGE,
 		'chatapp_embed_main',
 		array( 'label_for' => 'chatapp_embed_widget' )
+	);
+	add_settings_field(
+		'chatapp_embed_push',
+		__( 'Site knowledge', 'chatapp-embed' ),
+		'chatapp_embed_render_push_field',
+		CHATAPP_EMBED_SETTINGS_PAGE,
+		'chatapp_embed_main',
+		array( 'label_for' => 'chatapp_embed_push' )
 	);
 	add_settings_field(
 		'chatapp_embed_secret',
@@ -416,6 +446,19 @@ function chatapp_embed_render_widget_field(): void {
 		esc_html__( 'Show a chat button on every page', 'chatapp-embed' )
 	);
 	echo '<p class="description" id="chatapp_embed_widget_help">' . esc_html__( 'Loads the chat widget from the chatapp URL: a button in the corner opens the chat in a panel. Visitors chat anonymously there; use [ai_chat] where logged-in users should be signed in.', 'chatapp-embed' ) . '</p>';
+}
+
+/**
+ * Render the push checkbox: published posts and pages sent to chatapp's knowledge index.
+ */
+function chatapp_embed_render_push_field(): void {
+	printf(
+		'<input type="checkbox" id="chatapp_embed_push" name="%1$s" value="1"%2$s aria-describedby="chatapp_embed_push_help" /> <label for="chatapp_embed_push">%3$s</label>',
+		esc_attr( CHATAPP_EMBED_PUSH_OPTION ),
+		chatapp_embed_push_enabled() ? ' checked="checked"' : '',
+		esc_html__( 'Send published posts and pages to chatapp, so the chat answers from them', 'chatapp-embed' )
+	);
+	echo '<p class="description" id="chatapp_embed_push_help">' . esc_html__( 'Publishing or updating a post or page sends it to chatapp within seconds; unpublishing or trashing it removes it. Needs CHATAPP_WP_SHARED_SECRET and site knowledge on in chatapp. Sending happens in the background (WP-Cron) and is retried when chatapp cannot be reached.', 'chatapp-embed' ) . '</p>';
 }
 
 /**

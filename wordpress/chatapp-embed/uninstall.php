@@ -11,3 +11,6 @@ defined( 'WP_UNINSTALL_PLUGIN' ) || exit;
 
 delete_option( 'chatapp_url' );
 delete_option( 'chatapp_widget' );
+delete_option( 'chatapp_push_content' );
+delete_option( 'chatapp_push_queue' );
+wp_clear_scheduled_hook( 'chatapp_embed_push' );

@@ -376,7 +376,7 @@ chatapp_test_case(
 		check_same( 'chatapp_embed_sanitize_url', $setting['sanitize_callback'], 'sanitize_callback' );
 		check_same( 'string', $setting['type'], 'type' );
 		// The shared secret is never among them: it lives in wp-config.php only.
-		check_same( array( 'chatapp_url', 'chatapp_widget' ), array_keys( $GLOBALS['chatapp_wp']['settings'] ), 'stored options' );
+		check_same( array( 'chatapp_url', 'chatapp_widget', 'chatapp_push_content' ), array_keys( $GLOBALS['chatapp_wp']['settings'] ), 'stored options' );
 		check_same( 'chatapp_embed_sanitize_flag', $GLOBALS['chatapp_wp']['settings']['chatapp_widget']['sanitize_callback'], 'widget sanitize_callback' );
 		$page = $GLOBALS['chatapp_wp']['pages']['chatapp-embed'] ?? null;
 		check( is_array( $page ), 'options page not added' );
@@ -562,6 +562,223 @@ chatapp_test_case(
 	}
 );
 
+/** A published post whose permalink is https://wp.example/<slug>/. */
+function chatapp_test_publish( int $id, string $slug, array $fields = array() ): WP_Post {
+	$post = chatapp_test_post(
+		array(
+			'ID'           => $id,
+			'post_name'    => $slug,
+			'post_title'   => "Returns & refunds, O'Neill's way",
+			'post_content' => '<p>Refunds take <b>five</b> days.</p>',
+		) + $fields
+	);
+	chatapp_test_transition( $post, 'publish' );
+	return $post;
+}
+
+/** The requests the plugin sent, as [method, url, decoded JSON body, headers]. */
+function chatapp_test_sent(): array {
+	$sent = array();
+	foreach ( $GLOBALS['chatapp_wp']['http'] as $request ) {
+		$body   = isset( $request['args']['body'] ) ? json_decode( $request['args']['body'], true ) : null;
+		$sent[] = array( $request['args']['method'], $request['url'], $body, $request['args']['headers'] );
+	}
+	return $sent;
+}
+
+chatapp_test_case(
+	'secret',
+	'push is off by default: publishing sends and queues nothing',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		chatapp_test_publish( 5, 'returns' );
+		chatapp_test_run_cron( 'chatapp_embed_push' );
+		check_same( array(), $GLOBALS['chatapp_wp']['http'], 'requests' );
+		check_same( array(), chatapp_embed_push_queue(), 'queue' );
+		check_same( 0, $GLOBALS['chatapp_wp']['spawned'], 'cron spawned' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'publishing queues the post without any request in the editor, then cron PUTs it',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		$before = time();
+		chatapp_test_publish( 5, 'returns' );
+		check_same( array(), $GLOBALS['chatapp_wp']['http'], 'requests made while saving' );
+		check_same( 1, $GLOBALS['chatapp_wp']['spawned'], 'cron spawned (non-blocking)' );
+		check( false !== wp_next_scheduled( 'chatapp_embed_push' ), 'cron event' );
+		check_same( 1, chatapp_test_run_cron( 'chatapp_embed_push' ), 'cron ran' );
+		$sent = chatapp_test_sent();
+		check_same( 1, count( $sent ), 'requests' );
+		list( $method, $url, $body, $headers ) = $sent[0];
+		check_same( 'PUT', $method, 'method' );
+		check_same( CHATAPP_TEST_URL . '/api/knowledge/documents', $url, 'endpoint' );
+		check_same(
+			array(
+				'url'          => 'https://wp.example/returns/',
+				'title'        => "Returns & refunds, O\u{2019}Neill\u{2019}s way",
+				'content'      => '<p>Refunds take <b>five</b> days.</p>',
+				'content_type' => 'text/html',
+				'modified'     => strtotime( '2026-12-01 10:00:00 UTC' ),
+			),
+			$body,
+			'document'
+		);
+		check_same( 'application/json', $headers['Content-Type'], 'content type' );
+		check( 1 === preg_match( '/^Bearer (\S+)$/', $headers['Authorization'], $m ), 'bearer' );
+		list( $header, $claims ) = chatapp_test_jwt_verify( $m[1], CHATAPP_TEST_SECRET );
+		check_same( 'HS256', $header['alg'], 'alg' );
+		check_same( 'chatapp-knowledge', $claims['aud'], 'aud' );
+		check( $claims['iat'] >= $before && $claims['exp'] - $claims['iat'] <= 300, 'lifetime at most 5 minutes' );
+		check_same( 5, $GLOBALS['chatapp_wp']['http'][0]['args']['timeout'], 'short timeout' );
+		check_same( 0, $GLOBALS['chatapp_wp']['http'][0]['args']['redirection'], 'no redirects' );
+		check_same( array(), chatapp_embed_push_queue(), 'queue after success' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'unpublishing, trashing and deleting remove the document at its last URL',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		foreach ( array( 'draft', 'trash', 'private', 'pending' ) as $i => $status ) {
+			$GLOBALS['chatapp_wp']['http'] = array();
+			$post                          = chatapp_test_publish( 10 + $i, "page-{$i}", array( 'post_type' => 'page' ) );
+			chatapp_test_run_cron( 'chatapp_embed_push' );
+			chatapp_test_transition( $post, $status, array( 'post_name' => "page-{$i}__trashed" ) );
+			chatapp_test_run_cron( 'chatapp_embed_push' );
+			$sent = chatapp_test_sent();
+			check_same( 2, count( $sent ), $status );
+			check_same( 'DELETE', $sent[1][0], $status );
+			check_same( CHATAPP_TEST_URL . '/api/knowledge/documents?url=' . rawurlencode( "https://wp.example/page-{$i}/" ), $sent[1][1], $status );
+		}
+		// Deleted for good without passing through the trash.
+		$GLOBALS['chatapp_wp']['http'] = array();
+		chatapp_test_publish( 20, 'gone' );
+		chatapp_test_run_cron( 'chatapp_embed_push' );
+		do_action( 'before_delete_post', 20 );
+		chatapp_test_run_cron( 'chatapp_embed_push' );
+		check_same( array( 'PUT', 'DELETE' ), array_column( chatapp_test_sent(), 0 ), 'delete for good' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'an update pushes again; a new slug removes the old address',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		$post = chatapp_test_publish( 7, 'old-name' );
+		chatapp_test_run_cron( 'chatapp_embed_push' );
+		chatapp_test_transition( $post, 'publish', array( 'post_name' => 'new-name', 'post_content' => 'Edited.' ) );
+		chatapp_test_run_cron( 'chatapp_embed_push' );
+		$sent = chatapp_test_sent();
+		check_same( array( 'PUT', 'DELETE', 'PUT' ), array_column( $sent, 0 ), 'methods' );
+		check( false !== strpos( $sent[1][1], rawurlencode( 'https://wp.example/old-name/' ) ), 'old address removed' );
+		check_same( 'https://wp.example/new-name/', $sent[2][2]['url'], 'new address' );
+		check_same( 'Edited.', $sent[2][2]['content'], 'edited content' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'revisions, autosaves, other post types and protected posts are never pushed',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		chatapp_test_publish( 30, 'rev', array( 'post_type' => 'revision', 'post_parent' => 5 ) );
+		chatapp_test_publish( 31, 'menu', array( 'post_type' => 'nav_menu_item' ) );
+		chatapp_test_publish( 32, 'secret-page', array( 'post_password' => 'hunter2' ) );
+		chatapp_test_run_cron( 'chatapp_embed_push' );
+		check_same( array(), $GLOBALS['chatapp_wp']['http'], 'requests' );
+		// A public post that gets a password leaves the index.
+		$post = chatapp_test_publish( 33, 'was-public' );
+		chatapp_test_transition( $post, 'publish', array( 'post_password' => 'hunter2' ) );
+		chatapp_test_run_cron( 'chatapp_embed_push' );
+		check_same( array( 'DELETE' ), array_column( chatapp_test_sent(), 0 ), 'only the removal' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'a failed push stays queued and WP-Cron retries it later, backing off',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		$GLOBALS['chatapp_wp']['http_responses'] = array(
+			new WP_Error( 'http_request_failed', 'cURL error 7: Connection refused' ),
+			array( 'response' => array( 'code' => 503 ), 'body' => '{}' ),
+		);
+		chatapp_test_publish( 5, 'returns' );
+		$now = time();
+		wp_clear_scheduled_hook( 'chatapp_embed_push' ); // as wp-cron.php takes the event
+		chatapp_embed_push_run( $now );
+		$job = chatapp_embed_push_queue()['post:5'];
+		check_same( 1, $job['attempts'], 'attempts after a refused connection' );
+		check_same( $now + 60, $job['due'], 'first retry in a minute' );
+		check_same( $now + 60, wp_next_scheduled( 'chatapp_embed_push' ), 'retry scheduled' );
+		chatapp_embed_push_run( $now + 30 ); // not due yet: nothing sent
+		check_same( 1, count( $GLOBALS['chatapp_wp']['http'] ), 'sent before due' );
+		chatapp_embed_push_run( $now + 60 );
+		check_same( 2, chatapp_embed_push_queue()['post:5']['attempts'], 'attempts after a 503' );
+		check_same( $now + 60 + 120, chatapp_embed_push_queue()['post:5']['due'], 'backing off' );
+		chatapp_embed_push_run( $now + 180 ); // answered 200 (the default)
+		check_same( array(), chatapp_embed_push_queue(), 'queue after the retry' );
+		check_same( 3, count( $GLOBALS['chatapp_wp']['http'] ), 'requests' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'a job chatapp refuses for good is dropped; the latest job for a post wins',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		$GLOBALS['chatapp_wp']['http_responses'] = array( array( 'response' => array( 'code' => 413 ), 'body' => '{}' ) );
+		chatapp_test_publish( 5, 'huge' );
+		chatapp_embed_push_run( time() );
+		check_same( array(), chatapp_embed_push_queue(), 'a 413 is not retried' );
+		$post = chatapp_test_publish( 6, 'flip' );
+		chatapp_test_transition( $post, 'draft' );
+		check_same( array( 'post:6' ), array_keys( chatapp_embed_push_queue() ), 'one job per post' );
+		check_same( 'delete', chatapp_embed_push_queue()['post:6']['action'], 'the latest' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'the settings page offers the push option, off until ticked',
+	static function (): void {
+		do_action( 'admin_init' );
+		chatapp_test_login( new WP_User( 1, 'Admin' ), array( 'manage_options' ) );
+		$page = chatapp_test_capture( 'chatapp_embed_render_settings_page' );
+		check( 1 === preg_match( '/<input type="checkbox" id="chatapp_embed_push" name="chatapp_push_content" value="1" aria-describedby="chatapp_embed_push_help" \/>/', $page ), 'unticked checkbox' );
+		update_option( 'chatapp_push_content', 'yes please' );
+		check_same( '', get_option( 'chatapp_push_content' ), 'sanitised' );
+		update_option( 'chatapp_push_content', '1' );
+		check( false !== strpos( chatapp_test_capture( 'chatapp_embed_render_settings_page' ), 'name="chatapp_push_content" value="1" checked="checked"' ), 'ticked' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	"the shortcode passes the post's permalink as page_url",
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		$post                                  = chatapp_test_publish( 9, 'jackets' );
+		$GLOBALS['chatapp_wp']['current_post'] = $post->ID;
+		$src                                   = chatapp_test_one_iframe( chatapp_test_render() )['src'];
+		check_same( CHATAPP_TEST_URL . '/embed?page_url=' . rawurlencode( 'https://wp.example/jackets/' ), $src, 'anonymous src' );
+		chatapp_test_login( new WP_User( 42, 'Ada' ) );
+		$src = chatapp_test_one_iframe( chatapp_test_render() )['src'];
+		check( 1 === preg_match( '#^https://chat\.example/embed\?sso=[A-Za-z0-9_.-]+&page_url=https%3A%2F%2Fwp\.example%2Fjackets%2F$#', $src ), 'signed-in src ' . $src );
+	}
+);
+
 // ---------------------------------------------------------------------------
 // Scenario "url-constant": CHATAPP_URL overrides the option.
 
@@ -612,8 +829,14 @@ chatapp_test_case(
 	static function (): void {
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );
 		update_option( 'chatapp_widget', '1' );
+		update_option( 'chatapp_push_content', '1' );
+		update_option( 'chatapp_push_queue', array( 'post:1' => array() ) );
+		wp_schedule_single_event( time(), 'chatapp_embed_push' );
 		update_option( 'blogname', 'Site' );
 		require CHATAPP_TEST_PLUGIN_DIR . '/uninstall.php';
+		check( ! array_key_exists( 'chatapp_push_content', $GLOBALS['chatapp_wp']['options'] ), 'chatapp_push_content left behind' );
+		check( ! array_key_exists( 'chatapp_push_queue', $GLOBALS['chatapp_wp']['options'] ), 'chatapp_push_queue left behind' );
+		check_same( false, wp_next_scheduled( 'chatapp_embed_push' ), 'cron event left behind' );
 		check( ! array_key_exists( 'chatapp_url', $GLOBALS['chatapp_wp']['options'] ), 'chatapp_url left behind' );
 		check( ! array_key_exists( 'chatapp_widget', $GLOBALS['chatapp_wp']['options'] ), 'chatapp_widget left behind' );
 		check_same( 'Site', get_option( 'blogname' ), 'other option' );
@@ -627,7 +850,7 @@ chatapp_test_case(
 	'direct',
 	'plugin files exit silently outside WordPress',
 	static function (): void {
-		foreach ( array( 'chatapp-embed.php', 'includes/jwt.php', 'uninstall.php' ) as $file ) {
+		foreach ( array( 'chatapp-embed.php', 'includes/jwt.php', 'includes/push.php', 'uninstall.php' ) as $file ) {
 			list( $code, $out, $err ) = chatapp_test_php( array( CHATAPP_TEST_PLUGIN_DIR . '/' . $file ) );
 			check_same( array( 0, '', '' ), array( $code, $out, $err ), $file );
 		}

@@ -59,6 +59,14 @@ function chatapp_test_reset(): void {
 		'pages'           => array(),
 		'settings_errors' => array(),
 		'unique_id'       => 0,
+		'posts'           => array(),
+		'meta'            => array(),
+		'current_post'    => 0,
+		'http'            => array(),
+		'http_responses'  => array(),
+		'http_live'       => false,
+		'cron'            => array(),
+		'spawned'         => 0,
 	);
 }
 chatapp_test_reset();
@@ -323,4 +331,235 @@ function do_settings_sections( $page ) {
 
 function submit_button( $text = null, $type = 'primary', $name = 'submit', $wrap = true, $other_attributes = null ) {
 	echo '<input type="submit" name="' . esc_attr( $name ) . '" class="button button-' . esc_attr( $type ) . '" value="' . esc_attr( $text ? $text : 'Save Changes' ) . '" />';
+}
+
+// Posts and their meta.
+
+/**
+ * A post, as much of one as the plugin reads.
+ */
+class WP_Post {
+	/** @var int */
+	public $ID = 0;
+	/** @var string */
+	public $post_type = 'post';
+	/** @var string */
+	public $post_status = 'draft';
+	/** @var string */
+	public $post_title = '';
+	/** @var string */
+	public $post_name = '';
+	/** @var string */
+	public $post_content = '';
+	/** @var string */
+	public $post_password = '';
+	/** @var string */
+	public $post_modified_gmt = '2026-12-01 10:00:00';
+	/** @var int */
+	public $post_parent = 0;
+
+	public function __construct( array $fields = array() ) {
+		foreach ( $fields as $name => $value ) {
+			$this->$name = $value;
+		}
+	}
+}
+
+/** Store a post (as wp_insert_post would) and return it. */
+function chatapp_test_post( array $fields ): WP_Post {
+	$post = new WP_Post( $fields );
+	$GLOBALS['chatapp_wp']['posts'][ $post->ID ] = $post;
+	return $post;
+}
+
+/** Change a post's status as WordPress does: store it, then fire transition_post_status. */
+function chatapp_test_transition( WP_Post $post, string $new_status, array $changes = array() ): void {
+	$old_status = $post->post_status;
+	foreach ( $changes as $name => $value ) {
+		$post->$name = $value;
+	}
+	$post->post_status = $new_status;
+	$GLOBALS['chatapp_wp']['posts'][ $post->ID ] = $post;
+	do_action( 'transition_post_status', $new_status, $old_status, $post );
+}
+
+function get_post( $post = null ) {
+	if ( $post instanceof WP_Post ) {
+		return $post;
+	}
+	$id = null === $post ? $GLOBALS['chatapp_wp']['current_post'] : (int) $post;
+	return $GLOBALS['chatapp_wp']['posts'][ $id ] ?? null;
+}
+
+function get_permalink( $post = 0 ) {
+	$post = get_post( 0 === $post ? null : $post );
+	if ( ! $post instanceof WP_Post ) {
+		return false;
+	}
+	if ( 'publish' !== $post->post_status || '' === $post->post_name ) {
+		return home_url( '/?p=' . $post->ID );
+	}
+	return home_url( '/' . $post->post_name . '/' );
+}
+
+function get_the_title( $post = 0 ) {
+	$post = get_post( $post );
+	return $post instanceof WP_Post ? str_replace( "'", '&#8217;', $post->post_title ) : '';
+}
+
+function get_post_modified_time( $format = 'U', $gmt = false, $post = null, $translate = false ) {
+	$post = get_post( $post );
+	return $post instanceof WP_Post ? strtotime( $post->post_modified_gmt . ' UTC' ) : false;
+}
+
+function wp_is_post_revision( $post ) {
+	$post = get_post( $post );
+	return $post instanceof WP_Post && 'revision' === $post->post_type ? $post->post_parent : false;
+}
+
+function wp_is_post_autosave( $post ) {
+	$post = get_post( $post );
+	return $post instanceof WP_Post && 'revision' === $post->post_type && false !== strpos( $post->post_name, 'autosave' ) ? $post->post_parent : false;
+}
+
+function wp_strip_all_tags( $text, $remove_breaks = false ) {
+	return trim( strip_tags( (string) preg_replace( '@<(script|style)[^>]*?>.*?</\\1>@si', '', (string) $text ) ) );
+}
+
+function get_post_meta( $post_id, $key = '', $single = false ) {
+	$value = $GLOBALS['chatapp_wp']['meta'][ $post_id ][ $key ] ?? null;
+	return null === $value ? ( $single ? '' : array() ) : ( $single ? $value : array( $value ) );
+}
+
+function update_post_meta( $post_id, $meta_key, $meta_value, $prev_value = '' ) {
+	$GLOBALS['chatapp_wp']['meta'][ $post_id ][ $meta_key ] = $meta_value;
+	return true;
+}
+
+function delete_post_meta( $post_id, $meta_key, $meta_value = '' ) {
+	unset( $GLOBALS['chatapp_wp']['meta'][ $post_id ][ $meta_key ] );
+	return true;
+}
+
+// HTTP: recorded, answered from a queue (default 200), or sent for real when http_live is on.
+
+/**
+ * An error, as WordPress returns one.
+ */
+class WP_Error {
+	/** @var string */
+	public $code;
+	/** @var string */
+	public $message;
+
+	public function __construct( string $code = '', string $message = '' ) {
+		$this->code    = $code;
+		$this->message = $message;
+	}
+}
+
+function is_wp_error( $thing ) {
+	return $thing instanceof WP_Error;
+}
+
+function wp_remote_request( $url, $args = array() ) {
+	if ( $GLOBALS['chatapp_wp']['http_live'] ) {
+		$response = chatapp_test_http_live( $url, $args );
+	} else {
+		$response = array_shift( $GLOBALS['chatapp_wp']['http_responses'] );
+	}
+	if ( null === $response ) {
+		$response = array( 'response' => array( 'code' => 200 ), 'body' => '{}' );
+	}
+	$GLOBALS['chatapp_wp']['http'][] = array( 'url' => $url, 'args' => $args, 'response' => $response );
+	return $response;
+}
+
+/** Send a request over the network with PHP's own HTTP streams (tests against a real chatapp). */
+function chatapp_test_http_live( string $url, array $args ) {
+	$headers = array();
+	foreach ( $args['headers'] ?? array() as $name => $value ) {
+		$headers[] = $name . ': ' . $value;
+	}
+	$context = stream_context_create(
+		array(
+			'http' => array(
+				'method'          => $args['method'] ?? 'GET',
+				'header'          => implode( "\r\n", $headers ),
+				'content'         => $args['body'] ?? '',
+				'timeout'         => (float) ( $args['timeout'] ?? 5 ),
+				'ignore_errors'   => true,
+				'follow_location' => 0,
+			),
+		)
+	);
+	// A refused connection is a warning; WordPress turns it into a WP_Error, so do we.
+	set_error_handler( static function (): bool { return true; } );
+	try {
+		$body = file_get_contents( $url, false, $context ); // phpcs:ignore -- a test stand-in.
+	} finally {
+		restore_error_handler();
+	}
+	if ( false === $body || ! isset( $http_response_header[0] ) ) {
+		return new WP_Error( 'http_request_failed', 'no response from ' . $url );
+	}
+	preg_match( '#^HTTP/\S+\s+(\d{3})#', $http_response_header[0], $m );
+	return array( 'response' => array( 'code' => (int) ( $m[1] ?? 0 ) ), 'body' => $body );
+}
+
+function wp_remote_retrieve_response_code( $response ) {
+	return is_array( $response ) ? ( $response['response']['code'] ?? '' ) : '';
+}
+
+// WP-Cron.
+
+function wp_schedule_single_event( $timestamp, $hook, $args = array(), $wp_error = false ) {
+	$GLOBALS['chatapp_wp']['cron'][] = array( 'time' => (int) $timestamp, 'hook' => $hook );
+	return true;
+}
+
+function wp_next_scheduled( $hook, $args = array() ) {
+	$times = array();
+	foreach ( $GLOBALS['chatapp_wp']['cron'] as $event ) {
+		if ( $event['hook'] === $hook ) {
+			$times[] = $event['time'];
+		}
+	}
+	return array() === $times ? false : min( $times );
+}
+
+function wp_clear_scheduled_hook( $hook, $args = array(), $wp_error = false ) {
+	$before                         = count( $GLOBALS['chatapp_wp']['cron'] );
+	$GLOBALS['chatapp_wp']['cron'] = array_values(
+		array_filter(
+			$GLOBALS['chatapp_wp']['cron'],
+			static function ( $event ) use ( $hook ) {
+				return $event['hook'] !== $hook;
+			}
+		)
+	);
+	return $before - count( $GLOBALS['chatapp_wp']['cron'] );
+}
+
+function spawn_cron( $gmt_time = 0 ) {
+	++$GLOBALS['chatapp_wp']['spawned'];
+}
+
+/** Run the due WP-Cron events of a hook, as wp-cron.php would. */
+function chatapp_test_run_cron( string $hook, ?int $now = null ): int {
+	$now  = null === $now ? time() : $now;
+	$due  = 0;
+	$kept = array();
+	foreach ( $GLOBALS['chatapp_wp']['cron'] as $event ) {
+		if ( $event['hook'] === $hook && $event['time'] <= $now ) {
+			++$due;
+		} else {
+			$kept[] = $event;
+		}
+	}
+	$GLOBALS['chatapp_wp']['cron'] = $kept;
+	for ( $i = 0; $i < $due; $i++ ) {
+		do_action( $hook );
+	}
+	return $due;
 }

@@ -11,6 +11,7 @@ import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
 import { botCheck } from './altcha.js';
 import { showAllowance } from './ratelimit.js';
 import { onAnswering, onReasoning, onStatus } from './thinking.js';
+import { readSources, withPageUrl } from './sources.js';
 
 // After Stop, the stream normally ends with done/cancelled within a second;
 // past this, end the turn locally so the composer can never stay locked.
@@ -190,9 +191,9 @@ async function startTurn(text, { userNode = null, key = newKey() } = {}) {
     method: 'POST',
     headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
     onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
-    json: turn.conversationId
+    json: withPageUrl(turn.conversationId
       ? { message: text, token, conversation_id: turn.conversationId }
-      : { message: text, token },
+      : { message: text, token }),
   }));
   try {
     try {
@@ -255,6 +256,9 @@ function onTurnEvent(turn, type, data) {
     case 'delta':
       if (turn.answer.thinking) onAnswering(turn.answer); // the first words
       if (typeof data.text === 'string') turn.answer.append(data.text);
+      break;
+    case 'sources':
+      turn.answer.sources = readSources(data.sources);
       break;
     case 'error':
       turn.error = data;

@@ -5,6 +5,7 @@
 import { copyButton, dressBlocks } from './blocks.js';
 import { announce, h, icon } from './dom.js';
 import { renderMarkdown, StreamRenderer } from './render.js';
+import { showSources } from './sources.js';
 
 // Within this of the end counts as "at the end": reaching it resumes following.
 const AT_END_PX = 8;
@@ -336,6 +337,7 @@ export class AssistantMessage {
     thread.follow(() => {
       // The last block settles now: highlighting and tools for its code.
       dressBlocks(this.body, true);
+      if (state === 'done') showSources(this); // site knowledge: [n] links, the list
       // Shown to screen readers now that it is complete: the polite log
       // reads the whole answer once instead of every token.
       this.body.removeAttribute('aria-hidden');

@@ -14,7 +14,7 @@ const RETRY_FIRST_MS = 250;
 const RETRY_MAX_MS = 8000;
 // Failed attempts (while the browser believes it is online) before giving up.
 const MAX_FAILURES = 30;
-const STREAM_EVENTS = ['start', 'status', 'reasoning', 'delta', 'usage', 'error', 'done'];
+const STREAM_EVENTS = ['start', 'status', 'reasoning', 'sources', 'delta', 'usage', 'error', 'done'];
 
 export class ApiError extends Error {
   constructor(status, code, message, retryAfter = null) {

@@ -1,0 +1,248 @@
+"""Pages to passages: the main content of HTML, Markdown or text, split by heading."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import trafilatura
+from trafilatura.metadata import extract_title
+from trafilatura.settings import Document
+from trafilatura.utils import load_html
+
+from chatapp.knowledge.index import KnowledgeError
+from chatapp.knowledge.index import Passage
+
+# Larger inputs are cut here before parsing: lxml's tree of a 100 MB page
+# would cost a worker gigabytes, and no answer needs more than the start.
+MAX_INPUT_CHARS = 2_000_000
+# A document yields at most this many passages (about 60,000 words).
+MAX_PASSAGES = 200
+# Passages aim at TARGET words and never exceed MAX: long enough to hold an
+# answer with its context, short enough that several fit a turn's budget.
+TARGET_WORDS = 220
+MAX_WORDS = 320
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+MARKDOWN_TYPES = ("text/markdown", "text/x-markdown")
+TEXT_TYPES = ("text/plain",)
+CONTENT_TYPES = HTML_TYPES + MARKDOWN_TYPES + TEXT_TYPES
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_BLANK_LINES = re.compile(r"\n\s*\n")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+class UnsupportedContent(KnowledgeError):
+    """The document is of a type the index does not read."""
+
+
+@dataclass(frozen=True, slots=True)
+class Extracted:
+    """One document's title and passages, ready for `Index.replace`."""
+
+    url: str
+    title: str
+    passages: tuple[Passage, ...]
+    modified: float | None = None
+
+
+def media_type(content_type: str) -> str:
+    """Reduce a Content-Type header to its lower-case media type."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def extract(
+    content: str | bytes,
+    *,
+    url: str,
+    content_type: str = "text/html",
+    title: str = "",
+    modified: float | None = None,
+) -> Extracted:
+    """Turn one document into passages; HTML is reduced to its main content."""
+    kind = media_type(content_type)
+    if kind not in CONTENT_TYPES:
+        raise UnsupportedContent(f"{kind or 'no content type'} is not indexed")
+    if kind in HTML_TYPES:
+        # Bytes go to trafilatura as they are: it reads the page's own
+        # charset (meta tag, or a guess) where a wrong header would garble it.
+        found_title, markdown = _main_content(content[:MAX_INPUT_CHARS], url)
+        title = title or found_title
+        sections = _sections(markdown)
+    else:
+        markdown = _decode(content, content_type)[:MAX_INPUT_CHARS]
+        if kind in MARKDOWN_TYPES:
+            sections = _sections(markdown)
+        else:
+            # A line starting with "#" in a text file is not a heading.
+            text = markdown.strip()
+            sections = [((), text)] if text else []
+    if not title:
+        title = _first_heading(sections) or _first_line(markdown) or url
+    passages = split(url, title, sections)
+    return Extracted(url=url, title=title, passages=tuple(passages), modified=modified)
+
+
+def _decode(content: str | bytes, content_type: str) -> str:
+    if isinstance(content, str):
+        return content
+    charset = "utf-8"
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            charset = value.strip().strip('"') or charset
+    data = content[: MAX_INPUT_CHARS * 4]
+    try:
+        return data.decode(charset, errors="replace")
+    except LookupError:  # a charset Python does not know
+        return data.decode("utf-8", errors="replace")
+
+
+def _main_content(html: str | bytes, url: str) -> tuple[str, str]:
+    # trafilatura drops navigation, headers, footers, cookie banners, scripts
+    # and comments, and keeps headings as Markdown so the split below can
+    # follow them. Without recall bias, short product pages come back empty.
+    # Its metadata pass (dates, authors) would double the time per page, and
+    # `fast` skips the fallback extractors: together about 2x the pages/s.
+    tree = load_html(html)
+    if tree is None:
+        return "", ""
+    title = extract_title(tree) or ""
+    document = trafilatura.bare_extraction(
+        tree,
+        url=url or None,
+        fast=True,
+        with_metadata=False,
+        include_formatting=True,
+        include_comments=False,
+        include_images=False,
+        include_links=False,
+        include_tables=True,
+        favor_recall=True,
+        deduplicate=False,
+        output_format="python",
+    )
+    if not isinstance(document, Document):
+        return title.strip(), ""
+    # With output_format="python", .text is the body as Markdown already.
+    return title.strip(), document.text or ""
+
+
+def _sections(markdown: str) -> list[tuple[tuple[str, ...], str]]:
+    """Cut Markdown at its headings: (heading path, body) in document order."""
+    path: list[tuple[int, str]] = []
+    sections: list[tuple[tuple[str, ...], str]] = []
+    body: list[str] = []
+    fenced = False
+
+    def flush() -> None:
+        text = "\n".join(body).strip()
+        if text:
+            sections.append((tuple(name for _, name in path), text))
+        body.clear()
+
+    for line in markdown.splitlines():
+        if _FENCE.match(line):
+            fenced = not fenced
+        match = None if fenced else _HEADING.match(line)
+        if match is None:
+            body.append(line)
+            continue
+        flush()
+        level = len(match.group(1))
+        name = _clean_heading(match.group(2))
+        while path and path[-1][0] >= level:
+            path.pop()
+        path.append((level, name))
+        # A heading with no body of its own still names what follows it.
+    flush()
+    if not sections and path:
+        sections.append((tuple(name for _, name in path), ""))
+    return sections
+
+
+def _clean_heading(text: str) -> str:
+    return re.sub(r"[*_`]+", "", text).strip()
+
+
+def _first_heading(sections: list[tuple[tuple[str, ...], str]]) -> str:
+    for headings, _ in sections:
+        if headings:
+            return headings[0]
+    return ""
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip().lstrip("#").strip()
+        if line:
+            return line[:120]
+    return ""
+
+
+def split(
+    url: str, title: str, sections: list[tuple[tuple[str, ...], str]]
+) -> list[Passage]:
+    """Split sections into passages of a few hundred words, headings kept."""
+    passages: list[Passage] = []
+    for headings, body in sections:
+        # The page's own title as first heading adds nothing to the path.
+        if headings and headings[0].casefold() == title.casefold():
+            headings = headings[1:]
+        path = " > ".join(headings)
+        for chunk in _chunks(body):
+            passages.append(Passage(url=url, title=title, headings=path, text=chunk))
+            if len(passages) >= MAX_PASSAGES:
+                return passages
+    return passages
+
+
+def _chunks(body: str) -> list[str]:
+    """Group paragraphs into chunks of about TARGET_WORDS, none over MAX_WORDS."""
+    pieces: list[str] = []
+    for paragraph in _BLANK_LINES.split(body):
+        paragraph = paragraph.strip()
+        if not paragraph:
+            continue
+        if len(paragraph.split()) <= MAX_WORDS:
+            pieces.append(paragraph)
+        else:
+            pieces.extend(_cut_long(paragraph))
+    chunks: list[str] = []
+    current: list[str] = []
+    words = 0
+    for piece in pieces:
+        count = len(piece.split())
+        if current and (words >= TARGET_WORDS or words + count > MAX_WORDS):
+            chunks.append("\n\n".join(current))
+            current, words = [], 0
+        current.append(piece)
+        words += count
+    if current:
+        chunks.append("\n\n".join(current))
+    return chunks
+
+
+def _cut_long(paragraph: str) -> list[str]:
+    """Cut one long paragraph at sentence ends, or at words when it has none."""
+    out: list[str] = []
+    current: list[str] = []
+    words = 0
+    for sentence in _SENTENCE_END.split(paragraph):
+        tokens = sentence.split()
+        while len(tokens) > MAX_WORDS:
+            if current:
+                out.append(" ".join(current))
+                current, words = [], 0
+            out.append(" ".join(tokens[:MAX_WORDS]))
+            tokens = tokens[MAX_WORDS:]
+        if current and words + len(tokens) > TARGET_WORDS:
+            out.append(" ".join(current))
+            current, words = [], 0
+        current.append(" ".join(tokens))
+        words += len(tokens)
+    if current:
+        out.append(" ".join(current))
+    return [piece for piece in out if piece]

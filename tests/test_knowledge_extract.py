@@ -1,0 +1,129 @@
+"""Pages to passages: main content only, split by heading, bounded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chatapp.knowledge.extract import MAX_PASSAGES
+from chatapp.knowledge.extract import MAX_WORDS
+from chatapp.knowledge.extract import UnsupportedContent
+from chatapp.knowledge.extract import extract
+
+SITE = Path(__file__).parent / "fixtures" / "site"
+CHROME = (
+    "NAVIGATIONMENU",
+    "COOKIEBANNER",
+    "FOOTERTEXT",
+    "TRACKERSCRIPT",
+    "SIDEBARPROMO",
+    "Accept all cookies",
+)
+
+
+def returns_page() -> str:
+    return (SITE / "returns.html").read_text()
+
+
+def test_html_keeps_the_main_content_and_drops_the_chrome() -> None:
+    doc = extract(returns_page(), url="http://shop.test/returns.html")
+    text = "\n".join(p.title + p.headings + p.text for p in doc.passages)
+    assert "full refund" in text
+    assert "Gift cards" in text
+    for chrome in CHROME:
+        assert chrome not in text
+
+
+def test_html_passages_carry_title_url_and_heading_path() -> None:
+    doc = extract(returns_page(), url="http://shop.test/returns.html", modified=5.0)
+    assert doc.title == "Returns policy"
+    assert doc.modified == 5.0
+    by_heading = {p.headings: p for p in doc.passages}
+    assert "Gift cards" in by_heading["Refunds > Exceptions"].text
+    assert "another size" in by_heading["Exchanges"].text
+    assert all(p.url == "http://shop.test/returns.html" for p in doc.passages)
+    assert all(p.title == "Returns policy" for p in doc.passages)
+
+
+def test_markdown_headings_make_the_path_and_code_fences_are_not_headings() -> None:
+    markdown = (
+        "# Setup guide\n\nRead this first.\n\n## Install\n\n```sh\n# a comment\n"
+        "make install\n```\n\n### On Debian\n\napt install acme\n\n## Use\n\nRun it."
+    )
+    doc = extract(markdown, url="file:///guide.md", content_type="text/markdown")
+    assert doc.title == "Setup guide"
+    assert [p.headings for p in doc.passages] == [
+        "",
+        "Install",
+        "Install > On Debian",
+        "Use",
+    ]
+    assert "# a comment" in doc.passages[1].text
+
+
+def test_plain_text_is_one_section_titled_by_its_first_line() -> None:
+    doc = extract(
+        "Opening hours\n\n# Monday to Friday 9 to 5.\n",
+        url="file:///hours.txt",
+        content_type="text/plain; charset=utf-8",
+    )
+    assert doc.title == "Opening hours"
+    assert [p.headings for p in doc.passages] == [""]
+    assert "# Monday" in doc.passages[0].text
+
+
+def test_long_text_splits_into_bounded_passages() -> None:
+    paragraph = " ".join(f"word{i}" for i in range(100)) + "."
+    text = "\n\n".join([paragraph] * 10) + "\n\n" + "x " * 5000
+    doc = extract(text, url="file:///long.txt", content_type="text/plain")
+    assert len(doc.passages) > 5
+    assert all(len(p.text.split()) <= MAX_WORDS for p in doc.passages)
+
+
+def test_a_huge_document_stops_at_the_passage_cap() -> None:
+    text = "\n\n".join(f"## Part {i}\n\nSome words for part {i}." for i in range(5000))
+    doc = extract(text, url="file:///huge.md", content_type="text/markdown")
+    assert len(doc.passages) == MAX_PASSAGES
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["", "<html>", "<<<>>>" * 1000, "<html><body><p>\x00\x01</p></body></html>"],
+)
+def test_malformed_or_empty_html_gives_no_passages_and_no_error(content: str) -> None:
+    doc = extract(content, url="http://shop.test/x")
+    assert isinstance(doc.passages, tuple)
+
+
+def test_bytes_are_decoded_leniently() -> None:
+    doc = extract(b"caf\xc3\xa9 \xff open", url="u", content_type="text/plain")
+    assert "café" in doc.passages[0].text
+
+
+@pytest.mark.parametrize("content_type", ["image/png", "application/pdf", ""])
+def test_other_content_types_are_refused(content_type: str) -> None:
+    with pytest.raises(UnsupportedContent):
+        extract(b"\x89PNG", url="u", content_type=content_type)
+
+
+def test_a_pages_own_charset_is_honoured() -> None:
+    page = (
+        '<html><head><meta charset="iso-8859-1"><title>Caf\xe9</title></head>'
+        "<body><article><h1>Caf\xe9 cr\xe8me</h1><p>Le caf\xe9 est ouvert du lundi "
+        "au vendredi, de huit heures \xe0 dix-huit heures, toute l'ann\xe9e.</p>"
+        "</article></body></html>"
+    ).encode("iso-8859-1")
+    doc = extract(page, url="http://shop.test/cafe", content_type="text/html")
+    assert "café est ouvert" in doc.passages[0].text
+
+
+def test_a_text_files_declared_charset_is_honoured() -> None:
+    doc = extract(
+        "Öffnungszeiten: täglich".encode("latin-1"),
+        url="u",
+        content_type="text/plain; charset=ISO-8859-1",
+    )
+    assert doc.title == "Öffnungszeiten: täglich"
+    odd = extract(b"plain", url="u", content_type="text/plain; charset=no-such")
+    assert odd.passages[0].text == "plain"

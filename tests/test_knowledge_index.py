@@ -1,0 +1,266 @@
+"""One contract for both index engines: SQLite FTS5 and Postgres."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatapp.knowledge.index import Index
+from chatapp.knowledge.index import IndexUnavailable
+from chatapp.knowledge.index import Passage
+from chatapp.knowledge.index import open_index
+from chatapp.knowledge.pg_index import PgIndex
+from chatapp.knowledge.sqlite_index import SqliteIndex
+from tests.conftest import free_port
+
+ENGINES = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=ENGINES)
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
+    if request.param == "sqlite":
+        opened = open_index("sqlite:///", tmp_path)
+    else:
+        server = request.getfixturevalue("postgres_server")
+        server.execute(
+            "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+        )
+        opened = open_index(server.url, tmp_path)
+        assert isinstance(opened, PgIndex)
+    yield opened
+    opened.close()
+
+
+def doc(url: str, title: str, *sections: tuple[str, str]) -> list[Passage]:
+    return [Passage(url=url, title=title, headings=h, text=t) for h, t in sections]
+
+
+def add(index: Index, url: str, title: str, *sections: tuple[str, str]) -> int:
+    return index.replace(url, title, doc(url, title, *sections))
+
+
+def urls(passages: list[Passage]) -> list[str]:
+    return [p.url for p in passages]
+
+
+class TestIndexContract:
+    def test_a_stored_document_is_found_with_its_title_and_headings(
+        self, index: Index
+    ) -> None:
+        count = add(
+            index,
+            "https://shop.test/returns",
+            "Returns policy",
+            ("Refunds", "Refunds are paid within five working days."),
+            ("Exchanges", "Swap a jacket for another size."),
+        )
+        assert count == 2
+        [hit] = index.search("when is my refund paid", limit=1)
+        assert hit.url == "https://shop.test/returns"
+        assert hit.title == "Returns policy"
+        assert hit.headings == "Refunds"
+        assert "five working days" in hit.text
+        assert hit.score > 0
+
+    def test_replace_swaps_the_whole_document(self, index: Index) -> None:
+        add(index, "https://s.test/a", "Old", ("", "zebra crossing rules"))
+        add(index, "https://s.test/a", "New", ("", "giraffe feeding times"))
+        assert index.search("zebra") == []
+        assert urls(index.search("giraffe")) == ["https://s.test/a"]
+        info = index.document("https://s.test/a")
+        assert info is not None and info.title == "New" and info.passages == 1
+
+    def test_remove_drops_the_document_and_says_whether_it_was_there(
+        self, index: Index
+    ) -> None:
+        add(index, "https://s.test/a", "A", ("", "zebra"))
+        assert index.remove("https://s.test/a") is True
+        assert index.remove("https://s.test/a") is False
+        assert index.search("zebra") == []
+        assert index.document("https://s.test/a") is None
+
+    def test_documents_list_what_the_crawler_stored(self, index: Index) -> None:
+        index.replace(
+            "https://s.test/b",
+            "B",
+            doc("https://s.test/b", "B", ("", "one"), ("", "two")),
+            modified=1700000000.5,
+            etag='"abc"',
+            last_modified="Tue, 14 Nov 2023 22:13:20 GMT",
+        )
+        add(index, "https://s.test/a", "A", ("", "zebra"))
+        listed = index.documents()
+        assert [d.url for d in listed] == ["https://s.test/a", "https://s.test/b"]
+        b = listed[1]
+        assert (b.title, b.passages, b.modified) == ("B", 2, 1700000000.5)
+        assert (b.etag, b.last_modified) == ('"abc"', "Tue, 14 Nov 2023 22:13:20 GMT")
+        stats = index.stats()
+        assert (stats.documents, stats.passages) == (2, 3)
+        assert stats.bytes > 0
+
+    def test_a_title_match_outranks_the_same_words_in_a_body(
+        self, index: Index
+    ) -> None:
+        add(
+            index,
+            "https://s.test/blog",
+            "Our week",
+            ("", "We talked about the warranty and many other things all week."),
+        )
+        add(
+            index,
+            "https://s.test/warranty",
+            "Warranty",
+            ("", "Every product is covered for two years from purchase."),
+        )
+        assert urls(index.search("warranty"))[0] == "https://s.test/warranty"
+
+    def test_a_heading_match_outranks_the_same_words_in_a_body(
+        self, index: Index
+    ) -> None:
+        add(
+            index,
+            "https://s.test/a",
+            "Help",
+            ("Contact", "Write to us about delivery times or anything else."),
+        )
+        add(
+            index,
+            "https://s.test/b",
+            "Help",
+            ("Delivery times", "Orders leave the warehouse the next working day."),
+        )
+        assert urls(index.search("delivery times"))[0] == "https://s.test/b"
+
+    def test_the_visitors_page_is_favoured_between_similar_pages(
+        self, index: Index
+    ) -> None:
+        for name in ("alpine", "summit"):
+            add(
+                index,
+                f"https://s.test/{name}",
+                f"{name.title()} tent",
+                ("", "A two-person tent that weighs 1.9 kg and packs small."),
+            )
+        for name in ("alpine", "summit"):
+            page = f"https://s.test/{name}"
+            assert (
+                urls(index.search("how much does it weigh", prefer_url=page))[0] == page
+            )
+
+    def test_limit_caps_the_results(self, index: Index) -> None:
+        for i in range(5):
+            add(index, f"https://s.test/{i}", f"Page {i}", ("", "common words"))
+        assert len(index.search("common", limit=3)) == 3
+        assert index.search("common", limit=0) == []
+
+    @pytest.mark.parametrize(
+        "query",
+        [
+            '"',
+            '""" unbalanced "quote',
+            "*",
+            "tent*",
+            "NEAR(tent weight, 2)",
+            "tent NOT weight AND OR",
+            "-tent -",
+            "title:tent",
+            "^tent",
+            "(tent",
+            "{tent}",
+            "tent\x00weight",
+            "'; DROP TABLE passages; --",
+            "",
+            "   ",
+            "the and of",
+            "x" * 10_000,
+            "émoji 🏕️ テント",
+        ],
+    )
+    def test_any_question_text_is_safe_to_search(
+        self, index: Index, query: str
+    ) -> None:
+        add(index, "https://s.test/t", "Tent", ("", "tent weight 1.9 kg"))
+        results = index.search(query)
+        assert isinstance(results, list)
+        assert index.document("https://s.test/t") is not None
+
+
+def test_the_sqlite_file_lives_in_the_instance_folder_by_default(
+    tmp_path: Path,
+) -> None:
+    index = open_index("sqlite:///", tmp_path)
+    assert isinstance(index, SqliteIndex)
+    index.replace("u", "t", doc("u", "t", ("", "words")))
+    index.close()
+    assert (tmp_path / "knowledge.sqlite3").exists()
+    other = open_index(f"sqlite:///{tmp_path / 'elsewhere.db'}", "/nonexistent")
+    assert isinstance(other, SqliteIndex) and other.path == tmp_path / "elsewhere.db"
+
+
+def test_an_unknown_index_url_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        open_index("mysql://x", tmp_path)
+
+
+def test_a_reader_sees_a_writers_commit_from_another_connection(
+    tmp_path: Path,
+) -> None:
+    writer = SqliteIndex(tmp_path / "k.db")
+    reader = SqliteIndex(tmp_path / "k.db")
+    add(writer, "u", "t", ("", "zebra"))
+    assert urls(reader.search("zebra")) == ["u"]
+    add(writer, "u", "t", ("", "giraffe"))
+    assert urls(reader.search("giraffe")) == ["u"]
+    writer.close()
+    reader.close()
+
+
+def test_two_hosts_share_one_postgres_index(postgres_server: Any) -> None:
+    postgres_server.execute(
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+    )
+    first, second = PgIndex(postgres_server.url), PgIndex(postgres_server.url)
+    try:
+        add(first, "https://s.test/hours", "Opening hours", ("", "Open 9 to 5."))
+        assert urls(second.search("opening hours")) == ["https://s.test/hours"]
+        assert second.remove("https://s.test/hours") is True
+        assert first.search("opening hours") == []
+    finally:
+        first.close()
+        second.close()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_unreachable_index_raises_index_unavailable(
+    engine: str, tmp_path: Path
+) -> None:
+    if engine == "sqlite":
+        broken: Index = SqliteIndex(tmp_path)  # a directory, not a database file
+    else:
+        broken = PgIndex(f"postgresql://postgres@127.0.0.1:{free_port()}/none")
+    with pytest.raises(IndexUnavailable):
+        broken.search("anything")
+    broken.close()
+
+
+def test_words_in_most_passages_cost_nothing_and_still_match_alone(
+    tmp_path: Path,
+) -> None:
+    index = SqliteIndex(tmp_path / "k.db")
+    filler = [
+        Passage("https://s.test/log", "Log", "", f"common entry number{i}")
+        for i in range(1200)
+    ]
+    index.replace("https://s.test/log", "Log", filler)
+    add(index, "https://s.test/rare", "Rare", ("", "common words and a zebra"))
+    assert urls(index.search("common zebra", limit=1)) == ["https://s.test/rare"]
+    assert len(index.search("common", limit=5)) == 5  # only a common word: kept
+    assert index.search("absent missing", limit=5) == []
+    # A write is seen at once: the counts behind the choice start over.
+    add(index, "https://s.test/more", "More", ("", "zebra zebra"))
+    assert "https://s.test/more" in urls(index.search("zebra"))
+    index.close()
