@@ -90,7 +90,11 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             stream_ttl=config["STREAM_TTL"],
             orphan=config["ORPHAN_SECONDS"],
         )
-        history = RedisHistory(redis_client, config["HISTORY_TTL"])
+        history = RedisHistory(
+            redis_client,
+            config["HISTORY_TTL"],
+            grace=config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"],
+        )
     else:
         events = MemoryEventLog()
         history = MemoryHistory(config["HISTORY_TTL"])

@@ -99,6 +99,14 @@ class Metrics:
             "Failed calls to shared storage (Redis).",
             registry=r,
         )
+        self._feedback = Counter(
+            "chatapp_feedback",
+            "Ratings of answers by visitors, by rating.",
+            ["rating"],
+            registry=r,
+        )
+        for rating in ("up", "down"):
+            self._feedback.labels(rating)
         self._active = Gauge(
             "chatapp_active_turns",
             "Turns generating now.",
@@ -118,6 +126,9 @@ class Metrics:
 
     def refused(self, code: str) -> None:
         self._refusals.labels(code).inc()
+
+    def feedback(self, rating: str) -> None:
+        self._feedback.labels(rating).inc()
 
     def storage_error(self) -> None:
         self._storage_errors.inc()

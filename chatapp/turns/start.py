@@ -16,6 +16,7 @@ from chatapp.store.conversations import StoredMessage
 from chatapp.tokens import Identity
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.relay import Relay
+from chatapp.turns.visitor import settle
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Message
 
@@ -101,12 +102,16 @@ def start_turn(
     conversation_id: str | None,
     idempotency_key: str | None,
     describe: Callable[[str, str], dict[str, Any]],
+    *,
+    replace_last: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
     `describe(turn_id, conversation_id)` builds the response body, so that a
     retry with the same key gets the very same body back. The caller has
-    checked that `identity` owns `conversation_id`.
+    checked that `identity` owns `conversation_id`. With `replace_last` the
+    conversation's last exchange is dropped first (its running turn ended),
+    so the model never sees the answer being replaced.
     """
     history = relay.history
     turn_id = new_id()
@@ -119,6 +124,9 @@ def start_turn(
         )
         if earlier is not None:
             return json.loads(earlier), False
+    if replace_last and conversation_id:
+        settle(relay, conversation_id)
+        history.drop_last_exchange(conversation_id)
     earlier_messages = history.messages(cid) if conversation_id else []
     now = time.time()
     if conversation_id is None:
@@ -135,6 +143,7 @@ def start_turn(
         max_output_tokens=config["MAX_OUTPUT_TOKENS"],
         temperature=config["TEMPERATURE"],
     )
+    history.remember_turn(cid, identity.owner, turn_id)
     info = TurnInfo(turn_id, identity.owner, cid, now)
     key = None
     if config["CACHE_TTL"] and conversation_id is None:

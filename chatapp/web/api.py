@@ -25,6 +25,7 @@ from chatapp.logs import prompt_fields
 from chatapp.readers import EXTENSION as READER_CAPS
 from chatapp.readers import ReaderCaps
 from chatapp.readers import socket_closer
+from chatapp.store.conversations import StoredMessage
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
@@ -36,6 +37,7 @@ from chatapp.turns.start import check_conversation
 from chatapp.turns.start import conversation_messages
 from chatapp.turns.start import earlier_turn
 from chatapp.turns.start import start_turn
+from chatapp.turns.visitor import transcript
 from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
 from chatapp.web.limiter import admit_turn
@@ -90,6 +92,7 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     who = parse.identity(parse.page_token(values))
     message = parse.message(values)
     conversation_id = parse.text_field(values, "conversation_id")
+    replace_last = parse.flag(values, "replace_last")
     check_conversation(st.history, who, conversation_id)
     key = parse.idempotency_key(values)
     # A retry of an accepted turn gets that turn back, whatever the limits say.
@@ -98,7 +101,14 @@ def chat() -> tuple[Response, int, dict[str, str]]:
         who, describe = _bot_check(who, values)
         with admit_turn(who) as admission:  # rate limit, quota, streams, capacity
             body, new = start_turn(
-                st.relay, st.config, who, message, conversation_id, key, describe
+                st.relay,
+                st.config,
+                who,
+                message,
+                conversation_id,
+                key,
+                describe,
+                replace_last=replace_last and conversation_id is not None,
             )
             if new:
                 admission.started(body["id"])
@@ -257,7 +267,20 @@ def conversation(conversation_id: str) -> Response:
     except (TokenInvalid, TokenExpired) as exc:
         raise ApiError(404, "not_found", "No such conversation.") from exc
     messages = conversation_messages(state().history, who, conversation_id)
+    if request.args.get("format") == "markdown":
+        return _transcript(conversation_id, messages)
     response = jsonify({"id": conversation_id, "messages": messages})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _transcript(conversation_id: str, messages: list[dict[str, Any]]) -> Response:
+    """Answer a conversation as a Markdown file to keep."""
+    stored = [StoredMessage(m["role"], m["content"], m["created_at"]) for m in messages]
+    response = Response(transcript(conversation_id, stored), mimetype="text/markdown")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="conversation-{conversation_id}.md"'
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 
