@@ -32,11 +32,17 @@ NO_CONTENT = {"Cache-Control": "no-store"}
 
 
 def _owner_or_404() -> Identity:
-    """Read the page token from the header or ?token=; anything wrong is a 404."""
+    """Read the page token (header or ?token=); expired is 403, anything else 404.
+
+    An expired token says so, so that a long-open page renews it and asks
+    again instead of taking the 404 for "already gone".
+    """
     token = request.headers.get("X-Chat-Token") or request.args.get("token")
     try:
         return state().signer.read_page_token(token)
-    except (TokenInvalid, TokenExpired) as exc:
+    except TokenExpired as exc:
+        raise ApiError(403, "token_expired", "The page token has expired.") from exc
+    except TokenInvalid as exc:
         raise ApiError(404, "not_found", "No such conversation.") from exc
 
 
