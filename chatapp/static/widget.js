@@ -241,6 +241,8 @@
       this.post({ type: 'chatapp:setup', greeting, suggestions, close: true });
       this.root.classList.add('has-bar');
       for (const message of this.outbox.splice(0)) this.post(message);
+      // A focus asked before the chat listened (it loads its words first).
+      if (this.isOpen && this.wantsFocus) this.focusChat();
     }
 
     post(message) {
