@@ -135,6 +135,22 @@ def test_pages_have_no_wcag_violations(
     assert axe_violations(chat.page) == []
 
 
+def test_arabic_page_with_feedback_and_confirm_has_no_wcag_violations(
+    scheme_context: BrowserContext, openai_service: Any
+) -> None:
+    """Right to left, in light and dark, with the visitor's own controls open."""
+    chat = ChatPage(scheme_context.new_page(), openai_service.url).open("/?lang=ar")
+    assert axe_violations(chat.page) == []
+    converse(chat)
+    answer = chat.answers.last
+    answer.locator('[data-chatapp-feedback="down"]').click()
+    expect(answer.locator("[data-chatapp-feedback-form]")).to_be_visible()
+    assert axe_violations(chat.page) == []
+    chat.page.locator("[data-chatapp-delete]").click()
+    expect(chat.page.locator("[data-chatapp-confirm]")).to_be_visible()
+    assert axe_violations(chat.page) == []
+
+
 @pytest.fixture
 def widget_site(
     service_factory: ServiceFactory, fake_provider: FakeProvider
@@ -161,7 +177,7 @@ def test_open_widget_panel_has_no_wcag_violations(
     launcher.click()
     frame_locator = page.frame_locator("chatapp-widget iframe")
     frame_locator.locator("form[data-chatapp-form][data-ready]").wait_for()
-    frame = page.frame(url=lambda url: url.endswith("/embed"))
+    frame = page.frame(url=lambda url: "/embed" in url)
     assert frame is not None
     textarea = frame_locator.locator("form[data-chatapp-form] textarea")
     textarea.fill(Behaviour(text=ANSWER, delay_ms=2).as_directive())
