@@ -177,13 +177,14 @@ function chatapp_embed_shortcode( $atts = array() ): string {
 			. chatapp_embed_admin_notice( __( 'Chatapp: set the chatapp URL under Settings → Chatapp to show the chat here.', 'chatapp-embed' ) );
 	}
 
-	$src     = $base . '/embed';
+	// The chat speaks the site's language (its locale, e.g. de_DE).
+	$src     = $base . '/embed?lang=' . rawurlencode( get_locale() );
 	$notice  = '';
 	$loading = 'lazy';
 	if ( is_user_logged_in() ) {
 		$token = chatapp_embed_sso_token( wp_get_current_user() );
 		if ( '' !== $token ) {
-			$src .= '?sso=' . rawurlencode( $token );
+			$src .= '&sso=' . rawurlencode( $token );
 			// The SSO token lives minutes; a lazy frame far down the page could
 			// load after it expired and sign the user in anonymously.
 			$loading = 'eager';
@@ -255,6 +256,7 @@ function chatapp_embed_widget_tag(): string {
 			'src'        => esc_url_raw( $base . '/widget.js', array( 'http', 'https' ) ),
 			'defer'      => true,
 			'data-title' => __( 'AI chat', 'chatapp-embed' ),
+			'data-lang'  => get_locale(),
 		)
 	);
 }

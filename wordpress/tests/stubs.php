@@ -59,6 +59,7 @@ function chatapp_test_reset(): void {
 		'pages'           => array(),
 		'settings_errors' => array(),
 		'unique_id'       => 0,
+		'locale'          => 'en_US',
 	);
 }
 chatapp_test_reset();
@@ -137,6 +138,10 @@ function esc_html( $text ) {
 
 function esc_attr( $text ) {
 	return htmlspecialchars( (string) $text, ENT_QUOTES | ENT_SUBSTITUTE, 'UTF-8', false );
+}
+
+function get_locale() {
+	return $GLOBALS['chatapp_wp']['locale'];
 }
 
 function wp_allowed_protocols() {
