@@ -787,7 +787,8 @@ const feedback = {
       );
       buttons[rating].addEventListener('click', () => this.rate(answer, turnId, rating, buttons));
     }
-    actions.append(buttons.up, buttons.down);
+    // Before Copy, so that Copy stays one Shift+Tab from the message box.
+    answer.copy.before(buttons.up, buttons.down);
   },
 
   async rate(answer, turnId, rating, buttons, comment = undefined) {

@@ -64,7 +64,7 @@ export function formatDuration(totalSeconds, display = 'long') {
     const minutes = Math.floor((s % 3600) / 60);
     if (minutes) parts.push(unit(minutes, 'minute', display));
   }
-  return new Intl.ListFormat(language, { style: 'long', type: 'unit' }).format(parts);
+  return new Intl.ListFormat(language, { style: 'narrow', type: 'unit' }).format(parts);
 }
 
 /** The shortest way to say a wait: "5s", "3 min", "2h", for a button's badge. */
