@@ -169,7 +169,7 @@ function later(task) {
 function tableLabel(table) {
   const heads = [...table.querySelectorAll('thead th')].map((th) => th.textContent.trim()).filter(Boolean);
   if (heads.length === 0) return t('table.label');
-  const columns = new Intl.ListFormat(language, { style: 'narrow', type: 'unit' }).format(heads.slice(0, 3));
+  const columns = new Intl.ListFormat(language, { style: 'short', type: 'unit' }).format(heads.slice(0, 3));
   if (heads.length <= 3) return t('table.label_named', { columns });
   return t('table.label_more', { columns, n: heads.length - 3 });
 }
