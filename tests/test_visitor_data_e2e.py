@@ -1,8 +1,8 @@
 """The visitor's own data through real gunicorn: erase, export, feedback, replace.
 
-Every test runs twice: one service keeping state in memory, and two "hosts"
-(two gunicorn masters) sharing one real redis-server, where what one host
-erases must be gone from the other.
+Every test runs three times: one service keeping state in memory, and two
+"hosts" (two gunicorn masters) sharing one real redis-server or one Redis
+Cluster, where what one host erases must be gone from the other.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from tests.conftest import text_of
 from tests.conftest import wait_for
 from tests.fake_provider import Behaviour
 from tests.fake_provider import FakeProvider
+from tests.redis_topologies import RedisClusterSet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -40,7 +41,7 @@ class Hosts:
     b: Service
 
 
-@pytest.fixture(scope="module", params=["memory", "redis"])
+@pytest.fixture(scope="module", params=["memory", "redis", "cluster"])
 def hosts(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -58,9 +59,17 @@ def hosts(
         if request.param == "memory":
             one = factory(**settings)
             yield Hosts("memory", one, one)
-        else:
+        elif request.param == "redis":
             settings["CHATAPP_REDIS_URL"] = redis_server.url
             yield Hosts("redis", factory(**settings), factory(**settings))
+        else:
+            cluster = RedisClusterSet()
+            try:
+                settings["CHATAPP_REDIS_URL"] = cluster.start().url
+                yield Hosts("cluster", factory(**settings), factory(**settings))
+            finally:
+                factory.stop_all()
+                cluster.stop()
     finally:
         factory.stop_all()
 
