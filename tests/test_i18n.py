@@ -15,7 +15,7 @@ from chatapp import i18n
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "chatapp" / "static"
 SCRIPTS = [*sorted((STATIC / "chat").glob("*.js")), STATIC / "widget.js"]
-TEMPLATE = ROOT / "chatapp" / "templates" / "chat.html"
+TEMPLATES = sorted((ROOT / "chatapp" / "templates").glob("*.html"))
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
 # The plural categories Intl.PluralRules gives for each language's integers.
 PLURALS = {
@@ -78,7 +78,7 @@ def test_translations_keep_placeholders_and_plural_forms(lang: str) -> None:
 
 
 def sources() -> str:
-    return "\n".join(p.read_text("utf-8") for p in [*SCRIPTS, TEMPLATE])
+    return "\n".join(p.read_text("utf-8") for p in [*SCRIPTS, *TEMPLATES])
 
 
 def test_every_word_the_page_asks_for_is_in_the_catalogue() -> None:

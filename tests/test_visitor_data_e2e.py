@@ -455,3 +455,29 @@ def test_replace_last_needs_a_boolean(visitor: tuple[ChatClient, ChatClient]) ->
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "invalid_input"
+
+
+def test_feedback_comment_is_logged_masked_only_with_log_prompts(
+    service_factory: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    service = service_factory(
+        **openai_settings(
+            fake_provider, CHATAPP_LOG_LEVEL="info", CHATAPP_LOG_PROMPTS="1"
+        )
+    )
+    client = ChatClient(service.url)
+    turn, _ = client.answer("rate me")
+    comment = "Wrong. Write to me at jane.doe@example.com"
+    response = rate(client, turn.id, {"rating": "down", "comment": comment})
+    assert response.status_code == 204
+
+    def feedback_line() -> dict[str, object] | None:
+        for line in service.log_lines():
+            if line.startswith("{") and '"turn.feedback"' in line:
+                return dict(json.loads(line))
+        return None
+
+    found = wait_for(feedback_line, 10, "the feedback log line")
+    assert found["turn_id"] == turn.id
+    assert found["comment"] == "Wrong. Write to me at [email]"
+    assert "jane.doe@example.com" not in service.log()

@@ -29,7 +29,7 @@ def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
     st = state()
     origins = list(st.config["EMBED_ORIGINS"]) if embed else []
     token = st.signer.page_token(new_identity(wp_user))
-    lang = i18n.pick(request.args.get("lang"), request.accept_languages.best_match)
+    lang = _language()
     html = render_template(
         "chat.html",
         lang=lang,
@@ -46,6 +46,11 @@ def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
     response = _secured(Response(html, mimetype="text/html"), embed=embed)
     response.vary.add("Accept-Language")
     return response
+
+
+def _language() -> str:
+    """Pick the page's language: ?lang=, then Accept-Language, then English."""
+    return i18n.pick(request.args.get("lang"), request.accept_languages.best_match)
 
 
 def _secured(response: Response, *, embed: bool) -> Response:
@@ -77,8 +82,13 @@ def embed() -> Response:
         except SSOExpired:
             wp_user = None  # degrade to an anonymous visitor
         except SSOInvalid:
-            refusal = Response(
-                render_template("refused.html"), status=403, mimetype="text/html"
+            lang = _language()
+            html = render_template(
+                "refused.html",
+                lang=lang,
+                dir=i18n.direction(lang),
+                t=i18n.words_of(lang),
             )
+            refusal = Response(html, status=403, mimetype="text/html")
             return _secured(refusal, embed=True)
     return _page(embed=True, wp_user=wp_user)
