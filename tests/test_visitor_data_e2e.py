@@ -25,6 +25,8 @@ from tests.conftest import wait_for
 from tests.fake_provider import Behaviour
 from tests.fake_provider import FakeProvider
 from tests.redis_topologies import RedisClusterSet
+from tests.test_wordpress_embed import SECRET as WP_SECRET
+from tests.test_wordpress_embed import mint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 
@@ -53,6 +55,7 @@ def hosts(
         CHATAPP_SECRET_KEY=SECRET,
         CHATAPP_LOG_LEVEL="info",
         CHATAPP_API_ORIGINS=SITE,
+        CHATAPP_WP_SHARED_SECRET=WP_SECRET,
     )
     factory = ServiceFactory(tmp_path_factory.mktemp(f"visitor-{request.param}"))
     try:
@@ -208,6 +211,31 @@ def test_delete_everything_of_mine_on_every_host(
             assert get_conversation(client, turn.conversation_id).status_code == 404
     assert get_conversation(stranger, theirs.conversation_id).status_code == 200
     assert delete(on_a, "/api/conversations").status_code == 204  # nothing left: fine
+
+
+def test_delete_everything_of_a_wordpress_user_whatever_page_it_came_from(
+    hosts: Hosts, fake_provider: FakeProvider
+) -> None:
+    """A WordPress user is one identity across page renders, tabs and hosts."""
+    first_tab = ChatClient(hosts.a.url, token="pending")
+    first_tab.token = first_tab.page_token(f"/embed?sso={mint('77')}")
+    second_tab = ChatClient(hosts.b.url, token="pending")
+    second_tab.token = second_tab.page_token(f"/embed?sso={mint('77')}")
+    assert first_tab.token != second_tab.token
+    one, _ = first_tab.answer("from one tab")
+    two, _ = second_tab.answer("from another tab, on another host")
+    other_user = ChatClient(hosts.a.url, token="pending")
+    other_user.token = other_user.page_token(f"/embed?sso={mint('78')}")
+    theirs, _ = other_user.answer("another WordPress user")
+    anonymous = ChatClient(hosts.b.url)
+    visitors, _ = anonymous.answer("an anonymous visitor")
+
+    assert delete(first_tab, "/api/conversations").status_code == 204
+
+    for turn in (one, two):
+        assert get_conversation(second_tab, turn.conversation_id).status_code == 404
+    assert get_conversation(other_user, theirs.conversation_id).status_code == 200
+    assert get_conversation(anonymous, visitors.conversation_id).status_code == 200
 
 
 def test_delete_everything_needs_a_valid_token(
