@@ -252,7 +252,7 @@
     /** Send to the chat now, or once it is ready. */
     tell(message) {
       if (this.ready) this.post(message);
-      else this.outbox.push(message);
+      else this.outbox?.push(message); // none before the element is in the page
     }
 
     /** Open or close the panel. */

@@ -935,7 +935,7 @@ const host = {
       this.prefill(text);
       return;
     }
-    startTurn(text.trim().slice(0, config.maxChars * 2));
+    startTurn(text.trim()); // too long: refused and handed back like a typed one
   },
 
   prefill(text) {
