@@ -55,7 +55,9 @@ ANSWER = (
 WIDGET_HOST = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>A shop</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<script src="{chat}/widget.js" defer data-title="Ask us"></script>
+<script src="{chat}/widget.js" defer data-title="Ask us"
+        data-greeting="Hello! Ask me about this shop."
+        data-suggestions="Do you ship abroad? | What does delivery cost?"></script>
 </head><body><main><h1>A shop</h1></main></body></html>"""
 
 
@@ -179,6 +181,9 @@ def test_open_widget_panel_has_no_wcag_violations(
     frame_locator.locator("form[data-chatapp-form][data-ready]").wait_for()
     frame = page.frame(url=lambda url: "/embed" in url)
     assert frame is not None
+    # The greeting and the suggested questions, before the visitor writes.
+    expect(frame_locator.locator("[data-chatapp-suggestion]")).to_have_count(2)
+    assert axe_violations(frame) == []
     textarea = frame_locator.locator("form[data-chatapp-form] textarea")
     textarea.fill(Behaviour(text=ANSWER, delay_ms=2).as_directive())
     textarea.press("Enter")
