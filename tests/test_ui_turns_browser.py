@@ -436,3 +436,45 @@ def test_the_length_counter_is_announced_at_its_thresholds(chat: ChatPage) -> No
     spoken = chat.spoken()
     assert len([text for text in spoken if "characters" in text]) == 2
     chat.assert_clean()
+
+
+def test_a_refused_edit_still_replaces_when_sent_again(chat: ChatPage) -> None:
+    chat.open()
+    posts = watch_posts(chat)
+    chat.send(fake("First."))
+    chat.wait_answer_finished()
+    chat.send(fake("Second."))
+    chat.wait_answer_finished()
+    refused: list[int] = []
+
+    def refuse_once(route: Route) -> None:
+        if refused:
+            route.continue_()
+            return
+        refused.append(1)
+        body = {"error": {"code": "invalid_input", "message": "no"}}
+        route.fulfill(
+            status=400, content_type="application/json", body=json.dumps(body)
+        )
+
+    chat.page.route("**/api/chat", refuse_once)
+    chat.page.get_by_role("button", name="Edit your last message").click()
+    chat.textarea.fill(fake("Second, edited."))
+    chat.textarea.press("Enter")
+    # Handed back for editing; sent again, it still replaces.
+    expect(chat.textarea).to_have_value(fake("Second, edited."))
+    chat.textarea.press("Enter")
+    chat.wait_answer_finished()
+    expect(chat.answers.last.locator(".msg__body")).to_have_text("Second, edited.")
+
+    assert [p.get("replace_last") for p in posts[2:]] == [True, True]
+    assert history(chat) == [
+        ("user", fake("First.")),
+        ("assistant", "First."),
+        ("user", fake("Second, edited.")),
+        ("assistant", "Second, edited."),
+    ]
+    assert history(chat) == [
+        pair for pair in shown(chat) if pair[0] in ("user", "assistant")
+    ]
+    chat.assert_clean(allow=(FAILED_LOAD,))

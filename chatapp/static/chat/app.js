@@ -297,9 +297,11 @@ function refuse(turn, err) {
   }
   const refusal = describeRefusal(err);
   if (refusal.editable) {
-    // Nothing was accepted: hand the text back for editing.
+    // Nothing was accepted: hand the text back for editing. A refused
+    // Regenerate or Edit still replaces the last exchange when sent again.
     thread.remove(turn.userNode);
     composer.restore(turn.text);
+    if (turn.replaceLast) composer.editing = { replace: true };
   }
   let action = null;
   if (refusal.retry) {
@@ -511,7 +513,7 @@ const followUps = {
 
 const composer = {
   busy: false,
-  editing: null, // after Edit: {userNode, answerNode} that the next send replaces
+  editing: null, // after Edit: {userNode, answerNode} (or {replace: true}) that the next send replaces
   restoring: false,
   waitUntil: 0, // a refusal's Retry-After: no sending before this (ms epoch)
   waitTimer: 0,
@@ -599,7 +601,8 @@ const composer = {
     this.update();
     const { editing } = this;
     this.editing = null;
-    if (editing?.userNode?.isConnected && editing.userNode === followUps.lastUser() && conversation.id) {
+    const stillLast = editing?.userNode?.isConnected && editing.userNode === followUps.lastUser();
+    if (editing && conversation.id && (editing.replace || stillLast)) {
       followUps.withdraw();
       thread.remove(editing.answerNode);
       thread.remove(editing.userNode);
