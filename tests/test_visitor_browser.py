@@ -156,3 +156,19 @@ def test_new_chat_still_offers_undo(chat: ChatPage) -> None:
     chat.page.locator("[data-chatapp-undo] button").click()
     expect(chat.answers).to_have_count(1)
     expect(chat.page.locator("[data-chatapp-delete]")).to_be_visible()
+
+
+def test_a_restored_answer_can_be_rated_after_a_reload(chat: ChatPage) -> None:
+    chat.open()
+    answered(chat, "Rate me later.")
+    chat.reload()
+    sent = watch_feedback(chat)
+    answer = chat.answers.last
+    expect(answer.locator(".msg__body")).to_have_text("Rate me later.")
+    up = answer.locator('[data-chatapp-feedback="up"]')
+    with chat.page.expect_response(lambda r: r.url.endswith("/feedback")) as info:
+        up.click()
+    assert info.value.status == 204
+    expect(up).to_have_attribute("aria-pressed", "true")
+    assert sent == [{"rating": "up"}]
+    chat.assert_clean()

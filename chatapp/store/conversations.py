@@ -21,6 +21,7 @@ class StoredMessage:
     role: str
     content: str
     created_at: float
+    turn_id: str | None = None  # on an answer: the turn that wrote it
 
 
 class History(Protocol):

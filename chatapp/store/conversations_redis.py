@@ -36,9 +36,10 @@ def _conv(conversation_id: str) -> str:
 
 
 def _encode(message: StoredMessage) -> str:
-    return json.dumps(
-        {"role": message.role, "content": message.content, "at": message.created_at}
-    )
+    value = {"role": message.role, "content": message.content, "at": message.created_at}
+    if message.turn_id is not None:
+        value["turn"] = message.turn_id
+    return json.dumps(value)
 
 
 class RedisHistory:
@@ -94,7 +95,11 @@ class RedisHistory:
         out = []
         for item in items:
             value: dict[str, Any] = json.loads(item)
-            out.append(StoredMessage(value["role"], value["content"], value["at"]))
+            out.append(
+                StoredMessage(
+                    value["role"], value["content"], value["at"], value.get("turn")
+                )
+            )
         return out
 
     def claim_idempotency(self, key: str, value: str, ttl: float) -> str | None:

@@ -292,7 +292,8 @@ def close_turn(
             text = scrub(text)
         try:
             parts.history.append(
-                info.conversation_id, StoredMessage("assistant", text, time.time())
+                info.conversation_id,
+                StoredMessage("assistant", text, time.time(), info.id),
             )
         except StoreError:
             log.exception("turn %s: could not store its answer", info.id)

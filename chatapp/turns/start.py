@@ -88,10 +88,13 @@ def conversation_messages(
 ) -> list[dict[str, Any]]:
     """Return a conversation's messages to its owner; 404 for anyone else."""
     check_conversation(history, identity, conversation_id)
-    return [
-        {"role": m.role, "content": m.content, "created_at": m.created_at}
-        for m in history.messages(conversation_id)
-    ]
+    out: list[dict[str, Any]] = []
+    for m in history.messages(conversation_id):
+        message = {"role": m.role, "content": m.content, "created_at": m.created_at}
+        if m.turn_id is not None:
+            message["turn_id"] = m.turn_id  # lets the page rate a restored answer
+        out.append(message)
+    return out
 
 
 def start_turn(

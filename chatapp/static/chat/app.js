@@ -677,7 +677,11 @@ async function restoreConversation() {
     const nodes = [];
     for (const message of history.messages ?? []) {
       if (message.role === 'user') nodes.push(userMessage(message.content));
-      else if (message.role === 'assistant') nodes.push(new AssistantMessage({ text: message.content, finished: true }).node);
+      else if (message.role === 'assistant') {
+        const answer = new AssistantMessage({ text: message.content, finished: true });
+        if (typeof message.turn_id === 'string') feedback.attach(answer, message.turn_id);
+        nodes.push(answer.node);
+      }
     }
     ui.log.append(...nodes);
     thread.update();
