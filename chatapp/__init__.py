@@ -90,11 +90,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from chatapp.web import ops
     from chatapp.web import pages
     from chatapp.web import spend
+    from chatapp.web import visitor
     from chatapp.web import widget
 
     app.register_blueprint(pages.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(knowledge.bp)  # /api/knowledge/documents
+    app.register_blueprint(visitor.bp)  # the visitor's own data
     app.register_blueprint(ops.bp)
     app.register_blueprint(openapi.bp)  # GET /api/openapi.json
     app.register_blueprint(widget.bp)  # GET /widget.js

@@ -98,7 +98,10 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
             orphan=config["ORPHAN_SECONDS"],
         )
         history = RedisHistory(
-            redis_client, config["HISTORY_TTL"], turn_seconds=turn_seconds
+            redis_client,
+            config["HISTORY_TTL"],
+            turn_seconds=turn_seconds,
+            grace=config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"],
         )
     else:
         events = MemoryEventLog()

@@ -124,6 +124,14 @@ class Metrics:
             ["provider", "model", "reason"],
             registry=r,
         )
+        self._feedback = Counter(
+            "chatapp_feedback",
+            "Ratings of answers by visitors, by rating.",
+            ["rating"],
+            registry=r,
+        )
+        for rating in ("up", "down"):
+            self._feedback.labels(rating)
         self._active = Gauge(
             "chatapp_active_turns",
             "Turns generating now.",
@@ -205,6 +213,9 @@ class Metrics:
 
     def refused(self, code: str) -> None:
         self._refusals.labels(code).inc()
+
+    def feedback(self, rating: str) -> None:
+        self._feedback.labels(rating).inc()
 
     def storage_error(self) -> None:
         self._storage_errors.inc()

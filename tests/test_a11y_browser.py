@@ -55,7 +55,9 @@ ANSWER = (
 WIDGET_HOST = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>A shop</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<script src="{chat}/widget.js" defer data-title="Ask us"></script>
+<script src="{chat}/widget.js" defer data-title="Ask us"
+        data-greeting="Hello! Ask me about this shop."
+        data-suggestions="Do you ship abroad? | What does delivery cost?"></script>
 </head><body><main><h1>A shop</h1></main></body></html>"""
 
 
@@ -135,6 +137,22 @@ def test_pages_have_no_wcag_violations(
     assert axe_violations(chat.page) == []
 
 
+def test_arabic_page_with_feedback_and_confirm_has_no_wcag_violations(
+    scheme_context: BrowserContext, openai_service: Any
+) -> None:
+    """Right to left, in light and dark, with the visitor's own controls open."""
+    chat = ChatPage(scheme_context.new_page(), openai_service.url).open("/?lang=ar")
+    assert axe_violations(chat.page) == []
+    converse(chat)
+    answer = chat.answers.last
+    answer.locator('[data-chatapp-feedback="down"]').click()
+    expect(answer.locator("[data-chatapp-feedback-form]")).to_be_visible()
+    assert axe_violations(chat.page) == []
+    chat.page.locator("[data-chatapp-delete]").click()
+    expect(chat.page.locator("[data-chatapp-confirm]")).to_be_visible()
+    assert axe_violations(chat.page) == []
+
+
 @pytest.fixture
 def widget_site(
     service_factory: ServiceFactory, fake_provider: FakeProvider
@@ -163,6 +181,9 @@ def test_open_widget_panel_has_no_wcag_violations(
     frame_locator.locator("form[data-chatapp-form][data-ready]").wait_for()
     frame = page.frame(url=lambda url: url.split("?")[0].endswith("/embed"))
     assert frame is not None
+    # The greeting and the suggested questions, before the visitor writes.
+    expect(frame_locator.locator("[data-chatapp-suggestion]")).to_have_count(2)
+    assert axe_violations(frame) == []
     textarea = frame_locator.locator("form[data-chatapp-form] textarea")
     textarea.fill(Behaviour(text=ANSWER, delay_ms=2).as_directive())
     textarea.press("Enter")

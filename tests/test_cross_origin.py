@@ -89,7 +89,8 @@ def test_a_preflight_from_a_listed_origin_is_answered(client: Any) -> None:
 
     assert response.status_code == 204
     _assert_cors(response, SHOP)
-    assert response.headers["Access-Control-Allow-Methods"] == "GET, POST, OPTIONS"
+    methods = response.headers["Access-Control-Allow-Methods"]
+    assert methods == "GET, POST, DELETE, OPTIONS"
     allowed = {
         h.strip() for h in response.headers["Access-Control-Allow-Headers"].split(",")
     }

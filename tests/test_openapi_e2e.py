@@ -160,6 +160,8 @@ CHAT = "/api/chat"
 EVENTS = "/api/chat/{turn_id}/events"
 CANCEL = "/api/chat/{turn_id}/cancel"
 CONVERSATION = "/api/conversations/{conversation_id}"
+CONVERSATIONS = "/api/conversations"
+FEEDBACK = "/api/chat/{turn_id}/feedback"
 TOKEN = "/api/token"
 CHALLENGE = "/api/challenge"
 
@@ -274,6 +276,74 @@ CASES: dict[str, Case] = {
         ),
         "GET",
         CONVERSATION,
+    ),
+    "conversation 200 markdown": lambda c: (
+        c.http.get(
+            c.base_url + f"/api/conversations/{c.answer('hi')[0].conversation_id}",
+            params={"token": c.token, "format": "markdown"},
+            timeout=10,
+        ),
+        "GET",
+        CONVERSATION,
+    ),
+    "delete 204 one": lambda c: (
+        c.http.delete(
+            c.base_url + f"/api/conversations/{c.answer('hi')[0].conversation_id}",
+            headers={"X-Chat-Token": c.token},
+            timeout=10,
+        ),
+        "DELETE",
+        CONVERSATION,
+    ),
+    "delete 404 one": lambda c: (
+        c.http.delete(
+            c.base_url + "/api/conversations/unknown-conversation",
+            headers={"X-Chat-Token": c.token},
+            timeout=10,
+        ),
+        "DELETE",
+        CONVERSATION,
+    ),
+    "delete 204 everything": lambda c: (
+        c.http.delete(
+            c.base_url + CONVERSATIONS, headers={"X-Chat-Token": c.token}, timeout=10
+        ),
+        "DELETE",
+        CONVERSATIONS,
+    ),
+    "delete 403 everything": lambda c: (
+        c.http.delete(
+            c.base_url + CONVERSATIONS, headers={"X-Chat-Token": "forged"}, timeout=10
+        ),
+        "DELETE",
+        CONVERSATIONS,
+    ),
+    "feedback 204": lambda c: (
+        c.http.post(
+            c.base_url + f"/api/chat/{c.answer('hi')[0].id}/feedback",
+            json={"rating": "down", "comment": "Too short.", "token": c.token},
+            timeout=10,
+        ),
+        "POST",
+        FEEDBACK,
+    ),
+    "feedback 400": lambda c: (
+        c.http.post(
+            c.base_url + f"/api/chat/{c.answer('hi')[0].id}/feedback",
+            json={"rating": "meh", "token": c.token},
+            timeout=10,
+        ),
+        "POST",
+        FEEDBACK,
+    ),
+    "feedback 404": lambda c: (
+        c.http.post(
+            c.base_url + "/api/chat/unknown-turn-id/feedback",
+            json={"rating": "up", "token": c.token},
+            timeout=10,
+        ),
+        "POST",
+        FEEDBACK,
     ),
     "token 200": lambda c: (
         c.http.post(c.base_url + TOKEN, json={"token": c.token}, timeout=10),

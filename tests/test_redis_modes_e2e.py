@@ -166,6 +166,9 @@ def _assert_keys_keep_to_their_slots(cluster: RedisClusterSet) -> None:
     families = (
         "chatapp:t:",
         "chatapp:c:",
+        "chatapp:cm:",  # a conversation's turns and feedback
+        "chatapp:tc:",  # a turn's conversation
+        "chatapp:oc:",  # an identity's conversations
         "chatapp:idem:",
         "chatapp:answer:",
         "chatapp:worker:",
@@ -193,6 +196,11 @@ def _assert_keys_keep_to_their_slots(cluster: RedisClusterSet) -> None:
             turns.setdefault(turn_id, set()).add(cluster.slot_of(key))
     # A turn's keys (stream, cancel flag, reader mark) share one slot.
     assert turns and all(len(slots) == 1 for slots in turns.values())
+    # A conversation's messages and its turns and feedback share one slot.
+    for key in keys:
+        if key.startswith("chatapp:cm:"):
+            messages = "chatapp:c:" + key.removeprefix("chatapp:cm:")
+            assert cluster.slot_of(key) == cluster.slot_of(messages), key
     # Redis Cluster refuses any command that names keys of two slots
     # (CROSSSLOT) and fails a script that touches a key off its node: no
     # command of the session was refused or failed. (A new connection's HELLO

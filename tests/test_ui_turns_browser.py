@@ -1,10 +1,12 @@
 """Regenerate, edit, refusals without chatter and the accessibility polish,
 in headless Chromium against the service under real gunicorn.
 
-Regenerate and Edit are new turns through the same `POST /api/chat`: the
-same conversation, a new Idempotency-Key, and the server's history in the
-order the page shows. Live regions say each thing once: never the person's
-own message, "Stopped" once, no ticking countdown.
+Regenerate and Edit are new turns through the same `POST /api/chat` with
+`replace_last`: the same conversation, a new Idempotency-Key, the last
+exchange replaced (the question shown and stored once, the discarded answer
+never sent upstream), and the server's history in the order the page shows.
+Live regions say each thing once: never the person's own message, "Stopped"
+once, no ticking countdown.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from playwright.sync_api import expect
 from tests.browser import ChatPage
 from tests.browser import new_context
 from tests.fake_provider import Behaviour
+from tests.fake_provider import FakeProvider
 
 pytestmark = pytest.mark.browser
 
@@ -83,28 +86,49 @@ def shown(chat: ChatPage) -> list[tuple[str, str]]:
 # -- regenerate and edit ----------------------------------------------------
 
 
-def test_regenerate_is_a_new_turn_in_the_same_conversation(chat: ChatPage) -> None:
+def test_regenerate_replaces_the_answer_and_never_sends_the_discarded_one(
+    chat: ChatPage, fake_provider: FakeProvider
+) -> None:
     chat.open()
     posts = watch_posts(chat)
     question = fake("An answer.")
+    fake_provider.enqueue(Behaviour(text="The discarded answer."))
     chat.send(question)
     chat.wait_answer_finished()
+    assert chat.answer_text() == "The discarded answer."
     regenerate = chat.page.locator("[data-chatapp-regenerate]")
     expect(regenerate).to_have_count(1)
     expect(chat.answers.last.locator("[data-chatapp-regenerate]")).to_be_visible()
     expect(regenerate).to_have_accessible_name("Regenerate")
 
     regenerate.click()
+    expect(chat.answers).to_have_count(1)
     chat.wait_answer_finished()
-    expect(chat.answers).to_have_count(2)
+    expect(chat.answers.last.locator(".msg__body")).to_have_text("An answer.")
 
     assert len(posts) == 2
     assert posts[1]["message"] == question
     assert posts[1]["conversation_id"] == chat.stored_state()["conversationId"]  # type: ignore[index]
+    assert posts[1]["replace_last"] is True
     assert posts[0]["key"] != posts[1]["key"]
-    # The server appends; the page shows the same order.
-    assert history(chat) == shown(chat)
-    assert [role for role, _ in shown(chat)] == ["user", "assistant"] * 2
+    # The question once, on the page and on the server, in the same order.
+    assert (
+        history(chat)
+        == shown(chat)
+        == [
+            ("user", question),
+            ("assistant", "An answer."),
+        ]
+    )
+    expect(chat.messages("user")).to_have_count(1)
+    # The model was asked the question alone: never its discarded answer.
+    upstream = fake_provider.wait_for_requests(2)[1].body
+    assert upstream is not None
+    sent = json.dumps(upstream["messages"])
+    assert "The discarded answer." not in sent
+    assert [m["role"] for m in upstream["messages"] if m["role"] != "system"] == [
+        "user"
+    ]
     # Still exactly one Regenerate and one Edit: on the newest messages.
     expect(regenerate).to_have_count(1)
     expect(chat.answers.last.locator("[data-chatapp-regenerate]")).to_have_count(1)
@@ -127,7 +151,7 @@ def test_regenerate_after_stop(chat: ChatPage) -> None:
     expect(answer).to_have_attribute("data-state", "stopped")
 
     answer.locator("[data-chatapp-regenerate]").click()
-    expect(chat.answers).to_have_count(2)
+    expect(chat.answers).to_have_count(1)
     expect(chat.answers.last).to_contain_text("word3")
     chat.stop_button.click()
     chat.wait_answer_finished()
@@ -144,7 +168,8 @@ def test_regenerate_after_an_error_in_the_middle(chat: ChatPage) -> None:
 
     answer.locator("[data-chatapp-regenerate]").click()
     chat.wait_answer_finished()
-    expect(chat.answers).to_have_count(2)
+    expect(chat.answers).to_have_count(1)
+    expect(chat.messages("user")).to_have_count(1)
     chat.assert_clean()
 
 
@@ -171,8 +196,19 @@ def test_edit_puts_the_last_message_back_and_sends_it_as_a_new_turn(
     assert chat.answer_text() == "Second, edited."
     assert len(posts) == 3
     assert posts[2]["conversation_id"] == posts[1]["conversation_id"]
+    assert posts[2]["replace_last"] is True
     assert len({post["key"] for post in posts}) == 3
-    assert history(chat) == shown(chat)
+    # The edited question replaced the last exchange, here and on the server.
+    assert (
+        history(chat)
+        == shown(chat)
+        == [
+            ("user", fake("First.")),
+            ("assistant", "First."),
+            ("user", fake("Second, edited.")),
+            ("assistant", "Second, edited."),
+        ]
+    )
     chat.assert_clean()
 
 
@@ -400,3 +436,45 @@ def test_the_length_counter_is_announced_at_its_thresholds(chat: ChatPage) -> No
     spoken = chat.spoken()
     assert len([text for text in spoken if "characters" in text]) == 2
     chat.assert_clean()
+
+
+def test_a_refused_edit_still_replaces_when_sent_again(chat: ChatPage) -> None:
+    chat.open()
+    posts = watch_posts(chat)
+    chat.send(fake("First."))
+    chat.wait_answer_finished()
+    chat.send(fake("Second."))
+    chat.wait_answer_finished()
+    refused: list[int] = []
+
+    def refuse_once(route: Route) -> None:
+        if refused:
+            route.continue_()
+            return
+        refused.append(1)
+        body = {"error": {"code": "invalid_input", "message": "no"}}
+        route.fulfill(
+            status=400, content_type="application/json", body=json.dumps(body)
+        )
+
+    chat.page.route("**/api/chat", refuse_once)
+    chat.page.get_by_role("button", name="Edit your last message").click()
+    chat.textarea.fill(fake("Second, edited."))
+    chat.textarea.press("Enter")
+    # Handed back for editing; sent again, it still replaces.
+    expect(chat.textarea).to_have_value(fake("Second, edited."))
+    chat.textarea.press("Enter")
+    chat.wait_answer_finished()
+    expect(chat.answers.last.locator(".msg__body")).to_have_text("Second, edited.")
+
+    assert [p.get("replace_last") for p in posts[2:]] == [True, True]
+    assert history(chat) == [
+        ("user", fake("First.")),
+        ("assistant", "First."),
+        ("user", fake("Second, edited.")),
+        ("assistant", "Second, edited."),
+    ]
+    assert history(chat) == [
+        pair for pair in shown(chat) if pair[0] in ("user", "assistant")
+    ]
+    chat.assert_clean(allow=(FAILED_LOAD,))

@@ -168,6 +168,15 @@ def test_forged_sso_gets_a_403_page(
     assert response.headers["Content-Type"].startswith("text/html")
     assert "chatapp-token" not in response.text
     assert "Traceback" not in response.text
+    # In the site's language, like the chat it stands in for.
+    german = requests.get(
+        service.url + "/embed",
+        params={"sso": forge(mint()), "lang": "de_DE"},
+        timeout=10,
+    )
+    assert german.status_code == 403
+    assert '<html lang="de" dir="ltr">' in german.text
+    assert "Anmeldung abgelehnt" in german.text
     # The refusal is framed where the chat is, under the same strict policy.
     page = requests.get(service.url + "/embed", timeout=10).headers
     policy = response.headers["Content-Security-Policy"]

@@ -4,7 +4,12 @@
  * Adds one <chatapp-widget> element whose open shadow root holds a launcher
  * button and a panel with an iframe of chatapp's /embed (created on first
  * open). Options are data-* attributes on the script tag: data-title,
- * data-position ("right" or "left"), data-open. No dependencies, no globals
+ * data-position ("right" or "left"), data-open, data-lang, data-greeting and
+ * data-suggestions ("|"-separated starter questions). The host page drives
+ * it through the element: open(), close(), toggle(), prefill(text) and
+ * ask(text); it dispatches chatapp:open, chatapp:close and chatapp:answer
+ * (detail {turn_id, conversation_id}) on itself. Messages to and from the
+ * frame name chatapp's origin and check it. No dependencies, no globals
  * (the custom element is the only name it registers), no inline style: the
  * styles are a constructed stylesheet, so a host page whose CSP allows only
  * chatapp's origin for scripts and frames works as it is. The host page's
@@ -17,6 +22,17 @@
   // One widget per page, however many script tags load this file.
   if (!script || !window.customElements || customElements.get('chatapp-widget')) return;
 
+  // The words of every language, filled in from chatapp's catalogues when
+  // this script is served.
+  const WORDS = {};
+  const ALIASES = { no: 'nb', nn: 'nb' };
+  // The chat's language: data-lang, else the host page's own <html lang>.
+  const lang = (script.dataset.lang || document.documentElement.lang || '').trim();
+  const primary = lang.split(/[-_]/)[0].toLowerCase();
+  const ours = ALIASES[primary] || primary;
+  const words = WORDS[ours] || WORDS.en || { title: 'Chat', close: 'Close chat', close_title: 'Close (Esc)' };
+  const RTL = new Set(['ar']);
+
   const embedUrl = new URL('embed', script.src);
   // The page the visitor reads goes to the chat as page_url (site knowledge
   // favours it), when it is a web page of a sensible length.
@@ -26,8 +42,11 @@
     if (/^https?:/.test(page) && page.length <= 2048) framed.searchParams.set('page_url', page);
     return framed;
   };
+  if (lang) embedUrl.searchParams.set('lang', lang);
   const chatOrigin = embedUrl.origin;
-  const title = (script.dataset.title || '').trim() || 'Chat';
+  const title = (script.dataset.title || '').trim() || words.title;
+  const greeting = (script.dataset.greeting || '').trim();
+  const suggestions = (script.dataset.suggestions || '').split('|').map((q) => q.trim()).filter(Boolean);
   const position = script.dataset.position === 'left' ? 'left' : 'right';
   const openAtFirst = 'open' in script.dataset && script.dataset.open !== 'false';
   // Per tab and site: open stays open across the site's page navigations.
@@ -89,6 +108,7 @@
       box-shadow: 0 12px 40px rgb(0 0 0 / 0.3);
     }
     .panel[hidden] { display: none; }
+    .root.has-bar .head { display: none; }
     [data-position="right"] .launcher, [data-position="right"] .panel { right: 20px; }
     [data-position="left"] .launcher, [data-position="left"] .panel { left: 20px; }
     .head {
@@ -178,14 +198,21 @@
         },
         icon('chat'),
       );
-      this.closer = el('button', { type: 'button', class: 'close', 'aria-label': 'Close chat', title: 'Close (Esc)' }, icon('close'));
+      this.closer = el('button', { type: 'button', class: 'close', 'aria-label': words.close, title: words.close_title }, icon('close'));
       this.panel = el(
         'section',
         { id: 'chatapp-panel', class: 'panel', role: 'dialog', 'aria-labelledby': 'chatapp-title', hidden: '' },
         el('div', { class: 'head' }, el('h2', { id: 'chatapp-title', class: 'title' }, title), this.closer),
       );
       this.frame = null;
-      this.root = el('div', { class: 'root', 'data-position': position }, this.panel, this.launcher);
+      this.root = el(
+        'div',
+        { class: 'root', 'data-position': position, dir: RTL.has(ours) ? 'rtl' : 'ltr', lang: ours in WORDS ? ours : 'en' },
+        this.panel,
+        this.launcher,
+      );
+      this.outbox = []; // messages for the chat, sent once it says it is ready
+      this.ready = false;
       root.append(this.root);
 
       this.launcher.addEventListener('click', () => (this.isOpen ? this.close() : this.open()));
@@ -197,9 +224,15 @@
         }
       });
       window.addEventListener('message', (event) => {
-        // Only chatapp's own frame may ask to close: Esc pressed inside it.
+        // Only chatapp's own frame speaks here: its origin, its window.
         if (event.origin !== chatOrigin || !this.frame || event.source !== this.frame.contentWindow) return;
-        if (event.data?.type === 'chatapp:close' && this.isOpen) this.close();
+        const data = event.data;
+        if (data?.type === 'chatapp:close' && this.isOpen) this.close();
+        else if (data?.type === 'chatapp:ready') this.chatReady();
+        else if (data?.type === 'chatapp:answer') {
+          const detail = { turn_id: String(data.turn_id), conversation_id: String(data.conversation_id) };
+          this.dispatchEvent(new CustomEvent('chatapp:answer', { detail }));
+        }
       });
       const open = remembered() ?? openAtFirst;
       if (open) this.open({ focus: false });
@@ -209,8 +242,50 @@
       return Boolean(this.panel && !this.panel.hidden);
     }
 
+    /** The chat in the frame is ready: set it up and send what waited. */
+    chatReady() {
+      this.ready = true;
+      // The chat's own bar (with its close button) replaces this title bar.
+      this.post({ type: 'chatapp:setup', greeting, suggestions, close: true });
+      this.root.classList.add('has-bar');
+      for (const message of this.outbox.splice(0)) this.post(message);
+      // A focus asked before the chat listened (it loads its words first).
+      if (this.isOpen && this.wantsFocus) this.focusChat();
+    }
+
+    post(message) {
+      this.frame?.contentWindow?.postMessage(message, chatOrigin);
+    }
+
+    /** Send to the chat now, or once it is ready. */
+    tell(message) {
+      if (this.ready) this.post(message);
+      else this.outbox?.push(message); // none before the element is in the page
+    }
+
+    /** Open or close the panel. */
+    toggle() {
+      if (this.isOpen) this.close();
+      else this.open();
+    }
+
+    /** Open the panel with `text` in the message box, not sent. */
+    prefill(text) {
+      this.open();
+      this.tell({ type: 'chatapp:prefill', text: String(text ?? '') });
+    }
+
+    /** Open the panel and send `text` as the visitor's message. */
+    ask(text) {
+      const message = String(text ?? '').trim();
+      this.open();
+      if (message) this.tell({ type: 'chatapp:ask', text: message });
+    }
+
     /** Open the panel, creating the chat frame the first time. */
     open({ focus = true } = {}) {
+      if (!this.panel) return; // not in the page yet
+      const wasOpen = this.isOpen;
       if (!this.frame) {
         this.frame = el('iframe', { src: withHostPage(embedUrl).href, title, allow: 'clipboard-write' });
         this.frame.addEventListener('load', () => {
@@ -225,6 +300,7 @@
       remember(true);
       this.wantsFocus = focus;
       if (focus) this.focusChat();
+      if (!wasOpen) this.dispatchEvent(new CustomEvent('chatapp:open'));
     }
 
     focusChat() {
@@ -236,12 +312,14 @@
 
     /** Close the panel and give the keyboard back to the launcher. */
     close() {
+      if (!this.isOpen) return;
       this.panel.hidden = true;
       this.root.classList.remove('is-open');
       this.launcher.setAttribute('aria-expanded', 'false');
       this.wantsFocus = false;
       remember(false);
       this.launcher.focus();
+      this.dispatchEvent(new CustomEvent('chatapp:close'));
     }
   }
 

@@ -71,12 +71,38 @@ class History(Protocol):
     def cache_answer(self, key: str, value: str, ttl: float) -> None:
         """Keep an answer under `key` for `ttl` seconds."""
 
+    def remember_turn(self, conversation_id: str, owner: str, turn_id: str) -> None:
+        """Index a turn under its conversation, and the conversation under its owner."""
+
+    def turns(self, conversation_id: str) -> list[str]:
+        """Return the ids of the conversation's turns, oldest first."""
+
+    def conversation_of(self, turn_id: str) -> str | None:
+        """Return the conversation a turn belongs to, while both live."""
+
+    def conversations_of(self, owner: str) -> list[str]:
+        """Return the ids of every live conversation of `owner`."""
+
+    def set_feedback(self, conversation_id: str, turn_id: str, value: str) -> None:
+        """Keep a turn's feedback with its conversation, replacing an earlier one."""
+
+    def feedback(self, conversation_id: str) -> dict[str, str]:
+        """Return the conversation's feedback by turn id."""
+
+    def drop_last_exchange(self, conversation_id: str) -> None:
+        """Remove the last user message and every message after it."""
+
+    def delete(self, conversation_id: str, owner: str) -> None:
+        """Forget a conversation: its messages, turns, feedback and index entry."""
+
 
 @dataclass
 class _Conversation:
     owner: str
     expires_at: float
     messages: list[StoredMessage] = field(default_factory=list)
+    turns: list[str] = field(default_factory=list)
+    feedback: dict[str, str] = field(default_factory=dict)
 
 
 class MemoryHistory:
@@ -96,6 +122,7 @@ class MemoryHistory:
         self._clock = clock
         self._conversations: dict[str, _Conversation] = {}
         self._keys: dict[str, tuple[str, float]] = {}
+        self._owners: dict[str, set[str]] = {}
         self._next_sweep = 0.0
 
     def _sweep(self) -> float:
@@ -105,7 +132,7 @@ class MemoryHistory:
             for cid in [
                 c for c, v in self._conversations.items() if v.expires_at <= now
             ]:
-                del self._conversations[cid]
+                self._forget(cid)
             for key in [k for k, (_, exp) in self._keys.items() if exp <= now]:
                 del self._keys[key]
         return now
@@ -168,3 +195,62 @@ class MemoryHistory:
 
     def cache_answer(self, key: str, value: str, ttl: float) -> None:
         self._keys["answer|" + key] = (value, self._sweep() + ttl)
+
+    def _forget(self, conversation_id: str) -> None:
+        conversation = self._conversations.pop(conversation_id, None)
+        if conversation is None:
+            return
+        for turn_id in conversation.turns:
+            self._keys.pop("turn|" + turn_id, None)
+        mine = self._owners.get(conversation.owner)
+        if mine is not None:
+            mine.discard(conversation_id)
+            if not mine:
+                del self._owners[conversation.owner]
+
+    def remember_turn(self, conversation_id: str, owner: str, turn_id: str) -> None:
+        conversation = self._get(conversation_id)
+        if conversation is None:
+            return
+        conversation.turns.append(turn_id)
+        self._owners.setdefault(owner, set()).add(conversation_id)
+        # Lives as long as its conversation: forgotten with it, never before.
+        self._keys["turn|" + turn_id] = (conversation_id, float("inf"))
+
+    def turns(self, conversation_id: str) -> list[str]:
+        conversation = self._get(conversation_id)
+        return list(conversation.turns) if conversation else []
+
+    def conversation_of(self, turn_id: str) -> str | None:
+        now = self._sweep()
+        held = self._keys.get("turn|" + turn_id)
+        if held is None or held[1] <= now or self._get(held[0]) is None:
+            return None
+        return held[0]
+
+    def conversations_of(self, owner: str) -> list[str]:
+        mine = self._owners.get(owner, set())
+        return [cid for cid in sorted(mine) if self._get(cid) is not None]
+
+    def set_feedback(self, conversation_id: str, turn_id: str, value: str) -> None:
+        conversation = self._get(conversation_id)
+        if conversation is not None:
+            conversation.feedback[turn_id] = value
+
+    def feedback(self, conversation_id: str) -> dict[str, str]:
+        conversation = self._get(conversation_id)
+        return dict(conversation.feedback) if conversation else {}
+
+    def drop_last_exchange(self, conversation_id: str) -> None:
+        conversation = self._get(conversation_id)
+        if conversation is None:
+            return
+        roles = [m.role for m in conversation.messages]
+        if "user" in roles:
+            last = len(roles) - 1 - roles[::-1].index("user")
+            del conversation.messages[last:]
+
+    def delete(self, conversation_id: str, owner: str) -> None:
+        conversation = self._conversations.get(conversation_id)
+        if conversation is not None and conversation.owner == owner:
+            self._forget(conversation_id)

@@ -5,6 +5,14 @@ Keys:
   chatapp:c:{id}             list: the owner first, then the messages as JSON
   chatapp:idem:<owner>|<key> the body first returned for an idempotency key
   chatapp:answer:<sha256>    a cached first-turn answer (CHATAPP_CACHE_TTL)
+  chatapp:cm:{id}            hash: `t:<turn id>` per turn, `f:<turn id>` its feedback
+  chatapp:tc:<turn id>       the conversation a turn belongs to
+  chatapp:oc:<sha256 owner>  sorted set: the owner's conversation ids, scored by
+                             when each expires (the index DELETE /api/conversations
+                             reads, on every host)
+
+The index keys live a grace period (the stream TTL) past their conversation's
+renewal, so that a conversation renewed by its last answer is still found.
 
 A conversation is one key, so starting one or adding a message is one write
 and its renewal, and reading it is one read. Adding a message is one Lua
@@ -15,8 +23,10 @@ atomic step, so no reader ever sees the list without its owner.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import time
 from typing import Any
 
 from chatapp.store.conversations import StoredMessage
@@ -65,6 +75,7 @@ class RedisHistory:
         *,
         turn_seconds: float = 0.0,
         max_messages: int = 200,
+        grace: float = 600,
     ):
         self._r: Any = client
         self._ttl = max(1, math.ceil(ttl))
@@ -72,6 +83,7 @@ class RedisHistory:
         self._held = max(1, math.ceil(ttl + turn_seconds))
         self._max_messages = max_messages
         self._append = self._r.register_script(_APPEND)
+        self._index_ttl = self._ttl + max(1, int(max(grace, turn_seconds)))
 
     def create(self, conversation_id: str, owner: str, first: StoredMessage) -> None:
         key = _conv(conversation_id)
@@ -142,3 +154,91 @@ class RedisHistory:
     def cache_answer(self, key: str, value: str, ttl: float) -> None:
         with guard("cache answer"):
             self._r.set(f"chatapp:answer:{key}", value, ex=max(1, int(ttl)))
+
+    def remember_turn(self, conversation_id: str, owner: str, turn_id: str) -> None:
+        meta, index = _meta(conversation_id), _owner_index(owner)
+        with guard("index turn"), slot_pipeline(self._r, meta) as p:
+            p.hset(meta, f"t:{turn_id}", "")
+            p.expire(meta, self._index_ttl)
+            p.execute()
+        with guard("index turn"):
+            self._r.set(_turn(turn_id), conversation_id, ex=self._index_ttl)
+        with guard("index conversation"), slot_pipeline(self._r, index) as p:
+            now = time.time()
+            p.zadd(index, {conversation_id: now + self._index_ttl})
+            p.zremrangebyscore(index, "-inf", now)
+            p.expire(index, self._index_ttl)
+            p.execute()
+
+    def turns(self, conversation_id: str) -> list[str]:
+        with guard("read turns"):
+            fields = self._r.hkeys(_meta(conversation_id))
+        names = [f.decode() for f in fields]
+        return [n[2:] for n in names if n.startswith("t:")]
+
+    def conversation_of(self, turn_id: str) -> str | None:
+        with guard("read turn"):
+            cid = self._r.get(_turn(turn_id))
+        return cid.decode() if cid is not None else None
+
+    def conversations_of(self, owner: str) -> list[str]:
+        with guard("read conversations"):
+            ids = self._r.zrangebyscore(_owner_index(owner), time.time(), "+inf")
+        return [i.decode() for i in ids]
+
+    def set_feedback(self, conversation_id: str, turn_id: str, value: str) -> None:
+        meta = _meta(conversation_id)
+        with guard("store feedback"), slot_pipeline(self._r, meta) as p:
+            p.hset(meta, f"f:{turn_id}", value)
+            p.expire(meta, self._index_ttl)
+            p.execute()
+
+    def feedback(self, conversation_id: str) -> dict[str, str]:
+        with guard("read feedback"):
+            fields = self._r.hgetall(_meta(conversation_id))
+        out = {}
+        for name, value in fields.items():
+            if name.startswith(b"f:"):
+                out[name[2:].decode()] = value.decode()
+        return out
+
+    def drop_last_exchange(self, conversation_id: str) -> None:
+        with guard("replace last exchange"):
+            self._r.eval(_DROP_LAST_EXCHANGE, 1, _conv(conversation_id))
+
+    def delete(self, conversation_id: str, owner: str) -> None:
+        turns = self.turns(conversation_id)
+        key, meta = _conv(conversation_id), _meta(conversation_id)
+        with guard("delete conversation"), slot_pipeline(self._r, key) as p:
+            p.delete(key)
+            p.delete(meta)
+            p.execute()
+        with guard("delete conversation"):
+            for turn_id in turns:
+                self._r.delete(_turn(turn_id))
+            self._r.zrem(_owner_index(owner), conversation_id)
+
+
+# Keep the owner (index 0) and every message before the last user message.
+_DROP_LAST_EXCHANGE = """
+local items = redis.call('LRANGE', KEYS[1], 1, -1)
+for i = #items, 1, -1 do
+  if cjson.decode(items[i])['role'] == 'user' then
+    redis.call('LTRIM', KEYS[1], 0, i - 1)
+    return i
+  end
+end
+return 0
+"""
+
+
+def _meta(conversation_id: str) -> str:
+    return f"chatapp:cm:{{{conversation_id}}}"
+
+
+def _turn(turn_id: str) -> str:
+    return f"chatapp:tc:{turn_id}"
+
+
+def _owner_index(owner: str) -> str:
+    return "chatapp:oc:" + hashlib.sha256(owner.encode()).hexdigest()

@@ -60,6 +60,9 @@ class EventLog(Protocol):
     def ping(self) -> None:
         """Raise StoreError when the backing store does not answer."""
 
+    def forget(self, turn_id: str) -> None:
+        """Drop a finished turn's replayable frames now, before they expire."""
+
 
 @dataclass
 class _Turn:
@@ -142,3 +145,8 @@ class MemoryEventLog:
 
     def ping(self) -> None:
         """Memory always answers."""
+
+    def forget(self, turn_id: str) -> None:
+        turn = self._turns.pop(turn_id, None)
+        if turn is not None:
+            turn.tail.lose()

@@ -382,6 +382,11 @@ class RedisEventLog:
             pubsub.subscribe(CANCEL_CHANNEL)
         return pubsub
 
+    def forget(self, turn_id: str) -> None:
+        """Drop a finished turn's replayable frames now, before they expire."""
+        with guard("forget turn"):
+            self._r.delete(_key(turn_id))
+
     def ping(self) -> None:
         with guard("ping"):
             ping(self._r)

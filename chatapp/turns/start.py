@@ -19,6 +19,7 @@ from chatapp.tokens import Identity
 from chatapp.turns.knowledge import Knowledge
 from chatapp.turns.model import TurnInfo
 from chatapp.turns.relay import Relay
+from chatapp.turns.visitor import settle
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Message
 
@@ -126,10 +127,13 @@ def conversation_messages(
 ) -> list[dict[str, Any]]:
     """Return a conversation's messages to its owner; 404 for anyone else."""
     check_conversation(history, identity, conversation_id)
-    return [
-        {"role": m.role, "content": m.content, "created_at": m.created_at}
-        for m in history.messages(conversation_id)
-    ]
+    out: list[dict[str, Any]] = []
+    for m in history.messages(conversation_id):
+        message = {"role": m.role, "content": m.content, "created_at": m.created_at}
+        if m.role == "assistant" and m.turn:
+            message["turn_id"] = m.turn  # lets the page rate a restored answer
+        out.append(message)
+    return out
 
 
 class Admitted(Protocol):
@@ -157,6 +161,7 @@ def start_turn(
     fallback: bool = False,
     page_url: str | None = None,
     knowledge: Knowledge | None = None,
+    replace_last: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Start a turn (or find the one this key started); return body and newness.
 
@@ -167,6 +172,9 @@ def start_turn(
     CHATAPP_FALLBACK_MODEL) and whether the site's ceiling refuses it;
     `fallback` asks the fallback model only. Without a fallback model
     configured, both ask the primary.
+    With `replace_last` the conversation's last exchange is dropped first
+    (its running turn ended), so the model never sees the answer being
+    replaced.
     """
     history = relay.history
     model = (admitted.model if admitted else "") or config["MODEL"]
@@ -191,6 +199,9 @@ def start_turn(
         )
         if earlier is not None:
             return json.loads(earlier), False
+    if replace_last and conversation_id:
+        settle(relay, conversation_id)
+        history.drop_last_exchange(conversation_id)
     earlier_messages = history.messages(cid) if conversation_id else []
     now = time.time()
     if conversation_id is None:
@@ -211,6 +222,7 @@ def start_turn(
         reasoning_effort=config["REASONING_EFFORT"] or None,
         route="fallback" if on_fallback else "primary",
     )
+    history.remember_turn(cid, identity.owner, turn_id)
     sources = None
     if knowledge is not None:
         # Before the cache lookup: the key then covers the sources' text.

@@ -17,6 +17,7 @@ from chatapp.botcheck import SolutionRefused
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
 from chatapp.extensions import state
+from chatapp.store.conversations import StoredMessage
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
@@ -28,6 +29,7 @@ from chatapp.turns.start import check_conversation
 from chatapp.turns.start import conversation_messages
 from chatapp.turns.start import earlier_turn
 from chatapp.turns.start import start_turn
+from chatapp.turns.visitor import transcript
 from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
 from chatapp.web.errors import api_error_response
@@ -92,6 +94,7 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     cid = parse.text_field(values, "conversation_id")
     page_url = parse.page_url(values)
     check_conversation(st.history, who, cid)
+    replace_last = parse.flag(values, "replace_last")
     key = parse.idempotency_key(values)
     # A retry of an accepted turn gets that turn back, whatever the limits say.
     body = earlier_turn(st.history, who, key)
@@ -109,6 +112,7 @@ def chat() -> tuple[Response, int, dict[str, str]]:
                 admission,
                 page_url=page_url,
                 knowledge=st.knowledge,
+                replace_last=replace_last and cid is not None,
             )
             if new:
                 admission.started(body["id"])
@@ -287,7 +291,20 @@ def conversation(conversation_id: str) -> Response:
     except (TokenInvalid, TokenExpired) as exc:
         raise ApiError(404, "not_found", "No such conversation.") from exc
     messages = conversation_messages(state().history, who, conversation_id)
+    if request.args.get("format") == "markdown":
+        return _transcript(conversation_id, messages)
     response = jsonify({"id": conversation_id, "messages": messages})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _transcript(conversation_id: str, messages: list[dict[str, Any]]) -> Response:
+    """Answer a conversation as a Markdown file to keep."""
+    stored = [StoredMessage(m["role"], m["content"], m["created_at"]) for m in messages]
+    response = Response(transcript(conversation_id, stored), mimetype="text/markdown")
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="conversation-{conversation_id}.md"'
+    )
     response.headers["Cache-Control"] = "no-store"
     return response
 

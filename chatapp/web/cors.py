@@ -26,7 +26,7 @@ from chatapp.extensions import state
 from chatapp.web.errors import error_response
 
 API_PREFIX = "/api/"
-ALLOW_METHODS = "GET, POST, OPTIONS"
+ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
 ALLOW_HEADERS = "Content-Type, X-Chat-Token, Idempotency-Key, Last-Event-ID, X-Altcha"
 EXPOSE_HEADERS = "Location, Retry-After, X-Request-ID, RateLimit, RateLimit-Policy"
 # Chromium caps a preflight's cache at two hours; ask for one.

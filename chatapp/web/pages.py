@@ -7,6 +7,7 @@ from flask import Response
 from flask import render_template
 from flask import request
 
+from chatapp import i18n
 from chatapp.extensions import state
 from chatapp.tokens import SSOExpired
 from chatapp.tokens import SSOInvalid
@@ -28,8 +29,12 @@ def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
     st = state()
     origins = list(st.config["EMBED_ORIGINS"]) if embed else []
     token = st.signer.page_token(new_identity(wp_user))
+    lang = _language()
     html = render_template(
         "chat.html",
+        lang=lang,
+        dir=i18n.direction(lang),
+        t=i18n.words_of(lang),
         token=token,
         embed=embed,
         embed_origins=origins,
@@ -38,7 +43,14 @@ def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
         bot_check=st.botcheck is not None and wp_user is None,
     )
     # Every render mints a fresh token: never let a cache share one.
-    return _secured(Response(html, mimetype="text/html"), embed=embed)
+    response = _secured(Response(html, mimetype="text/html"), embed=embed)
+    response.vary.add("Accept-Language")
+    return response
+
+
+def _language() -> str:
+    """Pick the page's language: ?lang=, then Accept-Language, then English."""
+    return i18n.pick(request.args.get("lang"), request.accept_languages.best_match)
 
 
 def _secured(response: Response, *, embed: bool) -> Response:
@@ -70,8 +82,13 @@ def embed() -> Response:
         except SSOExpired:
             wp_user = None  # degrade to an anonymous visitor
         except SSOInvalid:
-            refusal = Response(
-                render_template("refused.html"), status=403, mimetype="text/html"
+            lang = _language()
+            html = render_template(
+                "refused.html",
+                lang=lang,
+                dir=i18n.direction(lang),
+                t=i18n.words_of(lang),
             )
+            refusal = Response(html, status=403, mimetype="text/html")
             return _secured(refusal, embed=True)
     return _page(embed=True, wp_user=wp_user)

@@ -50,6 +50,16 @@ def identity(token: str | None, *, grace: int = 0) -> Identity:
         raise ApiError(403, "invalid_token", "A valid page token is required.") from exc
 
 
+def flag(values: dict[str, Any], name: str) -> bool:
+    """Return a yes/no field: JSON true/false, or a form's "true"/"1"/"false"/"0"."""
+    value = values.get(name)
+    if value is None or value in (False, "", "false", "0"):
+        return False
+    if value in (True, "true", "1"):
+        return True
+    raise ApiError(400, "invalid_input", f"'{name}' must be true or false.")
+
+
 def page_token(values: dict[str, Any]) -> str | None:
     """Find the page token: header first, then the body."""
     return request.headers.get("X-Chat-Token") or text_field(values, "token")

@@ -179,7 +179,8 @@ function chatapp_embed_shortcode( $atts = array() ): string {
 	}
 
 	$src     = $base . '/embed';
-	$query   = array();
+	// The chat speaks the site's language (its locale, e.g. de_DE).
+	$query   = array( 'lang=' . rawurlencode( get_locale() ) );
 	$notice  = '';
 	$loading = 'lazy';
 	if ( is_user_logged_in() ) {
@@ -266,6 +267,7 @@ function chatapp_embed_widget_tag(): string {
 			'src'        => esc_url_raw( $base . '/widget.js', array( 'http', 'https' ) ),
 			'defer'      => true,
 			'data-title' => __( 'AI chat', 'chatapp-embed' ),
+			'data-lang'  => get_locale(),
 		)
 	);
 }

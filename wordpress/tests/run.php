@@ -169,10 +169,25 @@ chatapp_test_case(
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );
 		$html  = chatapp_test_render();
 		$frame = chatapp_test_one_iframe( $html );
-		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed', 'AI chat', 600 );
+		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed?lang=en_US', 'AI chat', 600 );
 		check_same( CHATAPP_TEST_URL, $frame['data-chatapp-origin'], 'origin' );
 		check( false === strpos( $html, 'sso=' ), 'anonymous src carries sso' );
 		check( false === stripos( $html, '<script' ), 'inline script in output' );
+	}
+);
+
+chatapp_test_case(
+	'plain',
+	'the iframe and the widget carry the site locale as lang',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_widget', '1' );
+		$GLOBALS['chatapp_wp']['locale'] = 'nb_NO';
+		check_same( CHATAPP_TEST_URL . '/embed?lang=nb_NO', chatapp_test_one_iframe( chatapp_test_render() )['src'], 'src' );
+		check( false !== strpos( chatapp_embed_widget_tag(), 'data-lang="nb_NO"' ), 'widget data-lang' );
+		$GLOBALS['chatapp_wp']['locale'] = 'x" onload="alert(1)';
+		$html = chatapp_test_render();
+		check( false === strpos( $html, 'onload="' ), 'locale escaped in ' . $html );
 	}
 );
 
@@ -211,7 +226,7 @@ chatapp_test_case(
 	static function (): void {
 		update_option( 'chatapp_url', 'https://Example.COM:8443/chat/' );
 		$frame = chatapp_test_one_iframe( chatapp_test_render() );
-		check_same( 'https://example.com:8443/chat/embed', $frame['src'], 'src' );
+		check_same( 'https://example.com:8443/chat/embed?lang=en_US', $frame['src'], 'src' );
 		check_same( 'https://example.com:8443', $frame['data-chatapp-origin'], 'origin' );
 		check_same( 'https://example.com', chatapp_embed_origin( 'https://example.com:443/x' ), 'default https port' );
 		check_same( 'http://example.com', chatapp_embed_origin( 'http://example.com:80' ), 'default http port' );
@@ -226,12 +241,12 @@ chatapp_test_case(
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );
 		chatapp_test_login( new WP_User( 7, 'Subscriber' ) );
 		$html = chatapp_test_render();
-		check_same( CHATAPP_TEST_URL . '/embed', chatapp_test_one_iframe( $html )['src'], 'src' );
+		check_same( CHATAPP_TEST_URL . '/embed?lang=en_US', chatapp_test_one_iframe( $html )['src'], 'src' );
 		check( false === strpos( $html, 'chatapp-embed-notice' ), 'notice shown to a non-admin' );
 
 		chatapp_test_login( new WP_User( 1, 'Admin' ), array( 'manage_options' ) );
 		$html = chatapp_test_render();
-		check_same( CHATAPP_TEST_URL . '/embed', chatapp_test_one_iframe( $html )['src'], 'admin src' );
+		check_same( CHATAPP_TEST_URL . '/embed?lang=en_US', chatapp_test_one_iframe( $html )['src'], 'admin src' );
 		check( false !== strpos( $html, 'chatapp-embed-notice' ), 'no notice for the admin' );
 		check( false !== strpos( $html, 'CHATAPP_WP_SHARED_SECRET' ), 'notice does not name the constant' );
 	}
@@ -268,7 +283,7 @@ chatapp_test_case(
 		$title = '"><script>alert(1)</script>';
 		$html  = chatapp_test_render( array( 'title' => $title ) );
 		$frame = chatapp_test_one_iframe( $html );
-		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed', $title, 600 );
+		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed?lang=en_US', $title, 600 );
 		check( false === stripos( $html, '<script' ), 'script tag leaked: ' . $html );
 		check( false !== strpos( $html, 'title="&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"' ), 'title not escaped as expected: ' . $html );
 
@@ -284,7 +299,7 @@ chatapp_test_case(
 	static function (): void {
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );
 		$html = chatapp_test_render( array( 'height' => '100 onload=alert(1)' ) );
-		chatapp_test_check_frame( chatapp_test_one_iframe( $html ), CHATAPP_TEST_URL . '/embed', 'AI chat', 200 );
+		chatapp_test_check_frame( chatapp_test_one_iframe( $html ), CHATAPP_TEST_URL . '/embed?lang=en_US', 'AI chat', 200 );
 		check( false === stripos( $html, 'onload' ), 'onload leaked: ' . $html );
 		$table = array(
 			array( '800', 800 ),
@@ -316,7 +331,7 @@ chatapp_test_case(
 	static function (): void {
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );
 		$frame = chatapp_test_one_iframe( chatapp_test_render( array( 'src' => 'javascript:alert(1)', 'onload' => 'alert(1)', 0 => 'x' ) ) );
-		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed', 'AI chat', 600 );
+		chatapp_test_check_frame( $frame, CHATAPP_TEST_URL . '/embed?lang=en_US', 'AI chat', 600 );
 	}
 );
 
@@ -406,7 +421,7 @@ chatapp_test_case(
 		update_option( 'chatapp_widget', chatapp_embed_sanitize_flag( '1' ) );
 		$html = chatapp_test_capture( static fn() => do_action( 'wp_footer' ) );
 		check_same( 1, preg_match_all( '/<script\b/', $html ), 'script tags' );
-		check_same( "<script src=\"https://chat.example:8443/sub/widget.js\" defer data-title=\"AI chat\"></script>\n", $html, 'tag' );
+		check_same( "<script src=\"https://chat.example:8443/sub/widget.js\" defer data-title=\"AI chat\" data-lang=\"en_US\"></script>\n", $html, 'tag' );
 		check_same( array(), chatapp_test_iframes( $html ), 'iframes' );
 		check_same( '', chatapp_embed_sanitize_flag( 'yes' ), 'anything but 1 is off' );
 		check_same( '', chatapp_embed_sanitize_flag( null ), 'unticked' );
@@ -510,7 +525,7 @@ chatapp_test_case(
 		$html   = chatapp_test_render();
 		$frame  = chatapp_test_one_iframe( $html );
 		check( false === strpos( $html, 'chatapp-embed-notice' ), 'notice despite the secret' );
-		check( 1 === preg_match( '#^https://chat\.example/embed\?sso=([A-Za-z0-9_.-]+)$#', $frame['src'], $m ), 'src ' . $frame['src'] );
+		check( 1 === preg_match( '#^https://chat\.example/embed\?lang=en_US&sso=([A-Za-z0-9_.-]+)$#', $frame['src'], $m ), 'src ' . $frame['src'] );
 		chatapp_test_check_frame( $frame, $frame['src'], 'AI chat', 600, 'eager' );
 		list( $header, $claims ) = chatapp_test_jwt_verify( $m[1], CHATAPP_TEST_SECRET );
 		check_same( array( 'alg' => 'HS256', 'typ' => 'JWT' ), $header, 'header' );
@@ -544,7 +559,7 @@ chatapp_test_case(
 	'anonymous visitor gets no sso even when the secret is set',
 	static function (): void {
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );
-		check_same( CHATAPP_TEST_URL . '/embed', chatapp_test_one_iframe( chatapp_test_render() )['src'], 'src' );
+		check_same( CHATAPP_TEST_URL . '/embed?lang=en_US', chatapp_test_one_iframe( chatapp_test_render() )['src'], 'src' );
 	}
 );
 
@@ -772,10 +787,10 @@ chatapp_test_case(
 		$post                                  = chatapp_test_publish( 9, 'jackets' );
 		$GLOBALS['chatapp_wp']['current_post'] = $post->ID;
 		$src                                   = chatapp_test_one_iframe( chatapp_test_render() )['src'];
-		check_same( CHATAPP_TEST_URL . '/embed?page_url=' . rawurlencode( 'https://wp.example/jackets/' ), $src, 'anonymous src' );
+		check_same( CHATAPP_TEST_URL . '/embed?lang=en_US&page_url=' . rawurlencode( 'https://wp.example/jackets/' ), $src, 'anonymous src' );
 		chatapp_test_login( new WP_User( 42, 'Ada' ) );
 		$src = chatapp_test_one_iframe( chatapp_test_render() )['src'];
-		check( 1 === preg_match( '#^https://chat\.example/embed\?sso=[A-Za-z0-9_.-]+&page_url=https%3A%2F%2Fwp\.example%2Fjackets%2F$#', $src ), 'signed-in src ' . $src );
+		check( 1 === preg_match( '#^https://chat\.example/embed\?lang=en_US&sso=[A-Za-z0-9_.-]+&page_url=https%3A%2F%2Fwp\.example%2Fjackets%2F$#', $src ), 'signed-in src ' . $src );
 	}
 );
 
@@ -788,7 +803,7 @@ chatapp_test_case(
 	static function (): void {
 		update_option( 'chatapp_url', 'https://option.example' );
 		$frame = chatapp_test_one_iframe( chatapp_test_render() );
-		chatapp_test_check_frame( $frame, 'https://const.example/embed', 'AI chat', 600 );
+		chatapp_test_check_frame( $frame, 'https://const.example/embed?lang=en_US', 'AI chat', 600 );
 		check_same( 'https://const.example', $frame['data-chatapp-origin'], 'origin' );
 	}
 );

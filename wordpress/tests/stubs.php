@@ -67,6 +67,7 @@ function chatapp_test_reset(): void {
 		'http_live'       => false,
 		'cron'            => array(),
 		'spawned'         => 0,
+		'locale'          => 'en_US',
 	);
 }
 chatapp_test_reset();
@@ -145,6 +146,10 @@ function esc_html( $text ) {
 
 function esc_attr( $text ) {
 	return htmlspecialchars( (string) $text, ENT_QUOTES | ENT_SUBSTITUTE, 'UTF-8', false );
+}
+
+function get_locale() {
+	return $GLOBALS['chatapp_wp']['locale'];
 }
 
 function wp_allowed_protocols() {

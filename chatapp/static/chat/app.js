@@ -4,8 +4,9 @@
  * start-up. Entry module of / and /embed.
  */
 import { config } from './config.js';
-import { announce, codePoints, formatDuration, h, icon } from './dom.js';
-import { initEmbed, reloadChat } from './embed.js';
+import { announce, codePoints, h, icon } from './dom.js';
+import { formatDuration, formatShortWait, t } from './i18n.js';
+import { initEmbed, reloadChat, tellAnswer } from './embed.js';
 import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js';
 import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
 import { botCheck } from './altcha.js';
@@ -65,6 +66,7 @@ const conversation = {
   set(id) {
     this.id = id;
     this.save();
+    dataControls.update();
   },
 
   save() {
@@ -81,6 +83,7 @@ const conversation = {
     this.id = null;
     this.pending = null;
     storage.clear();
+    dataControls.update();
   },
 };
 
@@ -88,77 +91,64 @@ const conversation = {
 
 let activeTurn = null;
 
-const STREAM_ERRORS = {
-  provider_rate_limited: 'The AI service is receiving too many requests right now.',
-  provider_timeout: 'The AI service took too long to answer.',
-  provider_unavailable: 'The AI service is unavailable right now.',
-  provider_error: 'The AI service could not answer this message.',
-  internal: 'Something went wrong while writing the answer.',
-  content_blocked: "Sorry, this message can't be answered here: it may go against this site's content rules. Please rephrase it.",
-  moderation_unavailable: "Your message couldn't be checked just now, so it wasn't sent to the assistant.",
-  lost: 'The connection to the answer was lost.',
-};
+// Each stream error `code` worded in the visitor's language (the API's own
+// English `message` is never shown).
+const STREAM_ERRORS = new Set([
+  'provider_rate_limited',
+  'provider_timeout',
+  'provider_unavailable',
+  'provider_error',
+  'internal',
+  'content_blocked',
+  'moderation_unavailable',
+  'lost',
+]);
 
 /** Turn an API refusal into words for people, and what they can do next. */
 function describeRefusal(err) {
   const wait = err.retryAfter;
-  const later = (what) => (left) =>
-    left > 0 ? `${what} Try again in ${formatDuration(left)}.` : `${what} You can try again now.`;
+  const time = (left) => formatDuration(left);
+  const later = (key) => (left) =>
+    (left > 0 ? t('error.try_in', { what: t(key), time: time(left) }) : t('error.try_now', { what: t(key) }));
+  const counting = (waitKey, nowKey) => (left) => (left > 0 ? t(waitKey, { time: time(left) }) : t(nowKey));
   switch (err.code) {
     case 'rate_limited':
-      return {
-        text: (left) => (left > 0
-          ? `You've sent a lot of messages in a short time. You can send again in ${formatDuration(left)}.`
-          : "You've sent a lot of messages in a short time. You can send again now."),
-        wait,
-        retry: true,
-      };
+      return { text: counting('error.rate_limited_wait', 'error.rate_limited_now'), wait, retry: true };
     case 'quota_exceeded':
-      return {
-        text: (left) => (left > 0
-          ? `You've used today's chat allowance. It renews in ${formatDuration(left)}.`
-          : "Today's chat allowance has renewed. You can try again now."),
-        wait,
-        retry: true,
-      };
+      return { text: counting('error.quota_wait', 'error.quota_now'), wait, retry: true };
     case 'site_budget_exhausted':
-      return {
-        text: (left) => (left > 0
-          ? `This chat has reached its spending limit for now, so it can't answer new questions. It opens again in ${formatDuration(left)}.`
-          : 'This chat is open again. You can try again now.'),
-        wait,
-        retry: true,
-      };
+      return { text: counting('error.site_budget_wait', 'error.site_budget_now'), wait, retry: true };
     case 'too_many_streams':
-      return { text: later('Several answers are already being written for you, perhaps in other tabs.'), wait, retry: true };
+      return { text: later('error.too_many_streams'), wait, retry: true };
     case 'over_capacity':
-      return { text: later('The chat is very busy right now.'), wait, retry: true };
+      return { text: later('error.over_capacity'), wait, retry: true };
     case 'message_too_long':
-      return { text: `That message is longer than ${config.maxChars.toLocaleString()} characters. Shorten it and send it again.`, editable: true };
+      return { text: t('error.message_too_long', { n: config.maxChars }), editable: true };
     case 'payload_too_large':
-      return { text: 'That message is too large to send. Shorten it and send it again.', editable: true };
+      return { text: t('error.payload_too_large'), editable: true };
     case 'invalid_input':
-      return { text: "That message couldn't be sent. Check it and send it again.", editable: true };
+      return { text: t('error.invalid_input'), editable: true };
     case 'challenge_required':
-      return { text: 'The page is still making sure you are not a bot. Send your message again in a moment.', retry: true };
+      return { text: t('error.challenge_required'), retry: true };
     case 'invalid_token':
     case 'token_expired':
-      return { text: 'This chat session has expired. Reload the page to continue.', reload: true };
+      return { text: t('error.session_expired'), reload: true };
     case 'network':
-      return { text: "Couldn't reach the chat service. Check your connection and try again.", retry: true };
+      return { text: t('error.network'), retry: true };
     default:
       if (err.status === 429 || err.status >= 500) {
-        return { text: later('The chat service had a problem.'), wait, retry: true };
+        return { text: later('error.service_problem'), wait, retry: true };
       }
-      return { text: `The message couldn't be sent (${err.message}).`, retry: true };
+      return { text: t('error.not_sent'), retry: true };
   }
 }
 
 /** Make `text` the running turn, with an answer waiting under its message. */
-function beginTurn({ text, key, userNode, ids = null }) {
+function beginTurn({ text, key, userNode, ids = null, replaceLast = false }) {
   const turn = {
     text,
     key,
+    replaceLast,
     userNode,
     answer: new AssistantMessage(),
     conversationId: conversation.id,
@@ -173,6 +163,7 @@ function beginTurn({ text, key, userNode, ids = null }) {
   // Older "Try again" buttons would put their answer out of order now.
   Notice.retireAll();
   followUps.withdraw();
+  composer.editing = null;
   undo.drop();
   thread.add(turn.answer.node);
   thread.scrollToEnd();
@@ -180,10 +171,14 @@ function beginTurn({ text, key, userNode, ids = null }) {
   return turn;
 }
 
-/** Send `text` as a new turn; `userNode`/`key` are reused when retrying. */
-async function startTurn(text, { userNode = null, key = newKey() } = {}) {
+/**
+ * Send `text` as a new turn; `userNode`/`key` are reused when retrying.
+ * `replaceLast` makes it replace the conversation's last exchange on the
+ * server (Regenerate, Edit, and "Try again" after a failed answer).
+ */
+async function startTurn(text, { userNode = null, key = newKey(), replaceLast = false } = {}) {
   if (activeTurn) return;
-  const turn = beginTurn({ text, key, userNode: userNode ?? thread.add(userMessage(text)) });
+  const turn = beginTurn({ text, key, userNode: userNode ?? thread.add(userMessage(text)), replaceLast });
 
   let accepted;
   let altcha = await botCheck.solution(); // ready by now unless typed in a flash
@@ -192,7 +187,7 @@ async function startTurn(text, { userNode = null, key = newKey() } = {}) {
     headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
     onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
     json: withPageUrl(turn.conversationId
-      ? { message: text, token, conversation_id: turn.conversationId }
+      ? { message: text, token, conversation_id: turn.conversationId, ...(turn.replaceLast ? { replace_last: true } : {}) }
       : { message: text, token }),
   }));
   try {
@@ -283,18 +278,25 @@ function endTurn(turn, reason) {
 
   if (reason === 'cancelled' || (turn.stopRequested && reason === 'lost')) {
     // Said once, by the log, when the note appears.
-    answer.finish('stopped', 'Stopped', 'stopped');
+    answer.finish('stopped', t('msg.stopped'), 'stopped');
   } else if (reason === 'error' || reason === 'lost' || turn.error?.code === 'content_blocked') {
     const error = reason === 'lost' ? { code: 'lost', retryable: true } : (turn.error ?? { code: 'internal', retryable: true });
-    if (answer.text) answer.finish('error', 'The answer was interrupted.', 'error');
+    if (answer.text) answer.finish('error', t('msg.interrupted'), 'error');
     else thread.remove(answer.node);
     failStream(turn, error);
   } else if (reason === 'length') {
-    answer.finish('done', 'The answer was cut off at its length limit.', 'muted');
+    answer.finish('done', t('msg.cut_off'), 'muted');
   } else if (reason === 'content_filter') {
-    answer.finish('done', "The AI service's content filter stopped this answer.", 'muted');
+    answer.finish('done', t('msg.filtered'), 'muted');
   } else {
     answer.finish('done');
+  }
+  if (answer.text && turn.ids && reason !== 'error' && reason !== 'lost' && reason !== 'cancelled') {
+    const turnId = turn.ids.id ?? turnIdOf(turn.ids.stream_url);
+    if (turnId) {
+      feedback.attach(answer, turnId);
+      tellAnswer({ turn_id: turnId, conversation_id: conversation.id });
+    }
   }
 
   if (activeTurn === turn) {
@@ -311,7 +313,7 @@ function refuse(turn, err) {
     // The conversation expired on the server: carry on in a new one.
     conversation.forget();
     thread.add(new Notice({
-      text: 'The earlier conversation has expired, so this message starts a new one.',
+      text: t('notice.expired_conversation'),
       kind: 'info',
     }).node);
     startTurn(turn.text, { userNode: turn.userNode });
@@ -319,24 +321,26 @@ function refuse(turn, err) {
   }
   const refusal = describeRefusal(err);
   if (refusal.editable) {
-    // Nothing was accepted: hand the text back for editing.
+    // Nothing was accepted: hand the text back for editing. A refused
+    // Regenerate or Edit still replaces the last exchange when sent again.
     thread.remove(turn.userNode);
     composer.restore(turn.text);
+    if (turn.replaceLast) composer.editing = { replace: true };
   }
   let action = null;
   if (refusal.retry) {
     action = {
-      label: 'Try again',
+      label: t('notice.try_again'),
       icon: 'retry',
       run: (notice) => {
         notice.remove();
         // The same Idempotency-Key: if the first attempt did reach the
         // server after all, the retry returns that turn, not a second one.
-        startTurn(turn.text, { userNode: turn.userNode, key: turn.key });
+        startTurn(turn.text, { userNode: turn.userNode, key: turn.key, replaceLast: turn.replaceLast });
       },
     };
   } else if (refusal.reload) {
-    action = { label: 'Reload', icon: 'retry', run: reloadChat };
+    action = { label: t('notice.reload'), icon: 'retry', run: reloadChat };
   }
   thread.add(new Notice({ text: refusal.text, waitSeconds: refusal.wait, action }).node);
   if (refusal.wait > 0) composer.wait(refusal.wait);
@@ -344,15 +348,17 @@ function refuse(turn, err) {
 }
 
 function failStream(turn, error) {
-  const text = `${STREAM_ERRORS[error.code] ?? STREAM_ERRORS.internal}${error.retryable === false ? '' : ' Please try again.'}`;
+  const worded = t(`stream.${STREAM_ERRORS.has(error.code) ? error.code : 'internal'}`);
+  const text = error.retryable === false ? worded : t('stream.please_retry', { error: worded });
   const action = error.retryable === false ? null : {
-    label: 'Try again',
+    label: t('notice.try_again'),
     icon: 'retry',
     run: (notice) => {
       if (activeTurn) return;
       notice.remove();
       thread.remove(turn.answer.node);
-      startTurn(turn.text, { userNode: turn.userNode }); // a new turn, so a new key
+      // A new turn, so a new key; it replaces the failed exchange on the server.
+      startTurn(turn.text, { userNode: turn.userNode, replaceLast: true });
     },
   };
   thread.add(new Notice({ text, action }).node);
@@ -362,7 +368,7 @@ function stop() {
   const turn = activeTurn;
   if (!turn || turn.stopRequested) return;
   turn.stopRequested = true;
-  turn.answer.setNote('Stopping…', 'muted');
+  turn.answer.setNote(t('msg.stopping'), 'muted');
   if (turn.ids) requestCancel(turn);
   // else: startTurn cancels as soon as the turn is accepted
 }
@@ -389,17 +395,18 @@ function newChat() {
     turn.stream?.close();
     clearTimeout(turn.cancelTimer);
     if (turn.ids) cancelQuietly(turn.ids.cancel_url);
-    turn.answer.finish('stopped', 'Stopped', 'stopped');
+    turn.answer.finish('stopped', t('msg.stopped'), 'stopped');
     conversation.pending = null;
     composer.setBusy(false);
   }
   const earlier = { nodes: [...ui.log.childNodes], id: conversation.id };
+  composer.editing = null;
   conversation.forget();
   followUps.withdraw();
   thread.clear();
   ui.input.focus();
   if (earlier.nodes.length > 0) undo.offer(earlier);
-  announce(earlier.nodes.length > 0 ? 'New chat started. Undo is available for a few seconds.' : 'New chat started.');
+  announce(t(earlier.nodes.length > 0 ? 'chat.new_started_undo' : 'chat.new_started'));
 }
 
 /** "Undo" after New chat: the earlier conversation back, as it was. */
@@ -436,7 +443,7 @@ const undo = {
     this.drop();
     followUps.offer();
     ui.input.focus({ preventScroll: true });
-    announce('The earlier conversation is back.');
+    announce(t('chat.restored'));
   },
 };
 
@@ -444,22 +451,23 @@ const undo = {
 
 /**
  * Regenerate (on the last answer) and Edit (on the last user message). Each
- * sends a new turn through POST /api/chat, like any message: the server
- * keeps history by appending, so the new question and answer appear below
- * the earlier ones, in the order the server stores them.
+ * sends a new turn with `replace_last`: the server drops the last exchange,
+ * so the question is kept once and the model never sees the discarded
+ * answer. On the page the old answer (and, for Edit, the old question) is
+ * replaced in place; no earlier version is kept.
  */
 const followUps = {
   regenerate: h(
     'button',
-    { type: 'button', class: 'btn btn--tiny', 'data-chatapp-regenerate': true, title: 'Ask the last question again' },
+    { type: 'button', class: 'btn btn--tiny', 'data-chatapp-regenerate': true, title: t('msg.regenerate_title') },
     icon('retry'),
-    h('span', { text: 'Regenerate' }),
+    h('span', { text: t('msg.regenerate') }),
   ),
   edit: h(
     'button',
-    { type: 'button', class: 'btn btn--tiny', 'data-chatapp-edit': true, 'aria-label': 'Edit your last message' },
+    { type: 'button', class: 'btn btn--tiny', 'data-chatapp-edit': true, 'aria-label': t('msg.edit_label') },
     icon('edit'),
-    h('span', { text: 'Edit' }),
+    h('span', { text: t('msg.edit') }),
   ),
 
   init() {
@@ -503,18 +511,25 @@ const followUps = {
 
   runRegenerate() {
     const text = this.questionText();
+    const userNode = this.lastUser();
     if (!text || activeTurn || !composer.canSendNow()) return;
-    startTurn(text); // a new turn with a new Idempotency-Key
+    const answer = this.lastAnswer();
+    this.withdraw();
+    if (answer) thread.remove(answer);
+    // A new turn with a new Idempotency-Key, under the same question.
+    startTurn(text, { userNode, replaceLast: Boolean(conversation.id) });
   },
 
   runEdit() {
     const text = this.questionText();
     if (!text) return;
+    // Sending next replaces the last exchange instead of adding one.
+    composer.editing = { userNode: this.lastUser(), answerNode: this.lastAnswer() };
     ui.input.value = text;
     composer.update();
     ui.input.focus();
     ui.input.setSelectionRange(text.length, text.length);
-    announce('Your last message is in the message box. Change it and send it again.');
+    announce(t('msg.edit_announce'));
   },
 };
 
@@ -522,6 +537,7 @@ const followUps = {
 
 const composer = {
   busy: false,
+  editing: null, // after Edit: {userNode, answerNode} (or {replace: true}) that the next send replaces
   restoring: false,
   waitUntil: 0, // a refusal's Retry-After: no sending before this (ms epoch)
   waitTimer: 0,
@@ -584,19 +600,18 @@ const composer = {
         this.waitUntil = 0;
         ui.send.classList.remove('is-waiting');
         ui.sendWait.hidden = true;
-        ui.send.setAttribute('aria-label', 'Send message');
-        ui.send.title = 'Send (Enter)';
+        ui.send.setAttribute('aria-label', t('send.label'));
+        ui.send.title = t('send.title');
         this.update();
-        announce('You can send messages again.');
+        announce(t('chat.send_again'));
         return;
       }
-      const short = left < 60 ? `${left}s` : left < 3600 ? `${Math.ceil(left / 60)}m` : `${Math.ceil(left / 3600)}h`;
-      ui.sendWait.textContent = short;
+      ui.sendWait.textContent = formatShortWait(left);
       ui.sendWait.hidden = false;
       ui.send.classList.add('is-waiting');
       // Disabled, so never focused: the changing name is not read out.
-      ui.send.setAttribute('aria-label', `Send message, possible again in ${formatDuration(left)}`);
-      ui.send.title = `You can send again in ${formatDuration(left)}`;
+      ui.send.setAttribute('aria-label', t('send.waiting_label', { time: formatDuration(left) }));
+      ui.send.title = t('send.waiting_title', { time: formatDuration(left) });
       this.update();
     };
     tick();
@@ -608,6 +623,16 @@ const composer = {
     const text = this.text();
     ui.input.value = '';
     this.update();
+    const { editing } = this;
+    this.editing = null;
+    const stillLast = editing?.userNode?.isConnected && editing.userNode === followUps.lastUser();
+    if (editing && conversation.id && (editing.replace || stillLast)) {
+      followUps.withdraw();
+      thread.remove(editing.answerNode);
+      thread.remove(editing.userNode);
+      startTurn(text, { replaceLast: true });
+      return;
+    }
     startTurn(text);
   },
 
@@ -647,16 +672,14 @@ const composer = {
     ui.counter.classList.toggle('is-over', over);
     if (showCounter) {
       const left = config.maxChars - length;
-      ui.counter.textContent = over
-        ? `${(-left).toLocaleString()} characters too long`
-        : `${left.toLocaleString()} characters left`;
+      ui.counter.textContent = over ? t('counter.over', { n: -left }) : t('counter.left', { n: left });
     }
     // The counter is announced when it crosses a threshold, not per key.
     followUps.regenerate.disabled = !this.canSendNow();
     const level = over ? 'over' : showCounter ? 'near' : 'none';
     if (level !== this.level) {
       if (level === 'near') announce(`${ui.counter.textContent}.`);
-      else if (level === 'over') announce(`${ui.counter.textContent}. Shorten the message to send it.`);
+      else if (level === 'over') announce(t('counter.shorten', { counter: ui.counter.textContent }));
       this.level = level;
     }
   },
@@ -678,7 +701,11 @@ async function restoreConversation() {
     const nodes = [];
     for (const message of history.messages ?? []) {
       if (message.role === 'user') nodes.push(userMessage(message.content));
-      else if (message.role === 'assistant') nodes.push(new AssistantMessage({ text: message.content, finished: true }).node);
+      else if (message.role === 'assistant') {
+        const answer = new AssistantMessage({ text: message.content, finished: true });
+        if (typeof message.turn_id === 'string') feedback.attach(answer, message.turn_id);
+        nodes.push(answer.node);
+      }
     }
     ui.log.append(...nodes);
     thread.update();
@@ -689,7 +716,7 @@ async function restoreConversation() {
   } catch {
     // Kept in storage: a later reload may well succeed.
     thread.add(new Notice({
-      text: "Your earlier messages couldn't be loaded. New messages start a new conversation.",
+      text: t('notice.restore_failed'),
       kind: 'info',
     }).node);
   } finally {
@@ -759,16 +786,223 @@ function resumePending(pending, messages) {
 }
 
 
+// ------------------------------------------------------------- feedback
+
+/** The turn id in a stream URL (…/api/chat/<id>/events?t=…). */
+function turnIdOf(streamUrl) {
+  return /\/chat\/([A-Za-z0-9_-]+)\/events/.exec(streamUrl ?? '')?.[1] ?? null;
+}
+
+/**
+ * Thumbs up and down on each finished answer ([data-chatapp-feedback],
+ * aria-pressed), and after a thumbs down an optional comment. A later
+ * rating replaces the earlier one, on the server as here.
+ */
+const feedback = {
+  attach(answer, turnId) {
+    const actions = answer.node.querySelector('[data-chatapp-actions]');
+    if (!actions || actions.querySelector('[data-chatapp-feedback]')) return;
+    const buttons = {};
+    for (const rating of ['up', 'down']) {
+      buttons[rating] = h(
+        'button',
+        {
+          type: 'button',
+          class: 'btn btn--icon btn--subtle',
+          'data-chatapp-feedback': rating,
+          'aria-pressed': 'false',
+          'aria-label': t(`feedback.${rating}`),
+          title: t(`feedback.${rating}`),
+        },
+        icon(rating === 'up' ? 'thumbUp' : 'thumbDown'),
+      );
+      buttons[rating].addEventListener('click', () => this.rate(answer, turnId, rating, buttons));
+    }
+    // Before Copy, so that Copy stays one Shift+Tab from the message box.
+    answer.copy.before(buttons.up, buttons.down);
+  },
+
+  async rate(answer, turnId, rating, buttons, comment = undefined) {
+    const before = { up: buttons.up.getAttribute('aria-pressed'), down: buttons.down.getAttribute('aria-pressed') };
+    for (const [name, button] of Object.entries(buttons)) button.setAttribute('aria-pressed', String(name === rating));
+    if (rating === 'down' && comment === undefined) this.askComment(answer, turnId, buttons);
+    else if (rating === 'up') answer.node.querySelector('[data-chatapp-feedback-form]')?.remove();
+    try {
+      await this.send(turnId, comment ? { rating, comment } : { rating });
+      if (comment !== undefined) announce(t('feedback.thanks'));
+    } catch {
+      for (const [name, button] of Object.entries(buttons)) button.setAttribute('aria-pressed', before[name]);
+      announce(t('feedback.failed'));
+    }
+  },
+
+  send(turnId, body) {
+    return session.authorised((token) => callApi(`${config.api}/chat/${encodeURIComponent(turnId)}/feedback`, {
+      method: 'POST',
+      headers: { 'X-Chat-Token': token },
+      json: body,
+    }));
+  },
+
+  askComment(answer, turnId, buttons) {
+    if (answer.node.querySelector('[data-chatapp-feedback-form]')) return;
+    const id = `chatapp-feedback-${turnId}`;
+    const field = h('textarea', { id, class: 'feedback__field', rows: '2', maxlength: '1000' });
+    const form = h(
+      'form',
+      { class: 'feedback', 'data-chatapp-feedback-form': true },
+      h('label', { class: 'feedback__label', for: id, text: t('feedback.comment_label') }),
+      field,
+      h('button', { type: 'submit', class: 'btn btn--small', text: t('feedback.send') }),
+    );
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const comment = field.value.trim();
+      form.remove();
+      if (comment) this.rate(answer, turnId, 'down', buttons, comment);
+      else announce(t('feedback.thanks'));
+      ui.input.focus({ preventScroll: true });
+    });
+    thread.follow(() => answer.node.append(form));
+  },
+};
+
+// ------------------------------------------------- the visitor's own data
+
+/** "Download" (a Markdown transcript) and "Delete this conversation". */
+const dataControls = {
+  download: document.querySelector('[data-chatapp-download]'),
+  remove: document.querySelector('[data-chatapp-delete]'),
+  dialog: document.querySelector('[data-chatapp-confirm]'),
+
+  init() {
+    this.download?.addEventListener('click', () => this.runDownload());
+    this.remove?.addEventListener('click', () => this.confirm());
+    this.dialog?.addEventListener('close', () => {
+      if (this.dialog.returnValue === 'delete') this.runDelete();
+      else this.remove?.focus();
+    });
+    // Esc in the dialog closes the dialog only: not the widget around the chat.
+    this.dialog?.addEventListener('keydown', (event) => {
+      if (event.key === 'Escape') event.stopPropagation();
+    });
+  },
+
+  update() {
+    const has = Boolean(conversation.id);
+    if (this.download) this.download.hidden = !has;
+    if (this.remove) this.remove.hidden = !has;
+  },
+
+  confirm() {
+    if (!conversation.id || !this.dialog) return;
+    this.dialog.returnValue = '';
+    this.dialog.showModal();
+  },
+
+  /** Ask with the page's token, renewing an expired one once. */
+  async ask(path, method) {
+    const url = `${config.api}/conversations/${encodeURIComponent(conversation.id)}${path}`;
+    const attempt = (token) => fetch(url, { method, headers: { 'X-Chat-Token': token }, cache: 'no-store' });
+    let response = await attempt(session.token);
+    if (response.status === 403) {
+      await session.refresh();
+      response = await attempt(session.token);
+    }
+    return response;
+  },
+
+  async runDownload() {
+    if (!conversation.id) return;
+    try {
+      const response = await this.ask('?format=markdown', 'GET');
+      if (!response.ok) throw new Error(String(response.status));
+      const url = URL.createObjectURL(await response.blob());
+      const link = h('a', { href: url, download: `conversation-${conversation.id}.md`, hidden: true });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    } catch {
+      thread.add(new Notice({ text: t('download.failed') }).node);
+    }
+  },
+
+  async runDelete() {
+    if (!conversation.id) return;
+    try {
+      const response = await this.ask('', 'DELETE');
+      // 404: already gone (expired): for the visitor, deleted all the same.
+      if (response.status !== 204 && response.status !== 404) throw new Error(String(response.status));
+    } catch {
+      thread.add(new Notice({ text: t('delete.failed') }).node);
+      return;
+    }
+    const turn = activeTurn;
+    if (turn) {
+      activeTurn = null;
+      turn.ended = true;
+      turn.stream?.close();
+      clearTimeout(turn.cancelTimer);
+      composer.setBusy(false);
+    }
+    composer.editing = null;
+    conversation.forget();
+    followUps.withdraw();
+    undo.drop();
+    thread.clear();
+    ui.input.focus();
+    announce(t('delete.done'));
+  },
+};
+
+// ------------------------------------------------ driven by the host page
+
+/** What a widget's host page may ask of the chat (through embed.js). */
+const host = {
+  ask(text) {
+    if (typeof text !== 'string' || !text.trim()) return;
+    if (activeTurn || !composer.canSendNow()) {
+      this.prefill(text);
+      return;
+    }
+    startTurn(text.trim()); // too long: refused and handed back like a typed one
+  },
+
+  prefill(text) {
+    if (typeof text !== 'string') return;
+    ui.input.value = text;
+    composer.update();
+    ui.input.focus({ preventScroll: true });
+  },
+
+  setup({ greeting, suggestions }) {
+    const greetingNode = document.querySelector('[data-chatapp-greeting]');
+    if (typeof greeting === 'string' && greeting.trim() && greetingNode) greetingNode.textContent = greeting.trim();
+    const box = document.querySelector('[data-chatapp-suggestions]');
+    if (!box || !Array.isArray(suggestions)) return;
+    const questions = suggestions.filter((q) => typeof q === 'string' && q.trim()).slice(0, 6);
+    box.replaceChildren(...questions.map((question) => {
+      const button = h('button', { type: 'button', class: 'btn btn--small suggestion', 'data-chatapp-suggestion': true, text: question.trim() });
+      button.addEventListener('click', () => this.ask(question));
+      return button;
+    }));
+    box.hidden = questions.length === 0;
+  },
+};
+
 // ---------------------------------------------------------------- start-up
 
 thread.init();
 composer.init();
 undo.init();
 followUps.init();
+dataControls.init();
 ui.newChat.addEventListener('click', newChat);
-initEmbed();
+const embedded = initEmbed(host);
 restoreConversation().finally(() => {
   // A hook for themes and tests: the page is wired up and any earlier
   // conversation is back on screen.
   ui.form.dataset.ready = 'true';
+  embedded?.ready();
 });

@@ -9,6 +9,7 @@
  * marks tokens with class names only, so its output is CSP-safe.
  */
 import { announce, h, icon } from './dom.js';
+import { language, t } from './i18n.js';
 
 const hljs = typeof window.hljs?.highlight === 'function' ? window.hljs : null;
 hljs?.configure({ ignoreUnescapedHTML: true });
@@ -66,9 +67,9 @@ export function copyButton(label, getText, visibleLabel = '') {
   button.addEventListener('click', async () => {
     const copied = await copyText(getText());
     clearTimeout(timer);
-    button.replaceChildren(...face(copied ? 'check' : 'alert', copied ? 'Copied' : 'Failed'));
+    button.replaceChildren(...face(copied ? 'check' : 'alert', t(copied ? 'copy.done' : 'copy.failed')));
     button.classList.toggle('is-done', copied);
-    announce(copied ? 'Copied to the clipboard.' : 'Copying failed; select the text and copy it by hand.');
+    announce(t(copied ? 'copy.done_announce' : 'copy.failed_announce'));
     timer = setTimeout(() => {
       button.replaceChildren(...face('copy', visibleLabel));
       button.classList.remove('is-done');
@@ -102,8 +103,8 @@ function wrapToggle(block) {
     type: 'button',
     class: 'btn btn--tiny',
     'aria-pressed': 'false',
-    title: 'Wrap long lines',
-  }, icon('wrap'), h('span', { text: 'Wrap' }));
+    title: t('code.wrap_title'),
+  }, icon('wrap'), h('span', { text: t('code.wrap') }));
   button.addEventListener('click', () => {
     const wrapped = block.classList.toggle('is-wrapped');
     button.setAttribute('aria-pressed', String(wrapped));
@@ -121,7 +122,7 @@ function dressCode(pre, settled) {
     // A region that takes keyboard focus: a wide block scrolls by keys.
     pre.setAttribute('tabindex', '0');
     pre.setAttribute('role', 'region');
-    pre.setAttribute('aria-label', name ? `${name} code` : 'Code');
+    pre.setAttribute('aria-label', name ? t('code.label_named', { name }) : t('code.label'));
     const bar = h(
       'div',
       { class: 'codeblock__bar' },
@@ -138,7 +139,7 @@ function dressCode(pre, settled) {
     highlight(code, id);
     block.querySelector('.codeblock__tools').append(
       wrapToggle(block),
-      copyButton(name ? `Copy ${name} code` : 'Copy code', () => code.textContent, 'Copy'),
+      copyButton(name ? t('code.copy_named', { name }) : t('code.copy'), () => code.textContent, t('code.copy_short')),
     );
   });
 }
@@ -167,9 +168,10 @@ function later(task) {
 
 function tableLabel(table) {
   const heads = [...table.querySelectorAll('thead th')].map((th) => th.textContent.trim()).filter(Boolean);
-  if (heads.length === 0) return 'Table';
-  const shown = heads.slice(0, 3).join(', ');
-  return `Table: ${shown}${heads.length > 3 ? ` and ${heads.length - 3} more columns` : ''}`;
+  if (heads.length === 0) return t('table.label');
+  const columns = new Intl.ListFormat(language, { style: 'short', type: 'unit' }).format(heads.slice(0, 3));
+  if (heads.length <= 3) return t('table.label_named', { columns });
+  return t('table.label_more', { columns, n: heads.length - 3 });
 }
 
 // A cell this short stays on one line ("Year 2000", "1,200"); longer text

@@ -27,6 +27,8 @@ const ICONS = {
   clock: '<circle cx="12" cy="12" r="9"/><path d="M12 7v5l3.5 2"/>',
   info: '<circle cx="12" cy="12" r="9"/><path d="M12 11v5.5"/><path d="M12 7.5v.01"/>',
   edit: '<path d="M4 20h4L19 9l-4-4L4 16v4Z"/><path d="m13.5 6.5 4 4"/>',
+  thumbUp: '<path d="M7 10v10H4V10h3Z"/><path d="M7 10l4-7c1.5 0 2.5 1 2.2 2.6L12.6 9H18a2 2 0 0 1 2 2.3l-1.2 6.9A2 2 0 0 1 16.8 20H7"/>',
+  thumbDown: '<path d="M7 14V4H4v10h3Z"/><path d="M7 14l4 7c1.5 0 2.5-1 2.2-2.6L12.6 15H18a2 2 0 0 0 2-2.3l-1.2-6.9A2 2 0 0 0 16.8 4H7"/>',
   wrap: '<path d="M4 6h16"/><path d="M4 12h13a3 3 0 0 1 0 6h-4"/><path d="m15 16-2 2 2 2"/><path d="M4 18h5"/>',
 };
 
@@ -49,19 +51,6 @@ export const codePoints = (text) => {
   for (const _ of text) count += 1;
   return count;
 };
-
-const plural = (n, unit) => `${n} ${unit}${n === 1 ? '' : 's'}`;
-
-export function formatDuration(totalSeconds) {
-  const s = Math.max(0, Math.ceil(totalSeconds));
-  if (s < 60) return plural(s, 'second');
-  if (s < 3600) {
-    const rest = s % 60;
-    return plural(Math.floor(s / 60), 'minute') + (rest ? ` ${plural(rest, 'second')}` : '');
-  }
-  const minutes = Math.floor((s % 3600) / 60);
-  return plural(Math.floor(s / 3600), 'hour') + (minutes ? ` ${plural(minutes, 'minute')}` : '');
-}
 
 let statusRegion = null;
 let statusTimer = 0;

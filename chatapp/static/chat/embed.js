@@ -2,7 +2,11 @@
  * /embed inside a frame: tell an allowed parent how tall the chat wants to
  * be, ask a chatapp widget to close on Esc, take focus when it opens, and
  * ask the parent to reload when the chat's session ended for good.
- * Messages go only to origins in CHATAPP_EMBED_ORIGINS, never to "*".
+ * A widget's host page drives the chat from here: `chatapp:setup` (greeting,
+ * suggestions, the close button), `chatapp:prefill`, `chatapp:ask`; the chat
+ * says `chatapp:ready` and, for each finished answer, `chatapp:answer`.
+ * Messages go only to origins in CHATAPP_EMBED_ORIGINS, never to "*", and
+ * are taken only from the parent window on one of them.
  */
 import { config } from './config.js';
 import { ui } from './messages.js';
@@ -58,12 +62,23 @@ export function reloadChat() {
   setTimeout(() => window.location.reload(), PARENT_RELOAD_WAIT_MS);
 }
 
-export function initEmbed() {
-  if (!config.embed || window.parent === window) return;
+let answerTargets = [];
+
+/** Tell the parent (a widget) that an answer was written. */
+export function tellAnswer({ turn_id, conversation_id }) {
+  tellParent(answerTargets, { type: 'chatapp:answer', turn_id, conversation_id });
+}
+
+/** Wire the frame to its parent; returns {ready()} to call once the chat works. */
+export function initEmbed(host) {
+  if (!config.embed || window.parent === window) return null;
   document.documentElement.classList.add('is-framed');
   const targets = parentOrigins();
-  if (targets.length === 0) return;
+  if (targets.length === 0) return null;
+  answerTargets = targets;
   reportHeight(targets);
+  const closer = document.querySelector('[data-chatapp-close]');
+  closer?.addEventListener('click', () => tellParent(targets, { type: 'chatapp:close' }));
   // Esc that stopped nothing (the composer handles Stop first) closes a
   // widget's panel; a parent that is no widget ignores the message.
   document.addEventListener('keydown', (event) => {
@@ -71,6 +86,14 @@ export function initEmbed() {
   });
   window.addEventListener('message', (event) => {
     if (event.source !== window.parent || !targets.includes(event.origin)) return;
-    if (event.data?.type === 'chatapp:focus') ui.input.focus({ preventScroll: true });
+    const data = event.data;
+    if (data?.type === 'chatapp:focus') ui.input.focus({ preventScroll: true });
+    else if (data?.type === 'chatapp:setup') {
+      // A widget around us has no title bar of its own: this bar closes it.
+      if (closer && data.close === true) closer.hidden = false;
+      host.setup({ greeting: data.greeting, suggestions: data.suggestions });
+    } else if (data?.type === 'chatapp:prefill') host.prefill(data.text);
+    else if (data?.type === 'chatapp:ask') host.ask(data.text);
   });
+  return { ready: () => tellParent(targets, { type: 'chatapp:ready' }) };
 }

@@ -4,6 +4,7 @@
  */
 import { copyButton, dressBlocks } from './blocks.js';
 import { announce, h, icon } from './dom.js';
+import { t } from './i18n.js';
 import { renderMarkdown, StreamRenderer } from './render.js';
 import { showSources } from './sources.js';
 
@@ -211,14 +212,14 @@ export const thread = {
 export function userMessage(text) {
   return h(
     'article',
-    { class: 'msg msg--user', 'data-role': 'user', 'aria-label': 'You', 'aria-live': 'off' },
-    h('h2', { class: 'visually-hidden', text: 'You said' }),
+    { class: 'msg msg--user', 'data-role': 'user', 'aria-label': t('msg.you'), 'aria-live': 'off' },
+    h('h2', { class: 'visually-hidden', text: t('msg.you_said') }),
     h('div', { class: 'msg__body', text }),
     h('div', { class: 'msg__actions', 'data-chatapp-actions': true }),
   );
 }
 
-const RECONNECTING = 'Reconnecting…';
+const RECONNECTING = t('msg.reconnecting');
 
 export class AssistantMessage {
   constructor({ text = '', finished = false } = {}) {
@@ -229,12 +230,12 @@ export class AssistantMessage {
     this.offline = false;
     this.body = h('div', { class: 'msg__body markdown' });
     this.note = h('p', { class: 'msg__note', hidden: true });
-    this.copy = copyButton('Copy answer', () => this.text);
+    this.copy = copyButton(t('msg.copy_answer'), () => this.text);
     this.copy.hidden = true;
-    this.heading = h('h2', { class: 'visually-hidden', text: 'Assistant said' });
+    this.heading = h('h2', { class: 'visually-hidden', text: t('msg.assistant_said') });
     this.node = h(
       'article',
-      { class: 'msg msg--assistant', 'data-role': 'assistant', 'aria-label': 'Assistant' },
+      { class: 'msg msg--assistant', 'data-role': 'assistant', 'aria-label': t('msg.assistant') },
       this.heading,
       this.body,
       h(
@@ -255,7 +256,7 @@ export class AssistantMessage {
       'div',
       { class: 'thinking' },
       h('span', { class: 'thinking__dots', 'aria-hidden': 'true' }, h('i'), h('i'), h('i')),
-      h('span', { text: 'Thinking…' }),
+      h('span', { text: t('msg.thinking') }),
     );
     this.heading.after(this.thinking);
     this.node.dataset.state = 'thinking';
@@ -305,11 +306,11 @@ export class AssistantMessage {
     if (!online) {
       this.setNote(RECONNECTING, 'muted');
       this.node.dataset.connection = 'reconnecting';
-      announce('Connection lost. Reconnecting…');
+      announce(t('msg.connection_lost'));
     } else {
       if (this.note.textContent === RECONNECTING) this.setNote('');
       delete this.node.dataset.connection;
-      announce('Reconnected.');
+      announce(t('msg.reconnected'));
     }
   }
 
@@ -375,7 +376,7 @@ export class Notice {
     });
     this.node = h(
       'article',
-      { class: `msg notice notice--${kind}`, 'data-role': 'error', 'aria-label': kind === 'info' ? 'Note' : 'Problem' },
+      { class: `msg notice notice--${kind}`, 'data-role': 'error', 'aria-label': t(kind === 'info' ? 'notice.note' : 'notice.problem') },
       icon(waitSeconds ? 'clock' : kind === 'info' ? 'info' : 'alert'),
       h('div', { class: 'notice__main' }, this.textNode, this.button),
     );
@@ -394,7 +395,7 @@ export class Notice {
     this.retired = true;
     if (this.button) {
       this.button.disabled = true;
-      this.button.title = 'A newer message has been sent since';
+      this.button.title = t('notice.retired');
     }
   }
 

@@ -4,18 +4,14 @@
  * under the message box only when few are left, and said to screen readers.
  */
 
-import { announce, formatDuration, h } from './dom.js';
+import { announce, h } from './dom.js';
+import { formatDuration, t } from './i18n.js';
 
 const FIELD = /^"([^"]*)";r=(\d+);t=(\d+)$/;
 const POLICY = /;q=(\d+);w=(\d+)$/;
 const MOST_SHOWN = 3; // say nothing while more than this many are left
 
-function windowName(seconds) {
-  if (seconds === 60) return 'this minute';
-  if (seconds === 3600) return 'this hour';
-  if (seconds === 86400) return 'today';
-  return `in the next ${formatDuration(seconds)}`;
-}
+const WINDOWS = { 60: 'allowance.minute', 3600: 'allowance.hour', 86400: 'allowance.day' };
 
 /** Read the fields; null when they are absent or malformed. */
 export function parseAllowance(headers) {
@@ -36,9 +32,9 @@ export function describeAllowance(allowance) {
   const { left, resetSeconds, quota, window } = allowance;
   if (left > Math.min(MOST_SHOWN, Math.ceil(quota / 5))) return null;
   if (left === 0) {
-    return `That was your last message for now. You can send more in ${formatDuration(resetSeconds)}.`;
+    return t('allowance.last', { time: formatDuration(resetSeconds) });
   }
-  return `${left} ${left === 1 ? 'message' : 'messages'} left ${windowName(window)}.`;
+  return t(WINDOWS[window] ?? 'allowance.window', { n: left, time: formatDuration(window) });
 }
 
 let line = null;

@@ -5,12 +5,13 @@
  * The page the visitor reads (`/embed?page_url=`) goes with every message.
  */
 import { h } from './dom.js';
+import { t } from './i18n.js';
 
 // The page's words for sources; the catalogues take them over.
 export const WORDS = {
-  heading: 'Sources',
-  newTab: '(opens in a new tab)',
-  cite: (n, title) => `source ${n}: ${title}`,
+  get heading() { return t('sources.heading'); },
+  get newTab() { return t('sources.new_tab'); },
+  cite: (n, title) => t('sources.cite', { n, title }),
 };
 
 const MAX_URL = 2048;

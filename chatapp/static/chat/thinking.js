@@ -6,15 +6,16 @@
  * "Thinking" once per answer, not per token or per second.
  */
 import { announce, h } from './dom.js';
+import { t } from './i18n.js';
 
 // The page's English words for this module, in one place (catalogues later).
 export const WORDS = {
-  thinking: 'Thinking…',
-  announced: 'Thinking',
-  seconds: (n) => `${n} s`,
-  reasoning: 'Reasoning',
-  reasoningFor: (n) => `Reasoning (${n} s)`,
-  retrying: 'The AI service is busy; asking again…',
+  get thinking() { return t('thinking.thinking'); },
+  get announced() { return t('thinking.announced'); },
+  seconds: (n) => t('thinking.seconds', { n }),
+  get reasoning() { return t('thinking.reasoning'); },
+  reasoningFor: (n) => t('thinking.reasoning_for', { n }),
+  get retrying() { return t('thinking.retrying'); },
 };
 
 const views = new WeakMap();
