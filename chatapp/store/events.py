@@ -60,8 +60,16 @@ class EventLog(Protocol):
     def ping(self) -> None:
         """Raise StoreError when the backing store does not answer."""
 
-    def forget(self, turn_id: str) -> None:
-        """Drop a finished turn's replayable frames now, before they expire."""
+    def forget(self, turn_id: str, remember: float) -> None:
+        """Drop a finished turn's replayable frames now, before they expire.
+
+        The turn is remembered as deleted for `remember` seconds, so that a
+        reader with a fresh stream token is told it is gone (404), not that
+        its log was lost on the way (see `forgotten`).
+        """
+
+    def forgotten(self, turn_id: str) -> bool:
+        """Whether the turn was deleted (by `forget`) within its remembered time."""
 
 
 @dataclass
@@ -80,6 +88,7 @@ class MemoryEventLog:
         self._clock = clock
         self._listeners: list[Callable[[str], None]] = []
         self._next_sweep = 0.0
+        self._forgotten: dict[str, float] = {}  # deleted turn -> remembered until
 
     def _get(self, turn_id: str) -> _Turn | None:
         now = self._clock()
@@ -146,7 +155,13 @@ class MemoryEventLog:
     def ping(self) -> None:
         """Memory always answers."""
 
-    def forget(self, turn_id: str) -> None:
+    def forget(self, turn_id: str, remember: float) -> None:
         turn = self._turns.pop(turn_id, None)
         if turn is not None:
             turn.tail.lose()
+        now = self._clock()
+        self._forgotten = {t: at for t, at in self._forgotten.items() if at > now}
+        self._forgotten[turn_id] = now + remember
+
+    def forgotten(self, turn_id: str) -> bool:
+        return self._forgotten.get(turn_id, 0.0) > self._clock()

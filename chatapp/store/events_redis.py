@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -100,6 +101,11 @@ def turn_tag(turn_id: str) -> str:
 
 def _key(turn_id: str) -> str:
     return f"chatapp:t:{{{turn_tag(turn_id)}}}:{turn_id}"
+
+
+def _gone_key(turn_id: str) -> str:
+    """Mark a turn the visitor deleted, in the same slot as its log."""
+    return f"chatapp:gone:{{{turn_tag(turn_id)}}}:{turn_id}"
 
 
 def _worker_key(worker: str) -> str:
@@ -382,10 +388,17 @@ class RedisEventLog:
             pubsub.subscribe(CANCEL_CHANNEL)
         return pubsub
 
-    def forget(self, turn_id: str) -> None:
+    def forget(self, turn_id: str, remember: float) -> None:
         """Drop a finished turn's replayable frames now, before they expire."""
-        with guard("forget turn"):
-            self._r.delete(_key(turn_id))
+        key = _key(turn_id)
+        with guard("forget turn"), slot_pipeline(self._r, key) as p:
+            p.delete(key)
+            p.set(_gone_key(turn_id), b"1", ex=max(1, math.ceil(remember)))
+            p.execute()
+
+    def forgotten(self, turn_id: str) -> bool:
+        with guard("read a deleted turn's mark"):
+            return bool(self._r.exists(_gone_key(turn_id)))
 
     def ping(self) -> None:
         with guard("ping"):

@@ -48,8 +48,11 @@ def settle(relay: Relay, conversation_id: str) -> list[str]:
 
 def delete_conversation(relay: Relay, owner: str, conversation_id: str) -> None:
     """Erase one conversation of `owner`: running turns first, then every trace."""
+    # Remembered while a stream token of the turn may still be fresh, so
+    # that its reader hears 404 (deleted), not a lost log's error + done.
+    remember = relay.settings.stream_ttl
     for turn_id in settle(relay, conversation_id):
-        relay.events.forget(turn_id)
+        relay.events.forget(turn_id, remember)
     relay.history.delete(conversation_id, owner)
 
 

@@ -190,7 +190,8 @@ def _open_turn(turn_id: str, token: str | None) -> Tail | None:
     age = _check_stream_token(turn_id, token)
     tail = state().relay.open(turn_id)
     if tail is None:
-        if age < state().config["STREAM_TTL"]:
+        fresh = age < state().config["STREAM_TTL"]
+        if fresh and not state().relay.events.forgotten(turn_id):
             return None
         raise ApiError(404, "not_found", "No such turn, or it has expired.")
     return tail
