@@ -48,17 +48,18 @@ fi
 # `serial`, whole files spread over CHATAPP_TEST_WORKERS processes
 # (pytest-xdist --dist loadfile: a module's shared services stay in one
 # process; the tests wait on their servers far more than they compute, so
-# more processes than cores pay). Then the `serial` ones alone: they compare
+# more processes than cores pay), in collection order, which starts the long
+# battery first (tests/conftest.py), instead of xdist's biggest-file-first. Then the `serial` ones alone: they compare
 # timings, which other tests running beside them would blur.
 # With a selection among the arguments (a path, -k or -m), it is yours: one
 # run. Exit code 5 (no test collected) fails like any other.
-workers="${CHATAPP_TEST_WORKERS:-4}"
+workers="${CHATAPP_TEST_WORKERS:-3}"
 for arg in "$@"; do
   if [[ -e "${arg%%::*}" || "$arg" == -k* || "$arg" == -m* ]]; then
-    exec .venv/bin/pytest -n "$workers" --dist loadfile "$@"
+    exec .venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
   fi
 done
 status=0
-.venv/bin/pytest -n "$workers" --dist loadfile -m "not serial" "$@" || status=$?
+.venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder -m "not serial" "$@" || status=$?
 .venv/bin/pytest -p no:xdist -m serial "$@" || status=$((status ? status : $?))
 exit "$status"

@@ -78,20 +78,6 @@ def test_a_released_reader_frees_its_place_and_forgets_empty_keys() -> None:
     assert caps._by_turn == caps._by_client == {}
 
 
-def test_hold_releases_however_the_stream_ends() -> None:
-    caps = ReaderCaps()
-    slot = caps.acquire("c", "t", lambda: None)
-
-    def events() -> Iterator[bytes]:
-        yield b"a"
-        yield b"b"
-
-    stream = caps.hold(slot, events())
-    assert next(stream) == b"a"
-    stream.close()
-    assert caps.open_for_turn("t") == 0
-
-
 def test_the_caps_are_a_handful_per_turn_and_dozens_per_client() -> None:
     assert 2 <= READERS_PER_TURN <= 8
     assert 3 * READERS_PER_TURN <= READERS_PER_CLIENT <= 64

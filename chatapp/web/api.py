@@ -43,9 +43,8 @@ from chatapp.web.logs import client_hash
 from chatapp.web.logs import log_turn
 from chatapp.web.logs import prompt_fields
 from chatapp.web.readers import EXTENSION as READER_CAPS
-from chatapp.web.readers import ReaderCaps
-from chatapp.web.readers import socket_closer
-from chatapp.web.stream import event_stream
+from chatapp.web.stream import EventReader
+from chatapp.web.stream import finished_response
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -215,52 +214,23 @@ def events(turn_id: str) -> Response:
         return _lost_turn()
     after = parse.last_event_id()
     if read.finished(tail, after):
-        try:
-            return _poll(tail, after)
-        finally:
-            st.relay.close(turn_id, tail)
-    # A few readers per turn and per client on each worker; past a cap the
-    # oldest gives way (its socket is shut), never the new one. A poll holds
-    # a worker's greenlet for up to 25 s as a stream does, so it counts too.
-    caps: ReaderCaps = current_app.extensions[READER_CAPS]
-    closer = socket_closer(request.environ.get("gunicorn.socket"))
-    slot = caps.acquire(client_key(), turn_id, closer)
-    if request.args.get("poll") == "1":
-        try:
-            return _poll(tail, after, gone=lambda: slot.evicted)
-        finally:
-            st.relay.close(turn_id, tail)
-            caps.release(slot)
-    st.metrics.stream_opened(resumed=after > 0)
-
-    def closed(cause: str | None) -> None:
         st.relay.close(turn_id, tail)
-        caps.release(slot)
-        st.metrics.stream_closed(cause)
-
-    return event_stream(
-        tail,
-        after,
+        return finished_response()
+    reader = EventReader(
+        relay=st.relay,
+        metrics=st.metrics,
+        caps=current_app.extensions[READER_CAPS],
+        turn_id=turn_id,
+        tail=tail,
+        after=after,
+        client=client_key(),
         environ=request.environ,
-        heartbeat=st.config["HEARTBEAT_SECONDS"],
-        orphan=st.config["ORPHAN_SECONDS"],
-        on_close=closed,
-        caps=caps,
-        slot=slot,
     )
-
-
-def _poll(tail: Tail, after: int, gone: Callable[[], bool] = lambda: False) -> Response:
-    """Answer a reader after `done` with 204, else with the events as JSON.
-
-    A poll made to give way (past a reader cap) answers at once, maybe empty.
-    """
-    if read.finished(tail, after):
-        return Response(status=204, headers={"Cache-Control": "no-store"})
-    found, done = read.poll(tail, after, POLL_WAIT, gone=gone)
-    response = jsonify({"events": found, "done": done})
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    if request.args.get("poll") == "1":
+        return reader.poll(POLL_WAIT)
+    return reader.stream(
+        heartbeat=st.config["HEARTBEAT_SECONDS"], orphan=st.config["ORPHAN_SECONDS"]
+    )
 
 
 @bp.post("/chat/<turn_id>/cancel")

@@ -105,13 +105,6 @@ class ReaderCaps:
                 if not held:
                     del index[key]
 
-    def hold(self, slot: ReaderSlot, events: Iterator[bytes]) -> Iterator[bytes]:
-        """Stream `events`, releasing the slot however the stream ends."""
-        try:
-            yield from events
-        finally:
-            self.release(slot)
-
     def sending(self, slot: ReaderSlot, chunks: Iterator[bytes]) -> Iterator[bytes]:
         """Yield `chunks`, marking how long the server has been writing each."""
         for chunk in chunks:

@@ -1,4 +1,12 @@
-"""The SSE response: a turn's frames to one client, counted while open."""
+"""One owner for each open event stream: SSE or long poll, from open to release.
+
+An `EventReader` takes the reader's place in this worker's registry
+(`ReaderCaps`, which admission asks for capacity), gives way when evicted,
+keeps the heartbeat, notices a client gone, marks its writes for the send
+timeout, counts the stream in metrics, and releases all of it exactly once,
+however the response ends (sse-starlette's `EventSourceResponse` is the
+model of the shape).
+"""
 
 from __future__ import annotations
 
@@ -9,44 +17,109 @@ from typing import Any
 
 import gevent.monkey
 from flask import Response
+from flask import jsonify
 from werkzeug.wsgi import ClosingIterator
 
 from chatapp import sse
+from chatapp.metrics import Metrics
 from chatapp.store.tail import Tail
 from chatapp.turns import read
+from chatapp.turns.relay import Relay
 from chatapp.web.readers import ReaderCaps
-from chatapp.web.readers import ReaderSlot
+from chatapp.web.readers import socket_closer
 
 _original_poll = gevent.monkey.get_original("select", "poll")
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0x2000)
+NO_STORE = {"Cache-Control": "no-store"}
 
 
-def event_stream(
-    tail: Tail,
-    after: int,
-    *,
-    environ: dict[str, Any],
-    heartbeat: float,
-    orphan: float,
-    on_close: Callable[[str | None], None],
-    caps: ReaderCaps,
-    slot: ReaderSlot,
-) -> Response:
-    """Answer with the turn's events after `after`, live until `done`."""
-    gone = client_gone(environ.get("gunicorn.socket"))
-    # Wake often enough to notice a vanished client well within the orphan time.
-    wake = max(0.05, min(heartbeat, orphan / 3, 2.0))
-    frames = read.stream(tail, after, heartbeat=heartbeat, wake=wake, client_gone=gone)
+class EventReader:
+    """Own one reader of one turn: its slot, its liveness and its release."""
 
-    def closed() -> None:
-        on_close(None if tail.done else ("storage" if tail.lost else "client"))
+    def __init__(
+        self,
+        *,
+        relay: Relay,
+        metrics: Metrics,
+        caps: ReaderCaps,
+        turn_id: str,
+        tail: Tail,
+        after: int,
+        client: str,
+        environ: dict[str, Any],
+    ) -> None:
+        self._relay = relay
+        self._metrics = metrics
+        self._caps = caps
+        self._turn_id = turn_id
+        self._tail = tail
+        self._after = after
+        self._sock = environ.get("gunicorn.socket")
+        self._streaming = False
+        self._released = False
+        # A few readers per turn and per client on each worker; past a cap
+        # the oldest gives way (its socket is shut), never the new one. A poll
+        # holds a greenlet for up to its wait as a stream does, so it counts.
+        self._slot = caps.acquire(client, turn_id, socket_closer(self._sock))
 
-    # The server closes the body however the response ends, even unstarted;
-    # a write that waits past the send timeout ends it (readers.py).
-    body = ClosingIterator(caps.sending(slot, frames), [frames.close, closed])
-    response = Response(body, headers=sse.STREAM_HEADERS)
-    response.direct_passthrough = True  # bytes already: no re-encoding
-    return response
+    def poll(self, wait: float) -> Response:
+        """Answer the events after `after` as JSON, waiting up to `wait`.
+
+        A poll made to give way (past a reader cap) answers at once, maybe
+        empty.
+        """
+        try:
+            found, done = read.poll(
+                self._tail, self._after, wait, gone=lambda: self._slot.evicted
+            )
+        finally:
+            self.release(None)
+        response = jsonify({"events": found, "done": done})
+        response.headers.update(NO_STORE)
+        return response
+
+    def stream(self, *, heartbeat: float, orphan: float) -> Response:
+        """Answer with the turn's events as SSE, live until `done`."""
+        self._streaming = True
+        self._metrics.stream_opened(resumed=self._after > 0)
+        # Wake often enough to notice a vanished client well within the
+        # orphan time.
+        wake = max(0.05, min(heartbeat, orphan / 3, 2.0))
+        frames = read.stream(
+            self._tail,
+            self._after,
+            heartbeat=heartbeat,
+            wake=wake,
+            client_gone=client_gone(self._sock),
+        )
+        tail = self._tail
+
+        def closed() -> None:
+            self.release(None if tail.done else ("storage" if tail.lost else "client"))
+
+        # The server closes the body however the response ends, even
+        # unstarted; a write that waits past the send timeout ends it.
+        body = ClosingIterator(
+            self._caps.sending(self._slot, frames), [frames.close, closed]
+        )
+        response = Response(body, headers=sse.STREAM_HEADERS)
+        response.direct_passthrough = True  # bytes already: no re-encoding
+        return response
+
+    def release(self, cause: str | None) -> None:
+        """Give back everything the reader holds; `cause` says why it ended early."""
+        if self._released:
+            return
+        self._released = True
+        self._relay.close(self._turn_id, self._tail)
+        self._caps.release(self._slot)
+        if self._streaming:
+            self._metrics.stream_closed(cause)
+
+
+def finished_response() -> Response:
+    """Answer a reader that already had `done`: 204 stops EventSource for good."""
+    return Response(status=204, headers=NO_STORE)
 
 
 def client_gone(sock: socket.socket | None) -> Callable[[], bool]:
