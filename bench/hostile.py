@@ -272,6 +272,32 @@ def run_text(
                 timed(lambda m=message: mask(m)),
             )
         )
+    try:
+        from chatapp.turns.start import cacheable
+    except ImportError:  # an older checkout: the cache took every question
+        pass
+    else:
+        for pattern in ("1111 ", "1-"):
+            message = repeat(pattern, MESSAGE)
+            rows.append(
+                (
+                    "cacheable() (CHATAPP_CACHE_TTL on)",
+                    f"{pattern!r} repeated",
+                    f"{MESSAGE:,} ch",
+                    timed(lambda m=message: cacheable(m)),
+                )
+            )
+    from chatapp.upstream import demo
+
+    spaces = repeat(" a", MESSAGE)
+    rows.append(
+        (
+            "demo provider's word split",
+            "' a' repeated (it quotes the question)",
+            f"{MESSAGE:,} ch",
+            timed(lambda: demo._PIECES.findall(spaces)),
+        )
+    )
     surrogates = "\ud800" * MESSAGE
     rows.append(
         (

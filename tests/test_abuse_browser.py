@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from playwright.sync_api import BrowserContext
 from playwright.sync_api import Request
+from playwright.sync_api import Route
 from playwright.sync_api import expect
 
+from chatapp.tokens import TokenSigner
 from tests.browser import ChatPage
 from tests.conftest import ServiceFactory
 from tests.conftest import openai_settings
@@ -171,3 +173,51 @@ def test_the_page_says_how_many_messages_are_left_when_few_are(
     chat.wait_answer_finished()
     expect(allowance).to_contain_text("That was your last message for now.")
     chat.assert_clean()
+
+
+def test_a_page_that_moved_solves_again_without_a_word(
+    context: BrowserContext,
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+) -> None:
+    """The verified token vouches for the address that solved: here the
+    201 hands the page a token stamped for another address (as after a move
+    from Wi-Fi to a phone network). The next message is asked for a solution;
+    the page solves one and sends again, and the visitor sees only the answer.
+    """
+    secret = "bot-check-browser-secret-key-0123456789"
+    service = service_factory(
+        **openai_settings(
+            fake_provider, CHATAPP_BOT_CHECK="pow", CHATAPP_SECRET_KEY=secret
+        )
+    )
+    chat = ChatPage(context.new_page(), service.url)
+    sent: list[Request] = []
+    chat.page.on("request", lambda r: sent.append(r))
+    signer = TokenSigner((secret,), page_ttl=7200, stream_ttl=60)
+
+    def hand_out_a_token_from_elsewhere(route: Route) -> None:
+        response = route.fetch()
+        body = response.json()
+        if response.status == 201 and "token" in body:
+            identity = signer.read_page_token(body["token"])
+            body["token"] = signer.page_token(
+                signer.stamp_human(identity, "ip:203.0.113.99")
+            )
+        route.fulfill(response=response, json=body)
+
+    chat.page.route("**/api/chat", hand_out_a_token_from_elsewhere)
+    chat.open()
+    chat.send("fake: delay_ms=5 | Hello, human.")
+    chat.wait_answer_finished()
+
+    chat.send("fake: delay_ms=5 | Still here.")
+    chat.wait_answer_finished()
+
+    assert chat.answer_text() == "Still here."
+    expect(chat.errors).to_have_count(0)
+    posts = chat_posts(sent)
+    assert [bool(p.headers.get("x-altcha")) for p in posts] == [True, False, True]
+    assert [r.url.endswith("/api/challenge") for r in sent].count(True) == 2
+    # The browser's console notes the refused POST; the page shows nothing.
+    chat.assert_clean(allow=("the server responded with a status of 403",))

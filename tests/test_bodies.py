@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import timeit
 
 import pytest
 
@@ -78,12 +78,16 @@ HOSTILE = {
 @pytest.mark.parametrize("raw", HOSTILE.values(), ids=HOSTILE.keys())
 def test_a_hostile_body_of_64_kib_is_read_in_linear_time(raw: bytes) -> None:
     assert len(raw) <= 64 * 1024 + 32
-    started = time.perf_counter()
-    try:
-        parse_json_object(raw)
-    except ApiError:
-        pass
-    took = time.perf_counter() - started
+
+    def read() -> None:
+        try:
+            parse_json_object(raw)
+        except ApiError:
+            pass
+
+    # The best of three: a busy machine only ever adds to the step's own cost
+    # (a few milliseconds; the old depth regex took 18 s and more).
+    took = min(timeit.repeat(read, number=1, repeat=3))
     assert took < 0.5, f"{took:.3f}s"
 
 

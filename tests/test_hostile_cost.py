@@ -36,7 +36,7 @@ DEEP = b"[" * 30000 + b"]" * 30000
 LONG_WORD = "a" * 60000  # the e-mail pattern's local part
 DASHED_DIGITS = "1-" * 30000  # the phone pattern
 # Far below the old freeze, far above a healthy answer on a loaded machine.
-HEALTH_BOUND = 2.0
+HEALTH_BOUND = 3.0
 HOSTILE_CLIENTS = 2
 
 
