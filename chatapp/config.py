@@ -35,8 +35,7 @@ from chatapp.settings.parse import text as _text
 from chatapp.settings.parse import urls as _urls
 from chatapp.settings.resolve import EPHEMERAL_KEY_ENV as EPHEMERAL_KEY_ENV
 from chatapp.settings.resolve import PROVIDER_DEFAULTS
-from chatapp.settings.resolve import freeze
-from chatapp.settings.resolve import resolve
+from chatapp.settings.resolve import build
 from chatapp.settings.value import Settings
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -175,8 +174,10 @@ def redact(text: str) -> str:
 def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Settings:
     """Build the validated settings from defaults, environment and overrides.
+
+    Overrides (the tests') are values by key, as the table names them.
 
     A refusal (ConfigError) never carries a URL's credentials.
     """
@@ -189,7 +190,7 @@ def load_config(
 def _load_config(
     environ: Mapping[str, str] | None,
     overrides: Mapping[str, Any] | None,
-) -> dict[str, Any]:
+) -> Settings:
     env = os.environ if environ is None else environ
     config: dict[str, Any] = {}
     for name, (var, parse, default) in SETTINGS.items():
@@ -203,13 +204,4 @@ def _load_config(
             raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
     if overrides:
         config.update(overrides)
-    resolve(config, env)
-    return config
-
-
-def load_settings(
-    environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> Settings:
-    """Build the settings as one frozen, typed value."""
-    return freeze(load_config(environ, overrides))
+    return build(config, env)

@@ -7,14 +7,14 @@ import dataclasses
 import pytest
 
 from chatapp.config import SETTINGS
-from chatapp.config import load_settings
+from chatapp.config import load_config
 from chatapp.errors import ConfigError
 from chatapp.settings import Settings
 from chatapp.settings.value import LEASE_SECONDS
 
 
 def test_every_table_key_is_an_attribute_lower_cased() -> None:
-    settings = load_settings({})
+    settings = load_config({})
     for name in SETTINGS:
         assert name.lower() in Settings.names(), name
     assert settings.upstream_total_timeout == 600.0
@@ -23,7 +23,7 @@ def test_every_table_key_is_an_attribute_lower_cased() -> None:
 
 
 def test_the_value_is_frozen() -> None:
-    settings = load_settings({})
+    settings = load_config({})
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.model = "other"  # type: ignore[misc]
     with pytest.raises((AttributeError, TypeError)):
@@ -32,7 +32,7 @@ def test_the_value_is_frozen() -> None:
 
 def test_a_wrong_environment_value_stops_with_the_same_line() -> None:
     with pytest.raises(ConfigError) as info:
-        load_settings({"CHATAPP_UPSTREAM_TOTAL_TIMEOUT": "soon"})
+        load_config({"CHATAPP_UPSTREAM_TOTAL_TIMEOUT": "soon"})
     message = str(info.value)
     assert message.startswith("CHATAPP_UPSTREAM_TOTAL_TIMEOUT='soon' is invalid:")
     assert "\n" not in message
@@ -40,17 +40,17 @@ def test_a_wrong_environment_value_stops_with_the_same_line() -> None:
 
 def test_a_wrong_log_level_stops_start_up() -> None:
     with pytest.raises(ConfigError, match="CHATAPP_LOG_LEVEL"):
-        load_settings({"CHATAPP_LOG_LEVEL": "loud"})
-    assert load_settings({"CHATAPP_LOG_LEVEL": " Debug "}).log_level == "debug"
+        load_config({"CHATAPP_LOG_LEVEL": "loud"})
+    assert load_config({"CHATAPP_LOG_LEVEL": " Debug "}).log_level == "debug"
 
 
 def test_an_unknown_override_is_refused() -> None:
     with pytest.raises(ConfigError, match="UPSTREAM_TIMEOUT"):
-        load_settings({}, {"UPSTREAM_TIMEOUT": 5.0})
+        load_config({}, {"UPSTREAM_TIMEOUT": 5.0})
 
 
 def test_derived_values_follow_their_sources() -> None:
-    settings = load_settings(
+    settings = load_config(
         {"CHATAPP_UPSTREAM_TOTAL_TIMEOUT": "100", "CHATAPP_STREAM_TTL": "20"}
     )
     assert settings.stream_token_ttl == 100 + 20 + 3600
@@ -64,12 +64,12 @@ def test_derived_values_follow_their_sources() -> None:
 
 
 def test_the_first_token_wait_is_bounded_by_the_turns_deadline() -> None:
-    settings = load_settings({"CHATAPP_UPSTREAM_TOTAL_TIMEOUT": "40"})
+    settings = load_config({"CHATAPP_UPSTREAM_TOTAL_TIMEOUT": "40"})
     assert settings.upstream_first_token_timeout == 40
 
 
 def test_provider_and_fallback_are_resolved() -> None:
-    settings = load_settings(
+    settings = load_config(
         {
             "CHATAPP_PROVIDER": "openai",
             "OPENAI_API_KEY": "sk-test",
@@ -84,7 +84,7 @@ def test_provider_and_fallback_are_resolved() -> None:
 
 
 def test_keys_stay_out_of_the_repr() -> None:
-    settings = load_settings(
+    settings = load_config(
         {
             "CHATAPP_PROVIDER": "openai",
             "OPENAI_API_KEY": "sk-very-secret",
@@ -132,13 +132,13 @@ def test_keys_stay_out_of_the_repr() -> None:
 )
 def test_checks_across_settings(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_settings(env)
+        load_config(env)
     assert fragment in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_a_budget_that_holds_one_turn_is_accepted() -> None:
-    settings = load_settings(
+    settings = load_config(
         {"CHATAPP_DAILY_TOKEN_BUDGET": "500", "CHATAPP_MAX_OUTPUT_TOKENS": "500"}
     )
     assert settings.daily_token_budget == 500
