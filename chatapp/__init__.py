@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from chatapp import cli
 from chatapp.config import load_config
 from chatapp.extensions import init_state
+from chatapp.settings import Settings
 from chatapp.web import logs
 from chatapp.web.cors import init_cors
 from chatapp.web.errors import error_response
@@ -39,14 +40,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """
     settings = load_config(overrides=test_config)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
-    # Our forms have a handful of fields; each multipart part costs parsing
-    # time before any check (RELIABILITY.md, "Hostile input cost").
-    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
-    app.config["JSON_SORT_KEYS"] = False
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    _flask_config(app, settings)
     init_state(app, settings)
     # Before the limits: the gate asks this registry how many readers are open.
     app.extensions[READERS] = ReaderCaps(
@@ -55,6 +49,34 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     )
     init_limits(app)
     init_cors(app)  # after the limiter: its Origin check must run first
+    _wrap_wsgi(app, settings)
+    if settings.ephemeral_key:
+        log.warning(
+            "CHATAPP_SECRET_KEY is not set: tokens are signed with an ephemeral "
+            "key and stop working when the service restarts"
+        )
+    _register_blueprints(app)
+    _register_hooks(app)
+    _register_error_pages(app)
+    cli.init_app(app)  # flask --app wsgi knowledge …; re-crawls in a worker
+    logs.init_app(app, settings)  # X-Request-ID, JSON access lines
+    return app
+
+
+def _flask_config(app: Flask, settings: Settings) -> None:
+    """Fill app.config where Flask and Werkzeug read it themselves."""
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
+    # Our forms have a handful of fields; each multipart part costs parsing
+    # time before any check (RELIABILITY.md, "Hostile input cost").
+    app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
+    app.config["JSON_SORT_KEYS"] = False
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+
+
+def _wrap_wsgi(app: Flask, settings: Settings) -> None:
+    """Put the proxy fix, the peer check and the body deadline around the app."""
     hops = settings.trusted_proxy_hops
     if hops > 0:
         # Only the last `hops` X-Forwarded-For entries are proxies we trust;
@@ -81,12 +103,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         settings.max_body_bytes,
         larger={DOCUMENTS_PATH: max(MAX_DOCUMENT_BYTES, settings.max_body_bytes)},
     )
-    if settings.ephemeral_key:
-        log.warning(
-            "CHATAPP_SECRET_KEY is not set: tokens are signed with an ephemeral "
-            "key and stop working when the service restarts"
-        )
 
+
+def _register_blueprints(app: Flask) -> None:
     from chatapp.web import api
     from chatapp.web import knowledge
     from chatapp.web import openapi
@@ -105,6 +124,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(widget.bp)  # GET /widget.js
     app.register_blueprint(spend.bp)  # GET /api/spend, the owner's
 
+
+def _register_hooks(app: Flask) -> None:
     @app.after_request
     def security_headers(response: Response) -> Response:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -119,11 +140,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if refusal is None:
             return None
         return error_response(*refusal)
-
-    _register_error_pages(app)
-    cli.init_app(app)  # flask --app wsgi knowledge …; re-crawls in a worker
-    logs.init_app(app, settings)  # X-Request-ID, JSON access lines
-    return app
 
 
 # HTTP errors the API answers in its own words, as SPEC's JSON.

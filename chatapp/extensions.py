@@ -74,50 +74,9 @@ def init_state(app: Flask, settings: Settings) -> State:
         page_ttl=settings.token_ttl,
         stream_ttl=settings.stream_token_ttl,
     )
-    events: EventLog
-    history: History
-    redis_client = None
-    if settings.redis_url:
-        from chatapp.store.conversations_redis import RedisHistory
-        from chatapp.store.events_redis import RedisEventLog
-        from chatapp.store.redis import connect
-
-        redis_client = connect(settings.redis_url, REDIS_POOL_SIZE)
-        events = RedisEventLog(
-            redis_client,
-            running_ttl=settings.running_ttl,
-            stream_ttl=settings.stream_ttl,
-            orphan=settings.orphan_seconds,
-        )
-        history = RedisHistory(
-            redis_client,
-            settings.history_ttl,
-            # How long a conversation is held past its TTL while a turn runs.
-            turn_seconds=settings.turn_seconds,
-            grace=settings.turn_grace,
-        )
-    else:
-        events = MemoryEventLog()
-        history = MemoryHistory(
-            settings.history_ttl, turn_seconds=settings.turn_seconds
-        )
+    redis_client, events, history = _stores(settings)
     provider = build_provider(settings, http)
-    moderator: Moderator | None = None
-    if settings.moderation == "openai":
-        moderator = OpenAIModerator(
-            session=http,
-            base_url=settings.moderation_base_url,
-            api_key=settings.moderation_api_key,
-            connect_timeout=settings.upstream_connect_timeout,
-            deadline=settings.moderation_timeout,
-        )
-    relay = Relay(
-        events,
-        history,
-        provider,
-        settings,
-        moderator,
-    )
+    relay = Relay(events, history, provider, settings, _moderator(settings, http))
     metrics = Metrics(lambda: relay.running)
     metrics.known_upstreams(
         [(settings.provider, settings.model)]
@@ -130,34 +89,6 @@ def init_state(app: Flask, settings: Settings) -> State:
     provider.on_attempt.append(metrics.upstream_attempt)
     relay.on_end.append(metrics.turn_ended)
     relay.on_end.append(log_end)
-    botcheck = None
-    if settings.bot_check == "pow":
-        spent: SpentSolutions = MemorySpentSolutions()
-        if redis_client is not None:
-            from chatapp.store.challenges_redis import RedisSpentSolutions
-
-            spent = RedisSpentSolutions(redis_client)
-        botcheck = BotCheck(
-            settings.secret_keys, spent, max_number=settings.bot_check_max_number
-        )
-    knowledge = None
-    if settings.knowledge:
-        from chatapp.knowledge.embed import make_embedder
-        from chatapp.knowledge.index import open_index
-
-        embedder = make_embedder(
-            settings.embeddings_model,
-            settings.embeddings_base_url,
-            settings.embeddings_api_key,
-        )
-        knowledge = Knowledge(
-            # Hybrid when CHATAPP_EMBEDDINGS_MODEL is set: pushes are embedded
-            # as they are stored, questions as they are asked.
-            open_index(settings.knowledge_url, app.instance_path, embedder),
-            mode=settings.knowledge_mode,
-            max_chars=settings.knowledge_max_chars,
-            observe=metrics.retrieved,
-        )
     state = State(
         settings,
         signer,
@@ -168,11 +99,85 @@ def init_state(app: Flask, settings: Settings) -> State:
         http,
         metrics,
         redis_client,
-        botcheck,
-        knowledge,
+        _botcheck(settings, redis_client),
+        _knowledge(settings, app.instance_path, metrics),
     )
     app.extensions["chatapp"] = state
     return state
+
+
+def _stores(settings: Settings) -> tuple[Any, EventLog, History]:
+    """The turn logs and conversations: in Redis when one is named, else here."""
+    if not settings.redis_url:
+        memory = MemoryHistory(settings.history_ttl, turn_seconds=settings.turn_seconds)
+        return None, MemoryEventLog(), memory
+    from chatapp.store.conversations_redis import RedisHistory
+    from chatapp.store.events_redis import RedisEventLog
+    from chatapp.store.redis import connect
+
+    client = connect(settings.redis_url, REDIS_POOL_SIZE)
+    events = RedisEventLog(
+        client,
+        running_ttl=settings.running_ttl,
+        stream_ttl=settings.stream_ttl,
+        orphan=settings.orphan_seconds,
+    )
+    history = RedisHistory(
+        client,
+        settings.history_ttl,
+        # How long a conversation is held past its TTL while a turn runs in it.
+        turn_seconds=settings.turn_seconds,
+        grace=settings.turn_grace,
+    )
+    return client, events, history
+
+
+def _moderator(settings: Settings, http: requests.Session) -> Moderator | None:
+    if settings.moderation != "openai":
+        return None
+    return OpenAIModerator(
+        session=http,
+        base_url=settings.moderation_base_url,
+        api_key=settings.moderation_api_key,
+        connect_timeout=settings.upstream_connect_timeout,
+        deadline=settings.moderation_timeout,
+    )
+
+
+def _botcheck(settings: Settings, redis_client: Any) -> BotCheck | None:
+    if settings.bot_check != "pow":
+        return None
+    spent: SpentSolutions = MemorySpentSolutions()
+    if redis_client is not None:
+        from chatapp.store.challenges_redis import RedisSpentSolutions
+
+        spent = RedisSpentSolutions(redis_client)
+    return BotCheck(
+        settings.secret_keys, spent, max_number=settings.bot_check_max_number
+    )
+
+
+def _knowledge(
+    settings: Settings, instance_path: str, metrics: Metrics
+) -> Knowledge | None:
+    if not settings.knowledge:
+        return None
+    from chatapp.knowledge.embed import make_embedder
+    from chatapp.knowledge.index import open_index
+
+    embedder = make_embedder(
+        settings.embeddings_model,
+        settings.embeddings_base_url,
+        settings.embeddings_api_key,
+    )
+    return Knowledge(
+        # Hybrid when CHATAPP_EMBEDDINGS_MODEL is set: pushes are embedded
+        # as they are stored, questions as they are asked.
+        open_index(settings.knowledge_url, instance_path, embedder),
+        mode=settings.knowledge_mode,
+        max_chars=settings.knowledge_max_chars,
+        observe=metrics.retrieved,
+    )
 
 
 def log_end(end: TurnEnd) -> None:
