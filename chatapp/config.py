@@ -15,7 +15,6 @@ from types import MappingProxyType
 from typing import Any
 
 from chatapp.errors import ConfigError
-from chatapp.settings.parse import MAX_SECONDS as MAX_SECONDS
 from chatapp.settings.parse import base_url as _base_url
 from chatapp.settings.parse import ceilings as _ceilings
 from chatapp.settings.parse import choice as _choice
@@ -33,7 +32,6 @@ from chatapp.settings.parse import seconds as _seconds
 from chatapp.settings.parse import temperature as _temperature
 from chatapp.settings.parse import text as _text
 from chatapp.settings.parse import urls as _urls
-from chatapp.settings.resolve import EPHEMERAL_KEY_ENV as EPHEMERAL_KEY_ENV
 from chatapp.settings.resolve import PROVIDER_DEFAULTS
 from chatapp.settings.resolve import build
 from chatapp.settings.value import Settings
