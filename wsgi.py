@@ -4,7 +4,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 
@@ -14,9 +13,6 @@ from chatapp import create_app  # noqa: E402
 from chatapp.errors import ConfigError  # noqa: E402
 from chatapp.web.logs import configure_logging  # noqa: E402
 
-# Under gunicorn its logconfig_dict has set up the same JSON lines already.
-configure_logging(os.environ.get("CHATAPP_LOG_LEVEL", "info"))
-
 try:
     app = create_app()
 except ConfigError as exc:
@@ -24,6 +20,10 @@ except ConfigError as exc:
     # 3 is gunicorn's "worker failed to boot": the master stops instead of
     # respawning the worker forever.
     sys.exit(3)
+
+# At the level CHATAPP_LOG_LEVEL names, validated with the other settings.
+# Under gunicorn its logconfig_dict has set up the same JSON lines already.
+configure_logging(app.extensions["chatapp"].settings.log_level)
 
 
 def _drain_on_sigterm() -> None:
@@ -39,7 +39,7 @@ def _drain_on_sigterm() -> None:
         # Draining from this very moment: no request served after the signal
         # may start a turn or call this worker ready.
         state.relay.draining = True
-        gevent.spawn(state.relay.drain, state.config["DRAIN_SECONDS"])
+        gevent.spawn(state.relay.drain, state.settings.drain_seconds)
         if callable(previous):
             previous(signum, frame)
 

@@ -39,6 +39,28 @@ END = (
 )
 
 
+def _settings(m: dict[str, Any]) -> Any:
+    """The relay's settings, in the vocabulary of the tree under --root."""
+    values = {"stream_ttl": 60.0, "heartbeat": 15.0, "orphan": 30.0}
+    timeouts = {"total_timeout": 600.0, "idle_timeout": 30.0}
+    if hasattr(m["turns.model"], "TurnSettings"):  # trees before chatapp/settings
+        return m["turns.model"].TurnSettings(
+            provider="openai", model="m", **values, **timeouts
+        )
+    config = importlib.import_module("chatapp.config")
+    return config.load_config(
+        environ={"CHATAPP_PROVIDER": "openai", "OPENAI_API_KEY": "k"},
+        overrides={
+            "MODEL": "m",
+            "STREAM_TTL": 60.0,
+            "HEARTBEAT_SECONDS": 15.0,
+            "ORPHAN_SECONDS": 30.0,
+            "UPSTREAM_TOTAL_TIMEOUT": 600.0,
+            "UPSTREAM_IDLE_TIMEOUT": 30.0,
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("."))
@@ -88,15 +110,7 @@ def main() -> None:
         wrapped = "with the retry wrapper"
     except ImportError:
         wrapped = "no retry wrapper"
-    settings = m["turns.model"].TurnSettings(
-        provider="openai",
-        model="m",
-        stream_ttl=60.0,
-        total_timeout=600.0,
-        idle_timeout=30.0,
-        heartbeat=15.0,
-        orphan=30.0,
-    )
+    settings = _settings(m)
     request = m["upstream.base"].ChatRequest(
         model="m",
         system="",

@@ -14,6 +14,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from chatapp import cli
 from chatapp.config import load_config
 from chatapp.extensions import init_state
+from chatapp.settings import Settings
 from chatapp.web import logs
 from chatapp.web.cors import init_cors
 from chatapp.web.errors import error_response
@@ -33,36 +34,60 @@ MAX_FORM_PARTS = 64
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
-    """Build the application: config, extensions, blueprints."""
-    config = load_config(overrides=test_config)
+    """Build the application: settings, extensions, blueprints.
+
+    `test_config` overrides settings by key, as chatapp/config.py names them.
+    """
+    settings = load_config(overrides=test_config)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = config["MAX_BODY_BYTES"]
-    app.config["MAX_FORM_MEMORY_SIZE"] = config["MAX_BODY_BYTES"]
+    _flask_config(app, settings)
+    init_state(app, settings)
+    # Before the limits: the gate asks this registry how many readers are open.
+    app.extensions[READERS] = ReaderCaps(
+        per_client=settings.readers_per_client,
+        send_timeout=settings.stream_send_timeout,
+    )
+    init_limits(app)
+    init_cors(app)  # after the limiter: its Origin check must run first
+    _wrap_wsgi(app, settings)
+    if settings.ephemeral_key:
+        log.warning(
+            "CHATAPP_SECRET_KEY is not set: tokens are signed with an ephemeral "
+            "key and stop working when the service restarts"
+        )
+    _register_blueprints(app)
+    _register_hooks(app)
+    _register_error_pages(app)
+    cli.init_app(app)  # flask --app wsgi knowledge …; re-crawls in a worker
+    logs.init_app(app, settings)  # X-Request-ID, JSON access lines
+    return app
+
+
+def _flask_config(app: Flask, settings: Settings) -> None:
+    """Fill app.config where Flask and Werkzeug read it themselves."""
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_body_bytes
     # Our forms have a handful of fields; each multipart part costs parsing
     # time before any check (RELIABILITY.md, "Hostile input cost").
     app.config["MAX_FORM_PARTS"] = MAX_FORM_PARTS
     app.config["JSON_SORT_KEYS"] = False
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
-    init_state(app, config)
-    # Before the limits: the gate asks this registry how many readers are open.
-    app.extensions[READERS] = ReaderCaps(
-        per_client=config["READERS_PER_CLIENT"],
-        send_timeout=config["STREAM_SEND_TIMEOUT"],
-    )
-    init_limits(app)
-    init_cors(app)  # after the limiter: its Origin check must run first
-    hops = config["TRUSTED_PROXY_HOPS"]
+
+
+def _wrap_wsgi(app: Flask, settings: Settings) -> None:
+    """Put the proxy fix, the peer check and the body deadline around the app."""
+    hops = settings.trusted_proxy_hops
     if hops > 0:
         # Only the last `hops` X-Forwarded-For entries are proxies we trust;
         # anything a client put before them cannot buy a fresh limit.
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
         )
-        if config["TRUSTED_PROXIES"]:
+        if settings.trusted_proxies:
             # Forwarding headers count only when a trusted proxy sent them.
             app.wsgi_app = TrustedPeers(  # type: ignore[method-assign]
-                app.wsgi_app, config["TRUSTED_PROXIES"]
+                app.wsgi_app, settings.trusted_proxies
             )
         else:
             log.warning(
@@ -74,16 +99,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # Outermost: the body is read under its deadline before anything else.
     app.wsgi_app = BodyDeadline(  # type: ignore[method-assign]
         app.wsgi_app,
-        config["BODY_READ_SECONDS"],
-        config["MAX_BODY_BYTES"],
-        larger={DOCUMENTS_PATH: max(MAX_DOCUMENT_BYTES, config["MAX_BODY_BYTES"])},
+        settings.body_read_seconds,
+        settings.max_body_bytes,
+        larger={DOCUMENTS_PATH: max(MAX_DOCUMENT_BYTES, settings.max_body_bytes)},
     )
-    if config["EPHEMERAL_KEY"]:
-        log.warning(
-            "CHATAPP_SECRET_KEY is not set: tokens are signed with an ephemeral "
-            "key and stop working when the service restarts"
-        )
 
+
+def _register_blueprints(app: Flask) -> None:
     from chatapp.web import api
     from chatapp.web import knowledge
     from chatapp.web import openapi
@@ -102,6 +124,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(widget.bp)  # GET /widget.js
     app.register_blueprint(spend.bp)  # GET /api/spend, the owner's
 
+
+def _register_hooks(app: Flask) -> None:
     @app.after_request
     def security_headers(response: Response) -> Response:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -116,11 +140,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         if refusal is None:
             return None
         return error_response(*refusal)
-
-    _register_error_pages(app)
-    cli.init_app(app)  # flask --app wsgi knowledge …; re-crawls in a worker
-    logs.init_app(app, config)  # X-Request-ID, JSON access lines
-    return app
 
 
 # HTTP errors the API answers in its own words, as SPEC's JSON.

@@ -13,6 +13,7 @@ from flask import Flask
 from flask import current_app
 from flask.cli import AppGroup
 
+from chatapp.extensions import settings
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import KnowledgeError
 from chatapp.knowledge.index import open_index
@@ -59,11 +60,11 @@ CLI_OWNER = "cli"
 def init_app(app: Flask) -> None:
     """Register the commands; in a gunicorn worker, start the re-crawl loop."""
     app.cli.add_command(knowledge)
-    config = app.extensions["chatapp"].config
+    settings = app.extensions["chatapp"].settings
     # Only a serving worker re-crawls: the same factory also builds the app
     # for these commands and for the tests, which must not start crawling.
     serving = os.environ.get("SERVER_SOFTWARE", "").startswith("gunicorn/")
-    if serving and config["KNOWLEDGE"] and config["KNOWLEDGE_SOURCES"]:
+    if serving and settings.knowledge and settings.knowledge_sources:
         from chatapp.knowledge import refresh
 
         index = knowledge_index(app)
@@ -75,9 +76,9 @@ def init_app(app: Flask) -> None:
 
         refresh.start(
             index,
-            config["KNOWLEDGE_SOURCES"],
+            settings.knowledge_sources,
             crawl_lock(app),
-            config["KNOWLEDGE_REFRESH"],
+            settings.knowledge_refresh,
             on_report=count,
         )
 
@@ -88,28 +89,23 @@ def crawl_lock(app: Flask) -> CrawlLock:
     if state.redis is not None:
         return RedisLock(state.redis)
     # Beside the SQLite file: every worker of the host that writes it agrees.
-    index_file = sqlite_path(state.config["KNOWLEDGE_URL"], app.instance_path)
+    index_file = sqlite_path(state.settings.knowledge_url, app.instance_path)
     if index_file is not None:
         return FileLock(index_file.with_name(index_file.name + ".crawl-lock"))
     return FileLock(Path(app.instance_path) / "knowledge.crawl-lock")
-
-
-def _config() -> dict[str, Any]:
-    config: dict[str, Any] = current_app.extensions["chatapp"].config
-    return config
 
 
 def knowledge_index(app: Flask) -> Index:
     """Open the index the settings name, hybrid when embeddings are configured."""
     from chatapp.knowledge.embed import make_embedder
 
-    config = app.extensions["chatapp"].config
+    settings = app.extensions["chatapp"].settings
     embedder = make_embedder(
-        config["EMBEDDINGS_MODEL"],
-        config["EMBEDDINGS_BASE_URL"],
-        config["EMBEDDINGS_API_KEY"],
+        settings.embeddings_model,
+        settings.embeddings_base_url,
+        settings.embeddings_api_key,
     )
-    return open_index(config["KNOWLEDGE_URL"], app.instance_path, embedder)
+    return open_index(settings.knowledge_url, app.instance_path, embedder)
 
 
 def _index() -> Index:
@@ -121,7 +117,7 @@ def crawl_command() -> None:
     """Crawl CHATAPP_KNOWLEDGE_SOURCES now, print each page, then a summary."""
     from chatapp.knowledge.crawl import Crawler
 
-    sources = _config()["KNOWLEDGE_SOURCES"]
+    sources = settings().knowledge_sources
     if not sources:
         raise click.ClickException("CHATAPP_KNOWLEDGE_SOURCES is empty")
     lock = crawl_lock(current_app)
@@ -266,7 +262,7 @@ def stats_command() -> None:
         stats = index.stats()
     finally:
         index.close()
-    engine = _config()["KNOWLEDGE_URL"].split(":", 1)[0]
+    engine = settings().knowledge_url.split(":", 1)[0]
     click.echo(f"engine     {engine}")
     click.echo(f"documents  {stats.documents}")
     click.echo(f"passages   {stats.passages}")

@@ -1,188 +1,44 @@
-"""Settings: defaults, then CHATAPP_* environment, then test overrides."""
+"""Settings: defaults, then CHATAPP_* environment, then test overrides.
+
+The table below names every setting, its variable, parser and default;
+`load_config` reads it into the one frozen Settings value
+(chatapp/settings/), which the code reads as `settings.<key lower-cased>`.
+"""
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import secrets
 from collections.abc import Callable
 from collections.abc import Mapping
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import urlsplit
 
 from chatapp.errors import ConfigError
-
-# Set by gunicorn.conf.py in the master so that every worker signs with the
-# same throw-away key when no CHATAPP_SECRET_KEY is given.
-EPHEMERAL_KEY_ENV = "CHATAPP_EPHEMERAL_SECRET_KEY"
+from chatapp.settings.parse import base_url as _base_url
+from chatapp.settings.parse import ceilings as _ceilings
+from chatapp.settings.parse import choice as _choice
+from chatapp.settings.parse import flag as _flag
+from chatapp.settings.parse import http_url as _http_url
+from chatapp.settings.parse import integer as _int
+from chatapp.settings.parse import keys as _keys
+from chatapp.settings.parse import knowledge_url as _knowledge_url
+from chatapp.settings.parse import networks as _networks
+from chatapp.settings.parse import origins as _origins
+from chatapp.settings.parse import percentages as _percentages
+from chatapp.settings.parse import prices as _prices
+from chatapp.settings.parse import redis_url as _redis_url
+from chatapp.settings.parse import seconds as _seconds
+from chatapp.settings.parse import temperature as _temperature
+from chatapp.settings.parse import text as _text
+from chatapp.settings.parse import urls as _urls
+from chatapp.settings.resolve import PROVIDER_DEFAULTS
+from chatapp.settings.resolve import build
+from chatapp.settings.value import Settings
 
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful, concise assistant on a website. Answer in Markdown."
 )
-
-PROVIDER_DEFAULTS: dict[str, dict[str, str]] = {
-    "demo": {"base_url": "", "model": "demo", "key_env": ""},
-    "openai": {
-        "base_url": "https://api.openai.com/v1",
-        "model": "gpt-4o-mini",
-        "key_env": "OPENAI_API_KEY",
-    },
-    "anthropic": {
-        "base_url": "https://api.anthropic.com",
-        "model": "claude-sonnet-4-5",
-        "key_env": "ANTHROPIC_API_KEY",
-    },
-}
-
-
-def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        value = int(raw.strip())
-        if value < lo or (hi is not None and value > hi):
-            bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-            raise ValueError(f"must be {bound}")
-        return value
-
-    return parse
-
-
-# Longer than any deployment runs; keeps every TTL a Redis expiry can hold.
-MAX_SECONDS = 1e9
-
-
-def _seconds(*, zero_ok: bool = False) -> Callable[[str], float]:
-    """Parse a duration: any positive, finite number of seconds (or 0 if allowed)."""
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            value = math.nan
-        low_ok = value >= 0 if zero_ok else value > 0
-        if not (low_ok and value <= MAX_SECONDS):
-            least = "0 (off) or more" if zero_ok else "more than 0"
-            raise ValueError(f"must be a number of seconds, {least}, e.g. 30 or 0.5")
-        return value
-
-    return parse
-
-
-def _choice(*allowed: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        value = raw.strip().lower()
-        if value not in allowed:
-            raise ValueError(f"must be one of {', '.join(allowed)}")
-        return value
-
-    return parse
-
-
-def _flag(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
-        raise ValueError("must be 1 or 0")
-    return value in ("1", "true", "yes", "on")
-
-
-def _text(raw: str) -> str:
-    return raw.strip()
-
-
-def _temperature(raw: str) -> float:
-    value = float(raw.strip())
-    if not 0 <= value <= 2:
-        raise ValueError("must be between 0 and 2")
-    return value
-
-
-def _redis_url(raw: str) -> str:
-    value = raw.strip()
-    if value:
-        from chatapp.store.redis import parse
-
-        parse(value)  # one server, Sentinel or Cluster; ValueError says why not
-    return value
-
-
-def _origins(raw: str) -> tuple[str, ...]:
-    origins = []
-    for item in raw.split():
-        origin = item.rstrip("/")
-        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
-            raise ValueError(f"{item!r} is not an origin like https://example.com")
-        origins.append(origin)
-    return tuple(origins)
-
-
-def _keys(raw: str) -> tuple[str, ...]:
-    keys = tuple(k.strip() for k in raw.split(",") if k.strip())
-    if not keys:
-        raise ValueError("must hold at least one key")
-    return keys
-
-
-def _prices(raw: str) -> Any:
-    from chatapp.prices import parse_prices
-
-    return parse_prices(raw)
-
-
-def _ceilings(raw: str) -> Any:
-    from chatapp.prices import parse_ceilings
-
-    return parse_ceilings(raw)
-
-
-def _percentages(raw: str) -> tuple[int, ...]:
-    from chatapp.prices import parse_percentages
-
-    return parse_percentages(raw)
-
-
-def _http_url(raw: str) -> str:
-    value = raw.strip()
-    if value and not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http(s) URL")
-    return value
-
-
-def _networks(raw: str) -> tuple[Any, ...]:
-    # Imported here: guards imports gevent, which config must not need.
-    from chatapp.web.guards import parse_networks
-
-    return parse_networks(raw)
-
-
-def _knowledge_url(raw: str) -> str:
-    value = raw.strip()
-    if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
-        raise ValueError(
-            "must be sqlite:///path (one host) or postgresql://… (shared by hosts)"
-        )
-    return value
-
-
-def _base_url(raw: str) -> str:
-    value = raw.strip().rstrip("/")
-    if not value.startswith(("http://", "https://")):
-        raise ValueError("must be an http(s) URL")
-    return value
-
-
-def _urls(raw: str) -> tuple[str, ...]:
-    urls = tuple(raw.split())
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{url!r} is not an http(s) URL")
-    return urls
-
-
-# Shorter keys are guessable offline from any token a visitor holds.
-MIN_SECRET_KEY_CHARS = 32
 
 # name -> (environment variable, parser, default)
 SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
@@ -248,6 +104,12 @@ SETTINGS: dict[str, tuple[str, Callable[[str], Any], Any]] = {
     "CACHE_TTL": ("CHATAPP_CACHE_TTL", _seconds(zero_ok=True), 0.0),
     "DRAIN_SECONDS": ("CHATAPP_DRAIN_SECONDS", _seconds(), 30.0),
     "LOG_PROMPTS": ("CHATAPP_LOG_PROMPTS", _flag, False),
+    # gunicorn.conf.py reads the same variable for gunicorn's own lines.
+    "LOG_LEVEL": (
+        "CHATAPP_LOG_LEVEL",
+        _choice("debug", "info", "warning", "error", "critical"),
+        "info",
+    ),
     "MODERATION": ("CHATAPP_MODERATION", _choice("off", "openai"), "off"),
     "MODERATION_BASE_URL": (
         "CHATAPP_MODERATION_BASE_URL",
@@ -310,8 +172,10 @@ def redact(text: str) -> str:
 def load_config(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> Settings:
     """Build the validated settings from defaults, environment and overrides.
+
+    Overrides (the tests') are values by key, as the table names them.
 
     A refusal (ConfigError) never carries a URL's credentials.
     """
@@ -324,7 +188,7 @@ def load_config(
 def _load_config(
     environ: Mapping[str, str] | None,
     overrides: Mapping[str, Any] | None,
-) -> dict[str, Any]:
+) -> Settings:
     env = os.environ if environ is None else environ
     config: dict[str, Any] = {}
     for name, (var, parse, default) in SETTINGS.items():
@@ -338,176 +202,4 @@ def _load_config(
             raise ConfigError(f"{var}={raw!r} is invalid: {exc}") from exc
     if overrides:
         config.update(overrides)
-
-    provider = PROVIDER_DEFAULTS[config["PROVIDER"]]
-    config["PROVIDER_BASE_URL"] = (
-        config["PROVIDER_BASE_URL"] or provider["base_url"]
-    ).rstrip("/")
-    config["MODEL"] = config["MODEL"] or provider["model"]
-    key_env = provider["key_env"]
-    config.setdefault(
-        "PROVIDER_API_KEY", env.get(key_env, "").strip() if key_env else ""
-    )
-    if key_env and not config["PROVIDER_API_KEY"]:
-        raise ConfigError(
-            f"CHATAPP_PROVIDER={config['PROVIDER']} needs {key_env}; set it in the "
-            "environment (it stays on the server)"
-        )
-    if config["PROVIDER_BASE_URL"] and not config["PROVIDER_BASE_URL"].startswith(
-        ("http://", "https://")
-    ):
-        raise ConfigError("CHATAPP_PROVIDER_BASE_URL must be an http(s) URL")
-
-    _check_moderation(config, env)
-    _check_fallback(config, env)
-    config.setdefault("EMBEDDINGS_API_KEY", env.get("OPENAI_API_KEY", "").strip())
-    config["SYSTEM_PROMPT"] = _read_prompt(config["SYSTEM_PROMPT"])
-    config["EPHEMERAL_KEY"] = False
-    if not config["SECRET_KEYS"]:
-        if config["ENV"] == "production":
-            raise ConfigError(
-                "CHATAPP_ENV=production needs CHATAPP_SECRET_KEY "
-                "(generate one with: python3 -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))')"
-            )
-        shared = env.get(EPHEMERAL_KEY_ENV, "")
-        config["SECRET_KEYS"] = (shared or secrets.token_urlsafe(32),)
-        config["EPHEMERAL_KEY"] = True
-    elif config["ENV"] == "production" and any(
-        len(key) < MIN_SECRET_KEY_CHARS for key in config["SECRET_KEYS"]
-    ):
-        raise ConfigError(
-            f"CHATAPP_SECRET_KEY: every key must be at least {MIN_SECRET_KEY_CHARS} "
-            "characters in production (python3 -c 'import secrets; "
-            "print(secrets.token_urlsafe(32))')"
-        )
-    if config["UPSTREAM_IDLE_TIMEOUT"] > config["UPSTREAM_TOTAL_TIMEOUT"]:
-        raise ConfigError(
-            "CHATAPP_UPSTREAM_IDLE_TIMEOUT must not exceed "
-            "CHATAPP_UPSTREAM_TOTAL_TIMEOUT"
-        )
-    # The whole-turn deadline bounds the first word's wait as well: a short
-    # total (tests, strict sites) needs no matching first-token setting.
-    config["UPSTREAM_FIRST_TOKEN_TIMEOUT"] = min(
-        config["UPSTREAM_FIRST_TOKEN_TIMEOUT"], config["UPSTREAM_TOTAL_TIMEOUT"]
-    )
-    if config["WP_SHARED_SECRET"] and len(config["WP_SHARED_SECRET"].encode()) < 32:
-        raise ConfigError(
-            "CHATAPP_WP_SHARED_SECRET must be at least 32 bytes long "
-            "(HS256 needs a key as long as its hash)"
-        )
-    if config["ADMIN_TOKEN"] and len(config["ADMIN_TOKEN"]) < MIN_SECRET_KEY_CHARS:
-        raise ConfigError(
-            f"CHATAPP_ADMIN_TOKEN must be at least {MIN_SECRET_KEY_CHARS} characters "
-            "(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
-        )
-    _check_rate_limits(config["RATE_LIMITS"])
-    _check_spend(config)
-    return config
-
-
-def _check_spend(config: dict[str, Any]) -> None:
-    """Refuse ceilings over a model without a price: its spend is unknown."""
-    soft = config["SPEND_SOFT_LIMITS"]
-    if soft and not config["FALLBACK_MODEL"]:
-        raise ConfigError(
-            "CHATAPP_SPEND_SOFT_LIMITS needs CHATAPP_FALLBACK_MODEL, the cheaper "
-            "model that new turns use past a soft ceiling"
-        )
-    if not (config["SPEND_LIMITS"] or soft):
-        return
-    for model in (config["MODEL"], config["FALLBACK_MODEL"]):
-        if model and model not in config["PRICES"]:
-            raise ConfigError(
-                f"CHATAPP_PRICES has no price for the model {model!r}, and a spend "
-                "ceiling is set: add it, e.g. CHATAPP_PRICES='"
-                f"{model}=0.25/2.00' (per million input/output tokens)"
-            )
-
-
-def _check_moderation(config: dict[str, Any], env: Mapping[str, str]) -> None:
-    config.setdefault("MODERATION_API_KEY", env.get("OPENAI_API_KEY", "").strip())
-    url = config["MODERATION_BASE_URL"].rstrip("/")
-    config["MODERATION_BASE_URL"] = url
-    if config["MODERATION"] == "off":
-        return
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(
-            f"CHATAPP_MODERATION_BASE_URL={url!r} is invalid: must be an http(s) "
-            "URL ending in /v1, e.g. https://api.openai.com/v1"
-        )
-    if not config["MODERATION_API_KEY"]:
-        raise ConfigError(
-            "CHATAPP_MODERATION=openai needs OPENAI_API_KEY; set it in the "
-            "environment (it stays on the server)"
-        )
-
-
-def _check_fallback(config: dict[str, Any], env: Mapping[str, str]) -> None:
-    """Resolve the fallback model's provider, URL and key, or stop start-up."""
-    name = config["FALLBACK_PROVIDER"] or config["PROVIDER"]
-    same = name == config["PROVIDER"]
-    defaults = PROVIDER_DEFAULTS[name]
-    if not config["FALLBACK_MODEL"]:
-        if config["FALLBACK_PROVIDER"] or config["FALLBACK_BASE_URL"]:
-            raise ConfigError(
-                "CHATAPP_FALLBACK_PROVIDER and CHATAPP_FALLBACK_BASE_URL need "
-                "CHATAPP_FALLBACK_MODEL (the model to ask there)"
-            )
-    url = config["FALLBACK_BASE_URL"] or (
-        config["PROVIDER_BASE_URL"] if same else defaults["base_url"]
-    )
-    config["FALLBACK_PROVIDER"] = name
-    config["FALLBACK_BASE_URL"] = url.rstrip("/")
-    if url and not url.startswith(("http://", "https://")):
-        raise ConfigError("CHATAPP_FALLBACK_BASE_URL must be an http(s) URL")
-    key_env = defaults["key_env"]
-    config.setdefault(
-        "FALLBACK_API_KEY",
-        config["PROVIDER_API_KEY"]
-        if same
-        else (env.get(key_env, "").strip() if key_env else ""),
-    )
-    if config["FALLBACK_MODEL"] and key_env and not config["FALLBACK_API_KEY"]:
-        raise ConfigError(
-            f"CHATAPP_FALLBACK_PROVIDER={name} needs {key_env}; set it in the "
-            "environment (it stays on the server)"
-        )
-    effort = config["REASONING_EFFORT"]
-    uses_anthropic = "anthropic" in (
-        config["PROVIDER"],
-        name if config["FALLBACK_MODEL"] else "",
-    )
-    if effort and uses_anthropic and config["MAX_OUTPUT_TOKENS"] <= 1024:
-        raise ConfigError(
-            "CHATAPP_REASONING_EFFORT with Anthropic needs CHATAPP_MAX_OUTPUT_TOKENS "
-            "above 1024 (extended thinking takes at least 1024 of them)"
-        )
-
-
-def _read_prompt(value: str) -> str:
-    if not value.startswith("@"):
-        return value
-    path = Path(value[1:]).expanduser()
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"CHATAPP_SYSTEM_PROMPT=@{path}: cannot read it ({exc.strerror})"
-        ) from exc
-    if not text:
-        raise ConfigError(f"CHATAPP_SYSTEM_PROMPT=@{path}: the file is empty")
-    return text
-
-
-def _check_rate_limits(value: str) -> None:
-    # Imported here so that config stays importable without the limiter.
-    from limits import parse_many
-
-    try:
-        parse_many(value)
-    except ValueError as exc:
-        raise ConfigError(
-            f"CHATAPP_RATE_LIMITS={value!r} is invalid: expected e.g. "
-            "'10/minute;200/day'"
-        ) from exc
+    return build(config, env)

@@ -13,6 +13,7 @@ from requests.adapters import HTTPAdapter
 
 from chatapp.botcheck import BotCheck
 from chatapp.metrics import Metrics
+from chatapp.settings import Settings
 from chatapp.store.challenges import MemorySpentSolutions
 from chatapp.store.challenges import SpentSolutions
 from chatapp.store.conversations import History
@@ -22,9 +23,7 @@ from chatapp.store.events import MemoryEventLog
 from chatapp.tokens import TokenSigner
 from chatapp.turns.knowledge import Knowledge
 from chatapp.turns.model import TurnEnd
-from chatapp.turns.model import TurnSettings
 from chatapp.turns.relay import Relay
-from chatapp.turns.supervise import LEASE_SECONDS
 from chatapp.upstream import build_provider
 from chatapp.upstream.moderation import Moderator
 from chatapp.upstream.moderation import OpenAIModerator
@@ -34,16 +33,13 @@ from chatapp.web.logs import log_turn
 # Pooled Redis connections a worker may open: commands are short and never
 # block (the follower and the cancel listener have connections of their own).
 REDIS_POOL_SIZE = 64
-# A turn ends at most this long after its whole-turn deadline (the watchdog's
-# tick, writing its end); a conversation is held that much longer too.
-TURN_END_SLACK = 60.0
 
 
 @dataclass
 class State:
     """Everything a worker shares between requests."""
 
-    config: dict[str, Any]
+    settings: Settings
     signer: TokenSigner
     events: EventLog
     history: History
@@ -70,114 +66,31 @@ def provider_session(pool_size: int) -> requests.Session:
     return session
 
 
-def init_state(app: Flask, config: dict[str, Any]) -> State:
-    """Build the worker's state from validated config."""
-    http = provider_session(config["WORKER_MAX_STREAMS"])
+def init_state(app: Flask, settings: Settings) -> State:
+    """Build the worker's state from the validated settings."""
+    http = provider_session(settings.worker_max_streams)
     signer = TokenSigner(
-        config["SECRET_KEYS"],
-        page_ttl=config["TOKEN_TTL"],
-        stream_ttl=int(config["UPSTREAM_TOTAL_TIMEOUT"] + config["STREAM_TTL"] + 3600),
+        settings.secret_keys,
+        page_ttl=settings.token_ttl,
+        stream_ttl=settings.stream_token_ttl,
     )
-    events: EventLog
-    history: History
-    redis_client = None
-    # How long a conversation is held past its TTL while a turn runs in it.
-    turn_seconds = config["UPSTREAM_TOTAL_TIMEOUT"] + TURN_END_SLACK
-    if config["REDIS_URL"]:
-        from chatapp.store.conversations_redis import RedisHistory
-        from chatapp.store.events_redis import RedisEventLog
-        from chatapp.store.redis import connect
-
-        redis_client = connect(config["REDIS_URL"], REDIS_POOL_SIZE)
-        events = RedisEventLog(
-            redis_client,
-            running_ttl=config["UPSTREAM_TOTAL_TIMEOUT"]
-            + config["STREAM_TTL"]
-            + LEASE_SECONDS,
-            stream_ttl=config["STREAM_TTL"],
-            orphan=config["ORPHAN_SECONDS"],
-        )
-        history = RedisHistory(
-            redis_client,
-            config["HISTORY_TTL"],
-            turn_seconds=turn_seconds,
-            grace=config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"],
-        )
-    else:
-        events = MemoryEventLog()
-        history = MemoryHistory(config["HISTORY_TTL"], turn_seconds=turn_seconds)
-    provider = build_provider(config, http)
-    moderator: Moderator | None = None
-    if config["MODERATION"] == "openai":
-        moderator = OpenAIModerator(
-            session=http,
-            base_url=config["MODERATION_BASE_URL"],
-            api_key=config["MODERATION_API_KEY"],
-            connect_timeout=config["UPSTREAM_CONNECT_TIMEOUT"],
-            deadline=config["MODERATION_TIMEOUT"],
-        )
-    relay = Relay(
-        events,
-        history,
-        provider,
-        TurnSettings(
-            provider=provider.name,
-            model=config["MODEL"],
-            stream_ttl=config["STREAM_TTL"],
-            total_timeout=config["UPSTREAM_TOTAL_TIMEOUT"],
-            idle_timeout=config["UPSTREAM_IDLE_TIMEOUT"],
-            heartbeat=config["HEARTBEAT_SECONDS"],
-            orphan=config["ORPHAN_SECONDS"],
-            cache_ttl=config["CACHE_TTL"],
-            first_token_timeout=config["UPSTREAM_FIRST_TOKEN_TIMEOUT"],
-            show_reasoning=config["SHOW_REASONING"],
-            fallback_provider=config["FALLBACK_PROVIDER"],
-            fallback_model=config["FALLBACK_MODEL"],
-        ),
-        moderator,
-    )
+    redis_client, events, history = _stores(settings)
+    provider = build_provider(settings, http)
+    relay = Relay(events, history, provider, settings, _moderator(settings, http))
     metrics = Metrics(lambda: relay.running)
     metrics.known_upstreams(
-        [(config["PROVIDER"], config["MODEL"])]
+        [(settings.provider, settings.model)]
         + (
-            [(config["FALLBACK_PROVIDER"], config["FALLBACK_MODEL"])]
-            if config["FALLBACK_MODEL"]
+            [(settings.fallback_provider, settings.fallback_model)]
+            if settings.fallback_model
             else []
         )
     )
     provider.on_attempt.append(metrics.upstream_attempt)
     relay.on_end.append(metrics.turn_ended)
     relay.on_end.append(log_end)
-    botcheck = None
-    if config["BOT_CHECK"] == "pow":
-        spent: SpentSolutions = MemorySpentSolutions()
-        if redis_client is not None:
-            from chatapp.store.challenges_redis import RedisSpentSolutions
-
-            spent = RedisSpentSolutions(redis_client)
-        botcheck = BotCheck(
-            config["SECRET_KEYS"], spent, max_number=config["BOT_CHECK_MAX_NUMBER"]
-        )
-    knowledge = None
-    if config["KNOWLEDGE"]:
-        from chatapp.knowledge.embed import make_embedder
-        from chatapp.knowledge.index import open_index
-
-        embedder = make_embedder(
-            config["EMBEDDINGS_MODEL"],
-            config["EMBEDDINGS_BASE_URL"],
-            config["EMBEDDINGS_API_KEY"],
-        )
-        knowledge = Knowledge(
-            # Hybrid when CHATAPP_EMBEDDINGS_MODEL is set: pushes are embedded
-            # as they are stored, questions as they are asked.
-            open_index(config["KNOWLEDGE_URL"], app.instance_path, embedder),
-            mode=config["KNOWLEDGE_MODE"],
-            max_chars=config["KNOWLEDGE_MAX_CHARS"],
-            observe=metrics.retrieved,
-        )
     state = State(
-        config,
+        settings,
         signer,
         events,
         history,
@@ -186,11 +99,85 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         http,
         metrics,
         redis_client,
-        botcheck,
-        knowledge,
+        _botcheck(settings, redis_client),
+        _knowledge(settings, app.instance_path, metrics),
     )
     app.extensions["chatapp"] = state
     return state
+
+
+def _stores(settings: Settings) -> tuple[Any, EventLog, History]:
+    """The turn logs and conversations: in Redis when one is named, else here."""
+    if not settings.redis_url:
+        memory = MemoryHistory(settings.history_ttl, turn_seconds=settings.turn_seconds)
+        return None, MemoryEventLog(), memory
+    from chatapp.store.conversations_redis import RedisHistory
+    from chatapp.store.events_redis import RedisEventLog
+    from chatapp.store.redis import connect
+
+    client = connect(settings.redis_url, REDIS_POOL_SIZE)
+    events = RedisEventLog(
+        client,
+        running_ttl=settings.running_ttl,
+        stream_ttl=settings.stream_ttl,
+        orphan=settings.orphan_seconds,
+    )
+    history = RedisHistory(
+        client,
+        settings.history_ttl,
+        # How long a conversation is held past its TTL while a turn runs in it.
+        turn_seconds=settings.turn_seconds,
+        grace=settings.turn_grace,
+    )
+    return client, events, history
+
+
+def _moderator(settings: Settings, http: requests.Session) -> Moderator | None:
+    if settings.moderation != "openai":
+        return None
+    return OpenAIModerator(
+        session=http,
+        base_url=settings.moderation_base_url,
+        api_key=settings.moderation_api_key,
+        connect_timeout=settings.upstream_connect_timeout,
+        deadline=settings.moderation_timeout,
+    )
+
+
+def _botcheck(settings: Settings, redis_client: Any) -> BotCheck | None:
+    if settings.bot_check != "pow":
+        return None
+    spent: SpentSolutions = MemorySpentSolutions()
+    if redis_client is not None:
+        from chatapp.store.challenges_redis import RedisSpentSolutions
+
+        spent = RedisSpentSolutions(redis_client)
+    return BotCheck(
+        settings.secret_keys, spent, max_number=settings.bot_check_max_number
+    )
+
+
+def _knowledge(
+    settings: Settings, instance_path: str, metrics: Metrics
+) -> Knowledge | None:
+    if not settings.knowledge:
+        return None
+    from chatapp.knowledge.embed import make_embedder
+    from chatapp.knowledge.index import open_index
+
+    embedder = make_embedder(
+        settings.embeddings_model,
+        settings.embeddings_base_url,
+        settings.embeddings_api_key,
+    )
+    return Knowledge(
+        # Hybrid when CHATAPP_EMBEDDINGS_MODEL is set: pushes are embedded
+        # as they are stored, questions as they are asked.
+        open_index(settings.knowledge_url, instance_path, embedder),
+        mode=settings.knowledge_mode,
+        max_chars=settings.knowledge_max_chars,
+        observe=metrics.retrieved,
+    )
 
 
 def log_end(end: TurnEnd) -> None:
@@ -218,3 +205,8 @@ def state() -> State:
     """Return the current app's chatapp state."""
     value: State = current_app.extensions["chatapp"]
     return value
+
+
+def settings() -> Settings:
+    """Return the current app's settings: web code's one way to read them."""
+    return state().settings

@@ -133,7 +133,7 @@ class TokenSigner:
         self,
         keys: tuple[str, ...],
         *,
-        page_ttl: int,
+        page_ttl: float,
         stream_ttl: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -229,14 +229,17 @@ def _human(value: Any) -> Human | None:
 
 
 def _loads(
-    serializer: URLSafeTimedSerializer, token: str | None, max_age: int
+    serializer: URLSafeTimedSerializer, token: str | None, max_age: float
 ) -> tuple[dict[str, Any], float]:
     """Verify a token; return its payload and when it was signed."""
     if not token or not isinstance(token, str) or len(token) > 2048:
         raise TokenInvalid("no token")
     try:
+        # Typed int, but compared as seconds: CHATAPP_TOKEN_TTL=0.5 works.
         payload, signed = serializer.loads(
-            token, max_age=max_age, return_timestamp=True
+            token,
+            max_age=max_age,  # type: ignore[arg-type]
+            return_timestamp=True,
         )
     except SignatureExpired as exc:
         raise TokenExpired("token expired") from exc

@@ -13,24 +13,24 @@ from chatapp.errors import ConfigError
 
 def test_no_settings_means_demo_memory_and_ephemeral_key() -> None:
     config = load_config({})
-    assert config["PROVIDER"] == "demo"
-    assert config["REDIS_URL"] == ""
-    assert config["EPHEMERAL_KEY"] is True
-    assert len(config["SECRET_KEYS"]) == 1
-    assert config["MAX_OUTPUT_TOKENS"] == 1024
-    assert config["MAX_MESSAGE_CHARS"] == 4000
-    assert config["RATE_LIMITS"] == "10/minute;200/day"
+    assert config.provider == "demo"
+    assert config.redis_url == ""
+    assert config.ephemeral_key is True
+    assert len(config.secret_keys) == 1
+    assert config.max_output_tokens == 1024
+    assert config.max_message_chars == 4000
+    assert config.rate_limits == "10/minute;200/day"
 
 
 def test_workers_share_the_masters_ephemeral_key() -> None:
     env = {"CHATAPP_EPHEMERAL_SECRET_KEY": "shared"}
-    assert load_config(env)["SECRET_KEYS"] == ("shared",)
+    assert load_config(env).secret_keys == ("shared",)
 
 
 def test_key_list_rotates() -> None:
     config = load_config({"CHATAPP_SECRET_KEY": "new, old ,"})
-    assert config["SECRET_KEYS"] == ("new", "old")
-    assert config["EPHEMERAL_KEY"] is False
+    assert config.secret_keys == ("new", "old")
+    assert config.ephemeral_key is False
 
 
 @pytest.mark.parametrize(
@@ -95,24 +95,24 @@ def test_provider_defaults_and_overrides() -> None:
             "CHATAPP_TEMPERATURE": "0.2",
         }
     )
-    assert config["PROVIDER_BASE_URL"] == "http://127.0.0.1:11434/v1"
-    assert config["MODEL"] == "llama3.2"
-    assert config["TEMPERATURE"] == 0.2
-    assert config["PROVIDER_API_KEY"] == "k"
+    assert config.provider_base_url == "http://127.0.0.1:11434/v1"
+    assert config.model == "llama3.2"
+    assert config.temperature == 0.2
+    assert config.provider_api_key == "k"
 
 
 def test_system_prompt_from_file(tmp_path: Path) -> None:
     prompt = tmp_path / "prompt.txt"
     prompt.write_text("You answer in haiku.\n", encoding="utf-8")
     config = load_config({"CHATAPP_SYSTEM_PROMPT": f"@{prompt}"})
-    assert config["SYSTEM_PROMPT"] == "You answer in haiku."
+    assert config.system_prompt == "You answer in haiku."
 
 
 def test_embed_origins_are_parsed() -> None:
     config = load_config(
         {"CHATAPP_EMBED_ORIGINS": "https://blog.example http://127.0.0.1:8080/"}
     )
-    assert config["EMBED_ORIGINS"] == ("https://blog.example", "http://127.0.0.1:8080")
+    assert config.embed_origins == ("https://blog.example", "http://127.0.0.1:8080")
 
 
 DURATIONS = [
@@ -144,7 +144,7 @@ def test_any_positive_number_of_seconds_is_a_duration(
     if "UPSTREAM_IDLE" in var or "UPSTREAM_TOTAL" in var:
         env |= {"CHATAPP_UPSTREAM_IDLE_TIMEOUT": raw}
         env |= {"CHATAPP_UPSTREAM_TOTAL_TIMEOUT": raw}
-    assert load_config(env)[_setting(var)] == seconds
+    assert getattr(load_config(env), _setting(var).lower()) == seconds
 
 
 @pytest.mark.parametrize("var", DURATIONS)
@@ -169,17 +169,17 @@ def test_zero_is_no_duration(var: str) -> None:
 
 
 def test_cache_ttl_zero_means_off() -> None:
-    assert load_config({"CHATAPP_CACHE_TTL": "0"})["CACHE_TTL"] == 0
+    assert load_config({"CHATAPP_CACHE_TTL": "0"}).cache_ttl == 0
 
 
 def test_a_long_enough_secret_key_starts_production() -> None:
     config = load_config({"CHATAPP_ENV": "production", "CHATAPP_SECRET_KEY": "k" * 32})
-    assert config["SECRET_KEYS"] == ("k" * 32,)
+    assert config.secret_keys == ("k" * 32,)
 
 
 def test_trusted_proxies_are_networks() -> None:
     config = load_config({"CHATAPP_TRUSTED_PROXIES": "10.0.0.0/8, 127.0.0.1 ::1"})
-    assert [str(n) for n in config["TRUSTED_PROXIES"]] == [
+    assert [str(n) for n in config.trusted_proxies] == [
         "10.0.0.0/8",
         "127.0.0.1/32",
         "::1/128",
@@ -187,8 +187,8 @@ def test_trusted_proxies_are_networks() -> None:
 
 
 def test_abuse_guards_are_off_by_default_and_read_when_on() -> None:
-    assert load_config({})["MODERATION"] == "off"
-    assert load_config({})["BOT_CHECK"] == "off"
+    assert load_config({}).moderation == "off"
+    assert load_config({}).bot_check == "off"
     config = load_config(
         {
             "CHATAPP_MODERATION": "openai",
@@ -197,6 +197,6 @@ def test_abuse_guards_are_off_by_default_and_read_when_on() -> None:
             "CHATAPP_BOT_CHECK": "POW",
         }
     )
-    assert config["MODERATION_API_KEY"] == "key"
-    assert config["MODERATION_BASE_URL"] == "http://127.0.0.1:9/v1"
-    assert config["BOT_CHECK"] == "pow"
+    assert config.moderation_api_key == "key"
+    assert config.moderation_base_url == "http://127.0.0.1:9/v1"
+    assert config.bot_check == "pow"

@@ -201,12 +201,12 @@ def test_bad_knowledge_settings_stop_start_up_with_one_line(
 
 def test_knowledge_settings_have_spec_defaults() -> None:
     config = load_config({"OPENAI_API_KEY": "sk-x"})
-    assert config["KNOWLEDGE"] is False
-    assert config["KNOWLEDGE_URL"] == "sqlite:///"
-    assert config["KNOWLEDGE_SOURCES"] == ()
-    assert config["KNOWLEDGE_REFRESH"] == 86400.0
-    assert config["KNOWLEDGE_MODE"] == "prefer"
-    assert config["KNOWLEDGE_MAX_CHARS"] == 6000
-    assert config["EMBEDDINGS_MODEL"] == ""
-    assert config["EMBEDDINGS_BASE_URL"] == "https://api.openai.com/v1"
-    assert config["EMBEDDINGS_API_KEY"] == "sk-x"
+    assert config.knowledge is False
+    assert config.knowledge_url == "sqlite:///"
+    assert config.knowledge_sources == ()
+    assert config.knowledge_refresh == 86400.0
+    assert config.knowledge_mode == "prefer"
+    assert config.knowledge_max_chars == 6000
+    assert config.embeddings_model == ""
+    assert config.embeddings_base_url == "https://api.openai.com/v1"
+    assert config.embeddings_api_key == "sk-x"

@@ -208,7 +208,7 @@ def test_soft_ceilings_need_a_fallback_model() -> None:
 
 def test_prices_without_ceilings_need_not_cover_every_model() -> None:
     config = load_config(environ={"CHATAPP_PRICES": "gpt-5-mini=0.25/2"})
-    assert "demo" not in config["PRICES"]
+    assert "demo" not in config.prices
 
 
 # -- the ledger: memory and Redis, one contract ------------------------------------

@@ -17,6 +17,7 @@ import gevent.event
 import pytest
 
 from chatapp import sse
+from chatapp.config import load_config
 from chatapp.errors import ProviderError
 from chatapp.store.conversations import MemoryHistory
 from chatapp.store.conversations import StoredMessage
@@ -24,7 +25,6 @@ from chatapp.store.events import MemoryEventLog
 from chatapp.turns import read
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
-from chatapp.turns.model import TurnSettings
 from chatapp.turns.relay import Relay
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Chunk
@@ -67,20 +67,22 @@ class Failing:
         raise ProviderError("provider_unavailable", "gone", retryable=True)
 
 
-def relay_with(provider: object, **settings: float) -> tuple[Relay, list[TurnEnd]]:
-    values: dict[str, float] = {
-        "stream_ttl": 60.0,
-        "total_timeout": 30.0,
-        "idle_timeout": 30.0,
-        "heartbeat": 15.0,
-        "orphan": 30.0,
-        **settings,
+def relay_with(provider: object, **settings: object) -> tuple[Relay, list[TurnEnd]]:
+    """A relay on memory stores; `settings` override by attribute name."""
+    values: dict[str, object] = {
+        "MODEL": "m",
+        "STREAM_TTL": 60.0,
+        "UPSTREAM_TOTAL_TIMEOUT": 30.0,
+        "UPSTREAM_IDLE_TIMEOUT": 30.0,
+        "HEARTBEAT_SECONDS": 15.0,
+        "ORPHAN_SECONDS": 30.0,
+        **{name.upper(): value for name, value in settings.items()},
     }
     relay = Relay(
         MemoryEventLog(),
         MemoryHistory(60),
         provider,  # type: ignore[arg-type]
-        TurnSettings(provider="p", model="m", **values),
+        load_config(environ={}, overrides=values),
     )
     ends: list[TurnEnd] = []
     relay.on_end.append(ends.append)
@@ -169,7 +171,7 @@ def test_cancel_closes_the_upstream_and_ends_the_turn() -> None:
 
 def test_the_watchdog_ends_a_silent_provider() -> None:
     provider = Scripted(["a"], stall=True)
-    relay, _ = relay_with(provider, idle_timeout=0.2)
+    relay, _ = relay_with(provider, upstream_idle_timeout=0.2)
     info = started(relay)
     got = follow(relay, info.id)
     assert got[-2][1]["code"] == "provider_timeout"
@@ -179,7 +181,7 @@ def test_the_watchdog_ends_a_silent_provider() -> None:
 
 def test_a_turn_nobody_reads_is_cancelled_as_an_orphan() -> None:
     provider = Scripted([], stall=True)
-    relay, ends = relay_with(provider, orphan=0.2)
+    relay, ends = relay_with(provider, orphan_seconds=0.2)
     started(relay)
     assert provider.closed.wait(5)
     gevent.sleep(0.05)
@@ -301,7 +303,9 @@ def test_reasoning_is_not_relayed_unless_asked_for() -> None:
 
 def test_the_first_token_wait_ends_a_silent_provider() -> None:
     relay, ends = relay_with(
-        Scripted([], stall=True), first_token_timeout=0.3, idle_timeout=10.0
+        Scripted([], stall=True),
+        upstream_first_token_timeout=0.3,
+        upstream_idle_timeout=10.0,
     )
     info = started(relay)
     got = follow(relay, info.id)

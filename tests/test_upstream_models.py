@@ -311,11 +311,11 @@ BASE = {"CHATAPP_PROVIDER": "openai", "OPENAI_API_KEY": "sk-test"}
 
 def test_the_new_settings_have_spec_defaults() -> None:
     config = load_config(BASE)
-    assert config["UPSTREAM_TOTAL_TIMEOUT"] == 600
-    assert config["UPSTREAM_FIRST_TOKEN_TIMEOUT"] == 300
-    assert config["UPSTREAM_RETRIES"] == 2
-    assert config["FALLBACK_MODEL"] == "" and config["REASONING_EFFORT"] == ""
-    assert config["SHOW_REASONING"] is False
+    assert config.upstream_total_timeout == 600
+    assert config.upstream_first_token_timeout == 300
+    assert config.upstream_retries == 2
+    assert config.fallback_model == "" and config.reasoning_effort == ""
+    assert config.show_reasoning is False
 
 
 def test_a_fallback_elsewhere_needs_its_key() -> None:
@@ -324,16 +324,16 @@ def test_a_fallback_elsewhere_needs_its_key() -> None:
     with pytest.raises(ConfigError, match="ANTHROPIC_API_KEY"):
         load_config(env)
     config = load_config({**env, "ANTHROPIC_API_KEY": "ak"})
-    assert config["FALLBACK_BASE_URL"] == "https://api.anthropic.com"
-    assert config["FALLBACK_API_KEY"] == "ak"
+    assert config.fallback_base_url == "https://api.anthropic.com"
+    assert config.fallback_api_key == "ak"
 
 
 def test_a_fallback_at_the_same_provider_shares_its_url_and_key() -> None:
     env = {**BASE, "CHATAPP_PROVIDER_BASE_URL": "http://127.0.0.1:9/v1"}
     config = load_config({**env, "CHATAPP_FALLBACK_MODEL": "gpt-5-nano"})
-    assert config["FALLBACK_PROVIDER"] == "openai"
-    assert config["FALLBACK_BASE_URL"] == "http://127.0.0.1:9/v1"
-    assert config["FALLBACK_API_KEY"] == "sk-test"
+    assert config.fallback_provider == "openai"
+    assert config.fallback_base_url == "http://127.0.0.1:9/v1"
+    assert config.fallback_api_key == "sk-test"
 
 
 @pytest.mark.parametrize(
@@ -368,7 +368,7 @@ def test_anthropic_thinking_needs_room_above_its_minimum_budget() -> None:
 
 def test_the_first_token_wait_never_outlasts_the_whole_turn() -> None:
     config = load_config({**BASE, "CHATAPP_UPSTREAM_TOTAL_TIMEOUT": "40"})
-    assert config["UPSTREAM_FIRST_TOKEN_TIMEOUT"] == 40
+    assert config.upstream_first_token_timeout == 40
 
 
 # -- starting a turn on the fallback (what the spend governor asks for) ----------
@@ -378,28 +378,22 @@ def test_a_turn_can_start_on_the_fallback_model() -> None:
     from chatapp.store.conversations import MemoryHistory
     from chatapp.store.events import MemoryEventLog
     from chatapp.tokens import Identity
-    from chatapp.turns.model import TurnSettings
     from chatapp.turns.relay import Relay
     from chatapp.turns.start import start_turn
 
     main = Script("openai")
     spare = Script("anthropic", [Chunk("cheap"), Chunk(finish_reason="stop")])
     upstream = Resilient(Route(main, "big"), Route(spare, "small"), retries=0)
-    settings = TurnSettings(
-        provider="openai",
-        model="big",
-        stream_ttl=60,
-        total_timeout=30,
-        idle_timeout=30,
-        heartbeat=15,
-        orphan=30,
-        fallback_provider="anthropic",
-        fallback_model="small",
-    )
-    relay = Relay(MemoryEventLog(), MemoryHistory(60), upstream, settings)
     config = load_config(
-        {**BASE, "CHATAPP_MODEL": "big", "CHATAPP_FALLBACK_MODEL": "small"}
+        {
+            **BASE,
+            "CHATAPP_MODEL": "big",
+            "CHATAPP_FALLBACK_MODEL": "small",
+            "CHATAPP_FALLBACK_PROVIDER": "anthropic",
+            "ANTHROPIC_API_KEY": "ak",
+        }
     )
+    relay = Relay(MemoryEventLog(), MemoryHistory(60), upstream, config)
     body, new = start_turn(
         relay,
         config,

@@ -50,6 +50,7 @@ import redis
 
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
+from chatapp.settings import Settings
 from chatapp.store.limits import Hold
 from chatapp.store.limits import LimitStore
 from chatapp.store.limits import MemoryLimitStore
@@ -148,7 +149,7 @@ class Gate:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        settings: Settings,
         running: Callable[[], int],
         client: redis.Redis | None,
         clock: Callable[[], float] = time.time,
@@ -159,13 +160,11 @@ class Gate:
         self._running = running
         self._readers = readers
         self._clock = clock
-        self._budget = int(config["DAILY_TOKEN_BUDGET"])
-        self._hold = int(config["MAX_OUTPUT_TOKENS"])
-        self._max_streams = int(config["MAX_STREAMS_PER_CLIENT"])
-        self._max_open = int(config["WORKER_MAX_STREAMS"])
-        self._slot_lifetime = (
-            float(config["UPSTREAM_TOTAL_TIMEOUT"]) + SLOT_MARGIN_SECONDS
-        )
+        self._budget = settings.daily_token_budget
+        self._hold = settings.max_output_tokens
+        self._max_streams = settings.max_streams_per_client
+        self._max_open = settings.worker_max_streams
+        self._slot_lifetime = settings.upstream_total_timeout + SLOT_MARGIN_SECONDS
         self.redis = client
         self.memory = MemoryLimitStore()
         self._shared = RedisLimitStore(client) if client is not None else None
@@ -174,7 +173,7 @@ class Gate:
         self._reclaimed_at = -RECLAIM_EVERY
         self._held: dict[str, Reservation] = {}
         self._early: dict[str, tuple[float, TurnEnd]] = {}
-        governor = Governor(config)
+        governor = Governor(settings)
         self.spend = governor if governor.active else None
         self.spend_memory: SpendStore = MemorySpendStore()
         self._spend_shared = RedisSpendStore(client) if client is not None else None

@@ -23,6 +23,7 @@ from chatapp import sse
 from chatapp.errors import ContentBlocked
 from chatapp.errors import ProviderError
 from chatapp.errors import StoreError
+from chatapp.settings import Settings
 from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.events import EventLog
@@ -31,7 +32,6 @@ from chatapp.text import scrub
 from chatapp.turns.answer import Answer
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
-from chatapp.turns.model import TurnSettings
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Upstream
 from chatapp.upstream.moderation import Moderator
@@ -142,7 +142,7 @@ class Parts:
     events: EventLog
     history: History
     provider: Upstream
-    settings: TurnSettings
+    settings: Settings
     ended: Callable[[TurnEnd], None]
     moderator: Moderator | None = None
 
@@ -268,7 +268,7 @@ def sources_frame(event_id: int, sources: list[dict[str, Any]]) -> bytes:
 
 def start_frame(
     info: TurnInfo,
-    settings: TurnSettings,
+    settings: Settings,
     *,
     cached: bool,
     request: ChatRequest | None = None,

@@ -16,12 +16,12 @@ import gevent
 
 from chatapp.errors import ProviderError
 from chatapp.errors import StoreError
+from chatapp.settings import Settings
 from chatapp.store.conversations import History
 from chatapp.store.events import EventLog
 from chatapp.store.tail import Tail
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
-from chatapp.turns.model import TurnSettings
 from chatapp.turns.produce import Parts
 from chatapp.turns.produce import Run
 from chatapp.turns.produce import TurnCancelled
@@ -29,7 +29,6 @@ from chatapp.turns.produce import interrupt
 from chatapp.turns.produce import produce
 from chatapp.turns.produce import replay
 from chatapp.turns.produce import start_frame
-from chatapp.turns.supervise import LEASE_SECONDS
 from chatapp.turns.supervise import Supervisor
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Upstream
@@ -50,7 +49,7 @@ class Relay:
         events: EventLog,
         history: History,
         provider: Upstream,
-        settings: TurnSettings,
+        settings: Settings,
         moderator: Moderator | None = None,
     ) -> None:
         self.events = events
@@ -84,9 +83,9 @@ class Relay:
         tail = self.events.create(
             info,
             start_frame(info, s, cached=False, request=request),
-            s.total_timeout + s.stream_ttl + LEASE_SECONDS,
+            s.running_ttl,
         )
-        run = Run(info, tail, time.monotonic() + s.total_timeout, cache_key)
+        run = Run(info, tail, time.monotonic() + s.upstream_total_timeout, cache_key)
         run.sources = sources
         self.runs[info.id] = run
         run.greenlet = gevent.spawn(self._produce, run, request)

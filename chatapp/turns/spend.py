@@ -25,6 +25,7 @@ from chatapp.prices import PERIODS
 from chatapp.prices import Price
 from chatapp.prices import estimate_input_tokens
 from chatapp.prices import format_money
+from chatapp.settings import Settings
 from chatapp.store.spend import Ask
 from chatapp.store.spend import Periods
 from chatapp.store.spend import Settlement
@@ -105,16 +106,16 @@ class Alert:
 class Governor:
     """Price turns and decide what the site's ceilings allow."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.prices: dict[str, Price] = dict(config["PRICES"])
-        self.model = str(config["MODEL"])
-        self.fallback = str(config["FALLBACK_MODEL"]) or self.model
-        self.max_output = int(config["MAX_OUTPUT_TOKENS"])
-        self.currency = str(config["CURRENCY"])
-        hard, soft = config["SPEND_LIMITS"], config["SPEND_SOFT_LIMITS"]
+    def __init__(self, settings: Settings) -> None:
+        self.prices: dict[str, Price] = dict(settings.prices)
+        self.model = settings.model
+        self.fallback = settings.fallback_model or self.model
+        self.max_output = settings.max_output_tokens
+        self.currency = settings.currency
+        hard, soft = settings.spend_limits, settings.spend_soft_limits
         self.hard = (hard.get("day", 0), hard.get("month", 0))
         self.soft = (soft.get("day", 0), soft.get("month", 0))
-        self.thresholds: tuple[int, ...] = tuple(config["SPEND_ALERTS"])
+        self.thresholds: tuple[int, ...] = tuple(settings.spend_alerts)
         self._pending: dict[Periods, Settlement] = {}
         self.pending_since: float | None = None  # monotonic; None = nothing waits
         self._alerted: set[str] = set()

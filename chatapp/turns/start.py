@@ -13,6 +13,7 @@ from typing import Protocol
 
 from chatapp.errors import ApiError
 from chatapp.masking import has_personal_data
+from chatapp.settings import Settings
 from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.tokens import Identity
@@ -150,7 +151,7 @@ class Admitted(Protocol):
 
 def start_turn(
     relay: Relay,
-    config: dict[str, Any],
+    settings: Settings,
     identity: Identity,
     message: str,
     conversation_id: str | None,
@@ -177,23 +178,23 @@ def start_turn(
     replaced.
     """
     history = relay.history
-    model = (admitted.model if admitted else "") or config["MODEL"]
-    fallback_model = config["FALLBACK_MODEL"]
+    model = (admitted.model if admitted else "") or settings.model
+    fallback_model = settings.fallback_model
     on_fallback = bool(fallback_model) and (
-        fallback or (model == fallback_model and model != config["MODEL"])
+        fallback or (model == fallback_model and model != settings.model)
     )
     if on_fallback:
         model = fallback_model
     refusal = admitted.refusal if admitted else None
     if refusal is not None and (
-        conversation_id is not None or not _cached(history, config, message, model)
+        conversation_id is not None or not _cached(history, settings, message, model)
     ):
         raise refusal
     turn_id = new_id()
     cid = conversation_id or new_id()
     body = describe(turn_id, cid)
     if idempotency_key:
-        ttl = config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"]
+        ttl = settings.turn_grace
         earlier = history.claim_idempotency(
             idempotency_scope(identity, idempotency_key), json.dumps(body), ttl
         )
@@ -212,14 +213,14 @@ def start_turn(
         history.append(cid, StoredMessage("user", message, now, turn_id))
     request = ChatRequest(
         model=model,
-        system=config["SYSTEM_PROMPT"],
+        system=settings.system_prompt,
         messages=(
-            *context(earlier_messages, config["HISTORY_MAX_CHARS"]),
+            *context(earlier_messages, settings.history_max_chars),
             Message("user", message),
         ),
-        max_output_tokens=config["MAX_OUTPUT_TOKENS"],
-        temperature=config["TEMPERATURE"],
-        reasoning_effort=config["REASONING_EFFORT"] or None,
+        max_output_tokens=settings.max_output_tokens,
+        temperature=settings.temperature,
+        reasoning_effort=settings.reasoning_effort or None,
         route="fallback" if on_fallback else "primary",
     )
     history.remember_turn(cid, identity.owner, turn_id)
@@ -232,8 +233,8 @@ def start_turn(
         sources = [source.as_json() for source in found.sources]
     info = TurnInfo(turn_id, identity.owner, cid, now)
     key = None
-    if config["CACHE_TTL"] and conversation_id is None and cacheable(message):
-        key = cache_key(request, config["PROVIDER"])
+    if settings.cache_ttl and conversation_id is None and cacheable(message):
+        key = cache_key(request, settings.provider)
         cached = history.cached_answer(key)
         if cached is not None:
             relay.replay(info, cached, model, sources=sources)
@@ -242,15 +243,15 @@ def start_turn(
     return body, True
 
 
-def _cached(history: History, config: dict[str, Any], message: str, model: str) -> bool:
+def _cached(history: History, settings: Settings, message: str, model: str) -> bool:
     """Whether a new conversation's first message has a cached answer."""
-    if not config["CACHE_TTL"]:
+    if not settings.cache_ttl:
         return False
     request = ChatRequest(
         model=model,
-        system=config["SYSTEM_PROMPT"],
+        system=settings.system_prompt,
         messages=(Message("user", message),),
-        max_output_tokens=config["MAX_OUTPUT_TOKENS"],
-        temperature=config["TEMPERATURE"],
+        max_output_tokens=settings.max_output_tokens,
+        temperature=settings.temperature,
     )
-    return history.cached_answer(cache_key(request, config["PROVIDER"])) is not None
+    return history.cached_answer(cache_key(request, settings.provider)) is not None

@@ -18,15 +18,15 @@ import gevent
 from chatapp import sse
 from chatapp.errors import ProviderError
 from chatapp.errors import StoreError
+from chatapp.settings import Settings
+from chatapp.settings.value import LEASE_SECONDS
 from chatapp.store.events import EventLog
-from chatapp.turns.model import TurnSettings
 from chatapp.turns.produce import Run
 from chatapp.turns.produce import TurnCancelled
 from chatapp.turns.produce import interrupt
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 4.0
 SHARED_EVERY = 1.0  # lease and orphan checks touch shared storage this often
 # A model silent this long before its first text gets `status` `thinking`.
 THINKING_AFTER = 1.0
@@ -39,7 +39,7 @@ class Supervisor:
         self,
         runs: dict[str, Run],
         events: EventLog,
-        settings: TurnSettings,
+        settings: Settings,
         cancel: Callable[[str, str], None],
     ) -> None:
         self._runs = runs
@@ -53,9 +53,9 @@ class Supervisor:
             0.05,
             min(
                 THINKING_AFTER / 2,
-                s.idle_timeout / 4,
-                s.first_token_timeout / 4,
-                s.orphan / 4,
+                s.upstream_idle_timeout / 4,
+                s.upstream_first_token_timeout / 4,
+                s.orphan_seconds / 4,
             ),
         )
 
@@ -93,7 +93,7 @@ class Supervisor:
                 continue
             elif run.answering:
                 # Something came: a silence (keep-alives count as life).
-                if now - run.last_read >= s.idle_timeout:
+                if now - run.last_read >= s.upstream_idle_timeout:
                     interrupt(
                         run,
                         ProviderError(
@@ -102,7 +102,7 @@ class Supervisor:
                             retryable=True,
                         ),
                     )
-            elif now - run.attempt_at >= s.first_token_timeout:
+            elif now - run.attempt_at >= s.upstream_first_token_timeout:
                 interrupt(
                     run,
                     ProviderError(
@@ -137,7 +137,7 @@ class Supervisor:
         gevent.spawn(write)
 
     def _orphans(self, now: float) -> None:
-        orphan = self._settings.orphan
+        orphan = self._settings.orphan_seconds
         alone = [
             run
             for run in list(self._runs.values())

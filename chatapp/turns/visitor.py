@@ -24,7 +24,7 @@ MAX_COMMENT_CHARS = 1000
 def settle(relay: Relay, conversation_id: str) -> list[str]:
     """Cancel the conversation's running turns, wait for their end; return all ids."""
     turn_ids = relay.history.turns(conversation_id)
-    recent = time.time() - relay.settings.total_timeout - 60
+    recent = time.time() - relay.settings.turn_seconds
     deadline = time.monotonic() + SETTLE_SECONDS
     for turn_id in turn_ids:
         info = relay.info(turn_id)

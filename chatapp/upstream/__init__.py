@@ -6,6 +6,7 @@ from typing import Any
 
 import requests
 
+from chatapp.settings import Settings
 from chatapp.upstream.anthropic import AnthropicProvider
 from chatapp.upstream.base import Provider
 from chatapp.upstream.demo import DemoProvider
@@ -15,49 +16,48 @@ from chatapp.upstream.retry import Route
 
 
 def _provider(
-    name: str, base_url: str, api_key: str, config: dict[str, Any], session: Any
+    name: str,
+    base_url: str,
+    api_key: str,
+    settings: Settings,
+    session: requests.Session,
 ) -> Provider:
     if name == "demo":
-        return DemoProvider(delay=config["DEMO_DELAY_MS"] / 1000)
+        return DemoProvider(delay=settings.demo_delay_ms / 1000)
     common: dict[str, Any] = {
         "session": session,
         "base_url": base_url,
         "api_key": api_key,
-        "connect_timeout": config["UPSTREAM_CONNECT_TIMEOUT"],
+        "connect_timeout": settings.upstream_connect_timeout,
     }
     if name == "openai":
         return OpenAIProvider(**common)
     return AnthropicProvider(**common)
 
 
-def build_provider(config: dict[str, Any], session: requests.Session) -> Resilient:
+def build_provider(settings: Settings, session: requests.Session) -> Resilient:
     """Build the configured models, with retries and fallback, on one session."""
+    s = settings
     primary = Route(
-        _provider(
-            config["PROVIDER"],
-            config["PROVIDER_BASE_URL"],
-            config["PROVIDER_API_KEY"],
-            config,
-            session,
-        ),
-        config["MODEL"],
+        _provider(s.provider, s.provider_base_url, s.provider_api_key, s, session),
+        s.model,
     )
     fallback = None
-    if config["FALLBACK_MODEL"]:
+    if s.fallback_model:
         same = (
-            config["FALLBACK_PROVIDER"] == config["PROVIDER"]
-            and config["FALLBACK_BASE_URL"] == config["PROVIDER_BASE_URL"]
+            s.fallback_provider == s.provider
+            and s.fallback_base_url == s.provider_base_url
         )
         fallback = Route(
             primary.provider
             if same
             else _provider(
-                config["FALLBACK_PROVIDER"],
-                config["FALLBACK_BASE_URL"],
-                config["FALLBACK_API_KEY"],
-                config,
+                s.fallback_provider,
+                s.fallback_base_url,
+                s.fallback_api_key,
+                s,
                 session,
             ),
-            config["FALLBACK_MODEL"],
+            s.fallback_model,
         )
-    return Resilient(primary, fallback, retries=config["UPSTREAM_RETRIES"])
+    return Resilient(primary, fallback, retries=s.upstream_retries)

@@ -16,6 +16,7 @@ from chatapp import sse
 from chatapp.botcheck import SolutionRefused
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
+from chatapp.extensions import settings
 from chatapp.extensions import state
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.tail import Tail
@@ -102,7 +103,7 @@ def chat() -> tuple[Response, int, dict[str, str]]:
         with admit_turn(who, message, cid) as admission:  # every limit, in order
             body, new = start_turn(
                 st.relay,
-                st.config,
+                st.settings,
                 who,
                 message,
                 cid,
@@ -189,7 +190,7 @@ def _open_turn(turn_id: str, token: str | None) -> Tail | None:
     age = _check_stream_token(turn_id, token)
     tail = state().relay.open(turn_id)
     if tail is None:
-        fresh = age < state().config["STREAM_TTL"]
+        fresh = age < settings().stream_ttl
         if fresh and not state().relay.events.forgotten(turn_id):
             return None
         raise ApiError(404, "not_found", "No such turn, or it has expired.")
@@ -229,7 +230,7 @@ def events(turn_id: str) -> Response:
     if request.args.get("poll") == "1":
         return reader.poll(POLL_WAIT)
     return reader.stream(
-        heartbeat=st.config["HEARTBEAT_SECONDS"], orphan=st.config["ORPHAN_SECONDS"]
+        heartbeat=st.settings.heartbeat_seconds, orphan=st.settings.orphan_seconds
     )
 
 

@@ -22,7 +22,7 @@ from flask import Response
 from flask import request
 
 from chatapp.errors import ApiError
-from chatapp.extensions import state
+from chatapp.extensions import settings
 from chatapp.web.errors import error_response
 
 API_PREFIX = "/api/"
@@ -62,7 +62,7 @@ def listed_origin() -> str | None:
     origin = normalise_origin(request.headers.get("Origin", ""))
     if origin is None:
         return None
-    listed = {normalise_origin(o) for o in state().config["API_ORIGINS"]}
+    listed = {normalise_origin(o) for o in settings().api_origins}
     return origin if origin in listed else None
 
 

@@ -23,8 +23,9 @@ from typing import Any
 import gevent
 from gunicorn.http.errors import ParseException
 
+from chatapp.settings.parse import Network
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 REFUSAL = "chatapp.body_refusal"
 READ_SIZE = 64 * 1024
@@ -113,12 +114,6 @@ def body_refusal(environ: dict[str, Any]) -> tuple[int, str, str] | None:
     """Return (status, code, message) when BodyDeadline refused the body."""
     refusal: tuple[int, str, str] | None = environ.get(REFUSAL)
     return refusal
-
-
-def parse_networks(raw: str) -> tuple[Network, ...]:
-    """Parse space- or comma-separated CIDRs (or addresses); ValueError if bad."""
-    items = raw.replace(",", " ").split()
-    return tuple(ipaddress.ip_network(item, strict=False) for item in items)
 
 
 class TrustedPeers:

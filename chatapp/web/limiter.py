@@ -35,7 +35,7 @@ from flask_limiter import RateLimitExceeded
 
 from chatapp.addresses import address_key
 from chatapp.errors import ApiError
-from chatapp.errors import ConfigError
+from chatapp.extensions import settings
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.tokens import TokenExpired
@@ -92,7 +92,7 @@ def _header_identity() -> Identity | None:
 
 
 def _chat_rate_limits() -> str:
-    return str(current_app.extensions["chatapp"].config["RATE_LIMITS"])
+    return settings().rate_limits
 
 
 # The moving window keeps each client's recent hits and counts those younger
@@ -157,13 +157,13 @@ def admit_turn(
     client = key_for(identity)
     g.chatapp_counting = True
     _count_chat_turn()
-    config = current_app.extensions["chatapp"].config
+    limits = settings()
     # The site's spend holds the turn's worst case: its whole input at most.
     # Site knowledge adds its sources and their instructions, at most
     # KNOWLEDGE_MAX_CHARS plus the wording around them.
-    history = config["HISTORY_MAX_CHARS"] if conversation_id else 0
-    sources = 2 * config["KNOWLEDGE_MAX_CHARS"] if config["KNOWLEDGE"] else 0
-    bound = len(config["SYSTEM_PROMPT"]) + len(message) + history + sources
+    history = limits.history_max_chars if conversation_id else 0
+    sources = 2 * limits.knowledge_max_chars if limits.knowledge else 0
+    bound = len(limits.system_prompt) + len(message) + history + sources
     return Admission(gate(), gate().admit(client, bound))
 
 
@@ -218,14 +218,6 @@ def _spend_alerts(url: str, http: requests.Session) -> Callable[[Alert], None]:
 def init_limits(app: Flask) -> Gate:
     """Bind the limiter and this worker's gate to the app."""
     st = app.extensions["chatapp"]
-    config = st.config
-    budget = config["DAILY_TOKEN_BUDGET"]
-    if 0 < budget < config["MAX_OUTPUT_TOKENS"]:
-        raise ConfigError(
-            f"CHATAPP_DAILY_TOKEN_BUDGET={budget} is below CHATAPP_MAX_OUTPUT_TOKENS"
-            f"={config['MAX_OUTPUT_TOKENS']}, which every turn holds when it "
-            "starts: no turn could ever start"
-        )
     client = st.redis
     if client is not None:
         # Every kind of Redis the URL may name, on the worker's one client.
@@ -236,12 +228,12 @@ def init_limits(app: Flask) -> Gate:
     leases = st.events if client is not None else None
     caps: ReaderCaps = app.extensions[READERS]
     state_gate = Gate(
-        config,
+        st.settings,
         lambda: st.relay.running,
         client,
         leases=cast("Leases | None", leases),
         readers=lambda: caps.open,
-        alert=_spend_alerts(config["ALERT_WEBHOOK"], st.http),
+        alert=_spend_alerts(st.settings.alert_webhook, st.http),
     )
     app.extensions[EXTENSION] = state_gate
     st.relay.on_end.append(state_gate.turn_finished)

@@ -34,6 +34,7 @@ from werkzeug.wsgi import ClosingIterator
 
 from chatapp.addresses import address_key
 from chatapp.masking import mask
+from chatapp.settings import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Read by gunicorn's access line (gunicorn.conf.py) from the WSGI environ.
@@ -82,13 +83,13 @@ def configure_logging(level: str = "INFO") -> None:
     root.setLevel(logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
 
 
-def init_app(app: Flask, config: dict[str, Any]) -> None:
+def init_app(app: Flask, settings: Settings) -> None:
     """Give every response an X-Request-ID and log one line per request."""
     _install_request_ids()
-    secret = config["SECRET_KEYS"][0].encode()
+    secret = settings.secret_keys[0].encode()
     app.extensions["chatapp.logs"] = LogSettings(
         client_key=hashlib.sha256(b"chatapp log client\0" + secret).digest(),
-        log_prompts=bool(config["LOG_PROMPTS"]),
+        log_prompts=settings.log_prompts,
     )
     # First, so that the id and the clock exist whatever a later hook does.
     app.before_request_funcs.setdefault(None, []).insert(0, _start)

@@ -16,7 +16,7 @@ import jwt
 from flask import request
 
 from chatapp.errors import ApiError
-from chatapp.extensions import state
+from chatapp.extensions import settings
 
 # The WordPress plugin's pushes carry this audience; a visitor's SSO token
 # (audience `chatapp`) can never act as the owner.
@@ -44,9 +44,9 @@ def require_owner(*, wp_audience: str | None = None) -> None:
     `wp_audience` names the JWT audience the WordPress plugin may use for this
     route; None accepts only `CHATAPP_ADMIN_TOKEN`.
     """
-    config = state().config
-    admin = config["ADMIN_TOKEN"]
-    wp_secret = config["WP_SHARED_SECRET"] if wp_audience else ""
+    owner = settings()
+    admin = owner.admin_token
+    wp_secret = owner.wp_shared_secret if wp_audience else ""
     header = request.headers.get("Authorization", "")
     scheme, _, credential = header.partition(" ")
     credential = credential.strip()

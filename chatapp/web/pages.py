@@ -8,6 +8,7 @@ from flask import render_template
 from flask import request
 
 from chatapp import i18n
+from chatapp.extensions import settings
 from chatapp.extensions import state
 from chatapp.tokens import SSOExpired
 from chatapp.tokens import SSOInvalid
@@ -27,7 +28,7 @@ CSP = (
 
 def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
     st = state()
-    origins = list(st.config["EMBED_ORIGINS"]) if embed else []
+    origins = list(st.settings.embed_origins) if embed else []
     token = st.signer.page_token(new_identity(wp_user))
     lang = _language()
     html = render_template(
@@ -38,7 +39,7 @@ def _page(*, embed: bool, wp_user: WPUser | None = None) -> Response:
         token=token,
         embed=embed,
         embed_origins=origins,
-        max_message_chars=st.config["MAX_MESSAGE_CHARS"],
+        max_message_chars=st.settings.max_message_chars,
         # WordPress-signed users are never asked to solve a challenge.
         bot_check=st.botcheck is not None and wp_user is None,
     )
@@ -55,7 +56,7 @@ def _language() -> str:
 
 def _secured(response: Response, *, embed: bool) -> Response:
     """Send a page's strict CSP, who may frame it, and no caching."""
-    origins = list(state().config["EMBED_ORIGINS"]) if embed else []
+    origins = list(settings().embed_origins) if embed else []
     response.headers["Content-Security-Policy"] = CSP.format(
         ancestors=" ".join(["'self'", *origins])
     )
@@ -78,7 +79,7 @@ def embed() -> Response:
     wp_user = None
     if sso:
         try:
-            wp_user = verify_wp_sso(sso, state().config["WP_SHARED_SECRET"])
+            wp_user = verify_wp_sso(sso, settings().wp_shared_secret)
         except SSOExpired:
             wp_user = None  # degrade to an anonymous visitor
         except SSOInvalid:

@@ -8,6 +8,7 @@ from typing import Any
 from flask import request
 
 from chatapp.errors import ApiError
+from chatapp.extensions import settings
 from chatapp.extensions import state
 from chatapp.knowledge.documents import is_web_url
 from chatapp.tokens import Identity
@@ -70,7 +71,7 @@ def message(values: dict[str, Any]) -> str:
     text = text_field(values, "message")
     if text is None or not text.strip():
         raise ApiError(400, "invalid_input", "Type a message first.")
-    most = state().config["MAX_MESSAGE_CHARS"]
+    most = settings().max_message_chars
     if len(text) > most:
         raise ApiError(
             400, "message_too_long", f"Messages are limited to {most} characters."
