@@ -24,13 +24,16 @@ from tests.conftest import _shared
 from tests.conftest import data_of
 from tests.conftest import openai_settings
 from tests.conftest import text_of
+from tests.conftest import wait_for
 from tests.fake_provider import Behaviour
 from tests.fake_provider import FakeProvider
+from tests.test_metrics_e2e import scrape
 
 pytestmark = pytest.mark.e2e
 
 SHOP = "http://shop.example"
 EVENTS = "text/event-stream"
+DROPPED = 'chatapp_disconnects_total{cause="client"}'
 ANSWER = "One request per turn saves a round trip before the first word."
 
 
@@ -56,7 +59,7 @@ def post_events(
 
 
 def read_events(
-    response: requests.Response, limit: int | None = None
+    response: requests.Response, limit: int | None = None, *, close: bool = True
 ) -> list[ServerSentEvent]:
     """Read events until `done` (or `limit` deltas), then close the connection."""
     decoder = SSEDecoder()
@@ -69,7 +72,8 @@ def read_events(
                 if event.event == "done" or (limit and deltas >= limit):
                     return out
     finally:
-        response.close()
+        if close:
+            response.close()
     return out
 
 
@@ -243,3 +247,31 @@ def test_refusals_stay_json_when_the_client_asked_for_events(
     assert empty.json()["error"]["code"] == "invalid_input"
     assert forged.status_code == 403
     assert forged.json()["error"]["code"] == "invalid_token"
+
+
+def test_a_streamed_post_is_counted_as_one_reader(
+    service_factory: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    service = service_factory(**openai_settings(fake_provider))
+    client = ChatClient(service.url)
+    response = post_events(client, slow())
+    cut = read_events(response, limit=2, close=False)
+    assert scrape(service.url)["chatapp_open_streams"] == 1
+    response.close()  # the POST's reader is gone now
+
+    wait_for(
+        lambda: scrape(service.url).get(DROPPED) == 1, 10, "the dropped POST counted"
+    )
+    start = json.loads(cut[0].data)
+    rest = client.http.get(
+        client.base_url + start["stream_url"],
+        headers={"Last-Event-ID": cut[-1].id},
+        timeout=30,
+    )
+    assert SSEDecoder().feed(rest.content)[-1].event == "done"
+
+    values = scrape(service.url)
+    assert values["chatapp_open_streams"] == 0
+    assert values["chatapp_resumes_total"] == 1
+    assert values[DROPPED] == 1
+    assert values["chatapp_turns_started_total"] == 1
