@@ -178,6 +178,18 @@ def test_a_streamed_retry_with_the_same_key_replays_the_same_turn(
     assert len(fake_provider.requests) == 1  # one provider call for all three
 
 
+def test_a_retry_with_a_malformed_last_event_id_replays_everything(
+    service: Service,
+) -> None:
+    client = ChatClient(service.url)
+    key = {"Idempotency-Key": "retry-with-junk-id-0004"}
+    events = read_events(post_events(client, "hello", key))
+
+    again = read_events(post_events(client, "hello", {**key, "Last-Event-ID": "1x"}))
+
+    assert [(e.id, e.event) for e in again] == [(e.id, e.event) for e in events]
+
+
 def test_a_retry_after_done_was_delivered_gets_204(service: Service) -> None:
     client = ChatClient(service.url)
     key = {"Idempotency-Key": "retry-after-the-end-0002"}
@@ -210,6 +222,9 @@ def test_a_json_retry_of_a_streamed_turn_gets_its_201_body(service: Service) -> 
         ("application/json", 201),
         ("*/*", 201),
         ("application/json, text/event-stream", 201),  # a tie: JSON
+        ("text/event-stream;q=0", 201),  # not acceptable at all
+        ("text/*", 200),  # of the two, only the stream is text
+        ("text/event-stream;q=nonsense", 201),  # unreadable: asks for nothing
     ],
 )
 def test_the_accept_header_chooses_the_answer(
