@@ -15,8 +15,10 @@ from chatapp.text import scrub
 # Any of these ends a line for an EventSource parser (CRLF is two of them).
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
+MEDIA_TYPE = "text/event-stream"
+
 STREAM_HEADERS: dict[str, str] = {
-    "Content-Type": "text/event-stream; charset=utf-8",
+    "Content-Type": f"{MEDIA_TYPE}; charset=utf-8",
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
     "Content-Encoding": "identity",
@@ -77,6 +79,18 @@ def parse(frame_bytes: bytes) -> tuple[int, str, str]:
         event.decode(),
         data.rstrip(b"\n").decode(),
     )
+
+
+def with_start_fields(chunk: bytes, fields: dict[str, Any]) -> bytes:
+    """Add `fields` to the `start` event that opens `chunk`; the rest as it was."""
+    head, sep, rest = chunk.partition(b"\n\n")
+    event_id, event, data = parse(head + sep)
+    return frame(event_id, event, {**json.loads(data), **fields}) + rest
+
+
+def is_start(chunk: bytes) -> bool:
+    """Tell whether `chunk` opens with the turn's first event, `start`."""
+    return chunk.startswith(b"id: 1\nevent: start\n")
 
 
 def is_delta(frame_bytes: bytes) -> bool:

@@ -318,11 +318,20 @@ class _Link:
             sock.close()
 
 
+def _streams(path: bytes, head: bytes) -> bool:
+    """Tell whether a request asks for an event stream (…/events or a turn's POST)."""
+    if b"/events?" in path:
+        return b"poll=1" not in path
+    accept = re.search(rb"(?im)^accept:[^\r\n]*text/event-stream", head)
+    return path.endswith(b"/api/chat") and accept is not None
+
+
 class CuttingProxy:
     """A loopback TCP proxy in front of the service: a network that fails.
 
-    The browser loads the page through it. Once the first EventSource
-    response (not a poll) has carried `cut_after` event ids, the proxy closes
+    The browser loads the page through it. Once the first event-stream
+    response (a turn's POST or EventSource, not a poll) has carried
+    `cut_after` event ids, the proxy closes
     that connection, as a flaky network would; the reconnect then goes
     through untouched. `outage()` cuts every connection and refuses new ones
     until `restore()`; `buffer_streams` holds event-stream bodies back as a
@@ -443,7 +452,7 @@ class CuttingProxy:
                 if match:
                     # A new request on this (keep-alive) connection.
                     path = match.group(1)
-                    link.streaming = b"/events?" in path and b"poll=1" not in path
+                    link.streaming = _streams(path, data)
                     link.ids = 0
                     link.head_sent = False
                     with self._lock:

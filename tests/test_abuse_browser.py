@@ -7,6 +7,7 @@ message the moderation check flags gets a polite notice and no answer.
 
 from __future__ import annotations
 
+import json
 import statistics
 from typing import Any
 
@@ -196,15 +197,24 @@ def test_a_page_that_moved_solves_again_without_a_word(
     chat.page.on("request", lambda r: sent.append(r))
     signer = TokenSigner((secret,), page_ttl=7200, stream_ttl=60)
 
+    def from_elsewhere(token: str) -> str:
+        identity = signer.read_page_token(token)
+        return signer.page_token(signer.stamp_human(identity, "ip:203.0.113.99"))
+
     def hand_out_a_token_from_elsewhere(route: Route) -> None:
         response = route.fetch()
-        body = response.json()
-        if response.status == 201 and "token" in body:
-            identity = signer.read_page_token(body["token"])
-            body["token"] = signer.page_token(
-                signer.stamp_human(identity, "ip:203.0.113.99")
-            )
-        route.fulfill(response=response, json=body)
+        if response.status != 200:
+            route.fulfill(response=response)
+            return
+        # The turn streams in the POST's answer; its start event has the token.
+        blocks = response.text().split("\n\n")
+        for n, block in enumerate(blocks):
+            head, _, data = block.partition("\ndata: ")
+            if head.endswith("event: start") and '"token"' in data:
+                start = json.loads(data)
+                start["token"] = from_elsewhere(start["token"])
+                blocks[n] = f"{head}\ndata: {json.dumps(start)}"
+        route.fulfill(response=response, body="\n\n".join(blocks))
 
     chat.page.route("**/api/chat", hand_out_a_token_from_elsewhere)
     chat.open()

@@ -215,6 +215,29 @@ def test_the_answer_streams_through_nginx_unbuffered(
     assert len(arrivals) > 10
 
 
+def test_a_streamed_post_answers_through_nginx_unbuffered(
+    behind: tuple[Service, Nginx],
+) -> None:
+    service, nginx = behind
+    client = nginx.client(token_for(service), "127.0.0.14")
+    response = client.http.post(
+        client.base_url + "/api/chat",
+        json={"token": client.token, "message": "hello"},
+        headers={"Accept": "text/event-stream"},
+        stream=True,
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers.get("Content-Encoding", "identity") == "identity"
+    timed = read_events(response)
+    assert timed[0][1].event == "start" and timed[-1][1].event == "done"
+    first_delta = next(at for at, event in timed if event.event == "delta")
+    # As for GET stream_url: a buffering proxy would deliver it all at once.
+    assert timed[-1][0] - first_delta > 1.0
+    assert len({round(at, 1) for at, event in timed if event.event == "delta"}) > 10
+
+
 def test_resume_with_last_event_id_through_nginx(
     behind: tuple[Service, Nginx],
 ) -> None:

@@ -170,6 +170,26 @@ def _post_chat(client: ChatClient, **kwargs: Any) -> requests.Response:
     return client.http.post(client.base_url + CHAT, timeout=10, **kwargs)
 
 
+def _post_events(
+    client: ChatClient, headers: dict[str, str] | None = None
+) -> requests.Response:
+    """Start a turn that answers with its own events."""
+    body = {"message": "hi", "token": client.token}
+    headers = {"Accept": "text/event-stream", **(headers or {})}
+    return _post_chat(client, json=body, headers=headers)
+
+
+def _post_events_again(
+    client: ChatClient, after_done: bool = False
+) -> requests.Response:
+    """Retry a streamed turn with its key: its events again, or 204 past `done`."""
+    key = {"Idempotency-Key": "openapi-streamed-retry"}
+    events = SSEDecoder().feed(_post_events(client, key).content)
+    if after_done:
+        key["Last-Event-ID"] = str(len(events))
+    return _post_events(client, key)
+
+
 CASES: dict[str, Case] = {
     "chat 201 json": lambda c: (c.post(message="hi"), "POST", CHAT),
     "chat 201 form": lambda c: (
@@ -196,6 +216,13 @@ CASES: dict[str, Case] = {
     ),
     "chat 404": lambda c: (
         c.post(message="hi", conversation_id="nobody-s-conversation"),
+        "POST",
+        CHAT,
+    ),
+    "chat 200 events": lambda c: (_post_events(c), "POST", CHAT),
+    "chat 200 events replayed": lambda c: (_post_events_again(c), "POST", CHAT),
+    "chat 204 events after done": lambda c: (
+        _post_events_again(c, after_done=True),
         "POST",
         CHAT,
     ),

@@ -69,3 +69,31 @@ def test_stream_headers_forbid_buffering_and_compression() -> None:
     assert headers["Cache-Control"] == "no-cache, no-transform"
     assert headers["X-Accel-Buffering"] == "no"
     assert "Connection" not in headers
+
+
+@pytest.mark.parametrize("url", HOSTILE)
+def test_start_fields_join_the_start_event_and_forge_nothing(url: str) -> None:
+    start = sse.frame(1, "start", {"id": "t", "conversation_id": "c"})
+    rest = sse.delta(2, "hello") + sse.frame(3, "done", {"finish_reason": "stop"})
+
+    chunk = sse.with_start_fields(start + rest, {"stream_url": url})
+
+    events = SSEDecoder().feed(chunk)
+    assert [(e.id, e.event) for e in events] == [
+        ("1", "start"),
+        ("2", "delta"),
+        ("3", "done"),
+    ]
+    assert json.loads(events[0].data) == {
+        "id": "t",
+        "conversation_id": "c",
+        "stream_url": url,
+    }
+    assert chunk.endswith(rest)
+
+
+def test_only_the_first_event_is_recognised_as_start() -> None:
+    assert sse.is_start(sse.frame(1, "start", {}) + sse.delta(2, "x"))
+    assert not sse.is_start(sse.delta(2, "x"))
+    assert not sse.is_start(sse.retry(2000))
+    assert not sse.is_start(sse.frame(11, "start", {}))

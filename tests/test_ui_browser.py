@@ -14,6 +14,10 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 import pytest
 from playwright.sync_api import Browser
@@ -41,6 +45,7 @@ DOCS = ROOT / "docs"
 REFRESH_DOCS = "CHATAPP_TESTS_REFRESH_DOCS"
 README_PICTURES = {("desktop", "light"), ("phone", "dark")}
 EVENTS_URL = "**/api/chat/*/events?*"
+CHAT_URL = "**/api/chat"
 # Chrome logs every non-2xx fetch as a console error; tests that provoke one
 # on purpose allow exactly that line.
 FAILED_LOAD = "Failed to load resource: the server responded with a status of"
@@ -62,6 +67,19 @@ def openai_env(provider: FakeProvider, **extra: Any) -> dict[str, Any]:
         "OPENAI_API_KEY": "test-openai-key-not-secret",
         **extra,
     }
+
+
+def streamed_post(request: Request) -> bool:
+    """Whether a request is a turn's POST asking for its own event stream."""
+    accept = request.headers.get("accept", "")
+    return request.method == "POST" and "text/event-stream" in accept
+
+
+def everything(url: str) -> str:
+    """The same stream URL without its last_event_id: every event again."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "last_event_id"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 def sse_events(body: str) -> list[str]:
@@ -329,13 +347,26 @@ def test_dropped_stream_resumes_from_last_event_id_and_repeats_nothing(
 
 def test_events_replayed_by_a_server_are_applied_once(chat: ChatPage) -> None:
     expected = " ".join(f"r{i}" for i in range(30))
-    connections: list[int] = []
+    connections: list[str] = []
+
+    def cut_short(route: Route, request: Request) -> None:
+        if not streamed_post(request):
+            route.continue_()
+            return
+        connections.append("post")
+        # The turn's own stream, cut after a few events.
+        blocks = sse_events(route.fetch().text())
+        route.fulfill(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+            body="\n\n".join(blocks[:6]) + "\n\n",
+        )
 
     def replay_everything(route: Route, request: Request) -> None:
         if "poll=1" in request.url:
             route.continue_()
             return
-        connections.append(1)
+        connections.append("events")
         # Ask the service for everything, ignoring Last-Event-ID, as a
         # confused proxy might: the page must still not repeat a word.
         headers = {
@@ -343,20 +374,19 @@ def test_events_replayed_by_a_server_are_applied_once(chat: ChatPage) -> None:
             for k, v in request.all_headers().items()
             if k.lower() != "last-event-id"
         }
-        blocks = sse_events(route.fetch(headers=headers).text())
-        keep = blocks[:6] if len(connections) == 1 else blocks
         route.fulfill(
             status=200,
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
-            body="\n\n".join(keep) + "\n\n",
+            body=route.fetch(headers=headers, url=everything(request.url)).text(),
         )
 
+    chat.page.route(CHAT_URL, cut_short)
     chat.page.route(EVENTS_URL, replay_everything)
     chat.open()
     chat.send(fake(expected, delay_ms=5))
     chat.wait_answer_finished()
 
-    assert len(connections) == 2
+    assert connections == ["post", "events"]
     assert chat.answer_text() == expected
     chat.assert_clean()
 
@@ -366,10 +396,15 @@ def test_buffering_proxy_falls_back_to_polling(chat: ChatPage) -> None:
     polls: list[str] = []
 
     def buffered(route: Route, request: Request) -> None:
-        if "poll=1" in request.url:
-            polls.append(request.url)
+        if "poll=1" in request.url or not (
+            streamed_post(request) or "/events?" in request.url
+        ):
+            if "poll=1" in request.url:
+                polls.append(request.url)
             route.continue_()
             return
+        if streamed_post(request):
+            route.fetch()  # the turn starts; its stream never gets through
         # A buffering proxy: headers arrive, events never do.
         route.fulfill(
             status=200,
@@ -377,6 +412,7 @@ def test_buffering_proxy_falls_back_to_polling(chat: ChatPage) -> None:
             body=": buffered\n\n",
         )
 
+    chat.page.route(CHAT_URL, buffered)
     chat.page.route(EVENTS_URL, buffered)
     chat.open()
     chat.send(fake(expected, delay_ms=5))

@@ -319,6 +319,8 @@ def test_ask_from_the_host_page_sends_exactly_one_turn_and_tells_the_answer(
     context: BrowserContext, product: str, fake_provider: FakeProvider
 ) -> None:
     posts = chat_posts(context)
+    api: list[str] = []
+    context.on("request", lambda r: api.append(urlsplit(r.url).path))
     widget, watch = open_page(context, product)
     page = widget.page
     question = Behaviour(text="Ja, er ist wasserdicht.", delay_ms=5).as_directive()
@@ -341,6 +343,8 @@ def test_ask_from_the_host_page_sends_exactly_one_turn_and_tells_the_answer(
     assert events.nth(0).text_content() == "open"
     detail = json.loads(str(events.nth(1).text_content()).removeprefix("answer "))
     assert len(posts) == 1
+    # One request per turn: the answer came in the POST's own response.
+    assert not [path for path in api if path.endswith("/events")]
     started = fake_provider.requests
     assert len(started) == 1
     assert detail["turn_id"] != "forged" and len(detail["turn_id"]) >= 8

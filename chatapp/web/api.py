@@ -85,8 +85,8 @@ def _describe(turn_id: str, conversation_id: str) -> dict[str, Any]:
 
 
 @bp.post("/chat")
-def chat() -> tuple[Response, int, dict[str, str]]:
-    """Start a turn; generation begins now, the answer streams from stream_url."""
+def chat() -> Response | tuple[Response, int, dict[str, str]]:
+    """Start a turn; generation begins now, its events stream here or at stream_url."""
     st = state()
     values = parse.fields()
     who = parse.identity(parse.page_token(values))
@@ -97,7 +97,7 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     replace_last = parse.flag(values, "replace_last")
     key = parse.idempotency_key(values)
     # A retry of an accepted turn gets that turn back, whatever the limits say.
-    body = earlier_turn(st.history, who, key)
+    body, new = earlier_turn(st.history, who, key), False
     if body is None:
         who, describe = _bot_check(who, values)
         with admit_turn(who, message, cid) as admission:  # every limit, in order
@@ -123,9 +123,36 @@ def chat() -> tuple[Response, int, dict[str, str]]:
                     client=client_hash(),
                     **prompt_fields(message),
                 )
+    if _wants_events():
+        return _turn_events(body, new)
     headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
     headers.update(rate_limit_headers())  # counted by the hit itself, no second scan
     return jsonify(body), 201, headers
+
+
+def _wants_events() -> bool:
+    """Whether the client asked for the turn's event stream as the answer."""
+    offered = ("application/json", sse.MEDIA_TYPE)  # a tie goes to JSON
+    return request.accept_mimetypes.best_match(offered) == sse.MEDIA_TYPE
+
+
+def _turn_events(body: dict[str, Any], new: bool) -> Response:
+    """Answer a started turn with its events: one request per turn.
+
+    The `start` event carries the 201 body's URLs (and a renewed token), so
+    the client can resume through stream_url and cancel through cancel_url.
+    """
+    turn_id = body["id"]
+    tail = state().relay.open(turn_id)
+    if tail is None:
+        if new:  # accepted, then its first writes lost (a Redis failover)
+            return _lost_turn()
+        raise ApiError(404, "not_found", "No such turn, or it has expired.")
+    extra = {k: v for k, v in body.items() if k not in ("id", "conversation_id")}
+    response = _read_turn(turn_id, tail, start=extra)
+    if response.status_code == 200:
+        response.headers.update(rate_limit_headers())
+    return response
 
 
 def _bot_check(
@@ -209,10 +236,17 @@ def _lost_turn() -> Response:
 @bp.get("/chat/<turn_id>/events")
 def events(turn_id: str) -> Response:
     """Serve the turn's events as SSE (or JSON with ?poll=1) from an event id."""
-    st = state()
     tail = _open_turn(turn_id, request.args.get("t"))
     if tail is None:
         return _lost_turn()
+    return _read_turn(turn_id, tail, poll=request.args.get("poll") == "1")
+
+
+def _read_turn(
+    turn_id: str, tail: Tail, *, poll: bool = False, start: dict[str, Any] | None = None
+) -> Response:
+    """Serve a turn's events after Last-Event-ID: SSE, or JSON when polled."""
+    st = state()
     after = parse.last_event_id()
     if read.finished(tail, after):
         st.relay.close(turn_id, tail)
@@ -227,10 +261,12 @@ def events(turn_id: str) -> Response:
         client=client_key(),
         environ=request.environ,
     )
-    if request.args.get("poll") == "1":
+    if poll:
         return reader.poll(POLL_WAIT)
     return reader.stream(
-        heartbeat=st.settings.heartbeat_seconds, orphan=st.settings.orphan_seconds
+        heartbeat=st.settings.heartbeat_seconds,
+        orphan=st.settings.orphan_seconds,
+        start=start,
     )
 
 

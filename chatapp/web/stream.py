@@ -13,6 +13,7 @@ from __future__ import annotations
 import select
 import socket
 from collections.abc import Callable
+from collections.abc import Generator
 from typing import Any
 
 import gevent.monkey
@@ -78,8 +79,13 @@ class EventReader:
         response.headers.update(NO_STORE)
         return response
 
-    def stream(self, *, heartbeat: float, orphan: float) -> Response:
-        """Answer with the turn's events as SSE, live until `done`."""
+    def stream(
+        self, *, heartbeat: float, orphan: float, start: dict[str, Any] | None = None
+    ) -> Response:
+        """Answer with the turn's events as SSE, live until `done`.
+
+        `start` adds fields to the `start` event (a streamed POST's URLs).
+        """
         self._streaming = True
         self._metrics.stream_opened(resumed=self._after > 0)
         # Wake often enough to notice a vanished client well within the
@@ -92,6 +98,8 @@ class EventReader:
             wake=wake,
             client_gone=client_gone(self._sock),
         )
+        if start:
+            frames = _with_start(frames, start)
         tail = self._tail
 
         def closed() -> None:
@@ -115,6 +123,19 @@ class EventReader:
         self._caps.release(self._slot)
         if self._streaming:
             self._metrics.stream_closed(cause)
+
+
+def _with_start(frames: Generator[bytes], fields: dict[str, Any]) -> Generator[bytes]:
+    """Pass `frames` on, with `fields` added to the `start` event if it is sent."""
+    try:
+        for chunk in frames:
+            if sse.is_start(chunk):
+                yield sse.with_start_fields(chunk, fields)
+                break
+            yield chunk
+        yield from frames
+    finally:
+        frames.close()
 
 
 def finished_response() -> Response:

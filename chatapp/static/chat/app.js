@@ -8,7 +8,8 @@ import { announce, codePoints, h, icon } from './dom.js';
 import { formatDuration, formatShortWait, t } from './i18n.js';
 import { initEmbed, reloadChat, tellAnswer } from './embed.js';
 import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js';
-import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
+import { ApiError, Session, callApi, newKey, postForEvents } from './transport.js';
+import { TurnStream } from './turnstream.js';
 import { botCheck } from './altcha.js';
 import { showAllowance } from './ratelimit.js';
 import { onAnswering, onReasoning, onStatus } from './thinking.js';
@@ -180,19 +181,23 @@ async function startTurn(text, { userNode = null, key = newKey(), replaceLast = 
   if (activeTurn) return;
   const turn = beginTurn({ text, key, userNode: userNode ?? thread.add(userMessage(text)), replaceLast });
 
-  let accepted;
+  let opened;
   let altcha = await botCheck.solution(); // ready by now unless typed in a flash
-  const post = () => session.authorised((token) => callApi(`${config.api}/chat`, {
-    method: 'POST',
+  const request = (token) => ({
     headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
-    onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
+    onResponse: (response) => { if (response.ok) showAllowance(response.headers); },
     json: withPageUrl(turn.conversationId
       ? { message: text, token, conversation_id: turn.conversationId, ...(turn.replaceLast ? { replace_last: true } : {}) }
       : { message: text, token }),
-  }));
+  });
+  // One request per turn: the answer streams in the POST's own response.
+  const post = () => session.authorised((token) => postForEvents(`${config.api}/chat`, request(token)));
+  // The same key again, as JSON: the same turn's URLs, never a second turn.
+  const describe = () => session.authorised((token) => callApi(`${config.api}/chat`, { method: 'POST', ...request(token) }))
+    .then((accepted) => (accept(turn, accepted) ? accepted.stream_url : null));
   try {
     try {
-      accepted = await post();
+      opened = await post();
     } catch (err) {
       // Verified, we thought; but the bot check vouches for one address and
       // an hour: after a move (or a long stay) solve again, then send.
@@ -200,7 +205,7 @@ async function startTurn(text, { userNode = null, key = newKey(), replaceLast = 
       botCheck.required();
       altcha = await botCheck.solution();
       if (!altcha) throw err;
-      accepted = await post();
+      opened = await post();
     }
   } catch (err) {
     if (altcha) botCheck.spent({ verified: false });
@@ -212,23 +217,38 @@ async function startTurn(text, { userNode = null, key = newKey(), replaceLast = 
     return;
   }
   botCheck.spent({ verified: true }); // accepted: no other solution is asked
-  if (accepted.token) session.use(accepted.token); // now marked as verified
+  if (opened.response) readTurn(turn, { body: opened.response, describe });
+  else if (accept(turn, opened.accepted)) readTurn(turn);
+}
 
+/**
+ * The turn was accepted: keep its URLs (from a 201, or the `start` event of
+ * the POST's own stream). False when "New chat" abandoned it meanwhile.
+ */
+function accept(turn, accepted) {
+  if (turn.ids) return activeTurn === turn;
+  if (accepted.token) session.use(accepted.token); // now marked as verified
   if (activeTurn !== turn) {
     // Abandoned by "New chat" while the request was in flight.
     cancelQuietly(accepted.cancel_url);
-    return;
+    turn.stream?.close();
+    return false;
   }
   turn.ids = accepted;
-  conversation.pending = { text, stream_url: accepted.stream_url, cancel_url: accepted.cancel_url };
+  conversation.pending = { text: turn.text, stream_url: accepted.stream_url, cancel_url: accepted.cancel_url };
   conversation.set(accepted.conversation_id);
   if (turn.stopRequested) requestCancel(turn);
-  readTurn(turn);
+  return true;
 }
 
-function readTurn(turn) {
-  turn.stream = new TurnStream(turn.ids.stream_url, {
-    onEvent: (type, data) => onTurnEvent(turn, type, data),
+function readTurn(turn, { body = null, describe = null } = {}) {
+  turn.stream = new TurnStream(turn.ids?.stream_url ?? null, {
+    body,
+    describe,
+    onEvent: (type, data) => {
+      if (type === 'start' && typeof data.stream_url === 'string' && !accept(turn, data)) return;
+      onTurnEvent(turn, type, data);
+    },
     onConnection: (online) => turn.answer.setConnection(online),
     onLost: () => endTurn(turn, 'lost'),
   });
