@@ -49,7 +49,10 @@ import gevent
 import redis
 
 from chatapp.errors import ApiError
+from chatapp.errors import OverCapacity
+from chatapp.errors import QuotaExceeded
 from chatapp.errors import StoreError
+from chatapp.errors import TooManyStreams
 from chatapp.store.limits import Hold
 from chatapp.store.limits import LimitStore
 from chatapp.store.limits import MemoryLimitStore
@@ -209,9 +212,7 @@ class Gate:
                     )
                 if not ok:
                     held.tokens_store = None
-                    raise ApiError(
-                        429,
-                        "quota_exceeded",
+                    raise QuotaExceeded(
                         "Today's usage limit is reached; it resets at midnight UTC.",
                         retry_after=seconds_to_utc_midnight(now),
                     )
@@ -229,17 +230,13 @@ class Gate:
                 ok, held.slot_store = self._call(take)
             if not ok:
                 held.slot_store = None
-                raise ApiError(
-                    429,
-                    "too_many_streams",
+                raise TooManyStreams(
                     "Too many answers are being written for you at once; wait "
                     "for one to finish or stop it.",
                     retry_after=STREAMS_RETRY_AFTER,
                 )
             if self.open_streams >= self._max_open:
-                raise ApiError(
-                    503,
-                    "over_capacity",
+                raise OverCapacity(
                     "The server is busy; try again in a few seconds.",
                     retry_after=CAPACITY_RETRY_AFTER,
                 )

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from chatapp.errors import ApiError
+from chatapp.errors import SiteBudgetExhausted
 from chatapp.prices import PERIODS
 from chatapp.prices import Price
 from chatapp.prices import estimate_input_tokens
@@ -141,9 +142,7 @@ class Governor:
         """The 429 for a turn the site's ceiling refused, until its period ends."""
         ends = dict(zip(PERIODS, period_ends(now), strict=True))
         until = max(ends[p] for p in verdict.refused)
-        return ApiError(
-            429,
-            "site_budget_exhausted",
+        return SiteBudgetExhausted(
             "This site's chat has reached its spending limit for now; "
             "it opens again when the period ends.",
             retry_after=max(1, math.ceil(until - now)),

@@ -12,6 +12,7 @@ from typing import Any
 from typing import Protocol
 
 from chatapp.errors import ApiError
+from chatapp.errors import NotFound
 from chatapp.masking import has_personal_data
 from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
@@ -119,7 +120,7 @@ def check_conversation(
         not _ID.match(conversation_id)
         or history.owner(conversation_id) != identity.owner
     ):
-        raise ApiError(404, "not_found", "No such conversation.")
+        raise NotFound("No such conversation.")
 
 
 def conversation_messages(

@@ -13,16 +13,14 @@ from flask import request
 from flask import url_for
 
 from chatapp import sse
-from chatapp.botcheck import SolutionRefused
-from chatapp.errors import ApiError
-from chatapp.errors import StoreError
+from chatapp.errors import NotFound
+from chatapp.errors import SolutionRefused
+from chatapp.errors import TokenInvalid
 from chatapp.extensions import state
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
-from chatapp.tokens import TokenExpired
-from chatapp.tokens import TokenInvalid
 from chatapp.tokens import new_identity
 from chatapp.turns import read
 from chatapp.turns.start import check_conversation
@@ -30,10 +28,9 @@ from chatapp.turns.start import conversation_messages
 from chatapp.turns.start import earlier_turn
 from chatapp.turns.start import start_turn
 from chatapp.turns.visitor import transcript
+from chatapp.web import errors
 from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
-from chatapp.web.errors import api_error_response
-from chatapp.web.errors import error_response
 from chatapp.web.limiter import admit_turn
 from chatapp.web.limiter import client_key
 from chatapp.web.limiter import key_for
@@ -47,30 +44,9 @@ from chatapp.web.stream import EventReader
 from chatapp.web.stream import finished_response
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+errors.register(bp)
 
 POLL_WAIT = 25.0
-STORE_RETRY_AFTER = 5
-
-
-@bp.errorhandler(ApiError)
-def refused(exc: ApiError) -> Response:
-    """Answer a refusal as SPEC's JSON, counting limit refusals."""
-    if exc.status in (429, 503):
-        state().metrics.refused(exc.code)
-    return api_error_response(exc)
-
-
-@bp.errorhandler(StoreError)
-def store_unavailable(exc: StoreError) -> Response:
-    """Shared storage is away: ask the client to come back, never a 500."""
-    state().metrics.storage_error()
-    state().metrics.refused("over_capacity")
-    return error_response(
-        503,
-        "over_capacity",
-        "The service is briefly unavailable; try again in a few seconds.",
-        retry_after=STORE_RETRY_AFTER,
-    )
 
 
 def _describe(turn_id: str, conversation_id: str) -> dict[str, Any]:
@@ -146,11 +122,7 @@ def _bot_check(
     try:
         st.botcheck.verify(solution)
     except SolutionRefused as exc:
-        raise ApiError(
-            403,
-            "challenge_required",
-            "The page has not finished its quick bot check; send again in a moment.",
-        ) from exc
+        raise SolutionRefused() from exc  # the leaf's words, not the reason
     verified = st.signer.stamp_human(who, client)
     token = st.signer.page_token(verified)
     return verified, lambda turn_id, cid: {**_describe(turn_id, cid), "token": token}
@@ -161,7 +133,7 @@ def challenge() -> Response:
     """Hand out a proof-of-work challenge; 404 while the bot check is off."""
     check = state().botcheck
     if check is None:
-        raise ApiError(404, "not_found", "Not found.")
+        raise NotFound("Not found.")
     response = jsonify(check.challenge())
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -170,13 +142,11 @@ def challenge() -> Response:
 def _check_stream_token(turn_id: str, token: str | None) -> float:
     """Return the age of a valid stream token for this turn; 403 otherwise."""
     if not parse.ID.match(turn_id):
-        raise ApiError(404, "not_found", "No such turn.")
+        raise NotFound("No such turn.")
     try:
         return state().signer.check_stream_token(token, turn_id)
-    except (TokenInvalid, TokenExpired) as exc:
-        raise ApiError(
-            403, "invalid_token", "A valid stream token is required."
-        ) from exc
+    except TokenInvalid as exc:  # TokenExpired too
+        raise TokenInvalid("A valid stream token is required.") from exc
 
 
 def _open_turn(turn_id: str, token: str | None) -> Tail | None:
@@ -192,7 +162,7 @@ def _open_turn(turn_id: str, token: str | None) -> Tail | None:
         fresh = age < state().config["STREAM_TTL"]
         if fresh and not state().relay.events.forgotten(turn_id):
             return None
-        raise ApiError(404, "not_found", "No such turn, or it has expired.")
+        raise NotFound("No such turn, or it has expired.")
     return tail
 
 
@@ -248,7 +218,7 @@ def cancel(turn_id: str) -> tuple[Response, int]:
         if info is not None and info.owner != who.owner:
             info = None
     if info is None:
-        raise ApiError(404, "not_found", "No such turn, or it has expired.")
+        raise NotFound("No such turn, or it has expired.")
     st.relay.cancel(turn_id)
     return jsonify({"id": turn_id, "status": "cancelling"}), 202
 
@@ -259,8 +229,8 @@ def conversation(conversation_id: str) -> Response:
     token = request.headers.get("X-Chat-Token") or request.args.get("token")
     try:
         who = state().signer.read_page_token(token)
-    except (TokenInvalid, TokenExpired) as exc:
-        raise ApiError(404, "not_found", "No such conversation.") from exc
+    except TokenInvalid as exc:  # TokenExpired too
+        raise NotFound("No such conversation.") from exc
     messages = conversation_messages(state().history, who, conversation_id)
     if request.args.get("format") == "markdown":
         return _transcript(conversation_id, messages)

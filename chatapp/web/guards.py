@@ -23,6 +23,8 @@ from typing import Any
 import gevent
 from gunicorn.http.errors import ParseException
 
+from chatapp.errors import ChatappError
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -39,7 +41,7 @@ _FORWARDED = (
 )
 
 
-class BodyTooSlow(Exception):
+class BodyTooSlow(ChatappError):
     """The body did not arrive before the deadline."""
 
 

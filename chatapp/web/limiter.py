@@ -34,12 +34,12 @@ from flask_limiter import Limiter
 from flask_limiter import RateLimitExceeded
 
 from chatapp.addresses import address_key
-from chatapp.errors import ApiError
 from chatapp.errors import ConfigError
+from chatapp.errors import OverCapacity
+from chatapp.errors import RateLimited
+from chatapp.errors import TokenInvalid
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
-from chatapp.tokens import TokenExpired
-from chatapp.tokens import TokenInvalid
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
 from chatapp.turns.admit import Leases
@@ -47,7 +47,7 @@ from chatapp.turns.spend import Alert
 from chatapp.upstream.webhook import Webhook
 from chatapp.web import limits_storage
 from chatapp.web import moving_window
-from chatapp.web.errors import error_response
+from chatapp.web.errors import refused
 from chatapp.web.readers import EXTENSION as READERS
 from chatapp.web.readers import ReaderCaps
 
@@ -86,7 +86,7 @@ def _header_identity() -> Identity | None:
     try:
         # An old but genuine token still names its WordPress user truly.
         identity: Identity = signer.read_page_token(token, grace=REFRESH_GRACE_SECONDS)
-    except (TokenInvalid, TokenExpired):
+    except TokenInvalid:  # TokenExpired too
         return None
     return identity
 
@@ -148,9 +148,7 @@ def admit_turn(
 ) -> Admission:
     """Check a valid chat POST against every limit, in SPEC's order."""
     if current_app.extensions["chatapp"].relay.draining:
-        raise ApiError(
-            503,
-            "over_capacity",
+        raise OverCapacity(
             "The server is restarting; try again in a few seconds.",
             retry_after=5,
         )
@@ -192,13 +190,12 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
         except redis.RedisError:
             retry_after = current.limit.get_expiry()
     retry_after = max(1, retry_after)
-    current_app.extensions["chatapp"].metrics.refused("rate_limited")
-    return error_response(
-        429,
-        "rate_limited",
-        f"Too many requests; try again in {retry_after} seconds.",
-        retry_after=retry_after,
-        headers=headers,
+    return refused(
+        RateLimited(
+            f"Too many requests; try again in {retry_after} seconds.",
+            retry_after=retry_after,
+            headers=headers,
+        )
     )
 
 
