@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint
@@ -23,6 +22,8 @@ from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.tokens import new_identity
 from chatapp.turns import read
+from chatapp.turns.start import Idempotent
+from chatapp.turns.start import TurnIds
 from chatapp.turns.start import check_conversation
 from chatapp.turns.start import conversation_messages
 from chatapp.turns.start import earlier_turn
@@ -49,14 +50,18 @@ errors.register(bp)
 POLL_WAIT = 25.0
 
 
-def _describe(turn_id: str, conversation_id: str) -> dict[str, Any]:
-    token = state().signer.stream_token(turn_id)
-    return {
-        "id": turn_id,
-        "conversation_id": conversation_id,
-        "stream_url": url_for("api.events", turn_id=turn_id, t=token),
-        "cancel_url": url_for("api.cancel", turn_id=turn_id, t=token),
+def _reply(ids: TurnIds, renewed: str | None) -> dict[str, Any]:
+    """The 201's body for a turn: its ids, its URLs, a renewed page token."""
+    token = state().signer.stream_token(ids.turn_id)
+    reply = {
+        "id": ids.turn_id,
+        "conversation_id": ids.conversation_id,
+        "stream_url": url_for("api.events", turn_id=ids.turn_id, t=token),
+        "cancel_url": url_for("api.cancel", turn_id=ids.turn_id, t=token),
     }
+    if renewed is not None:
+        reply["token"] = renewed
+    return reply
 
 
 @bp.post("/chat")
@@ -74,58 +79,58 @@ def chat() -> tuple[Response, int, dict[str, str]]:
     # A retry of an accepted turn gets that turn back, whatever the limits say.
     body = earlier_turn(st.history, who, key)
     if body is None:
-        who, describe = _bot_check(who, values)
+        who, renewed = _bot_check(who, values)
         with admit_turn(who, message, cid) as admission:  # every limit, in order
-            body, new = start_turn(
+            ids = TurnIds.mint(cid)
+            body = _reply(ids, renewed)
+            earlier = start_turn(
                 st.relay,
                 st.config,
                 who,
                 message,
-                cid,
-                key,
-                describe,
+                ids,
                 admission,
+                idempotent=Idempotent(key, body) if key else None,
                 page_url=page_url,
                 knowledge=st.knowledge,
                 replace_last=replace_last and cid is not None,
             )
-            if new:
-                admission.started(body["id"])
+            if earlier is None:
+                admission.started(ids.turn_id)
                 st.metrics.turn_started()
                 log_turn(
                     "turn.accepted",
-                    turn_id=body["id"],
+                    turn_id=ids.turn_id,
                     client=client_hash(),
                     **prompt_fields(message),
                 )
+        body = earlier or body
     headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
     headers.update(rate_limit_headers())  # counted by the hit itself, no second scan
     return jsonify(body), 201, headers
 
 
-def _bot_check(
-    who: Identity, values: dict[str, Any]
-) -> tuple[Identity, Callable[[str, str], dict[str, Any]]]:
+def _bot_check(who: Identity, values: dict[str, Any]) -> tuple[Identity, str | None]:
     """Ask an anonymous visitor for an unused ALTCHA solution, unless its
     token's stamp vouches for this very client, solved less than an hour ago.
 
     A visitor who solves one gets, in its 201, a renewed page token stamped
-    with the client that solved it (a keyed hash of its address key) and when.
+    with the client that solved it (a keyed hash of its address key) and when:
+    returned here with the stamped identity.
     """
     st = state()
     if st.botcheck is None or who.wp_user is not None:
-        return who, _describe
+        return who, None
     client = key_for(who)
     if st.signer.is_human(who, client):
-        return who, _describe
+        return who, None
     solution = request.headers.get("X-Altcha") or parse.text_field(values, "altcha")
     try:
         st.botcheck.verify(solution)
     except SolutionRefused as exc:
         raise SolutionRefused() from exc  # the leaf's words, not the reason
     verified = st.signer.stamp_human(who, client)
-    token = st.signer.page_token(verified)
-    return verified, lambda turn_id, cid: {**_describe(turn_id, cid), "token": token}
+    return verified, st.signer.page_token(verified)
 
 
 @bp.get("/challenge")
