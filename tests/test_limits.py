@@ -22,9 +22,9 @@ from chatapp.store.redis import SOCKET_TIMEOUT as REDIS_TIMEOUT
 from chatapp.store.redis import connect as connect_pool
 from chatapp.tokens import Identity
 from chatapp.turns.admit import Gate
-from chatapp.turns.admit import seconds_to_utc_midnight
-from chatapp.turns.admit import tokens_spent
-from chatapp.turns.admit import utc_day
+from chatapp.turns.holds import seconds_to_utc_midnight
+from chatapp.turns.holds import tokens_spent
+from chatapp.turns.holds import utc_day
 from chatapp.turns.model import TurnEnd as TurnOutcome
 from chatapp.turns.model import TurnInfo
 from chatapp.web.limiter import client_key

@@ -3,9 +3,10 @@
 With CHATAPP_PRICES set, every turn is priced. With ceilings set, a new turn
 holds its worst case (its input bound plus CHATAPP_MAX_OUTPUT_TOKENS at its
 model's price) in the day and the month at once, or is refused; past a soft
-ceiling it asks CHATAPP_FALLBACK_MODEL and is priced at that model. The gate
-(admit.py) makes the store calls, with its Redis-or-memory fallback, and
-settles each turn from its usage when it ends. Nothing here knows Flask.
+ceiling it asks CHATAPP_FALLBACK_MODEL and is priced at that model. The
+gate's spend holds (spend_holds.py) make the store calls, with the
+Redis-or-memory fallback (failover.py), and settle each turn from its usage
+when it ends. Nothing here knows Flask.
 """
 
 from __future__ import annotations

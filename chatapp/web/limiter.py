@@ -42,7 +42,7 @@ from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
-from chatapp.turns.admit import Leases
+from chatapp.turns.holds import Leases
 from chatapp.turns.spend import Alert
 from chatapp.upstream.webhook import Webhook
 from chatapp.web import limits_storage
