@@ -23,7 +23,8 @@ turns are admitted, and at once before refusing a turn for its budget.
 
 The site's spend is held the same way, in the same hold record
 (spend_holds.py). What a turn holds, and what it is charged when it ends,
-is holds.py's; the switch between Redis and memory is failover.py's.
+is holds.py's, with the limits' words; the switch between Redis and memory
+is failover.py's.
 """
 
 from __future__ import annotations
@@ -94,12 +95,10 @@ class Gate:
         self._readers = readers
         self._clock = clock
         self._budget = int(config["DAILY_TOKEN_BUDGET"])
-        self._hold = int(config["MAX_OUTPUT_TOKENS"])
-        self._max_streams = int(config["MAX_STREAMS_PER_CLIENT"])
-        self._max_open = int(config["WORKER_MAX_STREAMS"])
-        self._slot_lifetime = (
-            float(config["UPSTREAM_TOTAL_TIMEOUT"]) + SLOT_MARGIN_SECONDS
-        )
+        self._turn_tokens = int(config["MAX_OUTPUT_TOKENS"])
+        self._slot_limit = int(config["MAX_STREAMS_PER_CLIENT"])
+        self._capacity = int(config["WORKER_MAX_STREAMS"])
+        self._slot_ttl = float(config["UPSTREAM_TOTAL_TIMEOUT"]) + SLOT_MARGIN_SECONDS
         self.redis = client
         self.memory = MemoryLimitStore()
         self._shared = RedisLimitStore(client) if client is not None else None
@@ -147,7 +146,7 @@ class Gate:
             if self.spend is not None:
                 self.spend.reserve(held, now, input_chars)
             self._take_slot(held)
-            if self.open_streams >= self._max_open:
+            if self.open_streams >= self._capacity:
                 raise OverCapacity(retry_after=CAPACITY_RETRY_AFTER)
         except ApiError:
             self.release(held)
@@ -158,7 +157,9 @@ class Gate:
         """Hold MAX_OUTPUT_TOKENS of the client's day, or refuse: 429."""
 
         def hold(store: LimitStore) -> bool:
-            return store.hold_tokens(held.client, held.day, self._hold, self._budget)
+            return store.hold_tokens(
+                held.client, held.day, self._turn_tokens, self._budget
+            )
 
         ok, held.tokens_store = self._call(hold)
         if not ok and self._reclaim(now=True):
@@ -166,14 +167,14 @@ class Gate:
         if not ok:
             held.tokens_store = None
             raise QuotaExceeded(retry_after=seconds_to_utc_midnight(now))
-        held.tokens = self._hold
+        held.tokens = self._turn_tokens
 
     def _take_slot(self, held: Reservation) -> None:
         """Take one of the client's stream slots, or refuse: 429."""
 
         def take(store: LimitStore) -> bool:
             return store.take_slot(
-                held.client, held.ticket, self._max_streams, self._slot_lifetime
+                held.client, held.ticket, self._slot_limit, self._slot_ttl
             )
 
         ok, held.slot_store = self._call(take)

@@ -5,6 +5,30 @@ client's daily token budget, one of its client's stream slots and, with
 CHATAPP_SPEND_LIMITS, its worst case of the site's spend (spend_holds.py).
 When it ends, what it held is settled to what it spent: its usage, else an
 estimate of the text it streamed.
+
+The limits' words, one per concept, in web/ (binding: limiter.py,
+moving_window.py), turns/ (policy: admit.py and its parts) and store/
+(storage: limits.py, spend.py):
+
+  client       whom limits count against: the WordPress user, else the
+               address key (limiter.client_key / client_for); never "key"
+  limit        how many are allowed: `limit` (a slot's, a rate limit's
+               amount), `budget` (a client's tokens a UTC day), `capacity`
+               (streams one worker keeps open), `ceiling` (the site's spend)
+  hit          one request taken against a rate limit (flask-limiter's
+               word); `count` is how many hits a `window` holds
+  window       a rate limit's moving window; `reset_at`, when its oldest
+               counted hit leaves it
+  slot         one of a client's turns generating at once: taken, freed;
+               a `ticket` names it, `<worker>/<random>`
+  hold         to take budget or spend for a turn when it is admitted; a
+               Reservation is all one turn holds, a Hold its record in
+               Redis for reclaiming when its worker dies
+  settle       charge what a turn spent, when it ends, against what it
+               held; `release` gives all back (the turn never started)
+  ttl          seconds a key or a slot lives in the store
+  retry_after  seconds a refused client waits (`Retry-After`); constants
+               are `<WHAT>_RETRY_AFTER`
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ from chatapp.web import errors
 from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
 from chatapp.web.limiter import admit_turn
+from chatapp.web.limiter import client_for
 from chatapp.web.limiter import client_key
-from chatapp.web.limiter import key_for
 from chatapp.web.limiter import rate_limit_headers
 from chatapp.web.limiter import token_refresh_limit
 from chatapp.web.logs import client_hash
@@ -121,7 +121,7 @@ def _bot_check(who: Identity, values: dict[str, Any]) -> tuple[Identity, str | N
     st = state()
     if st.botcheck is None or who.wp_user is not None:
         return who, None
-    client = key_for(who)
+    client = client_for(who)
     if st.signer.is_human(who, client):
         return who, None
     solution = request.headers.get("X-Altcha") or parse.text_field(values, "altcha")

@@ -13,6 +13,9 @@ With Redis the limits live in flask-limiter's moving windows there
 (`LIMITS:LIMITER/chatapp/<client>/...`), on the worker's one Redis client
 (limits_storage.py), whether that is one server, Sentinel's primary or a
 Redis Cluster: each window is one key, so one slot.
+
+The limits' words (client, limit, hit, count, window, retry_after, ...) are
+those of turns/holds.py's docstring.
 """
 
 from __future__ import annotations
@@ -57,17 +60,19 @@ TOKEN_REFRESH_LIMITS = "30/minute"
 # The owner's API, per client: a site's worth of pushes in a few minutes, and
 # far too few tries to guess a credential.
 OWNER_API_LIMITS = "120/minute"
+# A draining worker refuses new turns; another worker answers in this long.
+DRAIN_RETRY_AFTER = 5
 
 
 def client_key() -> str:
     """Name the client a request's limits count against; never raises."""
     cached = g.get("chatapp_client_key")
     if cached is None:
-        cached = key_for(_header_identity())
+        cached = client_for(_header_identity())
     return str(cached)
 
 
-def key_for(identity: Identity | None) -> str:
+def client_for(identity: Identity | None) -> str:
     """Name the client behind an identity read from this request."""
     if identity is not None and identity.wp_user is not None:
         key = identity.owner
@@ -124,17 +129,17 @@ _LIMITED_BLUEPRINTS = ("knowledge",)
 def _declares_no_limit() -> bool:
     # flask-limiter would otherwise look up limits for every request (event
     # streams, pages, health checks) before its view runs, for nothing: only
-    # the token refresh and admit_turn's own call count against a limit.
+    # the token refresh and admit_turn's own call hit a limit.
     return (
         request.endpoint != "api.refresh_token"
         and request.blueprint not in _LIMITED_BLUEPRINTS
-        and not g.get("chatapp_counting")
+        and not g.get("chatapp_hitting")
     )
 
 
 @limiter.limit(_chat_rate_limits)
-def _count_chat_turn() -> None:
-    """Count a turn against the client's rate limits; raise when over them."""
+def _hit_chat_limits() -> None:
+    """Hit the client's rate limits with a turn; raise when over one."""
 
 
 def gate() -> Gate:
@@ -150,19 +155,19 @@ def admit_turn(
     if current_app.extensions["chatapp"].relay.draining:
         raise OverCapacity(
             "The server is restarting; try again in a few seconds.",
-            retry_after=5,
+            retry_after=DRAIN_RETRY_AFTER,
         )
-    client = key_for(identity)
-    g.chatapp_counting = True
-    _count_chat_turn()
+    client = client_for(identity)
+    g.chatapp_hitting = True
+    _hit_chat_limits()
     config = current_app.extensions["chatapp"].config
     # The site's spend holds the turn's worst case: its whole input at most.
     # Site knowledge adds its sources and their instructions, at most
     # KNOWLEDGE_MAX_CHARS plus the wording around them.
     history = config["HISTORY_MAX_CHARS"] if conversation_id else 0
     sources = 2 * config["KNOWLEDGE_MAX_CHARS"] if config["KNOWLEDGE"] else 0
-    bound = len(config["SYSTEM_PROMPT"]) + len(message) + history + sources
-    return Admission(gate(), gate().admit(client, bound))
+    input_chars = len(config["SYSTEM_PROMPT"]) + len(message) + history + sources
+    return Admission(gate(), gate().admit(client, input_chars))
 
 
 def rate_limit_headers() -> dict[str, str]:
