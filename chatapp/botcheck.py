@@ -28,6 +28,7 @@ from altcha import ChallengeOptionsV1
 from altcha import create_challenge_v1
 from altcha import extract_params_v1
 
+from chatapp.errors import SolutionRefused as SolutionRefused
 from chatapp.store.challenges import SpentSolutions
 
 ALGORITHM: Final = "SHA-256"
@@ -41,10 +42,6 @@ MAX_PAYLOAD_CHARS = 2048
 SPENT_MARGIN = 60
 _PURPOSE = b"chatapp.altcha.v1"
 _FIELDS = ("algorithm", "challenge", "number", "salt", "signature")
-
-
-class SolutionRefused(Exception):
-    """The solution is missing, malformed, forged, wrong, expired or used."""
 
 
 def hmac_key(secret: str) -> str:

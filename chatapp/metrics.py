@@ -24,19 +24,13 @@ from prometheus_client import multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from chatapp.series import SERIES
+from chatapp.series import make
 from chatapp.turns.model import TurnEnd
 from chatapp.upstream.base import Attempt
 from chatapp.upstream.retry import REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-GAP_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
-CANCEL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-# The label values known in advance, shown as 0 from the start: a series that
-# appears only with its first event reads as "no data" on a dashboard.
-REFUSAL_CODES = ("rate_limited", "quota_exceeded", "too_many_streams", "over_capacity")
-DISCONNECT_CAUSES = ("client", "storage")
-RETRIEVAL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 
 
 def multiprocess_dir() -> str | None:
@@ -45,141 +39,39 @@ def multiprocess_dir() -> str | None:
 
 
 class Metrics:
-    """Count what operators watch; render it as Prometheus text."""
+    """Count what operators watch; render it as Prometheus text.
+
+    Each attribute below is one series of chatapp/series.py's table.
+    """
+
+    _started: Counter
+    _finished: Counter
+    _upstream_errors: Counter
+    _tokens: Counter
+    _refusals: Counter
+    _ttft: Histogram
+    _gap: Histogram
+    _resumes: Counter
+    _cancels: Counter
+    _cancel_closed: Histogram
+    _disconnects: Counter
+    _storage_errors: Counter
+    _retries: Counter
+    _fallbacks: Counter
+    _feedback: Counter
+    _active: Gauge
+    _open: Gauge
+    _crawl_pages: Counter
+    _documents: Gauge
+    _passages: Gauge
+    _retrievals: Counter
+    _retrieval_seconds: Histogram
 
     def __init__(self, running: Callable[[], int] = lambda: 0) -> None:
         self._running = running
         self._registry = CollectorRegistry()
-        r = self._registry
-        self._started = Counter(
-            "chatapp_turns_started", "Turns accepted by POST /api/chat.", registry=r
-        )
-        self._finished = Counter(
-            "chatapp_turns_finished",
-            "Turns ended, by finish reason.",
-            ["outcome"],
-            registry=r,
-        )
-        self._upstream_errors = Counter(
-            "chatapp_upstream_errors",
-            "Turns ended by an error, by SPEC error code.",
-            ["code"],
-            registry=r,
-        )
-        self._tokens = Counter(
-            "chatapp_tokens_relayed", "Provider output tokens relayed.", registry=r
-        )
-        self._refusals = Counter(
-            "chatapp_refusals",
-            "Requests refused by limits, by error code.",
-            ["code"],
-            registry=r,
-        )
-        self._ttft = Histogram(
-            "chatapp_time_to_first_token_seconds",
-            "From accepting a turn to its first token.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self._gap = Histogram(
-            "chatapp_token_gap_max_seconds",
-            "The longest wait between two pieces of text, per turn.",
-            buckets=GAP_BUCKETS,
-            registry=r,
-        )
-        self._resumes = Counter(
-            "chatapp_resumes", "Event streams opened after an event id.", registry=r
-        )
-        self._cancels = Counter(
-            "chatapp_cancels", "Turns cancelled by a client.", registry=r
-        )
-        self._cancel_closed = Histogram(
-            "chatapp_cancel_to_closed_seconds",
-            "From a cancel reaching the producer to its upstream closed.",
-            buckets=CANCEL_BUCKETS,
-            registry=r,
-        )
-        self._disconnects = Counter(
-            "chatapp_disconnects",
-            "Event streams that ended before done, by cause.",
-            ["cause"],
-            registry=r,
-        )
-        self._storage_errors = Counter(
-            "chatapp_storage_errors",
-            "Failed calls to shared storage (Redis).",
-            registry=r,
-        )
-        self._retries = Counter(
-            "chatapp_upstream_retries",
-            "Upstream attempts asked again before the first word, by the "
-            "provider and model that failed and why.",
-            ["provider", "model", "reason"],
-            registry=r,
-        )
-        self._fallbacks = Counter(
-            "chatapp_upstream_fallbacks",
-            "Turns handed to the fallback model before the first word, by the "
-            "provider and model that failed and why.",
-            ["provider", "model", "reason"],
-            registry=r,
-        )
-        self._feedback = Counter(
-            "chatapp_feedback",
-            "Ratings of answers by visitors, by rating.",
-            ["rating"],
-            registry=r,
-        )
-        for rating in ("up", "down"):
-            self._feedback.labels(rating)
-        self._active = Gauge(
-            "chatapp_active_turns",
-            "Turns generating now.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self._open = Gauge(
-            "chatapp_open_streams",
-            "Event streams open now.",
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        # Site knowledge: what the index holds and what crawls made of pages.
-        self._crawl_pages = Counter(
-            "chatapp_knowledge_crawl_pages",
-            "URLs seen by the site-knowledge crawler, by outcome.",
-            ["outcome"],
-            registry=r,
-        )
-        self._documents = Gauge(
-            "chatapp_knowledge_documents",
-            "Documents in the knowledge index, as of the last crawl.",
-            registry=r,
-            multiprocess_mode="livemostrecent",
-        )
-        self._passages = Gauge(
-            "chatapp_knowledge_passages",
-            "Passages in the knowledge index, as of the last crawl.",
-            registry=r,
-            multiprocess_mode="livemostrecent",
-        )
-        # And what each turn's retrieval came to, and how long it took.
-        self._retrievals = Counter(
-            "chatapp_knowledge_retrievals",
-            "Turns' retrievals, by outcome: sources, none, failed, skipped.",
-            ["outcome"],
-            registry=r,
-        )
-        self._retrieval_seconds = Histogram(
-            "chatapp_knowledge_retrieval_seconds",
-            "Time to find a turn's sources, before the model is asked.",
-            buckets=RETRIEVAL_BUCKETS,
-            registry=r,
-        )
-        for code in REFUSAL_CODES:
-            self._refusals.labels(code)
-        for cause in DISCONNECT_CAUSES:
-            self._disconnects.labels(cause)
+        for series in SERIES:
+            setattr(self, series.attr, make(series, self._registry))
 
     def known_upstreams(self, routes: list[tuple[str, str]]) -> None:
         """Create the retry series at 0, so dashboards show 0, not no data."""

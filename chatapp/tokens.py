@@ -34,6 +34,11 @@ from itsdangerous import BadData
 from itsdangerous import SignatureExpired
 from itsdangerous import URLSafeTimedSerializer
 
+# Raised here; they live in chatapp/errors.py's one tree.
+from chatapp.errors import SSOExpired as SSOExpired
+from chatapp.errors import SSOInvalid as SSOInvalid
+from chatapp.errors import TokenExpired as TokenExpired
+from chatapp.errors import TokenInvalid as TokenInvalid
 from chatapp.text import scrub
 
 PAGE_SALT = "chatapp.page-token.v1"
@@ -48,22 +53,6 @@ WP_MAX_AGE = 8 * 3600
 # How long one solved bot check vouches for its client, renewals included.
 HUMAN_SECONDS = 3600
 _HUMAN_PURPOSE = b"chatapp.human.v1"
-
-
-class TokenInvalid(Exception):
-    """The token is missing, malformed, forged or for another purpose."""
-
-
-class TokenExpired(Exception):
-    """The token was genuine but is past its max-age."""
-
-
-class SSOInvalid(Exception):
-    """The WordPress SSO token is forged, malformed or breaks a rule."""
-
-
-class SSOExpired(Exception):
-    """The WordPress SSO token was genuine but has expired."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,13 +22,13 @@ from chatapp.store.redis import SOCKET_TIMEOUT as REDIS_TIMEOUT
 from chatapp.store.redis import connect as connect_pool
 from chatapp.tokens import Identity
 from chatapp.turns.admit import Gate
-from chatapp.turns.admit import seconds_to_utc_midnight
-from chatapp.turns.admit import tokens_spent
-from chatapp.turns.admit import utc_day
+from chatapp.turns.holds import seconds_to_utc_midnight
+from chatapp.turns.holds import tokens_spent
+from chatapp.turns.holds import utc_day
 from chatapp.turns.model import TurnEnd as TurnOutcome
 from chatapp.turns.model import TurnInfo
+from chatapp.web.limiter import client_for
 from chatapp.web.limiter import client_key
-from chatapp.web.limiter import key_for
 from tests.conftest import RedisServer
 from tests.conftest import wait_for
 
@@ -85,7 +85,7 @@ def test_a_wordpress_user_is_the_client_wherever_they_are(app: Any) -> None:
     other_visit = signer.page_token(Identity("v2", "42", "https://blog.example"))
     owner = Identity("v1", "42", "https://blog.example").owner
     with app.test_request_context(environ_base={"REMOTE_ADDR": "192.0.2.1"}):
-        from_the_view = key_for(user)
+        from_the_view = client_for(user)
     assert (
         from_the_view
         == _key(

@@ -379,6 +379,7 @@ def test_a_turn_can_start_on_the_fallback_model() -> None:
     from chatapp.store.events import MemoryEventLog
     from chatapp.tokens import Identity
     from chatapp.turns.relay import Relay
+    from chatapp.turns.start import TurnIds
     from chatapp.turns.start import start_turn
 
     main = Script("openai")
@@ -394,21 +395,15 @@ def test_a_turn_can_start_on_the_fallback_model() -> None:
         }
     )
     relay = Relay(MemoryEventLog(), MemoryHistory(60), upstream, config)
-    body, new = start_turn(
-        relay,
-        config,
-        Identity("visitor-1"),
-        "Hello",
-        None,
-        None,
-        lambda turn_id, cid: {"id": turn_id},
-        fallback=True,
+    ids = TurnIds.mint(None)
+    earlier = start_turn(
+        relay, config, Identity("visitor-1"), "Hello", ids, fallback=True
     )
-    assert new
-    run = relay.runs[body["id"]]
+    assert earlier is None
+    run = relay.runs[ids.turn_id]
     assert run.greenlet is not None
     run.greenlet.join(5)
-    tail = relay.open(body["id"])
+    tail = relay.open(ids.turn_id)
     assert tail is not None and tail.done
     _, event, data = sse.parse(tail.frames[0])
     assert event == "start"

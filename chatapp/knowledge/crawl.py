@@ -1,66 +1,50 @@
-"""Fill the index from the site: sitemaps and pages, robots.txt honoured, bounded."""
+"""Fill the index from the site: sitemaps and pages, robots.txt honoured, bounded.
+
+The crawl loop: read the sources (sitemap.py) for the pages they name,
+fetch each that may have changed (fetch.py: bounded, on the sources' hosts,
+robots.txt honoured), index what changed and drop what left the sitemap.
+"""
 
 from __future__ import annotations
 
 import time
-import zlib
 from collections.abc import Callable
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
-from datetime import UTC
-from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urldefrag
-from urllib.parse import urljoin
-from urllib.parse import urlsplit
-from urllib.robotparser import RobotFileParser
 
 import requests
-import urllib3.exceptions
-from lxml import etree
 
 from chatapp.knowledge.extract import CONTENT_TYPES
 from chatapp.knowledge.extract import extract
 from chatapp.knowledge.extract import media_type
+from chatapp.knowledge.fetch import DEADLINE_SECONDS
+from chatapp.knowledge.fetch import DISALLOWED
+from chatapp.knowledge.fetch import FAILED
+from chatapp.knowledge.fetch import INDEXED
+from chatapp.knowledge.fetch import MAX_BYTES
+from chatapp.knowledge.fetch import OFF_HOST as OFF_HOST
+from chatapp.knowledge.fetch import REMOVED
+from chatapp.knowledge.fetch import TIMEOUT_SECONDS
+from chatapp.knowledge.fetch import TOO_LARGE as TOO_LARGE
+from chatapp.knowledge.fetch import UNCHANGED
+from chatapp.knowledge.fetch import UNSUPPORTED
+from chatapp.knowledge.fetch import Fetcher
+from chatapp.knowledge.fetch import FetchError
+from chatapp.knowledge.fetch import new_session
+from chatapp.knowledge.fetch import origin
 from chatapp.knowledge.index import Index
-from chatapp.knowledge.index import KnowledgeError
+from chatapp.knowledge.sitemap import MAX_PAGES
+from chatapp.knowledge.sitemap import MAX_SITEMAPS
+from chatapp.knowledge.sitemap import Listed
+from chatapp.knowledge.sitemap import looks_like_sitemap
+from chatapp.knowledge.sitemap import parse_sitemap
 
-USER_AGENT = "chatapp-knowledge/1 (+site knowledge crawler)"
-# Per fetch: connect + each read within TIMEOUT, the whole body within
-# DEADLINE, at most MAX_BYTES of it, at most MAX_REDIRECTS hops on the host.
-TIMEOUT_SECONDS = 10.0
-DEADLINE_SECONDS = 30.0
-MAX_BYTES = 5 * 1024 * 1024
-MAX_REDIRECTS = 5
-# Per crawl: sitemaps read (an index may list many), and pages kept.
-MAX_SITEMAPS = 100
-MAX_PAGES = 20_000
-CHUNK_BYTES = 64 * 1024
-XML_TYPES = ("application/xml", "text/xml")
 # Which documents the crawler owns: only those it may drop when they leave
 # the sitemap. Pushed and added documents are never touched by a crawl.
 CRAWL_OWNER = "crawl"
-
-# Outcomes of one page, as counted in the report and the metrics.
-INDEXED = "indexed"
-UNCHANGED = "unchanged"
-REMOVED = "removed"
-DISALLOWED = "disallowed"
-OFF_HOST = "off_host"
-TOO_LARGE = "too_large"
-UNSUPPORTED = "unsupported"
-FAILED = "failed"
-
-
-class FetchError(KnowledgeError):
-    """A fetch failed; `outcome` says how (one of the page outcomes)."""
-
-    def __init__(self, outcome: str, message: str) -> None:
-        super().__init__(message)
-        self.outcome = outcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,45 +75,6 @@ class CrawlReport:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    url: str
-    status: int
-    content_type: str
-    body: bytes
-    etag: str
-    last_modified: str
-
-
-@dataclass(frozen=True, slots=True)
-class Listed:
-    """A page a source names, with the sitemap's lastmod when it gave one."""
-
-    url: str
-    lastmod: float | None = None
-
-
-def origin(url: str) -> str:
-    """Reduce a URL to scheme://host[:port], lower-cased."""
-    parts = urlsplit(url)
-    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
-
-
-@contextmanager
-def transport_errors(url: str) -> Iterator[None]:
-    """Turn every transport failure of one fetch into a FetchError."""
-    try:
-        yield
-    except requests.Timeout as exc:
-        raise FetchError(FAILED, f"{url}: timed out") from exc
-    except (
-        requests.RequestException,
-        urllib3.exceptions.HTTPError,
-        OSError,
-    ) as exc:
-        raise FetchError(FAILED, f"{url}: {type(exc).__name__}") from exc
-
-
 class Crawler:
     """Crawl the sources into an index; one instance per crawl."""
 
@@ -151,18 +96,20 @@ class Crawler:
         self.index = index
         self.sources = [urldefrag(s.strip())[0] for s in sources if s.strip()]
         self.hosts = {origin(s) for s in self.sources}
-        self.session = session or _session()
+        self.fetcher = Fetcher(
+            self.hosts,
+            session or new_session(),
+            timeout=timeout,
+            deadline=deadline,
+            max_bytes=max_bytes,
+        )
         self.progress = progress
         self.keepalive = keepalive
         # Extraction is CPU work: the service hands it to a thread so that
         # its event loop keeps serving requests meanwhile.
         self.run = run or (lambda fn, *args, **kw: fn(*args, **kw))
-        self.timeout = timeout
-        self.deadline = deadline
-        self.max_bytes = max_bytes
         self.max_pages = max_pages
         self.owner = owner
-        self.robots: dict[str, RobotFileParser | None] = {}
         self.report = CrawlReport()
         self.complete = True  # every source read: pages absent from it may go
 
@@ -179,6 +126,7 @@ class Crawler:
                     self.index.remove(info.url)
                     self._record(PageResult(info.url, REMOVED, detail="not listed"))
         self.report.seconds = time.monotonic() - started
+        self.report.bytes = self.fetcher.bytes
         return self.report
 
     def _record(self, result: PageResult) -> None:
@@ -198,10 +146,12 @@ class Crawler:
         while queue and len(pages) < self.max_pages:
             url = queue.pop(0)
             if not self.allowed(url):
-                self.complete = self.complete and self._robots(url) is not None
+                self.complete = (
+                    self.complete and self.fetcher.robots_of(url) is not None
+                )
                 self._record(PageResult(url, DISALLOWED))
                 continue
-            if not _looks_like_sitemap(url) and url in self.sources:
+            if not looks_like_sitemap(url) and url in self.sources:
                 pages.setdefault(url, Listed(url))
                 continue
             if sitemaps_read >= MAX_SITEMAPS:
@@ -209,7 +159,7 @@ class Crawler:
                 continue
             sitemaps_read += 1
             try:
-                fetched = self.fetch(url)
+                fetched = self.fetcher.fetch(url)
             except FetchError as exc:
                 self.complete = False
                 self._record(PageResult(url, exc.outcome, detail=str(exc)))
@@ -242,36 +192,7 @@ class Crawler:
 
     def allowed(self, url: str) -> bool:
         """Whether robots.txt lets us fetch `url` (and it is on a source's host)."""
-        if origin(url) not in self.hosts:
-            return False
-        robots = self._robots(url)
-        return robots is not None and robots.can_fetch(USER_AGENT, url)
-
-    def _robots(self, url: str) -> RobotFileParser | None:
-        # None: robots.txt could not be read now; nothing on that host is
-        # fetched, and nothing indexed from it is dropped this time.
-        host = origin(url)
-        if host in self.robots:
-            return self.robots[host]
-        self.robots[host] = parser = self._read_robots(host)
-        return parser
-
-    def _read_robots(self, host: str) -> RobotFileParser | None:
-        # The statuses mean what urllib.robotparser's own read() makes of them.
-        try:
-            fetched = self.fetch(host + "/robots.txt", check_robots=False)
-        except FetchError:
-            return None
-        parser = RobotFileParser(host + "/robots.txt")
-        if fetched.status == 200:
-            parser.parse(fetched.body.decode("utf-8", errors="replace").splitlines())
-        elif fetched.status in (401, 403):
-            parser.parse(["User-agent: *", "Disallow: /"])
-        elif 400 <= fetched.status < 500:
-            parser.parse([])  # no robots.txt: everything is allowed
-        else:
-            return None
-        return parser
+        return self.fetcher.allowed(url)
 
     # -- pages ---------------------------------------------------------------
 
@@ -286,7 +207,7 @@ class Crawler:
         ):
             return PageResult(page.url, UNCHANGED, known.passages, "sitemap lastmod")
         try:
-            fetched = self.fetch(
+            fetched = self.fetcher.fetch(
                 page.url,
                 etag=known.etag if known else "",
                 last_modified=known.last_modified if known else "",
@@ -322,142 +243,6 @@ class Crawler:
             owner=self.owner,
         )
         return PageResult(page.url, INDEXED, count)
-
-    def fetch(
-        self,
-        url: str,
-        *,
-        etag: str = "",
-        last_modified: str = "",
-        check_robots: bool = True,
-    ) -> Fetched:
-        """GET `url` bounded in time and size, following redirects on its host only."""
-        headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "gzip, deflate"}
-        if etag:
-            headers["If-None-Match"] = etag
-        if last_modified:
-            headers["If-Modified-Since"] = last_modified
-        ends = time.monotonic() + self.deadline
-        for _ in range(MAX_REDIRECTS + 1):
-            with transport_errors(url):
-                response = self.session.get(
-                    url,
-                    headers=headers,
-                    allow_redirects=False,
-                    stream=True,
-                    timeout=(self.timeout, self.timeout),
-                )
-            try:
-                if response.is_redirect:
-                    target = urldefrag(urljoin(url, response.headers["location"]))[0]
-                    if origin(target) not in self.hosts:
-                        raise FetchError(OFF_HOST, f"{url} redirects to {target}")
-                    if check_robots and not self.allowed(target):
-                        raise FetchError(DISALLOWED, f"{url} redirects to {target}")
-                    url = target
-                    continue
-                body = self._read(response, url, ends)
-                self.report.bytes += len(body)
-                return Fetched(
-                    url=url,
-                    status=response.status_code,
-                    content_type=response.headers.get("content-type", ""),
-                    body=body,
-                    etag=response.headers.get("etag", ""),
-                    last_modified=response.headers.get("last-modified", ""),
-                )
-            finally:
-                response.close()
-        raise FetchError(FAILED, f"{url}: more than {MAX_REDIRECTS} redirects")
-
-    def _read(self, response: requests.Response, url: str, ends: float) -> bytes:
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise FetchError(TOO_LARGE, f"{url}: {declared} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        with transport_errors(url):
-            # read1 returns what one read brings, so a page that trickles in
-            # meets the deadline; decoded, so a gzip bomb counts in full.
-            while chunk := response.raw.read1(CHUNK_BYTES, decode_content=True):
-                size += len(chunk)
-                if size > self.max_bytes:
-                    raise FetchError(TOO_LARGE, f"{url}: over {self.max_bytes} bytes")
-                if time.monotonic() > ends:
-                    raise FetchError(FAILED, f"{url}: slower than {self.deadline}s")
-                chunks.append(chunk)
-        return b"".join(chunks)
-
-
-def _session() -> requests.Session:
-    session = requests.Session()
-    session.trust_env = False  # no proxies or .netrc from the environment
-    return session
-
-
-def _looks_like_sitemap(url: str) -> bool:
-    path = urlsplit(url).path.lower()
-    return path.endswith((".xml", ".xml.gz")) or "sitemap" in path
-
-
-def parse_sitemap(body: bytes) -> tuple[str, list[Listed]]:
-    """Read a sitemap or sitemap index: ("urlset" | "sitemapindex" | "", entries)."""
-    if body[:2] == b"\x1f\x8b":
-        try:
-            body = _gunzip(body)
-        except zlib.error:
-            return "", []
-    # No entities, no network, no huge trees; what a broken file still holds
-    # is read, the rest ignored.
-    parser = etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        huge_tree=False,
-        recover=True,
-        load_dtd=False,
-    )
-    try:
-        root = etree.fromstring(body, parser)
-    except etree.XMLSyntaxError:
-        return "", []
-    if root is None:
-        return "", []
-    kind = etree.QName(root).localname if isinstance(root.tag, str) else ""
-    if kind not in ("urlset", "sitemapindex"):
-        return "", []
-    entries: list[Listed] = []
-    for item in root:
-        if not isinstance(item.tag, str):
-            continue
-        loc, lastmod = "", None
-        for child in item:
-            if not isinstance(child.tag, str):
-                continue
-            name = etree.QName(child).localname
-            if name == "loc":
-                loc = (child.text or "").strip()
-            elif name == "lastmod":
-                lastmod = _iso_date(child.text or "")
-        if loc.startswith(("http://", "https://")):
-            entries.append(Listed(urldefrag(loc)[0], lastmod))
-        if len(entries) >= MAX_PAGES:
-            break
-    return kind, entries
-
-
-def _gunzip(body: bytes) -> bytes:
-    # At most MAX_BYTES come out, however small the file that went in.
-    return zlib.decompressobj(wbits=31).decompress(body, MAX_BYTES)
-
-
-def _iso_date(text: str) -> float | None:
-    try:
-        value = datetime.fromisoformat(text.strip())
-    except ValueError:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
 
 
 def _http_date(text: str) -> float | None:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from chatapp.knowledge.index import DocumentInfo
 from chatapp.knowledge.index import Index
+from chatapp.knowledge.index import KnowledgeError
 
 CONTENT_TYPES = ("text/html", "text/markdown", "text/plain")
 MAX_URL_CHARS = 2048
@@ -21,7 +22,7 @@ MAX_TITLE_CHARS = 500
 _URL_CHARS = re.compile(r"^[\x21-\x7e]+$")
 
 
-class InvalidDocument(ValueError):
+class InvalidDocument(KnowledgeError):
     """A pushed document that SPEC refuses; its message says why."""
 
 

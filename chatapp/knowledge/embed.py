@@ -11,7 +11,7 @@ from typing import Protocol
 import numpy as np
 import requests
 
-from chatapp.knowledge.crawl import transport_errors
+from chatapp.knowledge.fetch import transport_errors
 from chatapp.knowledge.index import CANDIDATES
 from chatapp.knowledge.index import PREFER_FACTOR
 from chatapp.knowledge.index import KnowledgeError

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from typing import Protocol
 
+from chatapp.errors import ChatappError
+
 if TYPE_CHECKING:
     from chatapp.knowledge.embed import Embedder
 
@@ -39,7 +41,7 @@ STOPWORDS = frozenset(
 )
 
 
-class KnowledgeError(Exception):
+class KnowledgeError(ChatappError):
     """Site knowledge failed: a document, the index or a fetch."""
 
 

@@ -1,5 +1,8 @@
 """Where stream slots and daily token budgets are kept: memory or Redis.
 
+The words (client, limit, slot, ticket, hold, settle, ttl) are those of
+turns/holds.py's docstring.
+
 chatapp:limits:streams:<client>         zset: ticket -> expiry (server time);
                                         a ticket is `<worker>/<random>`
 chatapp:limits:tokens:<day>:<client>    tokens used and held that UTC day
@@ -59,8 +62,8 @@ class Hold:
 class LimitStore(Protocol):
     """Where stream slots and token budgets are kept."""
 
-    def take_slot(self, client: str, ticket: str, most: int, lifetime: float) -> bool:
-        """Hold one of `most` slots for `lifetime` seconds unless all are held."""
+    def take_slot(self, client: str, ticket: str, limit: int, ttl: float) -> bool:
+        """Hold one of `limit` slots for `ttl` seconds unless all are held."""
 
     def free_slot(self, client: str, ticket: str) -> None:
         """Give a slot back."""
@@ -80,13 +83,13 @@ class MemoryLimitStore:
         self._slots: dict[str, dict[str, float]] = {}
         self._tokens: dict[str, dict[str, int]] = {}
 
-    def take_slot(self, client: str, ticket: str, most: int, lifetime: float) -> bool:
+    def take_slot(self, client: str, ticket: str, limit: int, ttl: float) -> bool:
         now = self._clock()
         held = {t: end for t, end in self._slots.get(client, {}).items() if end > now}
-        if len(held) >= most:
+        if len(held) >= limit:
             self._slots[client] = held
             return False
-        held[ticket] = now + lifetime
+        held[ticket] = now + ttl
         self._slots[client] = held
         return True
 
@@ -120,19 +123,19 @@ local function now()
   local t = redis.call('TIME')
   return tonumber(t[1]) + tonumber(t[2]) / 1000000
 end
-local most = tonumber(ARGV[1])
+local limit = tonumber(ARGV[1])
 local t = nil
-if redis.call('ZCARD', KEYS[1]) >= most then
+if redis.call('ZCARD', KEYS[1]) >= limit then
   t = now()
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
-  if redis.call('ZCARD', KEYS[1]) >= most then
+  if redis.call('ZCARD', KEYS[1]) >= limit then
     return 0
   end
 end
-local lifetime = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[3])
 t = t or now()
-redis.call('ZADD', KEYS[1], t + lifetime, ARGV[2])
-redis.call('EXPIRE', KEYS[1], math.ceil(lifetime) + 1)
+redis.call('ZADD', KEYS[1], t + ttl, ARGV[2])
+redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 1)
 return 1
 """
 
@@ -159,10 +162,8 @@ class RedisLimitStore:
         self._hold_tokens = client.register_script(_HOLD_TOKENS)
 
     @guard("limits: take slot")
-    def take_slot(self, client: str, ticket: str, most: int, lifetime: float) -> bool:
-        taken = self._take_slot(
-            keys=[_slots_key(client)], args=[most, ticket, lifetime]
-        )
+    def take_slot(self, client: str, ticket: str, limit: int, ttl: float) -> bool:
+        taken = self._take_slot(keys=[_slots_key(client)], args=[limit, ticket, ttl])
         return bool(taken)
 
     @guard("limits: free slot")

@@ -21,35 +21,29 @@ recorded while their turns run, and the gates of the other workers settle
 those of a dead worker (store/limits.py): every RECLAIM_EVERY seconds while
 turns are admitted, and at once before refusing a turn for its budget.
 
-The site's spend (turns/spend.py) is held the same way, in the same hold
-record. Its settlements wait in this worker for its next reservation, which
-carries them to Redis in the same command, or for a flush FLUSH_SECONDS
-later: a turn costs Redis one command more than the token budget alone. A
-refusal for the site's spend is not raised here but carried, so that a
-cached answer can still be served (start.py raises it otherwise).
+The site's spend is held the same way, in the same hold record
+(spend_holds.py). What a turn holds, and what it is charged when it ends,
+is holds.py's, with the limits' words; the switch between Redis and memory
+is failover.py's.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC
-from datetime import datetime
 from types import TracebackType
 from typing import Any
-from typing import Protocol
 from typing import TypeVar
-from typing import cast
 
-import gevent
 import redis
 
 from chatapp.errors import ApiError
+from chatapp.errors import OverCapacity
+from chatapp.errors import QuotaExceeded
 from chatapp.errors import StoreError
+from chatapp.errors import TooManyStreams
 from chatapp.settings import Settings
 from chatapp.store.limits import Hold
 from chatapp.store.limits import LimitStore
@@ -57,20 +51,21 @@ from chatapp.store.limits import MemoryLimitStore
 from chatapp.store.limits import RedisLimitStore
 from chatapp.store.redis import guard
 from chatapp.store.redis import ping
-from chatapp.store.spend import MemorySpendStore
-from chatapp.store.spend import Periods
-from chatapp.store.spend import RedisSpendStore
-from chatapp.store.spend import Settlement
 from chatapp.store.spend import SpendStore
+from chatapp.turns.failover import Failover
+from chatapp.turns.holds import Leases
+from chatapp.turns.holds import Reservation
+from chatapp.turns.holds import estimate_tokens
+from chatapp.turns.holds import seconds_to_utc_midnight
+from chatapp.turns.holds import tokens_spent
+from chatapp.turns.holds import utc_day
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.spend import Alert
 from chatapp.turns.spend import Governor
-from chatapp.turns.spend import periods_at
+from chatapp.turns.spend_holds import SpendHolds
 
 log = logging.getLogger(__name__)
 
-# After Redis failed, use memory this long before asking Redis again.
-REDIS_RETRY_SECONDS = 2.0
 # A slot outlives its turn's deadline by this much, then frees itself: this
 # is what returns the slots of a crashed worker.
 SLOT_MARGIN_SECONDS = 5.0
@@ -78,70 +73,10 @@ STREAMS_RETRY_AFTER = 5
 CAPACITY_RETRY_AFTER = 10
 # Settles for turns the view has not yet claimed are kept this long.
 EARLY_KEEP_SECONDS = 300.0
-CHARS_PER_TOKEN = 4
 # Look for dead workers' holds at most this often while turns are admitted.
 RECLAIM_EVERY = 2.0
-NORMAL_ENDS = frozenset(("stop", "length", "content_filter"))
-# Settlements of the site's spend wait at most this long for a reservation.
-FLUSH_SECONDS = 1.0
 
 T = TypeVar("T")
-S = TypeVar("S")
-
-
-def utc_day(now: float) -> str:
-    """Name the UTC day that `now` falls in."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
-
-
-def seconds_to_utc_midnight(now: float) -> int:
-    """Whole seconds (at least 1) until the next UTC day begins."""
-    return max(1, math.ceil(86400 - now % 86400))
-
-
-def estimate_tokens(chars: int) -> int:
-    """Guess tokens from characters of text (about four to a token)."""
-    return math.ceil(chars / CHARS_PER_TOKEN) if chars > 0 else 0
-
-
-def tokens_spent(outcome: TurnEnd) -> int:
-    """Tokens a finished turn cost: its usage, else an estimate of its text.
-
-    A cancelled or failed turn may report usage from before the text it
-    streamed (Anthropic counts output at the start), so its text is a floor.
-    """
-    output = outcome.output_tokens
-    if output is None or outcome.finish_reason not in NORMAL_ENDS:
-        output = max(output or 0, estimate_tokens(outcome.output_chars))
-    return (outcome.input_tokens or 0) + output
-
-
-@dataclass
-class Reservation:
-    """What an admitted turn holds until it ends, and in which store."""
-
-    client: str
-    ticket: str
-    day: str
-    tokens: int
-    tokens_store: LimitStore | None
-    slot_store: LimitStore | None
-    recorded: bool = False  # its hold is recorded for reclaiming
-    model: str = ""  # the model the turn asks (the fallback past a soft ceiling)
-    spend: int = 0  # micro-units of the site's spend held
-    spend_store: SpendStore | None = None
-    periods: Periods | None = None
-    refusal: ApiError | None = None  # the site's ceiling: unless answered cached
-
-
-class Leases(Protocol):
-    """Which workers are alive, and what a turn wrote: the shared turn log."""
-
-    worker: str
-
-    def workers_alive(self, workers: list[str]) -> list[bool]: ...
-
-    def streamed_chars(self, turn_id: str) -> int: ...
 
 
 class Gate:
@@ -161,25 +96,36 @@ class Gate:
         self._readers = readers
         self._clock = clock
         self._budget = settings.daily_token_budget
-        self._hold = settings.max_output_tokens
-        self._max_streams = settings.max_streams_per_client
-        self._max_open = settings.worker_max_streams
-        self._slot_lifetime = settings.upstream_total_timeout + SLOT_MARGIN_SECONDS
+        self._turn_tokens = settings.max_output_tokens
+        self._slot_limit = settings.max_streams_per_client
+        self._capacity = settings.worker_max_streams
+        self._slot_ttl = settings.upstream_total_timeout + SLOT_MARGIN_SECONDS
         self.redis = client
         self.memory = MemoryLimitStore()
         self._shared = RedisLimitStore(client) if client is not None else None
-        self._redis_down_until: float | None = None
+        self._failover = Failover()
         self._leases = leases if self._shared is not None else None
         self._reclaimed_at = -RECLAIM_EVERY
         self._held: dict[str, Reservation] = {}
         self._early: dict[str, tuple[float, TurnEnd]] = {}
         governor = Governor(settings)
-        self.spend = governor if governor.active else None
-        self.spend_memory: SpendStore = MemorySpendStore()
-        self._spend_shared = RedisSpendStore(client) if client is not None else None
-        self._alert = alert
-        self._flush_at: gevent.Greenlet | None = None
-        self._last_failure: StoreError | redis.RedisError | None = None
+        self.spend = (
+            SpendHolds(
+                governor,
+                client,
+                self._failover,
+                clock=clock,
+                alert=alert,
+                reclaim=lambda: self._reclaim(now=True),
+            )
+            if governor.active
+            else None
+        )
+
+    @property
+    def spend_memory(self) -> SpendStore | None:
+        """This worker's own ledger of the site's spend, while Redis is away."""
+        return self.spend.memory if self.spend is not None else None
 
     # -- admission ------------------------------------------------------------
 
@@ -197,55 +143,47 @@ class Gate:
         self._reclaim(now=False)
         try:
             if self._budget > 0:
-                ok, held.tokens_store = self._call(
-                    lambda s: s.hold_tokens(client, held.day, self._hold, self._budget)
-                )
-                if not ok and self._reclaim(now=True):
-                    ok, held.tokens_store = self._call(
-                        lambda s: s.hold_tokens(
-                            client, held.day, self._hold, self._budget
-                        )
-                    )
-                if not ok:
-                    held.tokens_store = None
-                    raise ApiError(
-                        429,
-                        "quota_exceeded",
-                        "Today's usage limit is reached; it resets at midnight UTC.",
-                        retry_after=seconds_to_utc_midnight(now),
-                    )
-                held.tokens = self._hold
+                self._hold_tokens(held, now)
             if self.spend is not None:
-                self._reserve_spend(held, now, input_chars)
-
-            def take(s: LimitStore) -> bool:
-                return s.take_slot(
-                    client, held.ticket, self._max_streams, self._slot_lifetime
-                )
-
-            ok, held.slot_store = self._call(take)
-            if not ok and self._free_dead_slots(client):
-                ok, held.slot_store = self._call(take)
-            if not ok:
-                held.slot_store = None
-                raise ApiError(
-                    429,
-                    "too_many_streams",
-                    "Too many answers are being written for you at once; wait "
-                    "for one to finish or stop it.",
-                    retry_after=STREAMS_RETRY_AFTER,
-                )
-            if self.open_streams >= self._max_open:
-                raise ApiError(
-                    503,
-                    "over_capacity",
-                    "The server is busy; try again in a few seconds.",
-                    retry_after=CAPACITY_RETRY_AFTER,
-                )
+                self.spend.reserve(held, now, input_chars)
+            self._take_slot(held)
+            if self.open_streams >= self._capacity:
+                raise OverCapacity(retry_after=CAPACITY_RETRY_AFTER)
         except ApiError:
             self.release(held)
             raise
         return held
+
+    def _hold_tokens(self, held: Reservation, now: float) -> None:
+        """Hold MAX_OUTPUT_TOKENS of the client's day, or refuse: 429."""
+
+        def hold(store: LimitStore) -> bool:
+            return store.hold_tokens(
+                held.client, held.day, self._turn_tokens, self._budget
+            )
+
+        ok, held.tokens_store = self._call(hold)
+        if not ok and self._reclaim(now=True):
+            ok, held.tokens_store = self._call(hold)
+        if not ok:
+            held.tokens_store = None
+            raise QuotaExceeded(retry_after=seconds_to_utc_midnight(now))
+        held.tokens = self._turn_tokens
+
+    def _take_slot(self, held: Reservation) -> None:
+        """Take one of the client's stream slots, or refuse: 429."""
+
+        def take(store: LimitStore) -> bool:
+            return store.take_slot(
+                held.client, held.ticket, self._slot_limit, self._slot_ttl
+            )
+
+        ok, held.slot_store = self._call(take)
+        if not ok and self._free_dead_slots(held.client):
+            ok, held.slot_store = self._call(take)
+        if not ok:
+            held.slot_store = None
+            raise TooManyStreams(retry_after=STREAMS_RETRY_AFTER)
 
     @property
     def open_streams(self) -> int:
@@ -266,7 +204,7 @@ class Gate:
         self._held[turn_id] = held
         shared, leases = self._shared, self._leases
         spend_shared = held.spend_store is not None and (
-            held.spend_store is self._spend_shared
+            self.spend is not None and held.spend_store is self.spend.shared
         )
         if shared is None or leases is None:
             return
@@ -288,7 +226,8 @@ class Gate:
     def release(self, held: Reservation) -> None:
         """Give back all a reservation holds: the turn never started."""
         self._free(held, spent=0)
-        self._settle_spend(held, None)
+        if self.spend is not None:
+            self.spend.settle(held, None)
 
     def turn_finished(self, outcome: TurnEnd) -> None:
         """Free the slot of a turn that ended and charge what it spent."""
@@ -306,7 +245,8 @@ class Gate:
 
     def _settle(self, held: Reservation, outcome: TurnEnd) -> None:
         self._free(held, spent=tokens_spent(outcome))
-        self._settle_spend(held, outcome)
+        if self.spend is not None:
+            self.spend.settle(held, outcome)
 
     def _free(self, held: Reservation, spent: int) -> None:
         slot_store, tokens_store = held.slot_store, held.tokens_store
@@ -319,180 +259,14 @@ class Gate:
         if held.recorded and shared is not None and leases is not None:
             self._quietly(lambda: shared.forget_hold(leases.worker, held.ticket))
 
-    # -- the site's spend ----------------------------------------------------------
-
-    def _reserve_spend(self, held: Reservation, now: float, input_chars: int) -> None:
-        """Hold the turn's worst case, or carry the site's refusal."""
-        governor = self.spend
-        if governor is None:
-            return
-        periods = periods_at(now)
-        ask = governor.ask(input_chars)
-        shared = self._spend_shared
-        pending = governor.take_pending(periods).get(periods)
-        carried = [pending]  # only the first call carries the settlements
-
-        def reserve(store: SpendStore) -> Any:
-            settle = carried[0] if store is shared else None
-            return store.reserve(periods, ask, settle)
-
-        verdict, store = self._either(
-            cast("SpendStore | None", shared), self.spend_memory, reserve
-        )
-        carried[0] = None
-        if pending is not None and store is not shared:
-            self._keep_unsettled({periods: pending}, self._last_failure)
-        if verdict.refused and self._reclaim(now=True):
-            # A dead worker's turns held part of the ceiling: ask again.
-            verdict, store = self._either(
-                cast("SpendStore | None", shared), self.spend_memory, reserve
-            )
-        held.model = verdict.model
-        if verdict.refused:
-            held.refusal = governor.refusal(verdict, now)
-        else:
-            held.spend, held.spend_store, held.periods = verdict.amount, store, periods
-        self._check_alerts(store, periods, verdict.totals, verdict.refused)
-
-    def _settle_spend(self, held: Reservation, outcome: TurnEnd | None) -> None:
-        """Settle what a turn held: at once in memory, with the next call in Redis."""
-        governor, store, periods = self.spend, held.spend_store, held.periods
-        if governor is None or store is None or periods is None:
-            return
-        held.spend_store = None
-        settlement = Settlement()
-        if outcome is None or outcome.cached:
-            settlement.give_back(held.spend)  # no provider call: no turn of a model
-        else:
-            settlement.add(held.model, held.spend, governor.cost(held.model, outcome))
-        if store is not self._spend_shared:
-            verdict = store.reserve(periods, None, settlement)
-            self._check_alerts(store, periods, verdict.totals, ())
-            return
-        governor.pend(periods, settlement)
-        if self._flush_at is None or self._flush_at.dead:
-            self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self._flush_due)
-
-    def _flush_due(self) -> None:
-        """Flush what has waited FLUSH_SECONDS; look again when that will be."""
-        governor = self.spend
-        since = governor.pending_since if governor is not None else None
-        if since is None:
-            return  # reservations carried it all
-        left = since + FLUSH_SECONDS - time.monotonic()
-        if left <= 0:
-            self.flush_spend()
-            since = governor.pending_since if governor is not None else None
-            left = FLUSH_SECONDS if since is not None else 0
-        if left > 0:
-            self._flush_at = gevent.spawn_later(left, self._flush_due)
-
-    def flush_spend(self) -> None:
-        """Carry this worker's waiting settlements to Redis now."""
-        governor, shared = self.spend, self._spend_shared
-        if governor is None or shared is None:
-            return
-        for periods, settlement in governor.take_pending().items():
-            try:
-                verdict = shared.reserve(periods, None, settlement)
-            except redis.RedisError as exc:
-                log.warning("spend: could not settle (%s)", type(exc).__name__)
-                self._keep_unsettled({periods: settlement}, exc)
-                if self._flush_at is None or self._flush_at.dead:
-                    self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self._flush_due)
-                return
-            self._check_alerts(shared, periods, verdict.totals, ())
-
-    def _keep_unsettled(
-        self,
-        pending: dict[Periods, Settlement],
-        exc: StoreError | redis.RedisError | None,
-    ) -> None:
-        """Keep settlements Redis did not take, unless it may have taken them.
-
-        A call that timed out may have run: sending its settlements again
-        could give a hold back twice, and the ceiling would let more through.
-        Dropped, they leave the ledger holding too much until the period
-        ends, which refuses early but never overspends.
-        """
-        governor = self.spend
-        if governor is None:
-            return
-        cause = exc.__cause__ if isinstance(exc, StoreError) else exc
-        if isinstance(cause, redis.TimeoutError):
-            log.warning("spend: a settlement may be lost (Redis timed out)")
-            return
-        governor.put_back(pending)
-
-    def _check_alerts(
-        self,
-        store: SpendStore,
-        periods: Periods,
-        totals: Any,
-        refused: tuple[str, ...],
-    ) -> None:
-        governor = self.spend
-        if governor is None:
-            return
-        for name, alert in governor.crossed(periods, totals, refused):
-            ttl = periods.day_ttl if alert.period == "day" else periods.month_ttl
-            try:
-                won = store.claim_alert(name, ttl)
-            except redis.RedisError as exc:
-                log.warning("spend: could not claim an alert (%s)", type(exc).__name__)
-                continue
-            governor.claimed(name)
-            if won and self._alert is not None:
-                self._alert(alert)
-
     def spend_report(self) -> dict[str, Any] | None:
         """The site's spend as the owner sees it; None when nothing is priced."""
-        governor = self.spend
-        if governor is None:
-            return None
-        self.flush_spend()
-        now = self._clock()
-        periods = periods_at(now)
-
-        def read(store: SpendStore) -> Any:
-            return store.totals(periods)
-
-        (totals, models), _ = self._either(
-            cast("SpendStore | None", self._spend_shared), self.spend_memory, read
-        )
-        return governor.report(totals, models, now)
+        return self.spend.report() if self.spend is not None else None
 
     # -- Redis, or memory while Redis is away -----------------------------------
 
     def _call(self, op: Callable[[LimitStore], T]) -> tuple[T, LimitStore]:
-        return self._either(self._shared, self.memory, op)
-
-    def _either(self, shared: S | None, memory: S, op: Callable[[S], T]) -> tuple[T, S]:
-        self._last_failure = None  # set below if this call's Redis try fails
-        down_until = self._redis_down_until
-        if shared is not None and (
-            down_until is None or time.monotonic() >= down_until
-        ):
-            try:
-                result = op(shared)
-            except (StoreError, redis.RedisError) as exc:
-                self._redis_failed(exc)
-            else:
-                if down_until is not None:
-                    log.warning("limits: Redis answers again; limits are shared")
-                    self._redis_down_until = None
-                return result, shared
-        return op(memory), memory
-
-    def _redis_failed(self, exc: StoreError | redis.RedisError) -> None:
-        self._last_failure = exc
-        if self._redis_down_until is None:
-            log.warning(
-                "limits: Redis did not answer (%s); counting in this worker's "
-                "memory until it does, so limits are per worker meanwhile",
-                type(exc.__cause__ or exc).__name__,
-            )
-        self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
+        return self._failover.run(self._shared, self.memory, op)
 
     def _quietly(self, op: Callable[[], None]) -> bool:
         # A slot Redis did not free expires by itself; unsettled tokens stay
@@ -507,7 +281,7 @@ class Gate:
     def _free_dead_slots(self, client: str) -> bool:
         """Free the client's slots of dead workers; say whether any were."""
         shared, leases = self._shared, self._leases
-        if shared is None or leases is None or self._redis_down_until is not None:
+        if shared is None or leases is None or self._failover.down:
             return False
         try:
             return shared.free_dead_slots(client, leases.workers_alive) > 0
@@ -526,7 +300,7 @@ class Gate:
             shared is None
             or leases is None
             or (self._budget <= 0 and self.spend is None)
-            or self._redis_down_until is not None
+            or self._failover.down
         ):
             return False
         since = time.monotonic() - self._reclaimed_at
@@ -539,16 +313,8 @@ class Gate:
             if hold.tokens:
                 spent = estimate_tokens(chars)
                 shared.add_tokens(hold.client, hold.day, spent - hold.tokens)
-            governor, spend_shared = self.spend, self._spend_shared
-            if hold.spend and governor is not None and spend_shared is not None:
-                cost = governor.reclaimed_cost(hold.model, hold.spend, chars)
-                settlement = Settlement()
-                settlement.add(hold.model, hold.spend, cost)
-                periods = periods_at(self._clock())
-                periods = Periods(
-                    hold.day, hold.month, periods.day_ttl, periods.month_ttl
-                )
-                spend_shared.reserve(periods, None, settlement)
+            if self.spend is not None:
+                self.spend.settle_reclaimed(hold, chars)
 
         try:
             return shared.reclaim(leases.workers_alive, settle) > 0

@@ -20,6 +20,7 @@ import gevent
 from gevent.lock import Semaphore
 
 from chatapp import sse
+from chatapp.errors import ChatappError
 from chatapp.errors import ContentBlocked
 from chatapp.errors import ProviderError
 from chatapp.errors import StoreError
@@ -60,7 +61,7 @@ INTERNAL_ERROR = {
 }
 
 
-class TurnCancelled(Exception):
+class TurnCancelled(ChatappError):
     """Raised inside a producer greenlet to stop its turn."""
 
 

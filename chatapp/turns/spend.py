@@ -3,9 +3,10 @@
 With CHATAPP_PRICES set, every turn is priced. With ceilings set, a new turn
 holds its worst case (its input bound plus CHATAPP_MAX_OUTPUT_TOKENS at its
 model's price) in the day and the month at once, or is refused; past a soft
-ceiling it asks CHATAPP_FALLBACK_MODEL and is priced at that model. The gate
-(admit.py) makes the store calls, with its Redis-or-memory fallback, and
-settles each turn from its usage when it ends. Nothing here knows Flask.
+ceiling it asks CHATAPP_FALLBACK_MODEL and is priced at that model. The
+gate's spend holds (spend_holds.py) make the store calls, with the
+Redis-or-memory fallback (failover.py), and settle each turn from its usage
+when it ends. Nothing here knows Flask.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from chatapp.errors import ApiError
+from chatapp.errors import SiteBudgetExhausted
 from chatapp.prices import PERIODS
 from chatapp.prices import Price
 from chatapp.prices import estimate_input_tokens
@@ -142,9 +144,7 @@ class Governor:
         """The 429 for a turn the site's ceiling refused, until its period ends."""
         ends = dict(zip(PERIODS, period_ends(now), strict=True))
         until = max(ends[p] for p in verdict.refused)
-        return ApiError(
-            429,
-            "site_budget_exhausted",
+        return SiteBudgetExhausted(
             "This site's chat has reached its spending limit for now; "
             "it opens again when the period ends.",
             retry_after=max(1, math.ceil(until - now)),

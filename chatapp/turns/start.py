@@ -7,11 +7,12 @@ import json
 import re
 import secrets
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from typing import Protocol
 
 from chatapp.errors import ApiError
+from chatapp.errors import NotFound
 from chatapp.masking import has_personal_data
 from chatapp.settings import Settings
 from chatapp.store.conversations import History
@@ -120,7 +121,7 @@ def check_conversation(
         not _ID.match(conversation_id)
         or history.owner(conversation_id) != identity.owner
     ):
-        raise ApiError(404, "not_found", "No such conversation.")
+        raise NotFound("No such conversation.")
 
 
 def conversation_messages(
@@ -149,109 +150,184 @@ class Admitted(Protocol):
         """The site's spend ceiling: raised unless a cached answer serves."""
 
 
+@dataclass(frozen=True, slots=True)
+class TurnIds:
+    """A turn's ids, minted before it starts.
+
+    So the view builds the POST's reply from them before the turn starts,
+    and start_turn keeps that very reply under the idempotency key: a retry
+    gets it back byte for byte.
+    """
+
+    turn_id: str
+    conversation_id: str
+    continues: bool  # the conversation existed before this turn
+
+    @classmethod
+    def mint(cls, conversation_id: str | None) -> TurnIds:
+        """New ids: a new turn, in the given conversation or a new one."""
+        return cls(new_id(), conversation_id or new_id(), conversation_id is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class Idempotent:
+    """A client's idempotency key, and the reply a retry with it gets."""
+
+    key: str
+    reply: dict[str, Any]
+
+
 def start_turn(
     relay: Relay,
     settings: Settings,
     identity: Identity,
     message: str,
-    conversation_id: str | None,
-    idempotency_key: str | None,
-    describe: Callable[[str, str], dict[str, Any]],
+    ids: TurnIds,
     admitted: Admitted | None = None,
     *,
+    idempotent: Idempotent | None = None,
     fallback: bool = False,
     page_url: str | None = None,
     knowledge: Knowledge | None = None,
     replace_last: bool = False,
-) -> tuple[dict[str, Any], bool]:
-    """Start a turn (or find the one this key started); return body and newness.
+) -> dict[str, Any] | None:
+    """Start the turn `ids` names; None when it started.
 
-    `describe(turn_id, conversation_id)` builds the response body, so that a
-    retry with the same key gets the very same body back. The caller has
-    checked that `identity` owns `conversation_id`. `admitted` says which
-    model the turn asks (the spend governor's soft ceiling picks
+    When `idempotent`'s key already started a turn, nothing starts: the
+    reply that turn's POST got comes back instead. The caller has checked
+    that `identity` owns the conversation. `admitted` says which model the
+    turn asks (the spend governor's soft ceiling picks
     CHATAPP_FALLBACK_MODEL) and whether the site's ceiling refuses it;
     `fallback` asks the fallback model only. Without a fallback model
-    configured, both ask the primary.
-    With `replace_last` the conversation's last exchange is dropped first
-    (its running turn ended), so the model never sees the answer being
-    replaced.
+    configured, both ask the primary. With `replace_last` the
+    conversation's last exchange is dropped first (its running turn ended),
+    so the model never sees the answer being replaced.
     """
     history = relay.history
-    model = (admitted.model if admitted else "") or settings.model
-    fallback_model = settings.fallback_model
-    on_fallback = bool(fallback_model) and (
-        fallback or (model == fallback_model and model != settings.model)
-    )
-    if on_fallback:
-        model = fallback_model
+    model, route = _model(settings, admitted, fallback)
     refusal = admitted.refusal if admitted else None
     if refusal is not None and (
-        conversation_id is not None or not _cached(history, settings, message, model)
+        ids.continues or not _cached(history, settings, message, model)
     ):
         raise refusal
-    turn_id = new_id()
-    cid = conversation_id or new_id()
-    body = describe(turn_id, cid)
-    if idempotency_key:
-        ttl = settings.turn_grace
-        earlier = history.claim_idempotency(
-            idempotency_scope(identity, idempotency_key), json.dumps(body), ttl
-        )
-        if earlier is not None:
-            return json.loads(earlier), False
-    if replace_last and conversation_id:
-        settle(relay, conversation_id)
-        history.drop_last_exchange(conversation_id)
-    earlier_messages = history.messages(cid) if conversation_id else []
-    now = time.time()
-    if conversation_id is None:
-        history.create(
-            cid, identity.owner, StoredMessage("user", message, now, turn_id)
-        )
-    else:
-        history.append(cid, StoredMessage("user", message, now, turn_id))
-    request = ChatRequest(
-        model=model,
-        system=settings.system_prompt,
-        messages=(
+    earlier = _claim(history, settings, identity, idempotent)
+    if earlier is not None:
+        return earlier
+    if replace_last and ids.continues:
+        settle(relay, ids.conversation_id)
+        history.drop_last_exchange(ids.conversation_id)
+    earlier_messages, now = _ask(history, identity, ids, message)
+    request = _request(
+        settings,
+        model,
+        (
             *context(earlier_messages, settings.history_max_chars),
             Message("user", message),
         ),
-        max_output_tokens=settings.max_output_tokens,
-        temperature=settings.temperature,
-        reasoning_effort=settings.reasoning_effort or None,
-        route="fallback" if on_fallback else "primary",
+        route=route,
     )
-    history.remember_turn(cid, identity.owner, turn_id)
+    history.remember_turn(ids.conversation_id, identity.owner, ids.turn_id)
     sources = None
     if knowledge is not None:
         # Before the cache lookup: the key then covers the sources' text.
         request, found = knowledge.consult(
-            request, page_url=page_url, earlier=earlier_messages, turn_id=turn_id
+            request, page_url=page_url, earlier=earlier_messages, turn_id=ids.turn_id
         )
         sources = [source.as_json() for source in found.sources]
-    info = TurnInfo(turn_id, identity.owner, cid, now)
+    info = TurnInfo(ids.turn_id, identity.owner, ids.conversation_id, now)
+    _run(
+        relay, settings, info, request, message if not ids.continues else None, sources
+    )
+    return None
+
+
+def _claim(
+    history: History,
+    settings: Settings,
+    identity: Identity,
+    idempotent: Idempotent | None,
+) -> dict[str, Any] | None:
+    """Claim the idempotency key for this turn's reply, for as long as the
+    turn is replayable; return the earlier reply when it was claimed."""
+    if idempotent is None:
+        return None
+    ttl = settings.turn_grace
+    earlier = history.claim_idempotency(
+        idempotency_scope(identity, idempotent.key), json.dumps(idempotent.reply), ttl
+    )
+    return dict(json.loads(earlier)) if earlier is not None else None
+
+
+def _model(
+    settings: Settings, admitted: Admitted | None, fallback: bool
+) -> tuple[str, str]:
+    """The model a turn asks, and its route: "primary" or "fallback"."""
+    model = (admitted.model if admitted else "") or settings.model
+    fallback_model = settings.fallback_model
+    if fallback_model and (
+        fallback or (model == fallback_model and model != settings.model)
+    ):
+        return fallback_model, "fallback"
+    return model, "primary"
+
+
+def _ask(
+    history: History, identity: Identity, ids: TurnIds, message: str
+) -> tuple[list[StoredMessage], float]:
+    """Store the question; return the conversation before it, and when."""
+    cid = ids.conversation_id
+    earlier = history.messages(cid) if ids.continues else []
+    now = time.time()
+    question = StoredMessage("user", message, now, ids.turn_id)
+    if ids.continues:
+        history.append(cid, question)
+    else:
+        history.create(cid, identity.owner, question)
+    return earlier, now
+
+
+def _request(
+    settings: Settings,
+    model: str,
+    messages: tuple[Message, ...],
+    *,
+    route: str = "primary",
+) -> ChatRequest:
+    """What the provider is asked: the model, the settings, the messages."""
+    return ChatRequest(
+        model=model,
+        system=settings.system_prompt,
+        messages=messages,
+        max_output_tokens=settings.max_output_tokens,
+        temperature=settings.temperature,
+        reasoning_effort=settings.reasoning_effort or None,
+        route=route,
+    )
+
+
+def _run(
+    relay: Relay,
+    settings: Settings,
+    info: TurnInfo,
+    request: ChatRequest,
+    first_question: str | None,
+    sources: list[dict[str, Any]] | None,
+) -> None:
+    """Answer from the cache when a new conversation's question is there, or
+    start generating. Only a first question may use the cache."""
     key = None
-    if settings.cache_ttl and conversation_id is None and cacheable(message):
+    if settings.cache_ttl and first_question is not None and cacheable(first_question):
         key = cache_key(request, settings.provider)
-        cached = history.cached_answer(key)
+        cached = relay.history.cached_answer(key)
         if cached is not None:
-            relay.replay(info, cached, model, sources=sources)
-            return body, True
+            relay.replay(info, cached, request.model, sources=sources)
+            return
     relay.start(info, request, cache_key=key, sources=sources)
-    return body, True
 
 
 def _cached(history: History, settings: Settings, message: str, model: str) -> bool:
     """Whether a new conversation's first message has a cached answer."""
     if not settings.cache_ttl:
         return False
-    request = ChatRequest(
-        model=model,
-        system=settings.system_prompt,
-        messages=(Message("user", message),),
-        max_output_tokens=settings.max_output_tokens,
-        temperature=settings.temperature,
-    )
+    request = _request(settings, model, (Message("user", message),))
     return history.cached_answer(cache_key(request, settings.provider)) is not None

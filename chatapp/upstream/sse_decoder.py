@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import NoReturn
 
+from chatapp.errors import ChatappError
+
 __all__ = ["SSEDecodeError", "SSEDecoder", "ServerSentEvent"]
 
 DEFAULT_MAX_LINE_BYTES = 1024 * 1024
@@ -30,7 +32,7 @@ _LINE_END = re.compile(r"\r\n?|\n")
 _ASCII_DIGITS = frozenset("0123456789")
 
 
-class SSEDecodeError(ValueError):
+class SSEDecodeError(ChatappError, ValueError):
     """Report an event stream this decoder refuses to buffer."""
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint
@@ -13,31 +12,30 @@ from flask import request
 from flask import url_for
 
 from chatapp import sse
-from chatapp.botcheck import SolutionRefused
-from chatapp.errors import ApiError
-from chatapp.errors import StoreError
+from chatapp.errors import NotFound
+from chatapp.errors import SolutionRefused
+from chatapp.errors import TokenInvalid
 from chatapp.extensions import settings
 from chatapp.extensions import state
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.tail import Tail
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
-from chatapp.tokens import TokenExpired
-from chatapp.tokens import TokenInvalid
 from chatapp.tokens import new_identity
 from chatapp.turns import read
+from chatapp.turns.start import Idempotent
+from chatapp.turns.start import TurnIds
 from chatapp.turns.start import check_conversation
 from chatapp.turns.start import conversation_messages
 from chatapp.turns.start import earlier_turn
 from chatapp.turns.start import start_turn
 from chatapp.turns.visitor import transcript
+from chatapp.web import errors
 from chatapp.web import parse
 from chatapp.web.cors import require_page_origin
-from chatapp.web.errors import api_error_response
-from chatapp.web.errors import error_response
 from chatapp.web.limiter import admit_turn
+from chatapp.web.limiter import client_for
 from chatapp.web.limiter import client_key
-from chatapp.web.limiter import key_for
 from chatapp.web.limiter import rate_limit_headers
 from chatapp.web.limiter import token_refresh_limit
 from chatapp.web.logs import client_hash
@@ -48,40 +46,23 @@ from chatapp.web.stream import EventReader
 from chatapp.web.stream import finished_response
 
 bp = Blueprint("api", __name__, url_prefix="/api")
+errors.register(bp)
 
 POLL_WAIT = 25.0
-STORE_RETRY_AFTER = 5
 
 
-@bp.errorhandler(ApiError)
-def refused(exc: ApiError) -> Response:
-    """Answer a refusal as SPEC's JSON, counting limit refusals."""
-    if exc.status in (429, 503):
-        state().metrics.refused(exc.code)
-    return api_error_response(exc)
-
-
-@bp.errorhandler(StoreError)
-def store_unavailable(exc: StoreError) -> Response:
-    """Shared storage is away: ask the client to come back, never a 500."""
-    state().metrics.storage_error()
-    state().metrics.refused("over_capacity")
-    return error_response(
-        503,
-        "over_capacity",
-        "The service is briefly unavailable; try again in a few seconds.",
-        retry_after=STORE_RETRY_AFTER,
-    )
-
-
-def _describe(turn_id: str, conversation_id: str) -> dict[str, Any]:
-    token = state().signer.stream_token(turn_id)
-    return {
-        "id": turn_id,
-        "conversation_id": conversation_id,
-        "stream_url": url_for("api.events", turn_id=turn_id, t=token),
-        "cancel_url": url_for("api.cancel", turn_id=turn_id, t=token),
+def _reply(ids: TurnIds, renewed: str | None) -> dict[str, Any]:
+    """The 201's body for a turn: its ids, its URLs, a renewed page token."""
+    token = state().signer.stream_token(ids.turn_id)
+    reply = {
+        "id": ids.turn_id,
+        "conversation_id": ids.conversation_id,
+        "stream_url": url_for("api.events", turn_id=ids.turn_id, t=token),
+        "cancel_url": url_for("api.cancel", turn_id=ids.turn_id, t=token),
     }
+    if renewed is not None:
+        reply["token"] = renewed
+    return reply
 
 
 @bp.post("/chat")
@@ -99,30 +80,33 @@ def chat() -> Response | tuple[Response, int, dict[str, str]]:
     # A retry of an accepted turn gets that turn back, whatever the limits say.
     body, new = earlier_turn(st.history, who, key), False
     if body is None:
-        who, describe = _bot_check(who, values)
+        who, renewed = _bot_check(who, values)
         with admit_turn(who, message, cid) as admission:  # every limit, in order
-            body, new = start_turn(
+            ids = TurnIds.mint(cid)
+            body = _reply(ids, renewed)
+            earlier = start_turn(
                 st.relay,
                 st.settings,
                 who,
                 message,
-                cid,
-                key,
-                describe,
+                ids,
                 admission,
+                idempotent=Idempotent(key, body) if key else None,
                 page_url=page_url,
                 knowledge=st.knowledge,
                 replace_last=replace_last and cid is not None,
             )
-            if new:
-                admission.started(body["id"])
+            if earlier is None:
+                admission.started(ids.turn_id)
                 st.metrics.turn_started()
                 log_turn(
                     "turn.accepted",
-                    turn_id=body["id"],
+                    turn_id=ids.turn_id,
                     client=client_hash(),
                     **prompt_fields(message),
                 )
+        new = earlier is None
+        body = earlier or body
     if _wants_events():
         return _turn_events(body, new)
     headers = {"Location": body["stream_url"], "Cache-Control": "no-store"}
@@ -147,7 +131,7 @@ def _turn_events(body: dict[str, Any], new: bool) -> Response:
     if tail is None:
         if new:  # accepted, then its first writes lost (a Redis failover)
             return _lost_turn()
-        raise ApiError(404, "not_found", "No such turn, or it has expired.")
+        raise NotFound("No such turn, or it has expired.")
     extra = {k: v for k, v in body.items() if k not in ("id", "conversation_id")}
     response = _read_turn(turn_id, tail, start=extra)
     if response.status_code == 200:
@@ -155,33 +139,27 @@ def _turn_events(body: dict[str, Any], new: bool) -> Response:
     return response
 
 
-def _bot_check(
-    who: Identity, values: dict[str, Any]
-) -> tuple[Identity, Callable[[str, str], dict[str, Any]]]:
+def _bot_check(who: Identity, values: dict[str, Any]) -> tuple[Identity, str | None]:
     """Ask an anonymous visitor for an unused ALTCHA solution, unless its
     token's stamp vouches for this very client, solved less than an hour ago.
 
     A visitor who solves one gets, in its 201, a renewed page token stamped
-    with the client that solved it (a keyed hash of its address key) and when.
+    with the client that solved it (a keyed hash of its address key) and when:
+    returned here with the stamped identity.
     """
     st = state()
     if st.botcheck is None or who.wp_user is not None:
-        return who, _describe
-    client = key_for(who)
+        return who, None
+    client = client_for(who)
     if st.signer.is_human(who, client):
-        return who, _describe
+        return who, None
     solution = request.headers.get("X-Altcha") or parse.text_field(values, "altcha")
     try:
         st.botcheck.verify(solution)
     except SolutionRefused as exc:
-        raise ApiError(
-            403,
-            "challenge_required",
-            "The page has not finished its quick bot check; send again in a moment.",
-        ) from exc
+        raise SolutionRefused() from exc  # the leaf's words, not the reason
     verified = st.signer.stamp_human(who, client)
-    token = st.signer.page_token(verified)
-    return verified, lambda turn_id, cid: {**_describe(turn_id, cid), "token": token}
+    return verified, st.signer.page_token(verified)
 
 
 @bp.get("/challenge")
@@ -189,7 +167,7 @@ def challenge() -> Response:
     """Hand out a proof-of-work challenge; 404 while the bot check is off."""
     check = state().botcheck
     if check is None:
-        raise ApiError(404, "not_found", "Not found.")
+        raise NotFound("Not found.")
     response = jsonify(check.challenge())
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -198,13 +176,11 @@ def challenge() -> Response:
 def _check_stream_token(turn_id: str, token: str | None) -> float:
     """Return the age of a valid stream token for this turn; 403 otherwise."""
     if not parse.ID.match(turn_id):
-        raise ApiError(404, "not_found", "No such turn.")
+        raise NotFound("No such turn.")
     try:
         return state().signer.check_stream_token(token, turn_id)
-    except (TokenInvalid, TokenExpired) as exc:
-        raise ApiError(
-            403, "invalid_token", "A valid stream token is required."
-        ) from exc
+    except TokenInvalid as exc:  # TokenExpired too
+        raise TokenInvalid("A valid stream token is required.") from exc
 
 
 def _open_turn(turn_id: str, token: str | None) -> Tail | None:
@@ -220,7 +196,7 @@ def _open_turn(turn_id: str, token: str | None) -> Tail | None:
         fresh = age < settings().stream_ttl
         if fresh and not state().relay.events.forgotten(turn_id):
             return None
-        raise ApiError(404, "not_found", "No such turn, or it has expired.")
+        raise NotFound("No such turn, or it has expired.")
     return tail
 
 
@@ -285,7 +261,7 @@ def cancel(turn_id: str) -> tuple[Response, int]:
         if info is not None and info.owner != who.owner:
             info = None
     if info is None:
-        raise ApiError(404, "not_found", "No such turn, or it has expired.")
+        raise NotFound("No such turn, or it has expired.")
     st.relay.cancel(turn_id)
     return jsonify({"id": turn_id, "status": "cancelling"}), 202
 
@@ -296,8 +272,8 @@ def conversation(conversation_id: str) -> Response:
     token = request.headers.get("X-Chat-Token") or request.args.get("token")
     try:
         who = state().signer.read_page_token(token)
-    except (TokenInvalid, TokenExpired) as exc:
-        raise ApiError(404, "not_found", "No such conversation.") from exc
+    except TokenInvalid as exc:  # TokenExpired too
+        raise NotFound("No such conversation.") from exc
     messages = conversation_messages(state().history, who, conversation_id)
     if request.args.get("format") == "markdown":
         return _transcript(conversation_id, messages)

@@ -20,7 +20,7 @@ from typing import Any
 
 from flask import request
 
-from chatapp.errors import ApiError
+from chatapp.errors import InvalidInput
 from chatapp.text import scrub
 from chatapp.text import scrub_parsed
 
@@ -50,19 +50,17 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError(400, "invalid_input", "The body must be UTF-8 JSON.") from exc
+        raise InvalidInput("The body must be UTF-8 JSON.") from exc
     try:
         data = json.loads(text)
     except RecursionError as exc:
-        raise ApiError(
-            400, "invalid_input", "The JSON body is nested too deeply."
-        ) from exc
+        raise InvalidInput("The JSON body is nested too deeply.") from exc
     except ValueError as exc:
-        raise ApiError(400, "invalid_input", "The body is not valid JSON.") from exc
+        raise InvalidInput("The body is not valid JSON.") from exc
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_input", "The body must be a JSON object.")
+        raise InvalidInput("The body must be a JSON object.")
     if too_deep(data):
-        raise ApiError(400, "invalid_input", "The JSON body is nested too deeply.")
+        raise InvalidInput("The JSON body is nested too deeply.")
     return dict(scrub_parsed(text, data))
 
 

@@ -21,9 +21,9 @@ from flask import Flask
 from flask import Response
 from flask import request
 
-from chatapp.errors import ApiError
+from chatapp.errors import OriginNotAllowed
 from chatapp.extensions import settings
-from chatapp.web.errors import error_response
+from chatapp.web.errors import api_error_response
 
 API_PREFIX = "/api/"
 ALLOW_METHODS = "GET, POST, DELETE, OPTIONS"
@@ -77,11 +77,7 @@ def origin_allowed() -> bool:
 def require_page_origin() -> None:
     """Refuse, unless the request names chatapp's own or a listed origin."""
     if not origin_allowed():
-        raise ApiError(
-            403,
-            "origin_not_allowed",
-            "Pages on this origin may not use the chat API.",
-        )
+        raise OriginNotAllowed()
 
 
 def _refuse_foreign_origin() -> Response | None:
@@ -91,9 +87,7 @@ def _refuse_foreign_origin() -> Response | None:
         return Response(status=204)  # the preflight; after_request adds the rest
     if request.method in SAFE_METHODS or origin_allowed():
         return None
-    return error_response(
-        403, "origin_not_allowed", "Pages on this origin may not use the chat API."
-    )
+    return api_error_response(OriginNotAllowed())
 
 
 def _add_cors_headers(response: Response) -> Response:

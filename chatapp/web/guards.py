@@ -23,6 +23,7 @@ from typing import Any
 import gevent
 from gunicorn.http.errors import ParseException
 
+from chatapp.errors import ChatappError
 from chatapp.settings.parse import Network
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -40,7 +41,7 @@ _FORWARDED = (
 )
 
 
-class BodyTooSlow(Exception):
+class BodyTooSlow(ChatappError):
     """The body did not arrive before the deadline."""
 
 

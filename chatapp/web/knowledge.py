@@ -12,9 +12,10 @@ from flask import Response
 from flask import jsonify
 from flask import request
 
-from chatapp.errors import ApiError
+from chatapp.errors import InvalidInput
+from chatapp.errors import NotFound
+from chatapp.errors import OverCapacity
 from chatapp.extensions import state
-from chatapp.knowledge.documents import InvalidDocument
 from chatapp.knowledge.documents import describe
 from chatapp.knowledge.documents import document_from
 from chatapp.knowledge.documents import is_web_url
@@ -22,6 +23,7 @@ from chatapp.knowledge.documents import store
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import KnowledgeError
+from chatapp.web import errors
 from chatapp.web import parse
 from chatapp.web.errors import api_error_response
 from chatapp.web.limiter import owner_api_limit
@@ -29,25 +31,18 @@ from chatapp.web.owner import KNOWLEDGE_AUDIENCE
 from chatapp.web.owner import require_owner
 
 bp = Blueprint("knowledge", __name__, url_prefix="/api/knowledge")
+errors.register(bp)
 
 DOCUMENTS_PATH = "/api/knowledge/documents"
 MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
 INDEX_RETRY_AFTER = 5
 
 
-@bp.errorhandler(ApiError)
-def refused(exc: ApiError) -> Response:
-    """Answer a refusal as SPEC's JSON."""
-    return api_error_response(exc)
-
-
 @bp.errorhandler(IndexUnavailable)
 def index_unavailable(exc: IndexUnavailable) -> Response:
     """The index does not answer (a locked file, Postgres away): come back soon."""
     return api_error_response(
-        ApiError(
-            503,
-            "over_capacity",
+        OverCapacity(
             "The knowledge index is briefly unavailable; try again in a few seconds.",
             retry_after=INDEX_RETRY_AFTER,
         )
@@ -58,7 +53,7 @@ def _index() -> Index:
     """Return the worker's index after checking the owner; 404 with knowledge off."""
     knowledge = state().knowledge
     if knowledge is None:
-        raise ApiError(404, "not_found", "Site knowledge is off.")
+        raise NotFound("Site knowledge is off.")
     require_owner(wp_audience=KNOWLEDGE_AUDIENCE)
     return knowledge.index
 
@@ -72,14 +67,14 @@ def put_document() -> Response:
         MAX_DOCUMENT_BYTES, request.max_content_length or 0
     )
     if not request.is_json:
-        raise ApiError(400, "invalid_input", "Send the document as JSON.")
+        raise InvalidInput("Send the document as JSON.")
     try:
         document = document_from(parse.fields())
         passages = store(index, document)
-    except (InvalidDocument, KnowledgeError) as exc:
+    except KnowledgeError as exc:  # InvalidDocument too
         if isinstance(exc, IndexUnavailable):
             raise
-        raise ApiError(400, "invalid_input", str(exc)) from exc
+        raise InvalidInput(str(exc)) from exc
     response = jsonify({"url": document.url, "passages": passages})
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -92,9 +87,9 @@ def delete_document() -> Response:
     index = _index()
     url = request.args.get("url", "")
     if not is_web_url(url):
-        raise ApiError(400, "invalid_input", "'url' must be an absolute http(s) URL.")
+        raise InvalidInput("'url' must be an absolute http(s) URL.")
     if not index.remove(url.split("#", 1)[0]):
-        raise ApiError(404, "not_found", "No document at that URL.")
+        raise NotFound("No document at that URL.")
     return Response(status=204, headers={"Cache-Control": "no-store"})
 
 

@@ -13,6 +13,9 @@ With Redis the limits live in flask-limiter's moving windows there
 (`LIMITS:LIMITER/chatapp/<client>/...`), on the worker's one Redis client
 (limits_storage.py), whether that is one server, Sentinel's primary or a
 Redis Cluster: each window is one key, so one slot.
+
+The limits' words (client, limit, hit, count, window, retry_after, ...) are
+those of turns/holds.py's docstring.
 """
 
 from __future__ import annotations
@@ -34,20 +37,20 @@ from flask_limiter import Limiter
 from flask_limiter import RateLimitExceeded
 
 from chatapp.addresses import address_key
-from chatapp.errors import ApiError
+from chatapp.errors import OverCapacity
+from chatapp.errors import RateLimited
+from chatapp.errors import TokenInvalid
 from chatapp.extensions import settings
 from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
-from chatapp.tokens import TokenExpired
-from chatapp.tokens import TokenInvalid
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
-from chatapp.turns.admit import Leases
+from chatapp.turns.holds import Leases
 from chatapp.turns.spend import Alert
 from chatapp.upstream.webhook import Webhook
 from chatapp.web import limits_storage
 from chatapp.web import moving_window
-from chatapp.web.errors import error_response
+from chatapp.web.errors import refused
 from chatapp.web.readers import EXTENSION as READERS
 from chatapp.web.readers import ReaderCaps
 
@@ -57,17 +60,19 @@ TOKEN_REFRESH_LIMITS = "30/minute"
 # The owner's API, per client: a site's worth of pushes in a few minutes, and
 # far too few tries to guess a credential.
 OWNER_API_LIMITS = "120/minute"
+# A draining worker refuses new turns; another worker answers in this long.
+DRAIN_RETRY_AFTER = 5
 
 
 def client_key() -> str:
     """Name the client a request's limits count against; never raises."""
     cached = g.get("chatapp_client_key")
     if cached is None:
-        cached = key_for(_header_identity())
+        cached = client_for(_header_identity())
     return str(cached)
 
 
-def key_for(identity: Identity | None) -> str:
+def client_for(identity: Identity | None) -> str:
     """Name the client behind an identity read from this request."""
     if identity is not None and identity.wp_user is not None:
         key = identity.owner
@@ -86,7 +91,7 @@ def _header_identity() -> Identity | None:
     try:
         # An old but genuine token still names its WordPress user truly.
         identity: Identity = signer.read_page_token(token, grace=REFRESH_GRACE_SECONDS)
-    except (TokenInvalid, TokenExpired):
+    except TokenInvalid:  # TokenExpired too
         return None
     return identity
 
@@ -124,17 +129,17 @@ _LIMITED_BLUEPRINTS = ("knowledge",)
 def _declares_no_limit() -> bool:
     # flask-limiter would otherwise look up limits for every request (event
     # streams, pages, health checks) before its view runs, for nothing: only
-    # the token refresh and admit_turn's own call count against a limit.
+    # the token refresh and admit_turn's own call hit a limit.
     return (
         request.endpoint != "api.refresh_token"
         and request.blueprint not in _LIMITED_BLUEPRINTS
-        and not g.get("chatapp_counting")
+        and not g.get("chatapp_hitting")
     )
 
 
 @limiter.limit(_chat_rate_limits)
-def _count_chat_turn() -> None:
-    """Count a turn against the client's rate limits; raise when over them."""
+def _hit_chat_limits() -> None:
+    """Hit the client's rate limits with a turn; raise when over one."""
 
 
 def gate() -> Gate:
@@ -148,23 +153,21 @@ def admit_turn(
 ) -> Admission:
     """Check a valid chat POST against every limit, in SPEC's order."""
     if current_app.extensions["chatapp"].relay.draining:
-        raise ApiError(
-            503,
-            "over_capacity",
+        raise OverCapacity(
             "The server is restarting; try again in a few seconds.",
-            retry_after=5,
+            retry_after=DRAIN_RETRY_AFTER,
         )
-    client = key_for(identity)
-    g.chatapp_counting = True
-    _count_chat_turn()
+    client = client_for(identity)
+    g.chatapp_hitting = True
+    _hit_chat_limits()
     limits = settings()
     # The site's spend holds the turn's worst case: its whole input at most.
     # Site knowledge adds its sources and their instructions, at most
     # KNOWLEDGE_MAX_CHARS plus the wording around them.
     history = limits.history_max_chars if conversation_id else 0
     sources = 2 * limits.knowledge_max_chars if limits.knowledge else 0
-    bound = len(limits.system_prompt) + len(message) + history + sources
-    return Admission(gate(), gate().admit(client, bound))
+    input_chars = len(limits.system_prompt) + len(message) + history + sources
+    return Admission(gate(), gate().admit(client, input_chars))
 
 
 def rate_limit_headers() -> dict[str, str]:
@@ -192,13 +195,12 @@ def _rate_limited(exc: RateLimitExceeded) -> Response:
         except redis.RedisError:
             retry_after = current.limit.get_expiry()
     retry_after = max(1, retry_after)
-    current_app.extensions["chatapp"].metrics.refused("rate_limited")
-    return error_response(
-        429,
-        "rate_limited",
-        f"Too many requests; try again in {retry_after} seconds.",
-        retry_after=retry_after,
-        headers=headers,
+    return refused(
+        RateLimited(
+            f"Too many requests; try again in {retry_after} seconds.",
+            retry_after=retry_after,
+            headers=headers,
+        )
     )
 
 

@@ -16,6 +16,8 @@ import jwt
 from flask import request
 
 from chatapp.errors import ApiError
+from chatapp.errors import Forbidden
+from chatapp.errors import Unauthorized
 from chatapp.extensions import settings
 
 # The WordPress plugin's pushes carry this audience; a visitor's SSO token
@@ -26,16 +28,14 @@ OWNER_JWT_LEEWAY = 30
 
 
 def _unauthorized() -> ApiError:
-    return ApiError(
-        401,
-        "unauthorized",
+    return Unauthorized(
         "This needs the owner's credentials.",
         headers={"WWW-Authenticate": 'Bearer realm="chatapp"'},
     )
 
 
 def _forbidden() -> ApiError:
-    return ApiError(403, "forbidden", "These credentials are not accepted here.")
+    return Forbidden("These credentials are not accepted here.")
 
 
 def require_owner(*, wp_audience: str | None = None) -> None:

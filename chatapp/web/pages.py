@@ -8,10 +8,10 @@ from flask import render_template
 from flask import request
 
 from chatapp import i18n
+from chatapp.errors import SSOExpired
+from chatapp.errors import SSOInvalid
 from chatapp.extensions import settings
 from chatapp.extensions import state
-from chatapp.tokens import SSOExpired
-from chatapp.tokens import SSOInvalid
 from chatapp.tokens import WPUser
 from chatapp.tokens import new_identity
 from chatapp.tokens import verify_wp_sso

@@ -7,13 +7,14 @@ from typing import Any
 
 from flask import request
 
-from chatapp.errors import ApiError
+from chatapp.errors import InvalidInput
+from chatapp.errors import MessageTooLong
+from chatapp.errors import TokenExpired
+from chatapp.errors import TokenInvalid
 from chatapp.extensions import settings
 from chatapp.extensions import state
 from chatapp.knowledge.documents import is_web_url
 from chatapp.tokens import Identity
-from chatapp.tokens import TokenExpired
-from chatapp.tokens import TokenInvalid
 from chatapp.web.bodies import read_fields
 
 ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -37,7 +38,7 @@ def text_field(values: dict[str, Any], name: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise ApiError(400, "invalid_input", f"'{name}' must be a string.")
+        raise InvalidInput(f"'{name}' must be a string.")
     return value
 
 
@@ -46,9 +47,9 @@ def identity(token: str | None, *, grace: int = 0) -> Identity:
     try:
         return state().signer.read_page_token(token, grace=grace)
     except TokenExpired as exc:
-        raise ApiError(403, "token_expired", "The page token has expired.") from exc
+        raise TokenExpired("The page token has expired.") from exc
     except TokenInvalid as exc:
-        raise ApiError(403, "invalid_token", "A valid page token is required.") from exc
+        raise TokenInvalid("A valid page token is required.") from exc
 
 
 def flag(values: dict[str, Any], name: str) -> bool:
@@ -58,7 +59,7 @@ def flag(values: dict[str, Any], name: str) -> bool:
         return False
     if value in (True, "true", "1"):
         return True
-    raise ApiError(400, "invalid_input", f"'{name}' must be true or false.")
+    raise InvalidInput(f"'{name}' must be true or false.")
 
 
 def page_token(values: dict[str, Any]) -> str | None:
@@ -70,12 +71,10 @@ def message(values: dict[str, Any]) -> str:
     """Return the user's message, refusing an empty or over-long one."""
     text = text_field(values, "message")
     if text is None or not text.strip():
-        raise ApiError(400, "invalid_input", "Type a message first.")
+        raise InvalidInput("Type a message first.")
     most = settings().max_message_chars
     if len(text) > most:
-        raise ApiError(
-            400, "message_too_long", f"Messages are limited to {most} characters."
-        )
+        raise MessageTooLong(f"Messages are limited to {most} characters.")
     return text
 
 
@@ -83,7 +82,7 @@ def idempotency_key(values: dict[str, Any]) -> str | None:
     """Return the client's key for exactly-once turns, if it sent one."""
     key = request.headers.get("Idempotency-Key") or text_field(values, "client_turn_id")
     if key is not None and not KEY.match(key):
-        raise ApiError(400, "invalid_input", "The idempotency key is malformed.")
+        raise InvalidInput("The idempotency key is malformed.")
     return key
 
 
@@ -100,9 +99,7 @@ def page_url(values: dict[str, Any]) -> str | None:
     if url is None:
         return None
     if not is_web_url(url, MAX_PAGE_URL_CHARS):
-        raise ApiError(
-            400,
-            "invalid_input",
+        raise InvalidInput(
             "'page_url' must be an absolute http(s) URL of at most "
             f"{MAX_PAGE_URL_CHARS} characters.",
         )

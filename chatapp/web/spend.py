@@ -6,18 +6,13 @@ from flask import Blueprint
 from flask import Response
 from flask import jsonify
 
-from chatapp.errors import ApiError
-from chatapp.web.errors import api_error_response
+from chatapp.errors import NotFound
+from chatapp.web import errors
 from chatapp.web.limiter import gate
 from chatapp.web.owner import require_owner
 
 bp = Blueprint("spend", __name__, url_prefix="/api")
-
-
-@bp.errorhandler(ApiError)
-def refused(exc: ApiError) -> Response:
-    """Answer a refusal as SPEC's JSON."""
-    return api_error_response(exc)
+errors.register(bp)
 
 
 @bp.get("/spend")
@@ -26,9 +21,7 @@ def spend() -> Response:
     require_owner()
     report = gate().spend_report()
     if report is None:
-        raise ApiError(
-            404, "not_found", "Spend is not counted: CHATAPP_PRICES has no price."
-        )
+        raise NotFound("Spend is not counted: CHATAPP_PRICES has no price.")
     response = jsonify(report)
     response.headers["Cache-Control"] = "no-store"
     return response

@@ -8,25 +8,25 @@ from flask import Blueprint
 from flask import current_app
 from flask import request
 
-from chatapp.errors import ApiError
-from chatapp.errors import StoreError
+from chatapp.errors import InvalidInput
+from chatapp.errors import NotFound
+from chatapp.errors import TokenExpired
+from chatapp.errors import TokenInvalid
 from chatapp.extensions import state
 from chatapp.masking import mask
 from chatapp.tokens import Identity
-from chatapp.tokens import TokenExpired
-from chatapp.tokens import TokenInvalid
 from chatapp.turns.start import check_conversation
 from chatapp.turns.visitor import delete_conversation
 from chatapp.turns.visitor import delete_everything
 from chatapp.turns.visitor import feedback_value
 from chatapp.web import api
+from chatapp.web import errors
 from chatapp.web import parse
 from chatapp.web.logs import client_hash
 from chatapp.web.logs import log_turn
 
 bp = Blueprint("visitor", __name__, url_prefix="/api")
-bp.register_error_handler(ApiError, api.refused)
-bp.register_error_handler(StoreError, api.store_unavailable)
+errors.register(bp)
 
 NO_CONTENT = {"Cache-Control": "no-store"}
 
@@ -41,9 +41,9 @@ def _owner_or_404() -> Identity:
     try:
         return state().signer.read_page_token(token)
     except TokenExpired as exc:
-        raise ApiError(403, "token_expired", "The page token has expired.") from exc
+        raise TokenExpired("The page token has expired.") from exc
     except TokenInvalid as exc:
-        raise ApiError(404, "not_found", "No such conversation.") from exc
+        raise NotFound("No such conversation.") from exc
 
 
 @bp.delete("/conversations/<conversation_id>")
@@ -77,7 +77,7 @@ def feedback(turn_id: str) -> tuple[str, int, dict[str, str]]:
     try:
         value = feedback_value(values.get("rating"), values.get("comment"))
     except ValueError as exc:
-        raise ApiError(400, "invalid_input", str(exc).capitalize() + ".") from exc
+        raise InvalidInput(str(exc).capitalize() + ".") from exc
     st.history.set_feedback(conversation_id, turn_id, value)
     st.metrics.feedback(values["rating"])
     extra: dict[str, Any] = {}
@@ -99,5 +99,5 @@ def _rated_conversation(turn_id: str, values: dict[str, object]) -> str:
     found = st.history.conversation_of(turn_id) if parse.ID.match(turn_id) else None
     owner = st.history.owner(found) if found else None
     if found is None or owner is None or (who is not None and who.owner != owner):
-        raise ApiError(404, "not_found", "No such answer, or it has expired.")
+        raise NotFound("No such answer, or it has expired.")
     return found
