@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from chatapp.store.expiring import ExpiringMap
 from chatapp.store.tail import Tail
 from chatapp.store.turn import TurnInfo
 
@@ -76,7 +77,6 @@ class EventLog(Protocol):
 class _Turn:
     info: TurnInfo
     tail: Tail
-    expires_at: float
     cancel: bool = False
 
 
@@ -84,29 +84,19 @@ class MemoryEventLog:
     """Turn log for one process: every reader follows the producer's own tail."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._turns: dict[str, _Turn] = {}
-        self._clock = clock
+        # An expired turn's readers learn its log is lost.
+        self._turns: ExpiringMap[str, _Turn] = ExpiringMap(
+            clock, on_expire=lambda _, turn: turn.tail.lose()
+        )
         self._listeners: list[Callable[[str], None]] = []
-        self._next_sweep = 0.0
-        self._forgotten: dict[str, float] = {}  # deleted turn -> remembered until
+        self._forgotten: ExpiringMap[str, bool] = ExpiringMap(clock)
 
     def _get(self, turn_id: str) -> _Turn | None:
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        turn = self._turns.get(turn_id)
-        if turn is None or turn.expires_at <= now:
-            return None
-        return turn
-
-    def _sweep(self, now: float) -> None:
-        self._next_sweep = now + 5
-        for turn_id in [k for k, t in self._turns.items() if t.expires_at <= now]:
-            self._turns.pop(turn_id).tail.lose()
+        return self._turns.get(turn_id)
 
     def create(self, info: TurnInfo, start: bytes, ttl: float) -> Tail:
         tail = Tail([start])
-        self._turns[info.id] = _Turn(info, tail, self._clock() + ttl)
+        self._turns.set(info.id, _Turn(info, tail), ttl)
         return tail
 
     def append(self, turn_id: str, tail: Tail, frames: list[bytes]) -> None:
@@ -114,9 +104,7 @@ class MemoryEventLog:
 
     def finish(self, turn_id: str, tail: Tail, frames: list[bytes], ttl: float) -> None:
         tail.extend(frames, done=True)
-        turn = self._turns.get(turn_id)
-        if turn is not None:
-            turn.expires_at = self._clock() + ttl
+        self._turns.expire(turn_id, ttl)
 
     def open(self, turn_id: str) -> Tail | None:
         turn = self._get(turn_id)
@@ -156,12 +144,10 @@ class MemoryEventLog:
         """Memory always answers."""
 
     def forget(self, turn_id: str, remember: float) -> None:
-        turn = self._turns.pop(turn_id, None)
+        turn = self._turns.pop(turn_id)
         if turn is not None:
             turn.tail.lose()
-        now = self._clock()
-        self._forgotten = {t: at for t, at in self._forgotten.items() if at > now}
-        self._forgotten[turn_id] = now + remember
+        self._forgotten.set(turn_id, True, remember)
 
     def forgotten(self, turn_id: str) -> bool:
-        return self._forgotten.get(turn_id, 0.0) > self._clock()
+        return self._forgotten.get(turn_id) is not None

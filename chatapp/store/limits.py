@@ -31,6 +31,7 @@ from typing import cast
 
 import redis
 
+from chatapp.store.expiring import ExpiringMap
 from chatapp.store.redis import guard
 
 log = logging.getLogger(__name__)
@@ -77,24 +78,23 @@ class MemoryLimitStore:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._slots: dict[str, dict[str, float]] = {}
+        self._slots: dict[str, ExpiringMap[str, bool]] = {}
         self._tokens: dict[str, dict[str, int]] = {}
 
     def take_slot(self, client: str, ticket: str, most: int, lifetime: float) -> bool:
-        now = self._clock()
-        held = {t: end for t, end in self._slots.get(client, {}).items() if end > now}
+        held = self._slots.get(client)
+        if held is None:
+            held = self._slots[client] = ExpiringMap(self._clock)
         if len(held) >= most:
-            self._slots[client] = held
             return False
-        held[ticket] = now + lifetime
-        self._slots[client] = held
+        held.set(ticket, True, lifetime)
         return True
 
     def free_slot(self, client: str, ticket: str) -> None:
         held = self._slots.get(client)
         if held is not None:
-            held.pop(ticket, None)
-            if not held:
+            held.pop(ticket)
+            if not len(held):
                 del self._slots[client]
 
     def hold_tokens(self, client: str, day: str, amount: int, budget: int) -> bool:

@@ -17,12 +17,16 @@ than the daily token budget alone: the reservation.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Protocol
 from typing import cast
 
 import redis
+
+from chatapp.store.expiring import ExpiringMap
 
 TAG = "chatapp:spend:{site}"
 PERIODS = ("day", "month")
@@ -134,10 +138,10 @@ def _choose(ask: Ask, used: list[int]) -> tuple[str, int, tuple[str, ...]]:
 class MemorySpendStore:
     """The spend of this process alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._periods: dict[str, list[int]] = {}  # "day:…" -> [used, spent]
         self._models: dict[str, dict[str, list[int]]] = {}
-        self._alerts: set[str] = set()
+        self._alerts: ExpiringMap[str, bool] = ExpiringMap(clock, sweep_every=3600)
 
     def _pair(self, periods: Periods) -> list[list[int]]:
         keys = (f"day:{periods.day}", f"month:{periods.month}")
@@ -173,10 +177,7 @@ class MemorySpendStore:
         return totals, {m: (e[0], e[1]) for m, e in models.items()}
 
     def claim_alert(self, name: str, ttl: int) -> bool:
-        if name in self._alerts:
-            return False
-        self._alerts.add(name)
-        return True
+        return self._alerts.add(name, True, ttl)
 
 
 # Apply a worker's settled turns, then check both periods' hard ceilings and
