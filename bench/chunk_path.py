@@ -55,6 +55,7 @@ def main() -> None:
     m = {
         name: importlib.import_module(f"chatapp.{name}")
         for name in (
+            "store.coordination",
             "store.events",
             "store.conversations",
             "turns.model",
@@ -105,8 +106,10 @@ def main() -> None:
     )
     per_chunk = []
     for n in range(args.repeats + 3):
+        log = m["store.events"].MemoryEventLog()
         relay = m["turns.relay"].Relay(
-            m["store.events"].MemoryEventLog(),
+            log,
+            m["store.coordination"].MemoryCoordination(log),
             m["store.conversations"].MemoryHistory(60),
             provider,
             settings,

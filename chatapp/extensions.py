@@ -17,6 +17,8 @@ from chatapp.store.challenges import MemorySpentSolutions
 from chatapp.store.challenges import SpentSolutions
 from chatapp.store.conversations import History
 from chatapp.store.conversations import MemoryHistory
+from chatapp.store.coordination import Coordination
+from chatapp.store.coordination import MemoryCoordination
 from chatapp.store.events import EventLog
 from chatapp.store.events import MemoryEventLog
 from chatapp.tokens import TokenSigner
@@ -46,6 +48,7 @@ class State:
     config: dict[str, Any]
     signer: TokenSigner
     events: EventLog
+    coordination: Coordination
     history: History
     provider: Resilient
     relay: Relay
@@ -70,6 +73,42 @@ def provider_session(pool_size: int) -> requests.Session:
     return session
 
 
+def _stores(config: dict[str, Any]) -> tuple[EventLog, Coordination, History, Any]:
+    """The turn log, coordination and history: on Redis when it is set, twins."""
+    # How long a conversation is held past its TTL while a turn runs in it.
+    turn_seconds = config["UPSTREAM_TOTAL_TIMEOUT"] + TURN_END_SLACK
+    # A cancel is kept as long as the turn it asks may still run.
+    cancel_ttl = config["UPSTREAM_TOTAL_TIMEOUT"] + config["STREAM_TTL"] + LEASE_SECONDS
+    if not config["REDIS_URL"]:
+        log = MemoryEventLog()
+        return (
+            log,
+            MemoryCoordination(log, cancel_ttl=cancel_ttl),
+            MemoryHistory(config["HISTORY_TTL"], turn_seconds=turn_seconds),
+            None,
+        )
+    from chatapp.store.conversations_redis import RedisHistory
+    from chatapp.store.coordination_redis import RedisCoordination
+    from chatapp.store.events_redis import RedisEventLog
+    from chatapp.store.redis import connect
+
+    client = connect(config["REDIS_URL"], REDIS_POOL_SIZE)
+    coordination = RedisCoordination(client, cancel_ttl=cancel_ttl)
+    events = RedisEventLog(
+        client,
+        coordination,
+        stream_ttl=config["STREAM_TTL"],
+        orphan=config["ORPHAN_SECONDS"],
+    )
+    history = RedisHistory(
+        client,
+        config["HISTORY_TTL"],
+        turn_seconds=turn_seconds,
+        grace=config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"],
+    )
+    return events, coordination, history, client
+
+
 def init_state(app: Flask, config: dict[str, Any]) -> State:
     """Build the worker's state from validated config."""
     http = provider_session(config["WORKER_MAX_STREAMS"])
@@ -78,34 +117,7 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         page_ttl=config["TOKEN_TTL"],
         stream_ttl=int(config["UPSTREAM_TOTAL_TIMEOUT"] + config["STREAM_TTL"] + 3600),
     )
-    events: EventLog
-    history: History
-    redis_client = None
-    # How long a conversation is held past its TTL while a turn runs in it.
-    turn_seconds = config["UPSTREAM_TOTAL_TIMEOUT"] + TURN_END_SLACK
-    if config["REDIS_URL"]:
-        from chatapp.store.conversations_redis import RedisHistory
-        from chatapp.store.events_redis import RedisEventLog
-        from chatapp.store.redis import connect
-
-        redis_client = connect(config["REDIS_URL"], REDIS_POOL_SIZE)
-        events = RedisEventLog(
-            redis_client,
-            running_ttl=config["UPSTREAM_TOTAL_TIMEOUT"]
-            + config["STREAM_TTL"]
-            + LEASE_SECONDS,
-            stream_ttl=config["STREAM_TTL"],
-            orphan=config["ORPHAN_SECONDS"],
-        )
-        history = RedisHistory(
-            redis_client,
-            config["HISTORY_TTL"],
-            turn_seconds=turn_seconds,
-            grace=config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"],
-        )
-    else:
-        events = MemoryEventLog()
-        history = MemoryHistory(config["HISTORY_TTL"], turn_seconds=turn_seconds)
+    events, coordination, history, redis_client = _stores(config)
     provider = build_provider(config, http)
     moderator: Moderator | None = None
     if config["MODERATION"] == "openai":
@@ -118,6 +130,7 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         )
     relay = Relay(
         events,
+        coordination,
         history,
         provider,
         TurnSettings(
@@ -180,6 +193,7 @@ def init_state(app: Flask, config: dict[str, Any]) -> State:
         config,
         signer,
         events,
+        coordination,
         history,
         provider,
         relay,

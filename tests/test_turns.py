@@ -20,6 +20,7 @@ from chatapp import sse
 from chatapp.errors import ProviderError
 from chatapp.store.conversations import MemoryHistory
 from chatapp.store.conversations import StoredMessage
+from chatapp.store.coordination import MemoryCoordination
 from chatapp.store.events import MemoryEventLog
 from chatapp.turns import read
 from chatapp.turns.model import TurnEnd
@@ -76,8 +77,10 @@ def relay_with(provider: object, **settings: float) -> tuple[Relay, list[TurnEnd
         "orphan": 30.0,
         **settings,
     }
+    log = MemoryEventLog()
     relay = Relay(
-        MemoryEventLog(),
+        log,
+        MemoryCoordination(log),
         MemoryHistory(60),
         provider,  # type: ignore[arg-type]
         TurnSettings(provider="p", model="m", **values),

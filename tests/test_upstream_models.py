@@ -376,6 +376,7 @@ def test_the_first_token_wait_never_outlasts_the_whole_turn() -> None:
 
 def test_a_turn_can_start_on_the_fallback_model() -> None:
     from chatapp.store.conversations import MemoryHistory
+    from chatapp.store.coordination import MemoryCoordination
     from chatapp.store.events import MemoryEventLog
     from chatapp.tokens import Identity
     from chatapp.turns.model import TurnSettings
@@ -396,7 +397,8 @@ def test_a_turn_can_start_on_the_fallback_model() -> None:
         fallback_provider="anthropic",
         fallback_model="small",
     )
-    relay = Relay(MemoryEventLog(), MemoryHistory(60), upstream, settings)
+    log = MemoryEventLog()
+    relay = Relay(log, MemoryCoordination(log), MemoryHistory(60), upstream, settings)
     config = load_config(
         {**BASE, "CHATAPP_MODEL": "big", "CHATAPP_FALLBACK_MODEL": "small"}
     )

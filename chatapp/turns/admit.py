@@ -41,7 +41,6 @@ from datetime import UTC
 from datetime import datetime
 from types import TracebackType
 from typing import Any
-from typing import Protocol
 from typing import TypeVar
 from typing import cast
 
@@ -50,6 +49,7 @@ import redis
 
 from chatapp.errors import ApiError
 from chatapp.errors import StoreError
+from chatapp.store.coordination import Coordination
 from chatapp.store.limits import Hold
 from chatapp.store.limits import LimitStore
 from chatapp.store.limits import MemoryLimitStore
@@ -133,16 +133,6 @@ class Reservation:
     refusal: ApiError | None = None  # the site's ceiling: unless answered cached
 
 
-class Leases(Protocol):
-    """Which workers are alive, and what a turn wrote: the shared turn log."""
-
-    worker: str
-
-    def workers_alive(self, workers: list[str]) -> list[bool]: ...
-
-    def streamed_chars(self, turn_id: str) -> int: ...
-
-
 class Gate:
     """This worker's admission of turns, and its count of open streams."""
 
@@ -152,7 +142,7 @@ class Gate:
         running: Callable[[], int],
         client: redis.Redis | None,
         clock: Callable[[], float] = time.time,
-        leases: Leases | None = None,
+        leases: Coordination | None = None,
         readers: Callable[[], int] = lambda: 0,
         alert: Callable[[Alert], None] | None = None,
     ) -> None:
