@@ -21,7 +21,7 @@ class SpentSolutions(Protocol):
         """Mark `key` used for `ttl` seconds; False when it already was."""
 
 
-class MemorySpentSolutions:
+class MemorySpentSolutions(SpentSolutions):
     """Used solutions of this process alone."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:

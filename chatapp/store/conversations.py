@@ -106,7 +106,7 @@ class _Conversation:
     feedback: dict[str, str] = field(default_factory=dict)
 
 
-class MemoryHistory:
+class MemoryHistory(History):
     """Conversations and idempotency keys in this process's memory."""
 
     def __init__(

@@ -29,6 +29,7 @@ import math
 import time
 from typing import Any
 
+from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.redis import Client
 from chatapp.store.redis import guard
@@ -65,7 +66,7 @@ return length
 """
 
 
-class RedisHistory:
+class RedisHistory(History):
     """Conversations and idempotency keys shared by every worker and host."""
 
     def __init__(

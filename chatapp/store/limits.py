@@ -73,7 +73,7 @@ class LimitStore(Protocol):
         """Add (or with a negative amount, give back) tokens for the day."""
 
 
-class MemoryLimitStore:
+class MemoryLimitStore(LimitStore):
     """Slots and budgets of this process alone."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -150,7 +150,7 @@ return 1
 TOKENS_KEEP_SECONDS = 2 * 86400
 
 
-class RedisLimitStore:
+class RedisLimitStore(LimitStore):
     """Slots and budgets shared by every worker and host through Redis."""
 
     def __init__(self, client: redis.Redis) -> None:

@@ -135,7 +135,7 @@ def _choose(ask: Ask, used: list[int]) -> tuple[str, int, tuple[str, ...]]:
     return model, cost, refused
 
 
-class MemorySpendStore:
+class MemorySpendStore(SpendStore):
     """The spend of this process alone."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -227,7 +227,7 @@ return {model, cost, refused, used[1], used[2], spent[1], spent[2]}
 """
 
 
-class RedisSpendStore:
+class RedisSpendStore(SpendStore):
     """The spend of every worker and host, shared through Redis."""
 
     def __init__(self, client: redis.Redis) -> None:

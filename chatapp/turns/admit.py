@@ -42,7 +42,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 from typing import TypeVar
-from typing import cast
 
 import gevent
 import redis
@@ -327,17 +326,13 @@ class Gate:
             settle = carried[0] if store is shared else None
             return store.reserve(periods, ask, settle)
 
-        verdict, store = self._either(
-            cast("SpendStore | None", shared), self.spend_memory, reserve
-        )
+        verdict, store = self._either(shared, self.spend_memory, reserve)
         carried[0] = None
         if pending is not None and store is not shared:
             self._keep_unsettled({periods: pending}, self._last_failure)
         if verdict.refused and self._reclaim(now=True):
             # A dead worker's turns held part of the ceiling: ask again.
-            verdict, store = self._either(
-                cast("SpendStore | None", shared), self.spend_memory, reserve
-            )
+            verdict, store = self._either(shared, self.spend_memory, reserve)
         held.model = verdict.model
         if verdict.refused:
             held.refusal = governor.refusal(verdict, now)
@@ -448,9 +443,7 @@ class Gate:
         def read(store: SpendStore) -> Any:
             return store.totals(periods)
 
-        (totals, models), _ = self._either(
-            cast("SpendStore | None", self._spend_shared), self.spend_memory, read
-        )
+        (totals, models), _ = self._either(self._spend_shared, self.spend_memory, read)
         return governor.report(totals, models, now)
 
     # -- Redis, or memory while Redis is away -----------------------------------
