@@ -25,7 +25,7 @@ import requests
 from chatapp.store.layout_redis import TURN_TAGS
 from chatapp.store.layout_redis import turn_tag
 from chatapp.store.redis import connect
-from chatapp.store.redis import slot_pipeline
+from chatapp.store.redis_cluster import slot_pipeline
 from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.conftest import ChatClient
 from tests.conftest import Service

@@ -33,7 +33,7 @@ from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.redis import Client
 from chatapp.store.redis import guard
-from chatapp.store.redis import slot_pipeline
+from chatapp.store.redis_cluster import slot_pipeline
 
 
 def _conv(conversation_id: str) -> str:

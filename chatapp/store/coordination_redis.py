@@ -28,9 +28,9 @@ from chatapp.store.layout_redis import turn_key
 from chatapp.store.layout_redis import worker_key
 from chatapp.store.redis import Client
 from chatapp.store.redis import guard
-from chatapp.store.redis import is_cluster
-from chatapp.store.redis import node_client
-from chatapp.store.redis import refresh
+from chatapp.store.redis_cluster import is_cluster
+from chatapp.store.redis_cluster import node_client
+from chatapp.store.redis_cluster import refresh
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from chatapp.store.layout_redis import gone_key
 from chatapp.store.layout_redis import turn_key
 from chatapp.store.redis import Client
 from chatapp.store.redis import guard
-from chatapp.store.redis import node_groups
 from chatapp.store.redis import ping
-from chatapp.store.redis import slot_pipeline
+from chatapp.store.redis_cluster import node_groups
+from chatapp.store.redis_cluster import slot_pipeline
 from chatapp.store.tail import Tail
 from chatapp.store.turn import TurnInfo
 

@@ -35,10 +35,10 @@ from chatapp.store.layout_redis import turn_key
 from chatapp.store.layout_redis import turn_tag
 from chatapp.store.redis import Client
 from chatapp.store.redis import guard
-from chatapp.store.redis import is_cluster
-from chatapp.store.redis import node_client
-from chatapp.store.redis import refresh
-from chatapp.store.redis import slot_pipeline
+from chatapp.store.redis_cluster import is_cluster
+from chatapp.store.redis_cluster import node_client
+from chatapp.store.redis_cluster import refresh
+from chatapp.store.redis_cluster import slot_pipeline
 from chatapp.store.tail import Tail
 
 log = logging.getLogger(__name__)
