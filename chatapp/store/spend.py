@@ -12,7 +12,8 @@ One hash tag for all of them: the script that checks and reserves both
 periods names three keys, which Redis Cluster needs in one slot. A worker
 hands the settlements of its ended turns to its next reservation (or to a
 flush a moment later), so a turn costs the shared store one command more
-than the daily token budget alone: the reservation.
+than the daily token budget alone: the reservation. Every Redis failure
+leaves RedisSpendStore as StoreError.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import cast
 import redis
 
 from chatapp.store.expiring import ExpiringMap
+from chatapp.store.redis import guard
 
 TAG = "chatapp:spend:{site}"
 PERIODS = ("day", "month")
@@ -234,6 +236,7 @@ class RedisSpendStore(SpendStore):
         self._r = client
         self._reserve = client.register_script(_RESERVE)
 
+    @guard("spend: reserve")
     def reserve(
         self, periods: Periods, ask: Ask | None, settle: Settlement | None
     ) -> Verdict:
@@ -264,6 +267,7 @@ class RedisSpendStore(SpendStore):
             Totals((nums[0], nums[1]), (nums[2], nums[3])),
         )
 
+    @guard("spend: read totals")
     def totals(self, periods: Periods) -> tuple[Totals, dict[str, tuple[int, int]]]:
         day, month, models = _keys(periods)
         with self._r.pipeline(transaction=False) as pipe:
@@ -282,6 +286,7 @@ class RedisSpendStore(SpendStore):
             by_model,
         )
 
+    @guard("spend: claim alert")
     def claim_alert(self, name: str, ttl: int) -> bool:
         return bool(self._r.set(f"{TAG}:alert:{name}", "1", nx=True, ex=ttl))
 

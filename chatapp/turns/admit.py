@@ -381,8 +381,8 @@ class Gate:
         for periods, settlement in governor.take_pending().items():
             try:
                 verdict = shared.reserve(periods, None, settlement)
-            except redis.RedisError as exc:
-                log.warning("spend: could not settle (%s)", type(exc).__name__)
+            except StoreError as exc:
+                log.warning("spend: could not settle (%s)", exc)
                 self._keep_unsettled({periods: settlement}, exc)
                 if self._flush_at is None or self._flush_at.dead:
                     self._flush_at = gevent.spawn_later(FLUSH_SECONDS, self._flush_due)
@@ -424,8 +424,8 @@ class Gate:
             ttl = periods.day_ttl if alert.period == "day" else periods.month_ttl
             try:
                 won = store.claim_alert(name, ttl)
-            except redis.RedisError as exc:
-                log.warning("spend: could not claim an alert (%s)", type(exc).__name__)
+            except StoreError as exc:
+                log.warning("spend: could not claim an alert (%s)", exc)
                 continue
             governor.claimed(name)
             if won and self._alert is not None:
