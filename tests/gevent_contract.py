@@ -177,6 +177,8 @@ class TestEventLogContract:
         assert until(lambda: backend.reader.info("turn-0001") is None, 5)
         assert backend.reader.open("turn-0001") is None
 
+
+class TestCoordinationContract:
     def test_cancel_is_announced_to_the_producer(self, backend: Backend) -> None:
         heard: list[str] = []
         announced = threading.Event()
@@ -195,8 +197,6 @@ class TestEventLogContract:
         assert until(announced.is_set, 3)
         assert heard == ["turn-0001"]
 
-
-class TestCoordinationContract:
     def test_a_readers_mark_is_seen_until_it_lapses(self, backend: Backend) -> None:
         turns = ["turn-0001", "turn-0002"]
         assert backend.here.readers_elsewhere(turns) == [False, False]
