@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib
+import importlib.util
 import statistics
 import sys
 import time
@@ -86,6 +87,9 @@ def main() -> None:
             "upstream.sse_decoder",
         )
     }
+    # Trees before the turn log and coordination were split have no second.
+    if importlib.util.find_spec("chatapp.store.coordination") is not None:
+        m["store.coordination"] = importlib.import_module("chatapp.store.coordination")
     decoder = m["upstream.sse_decoder"].SSEDecoder()
     batches = [decoder.feed(CHUNK.encode()) for _ in range(args.chunks)]
     batches.append(decoder.feed(END.encode()))
@@ -119,8 +123,12 @@ def main() -> None:
     )
     per_chunk = []
     for n in range(args.repeats + 3):
+        log = m["store.events"].MemoryEventLog()
+        logs = [log]
+        if "store.coordination" in m:
+            logs.append(m["store.coordination"].MemoryCoordination(log))
         relay = m["turns.relay"].Relay(
-            m["store.events"].MemoryEventLog(),
+            *logs,
             m["store.conversations"].MemoryHistory(60),
             provider,
             settings,

@@ -18,6 +18,8 @@ from chatapp.store.challenges import MemorySpentSolutions
 from chatapp.store.challenges import SpentSolutions
 from chatapp.store.conversations import History
 from chatapp.store.conversations import MemoryHistory
+from chatapp.store.coordination import Coordination
+from chatapp.store.coordination import MemoryCoordination
 from chatapp.store.events import EventLog
 from chatapp.store.events import MemoryEventLog
 from chatapp.tokens import TokenSigner
@@ -42,6 +44,7 @@ class State:
     settings: Settings
     signer: TokenSigner
     events: EventLog
+    coordination: Coordination
     history: History
     provider: Resilient
     relay: Relay
@@ -74,9 +77,10 @@ def init_state(app: Flask, settings: Settings) -> State:
         page_ttl=settings.token_ttl,
         stream_ttl=settings.stream_token_ttl,
     )
-    redis_client, events, history = _stores(settings)
+    redis_client, events, coordination, history = _stores(settings)
     provider = build_provider(settings, http)
-    relay = Relay(events, history, provider, settings, _moderator(settings, http))
+    moderator = _moderator(settings, http)
+    relay = Relay(events, coordination, history, provider, settings, moderator)
     metrics = Metrics(lambda: relay.running)
     metrics.known_upstreams(
         [(settings.provider, settings.model)]
@@ -93,6 +97,7 @@ def init_state(app: Flask, settings: Settings) -> State:
         settings,
         signer,
         events,
+        coordination,
         history,
         provider,
         relay,
@@ -106,19 +111,25 @@ def init_state(app: Flask, settings: Settings) -> State:
     return state
 
 
-def _stores(settings: Settings) -> tuple[Any, EventLog, History]:
-    """The turn logs and conversations: in Redis when one is named, else here."""
+def _stores(settings: Settings) -> tuple[Any, EventLog, Coordination, History]:
+    """The turn log, coordination and conversations: in Redis when one is
+    named, else their twins here."""
+    # A cancel is kept as long as the turn it asks may still run.
+    cancel_ttl = settings.running_ttl
     if not settings.redis_url:
+        log = MemoryEventLog()
         memory = MemoryHistory(settings.history_ttl, turn_seconds=settings.turn_seconds)
-        return None, MemoryEventLog(), memory
+        return None, log, MemoryCoordination(log, cancel_ttl=cancel_ttl), memory
     from chatapp.store.conversations_redis import RedisHistory
+    from chatapp.store.coordination_redis import RedisCoordination
     from chatapp.store.events_redis import RedisEventLog
     from chatapp.store.redis import connect
 
     client = connect(settings.redis_url, REDIS_POOL_SIZE)
+    coordination = RedisCoordination(client, cancel_ttl=cancel_ttl)
     events = RedisEventLog(
         client,
-        running_ttl=settings.running_ttl,
+        coordination,
         stream_ttl=settings.stream_ttl,
         orphan=settings.orphan_seconds,
     )
@@ -129,7 +140,7 @@ def _stores(settings: Settings) -> tuple[Any, EventLog, History]:
         turn_seconds=settings.turn_seconds,
         grace=settings.turn_grace,
     )
-    return client, events, history
+    return client, events, coordination, history
 
 
 def _moderator(settings: Settings, http: requests.Session) -> Moderator | None:

@@ -1,4 +1,5 @@
-"""One contract, two turn logs: in memory and on a real redis-server.
+"""One contract, two backends: the turn log and coordination, in memory and
+on a real redis-server.
 
 Run by test_streams_contract.py in a gevent-patched subprocess, as the service
 runs, so that blocking Redis reads and greenlets interleave as in production.
@@ -22,21 +23,34 @@ from chatapp.errors import StoreError
 from chatapp.store.conversations import MemoryHistory
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.conversations_redis import RedisHistory
+from chatapp.store.coordination import Coordination
+from chatapp.store.coordination import MemoryCoordination
+from chatapp.store.coordination_redis import RedisCoordination
+from chatapp.store.events import EventLog
 from chatapp.store.events import MemoryEventLog
 from chatapp.store.events_redis import RedisEventLog
-from chatapp.store.events_redis import turn_tag
+from chatapp.store.layout_redis import turn_tag
 from chatapp.store.redis import connect
 from chatapp.store.tail import Tail
 from chatapp.turns.model import TurnInfo
 
 
 class Backend:
-    """A turn log as its producer writes it and as a reader elsewhere reads it."""
+    """A turn log and coordination as the producer's worker and another see them.
 
-    def __init__(self, name: str, writer: Any, reader: Any, history: Any) -> None:
+    In memory both are this process; on Redis, two workers with a client each.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        writer: tuple[EventLog, Coordination],
+        reader: tuple[EventLog, Coordination],
+        history: Any,
+    ) -> None:
         self.name = name
-        self.writer = writer
-        self.reader = reader
+        self.writer, self.here = writer
+        self.reader, self.there = reader
         self.history = history
 
 
@@ -55,19 +69,28 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+def redis_worker(
+    client: Any, orphan: float = 30
+) -> tuple[RedisEventLog, RedisCoordination]:
+    coordination = RedisCoordination(client, cancel_ttl=60)
+    log = RedisEventLog(client, coordination, stream_ttl=60, orphan=orphan)
+    return log, coordination
+
+
 def redis_log(client: Any, orphan: float = 30) -> RedisEventLog:
-    return RedisEventLog(client, running_ttl=60, stream_ttl=60, orphan=orphan)
+    return redis_worker(client, orphan)[0]
 
 
 @pytest.fixture(params=["memory", "redis"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     if request.param == "memory":
         log = MemoryEventLog()
-        yield Backend("memory", log, log, MemoryHistory(60))
+        worker = (log, MemoryCoordination(log))
+        yield Backend("memory", worker, worker, MemoryHistory(60))
         return
     url = request.getfixturevalue("redis_url")
     a, b = connect(url, 20), connect(url, 20)
-    yield Backend("redis", redis_log(a), redis_log(b), RedisHistory(a, 60))
+    yield Backend("redis", redis_worker(a), redis_worker(b), RedisHistory(a, 60))
     a.close()
     b.close()
 
@@ -154,6 +177,8 @@ class TestEventLogContract:
         assert until(lambda: backend.reader.info("turn-0001") is None, 5)
         assert backend.reader.open("turn-0001") is None
 
+
+class TestCoordinationContract:
     def test_cancel_is_announced_to_the_producer(self, backend: Backend) -> None:
         heard: list[str] = []
         announced = threading.Event()
@@ -162,15 +187,54 @@ class TestEventLogContract:
             heard.append(turn_id)
             announced.set()
 
-        backend.writer.on_cancel(listener)
+        backend.here.on_cancel(listener)
         produced(backend)
-        assert backend.writer.cancels_requested(["turn-0001"]) == [False]
+        assert backend.here.cancels_requested(["turn-0001"]) == [False]
         if backend.name == "redis":
             gevent.sleep(0.3)  # let the subscriber greenlet subscribe
-        backend.reader.request_cancel("turn-0001")
-        assert backend.writer.cancels_requested(["turn-0001"]) == [True]
+        backend.there.request_cancel("turn-0001")
+        assert backend.here.cancels_requested(["turn-0001"]) == [True]
         assert until(announced.is_set, 3)
         assert heard == ["turn-0001"]
+
+    def test_a_readers_mark_is_seen_until_it_lapses(self, backend: Backend) -> None:
+        turns = ["turn-0001", "turn-0002"]
+        assert backend.here.readers_elsewhere(turns) == [False, False]
+        backend.there.mark_readers([], 1)  # nothing to mark is no call
+        backend.there.mark_readers(["turn-0001"], 0.3)
+        assert backend.here.readers_elsewhere(turns) == [True, False]
+        assert until(lambda: backend.here.readers_elsewhere(turns) == [False] * 2, 3)
+        assert backend.here.readers_elsewhere([]) == []
+
+    def test_a_lease_says_a_worker_lives_until_it_lapses(
+        self, backend: Backend
+    ) -> None:
+        workers = [backend.here.worker, "elsewhere:1:000000"]
+        assert backend.there.workers_alive(workers) == [False, False]
+        backend.here.renew_lease(0.3)
+        assert backend.there.workers_alive(workers) == [True, False]
+        assert until(lambda: backend.there.workers_alive(workers) == [False] * 2, 3)
+        assert backend.there.workers_alive([]) == []
+
+    def test_a_dead_producers_turn_is_claimed_once(self, backend: Backend) -> None:
+        assert backend.here.claim_reap("turn-0001", 60)
+        assert not backend.there.claim_reap("turn-0001", 60)
+        assert backend.there.claim_reap("turn-0002", 60)
+
+    def test_streamed_chars_count_the_answer_text_only(self, backend: Backend) -> None:
+        tail = backend.writer.create(info(), start(), 60)
+        thinking = sse.frame(3, "status", {"state": "thinking"})
+        backend.writer.append("turn-0001", tail, [sse.delta(2, "héllo"), thinking])
+        final = [sse.delta(4, " world ✓"), done(5)]
+        backend.writer.finish("turn-0001", tail, final, 60)
+        assert backend.there.streamed_chars("turn-0001") == len("héllo world ✓")
+        assert backend.there.streamed_chars("nope-nope") == 0
+
+    def test_a_cancel_is_kept_for_a_turn_nobody_runs(self, backend: Backend) -> None:
+        backend.there.request_cancel("turn-elsewhere")
+        asked = backend.here.cancels_requested(["turn-elsewhere", "turn-0001"])
+        assert asked == [True, False]
+        assert backend.here.cancels_requested([]) == []
 
 
 class TestHistoryContract:
@@ -215,14 +279,15 @@ class TestHistoryContract:
 
 def test_redis_readers_elsewhere_are_seen_until_their_ttl(redis_url: str) -> None:
     a, b = connect(redis_url, 5), connect(redis_url, 5)
-    writer, reader = redis_log(a), redis_log(b, orphan=0.3)
-    produced(Backend("redis", writer, reader, None))
-    assert writer.readers_elsewhere(["turn-0001"]) == [False]
-    tail = reader.open("turn-0001")
+    writer, reader = redis_worker(a), redis_worker(b, orphan=0.3)
+    backend = Backend("redis", writer, reader, None)
+    produced(backend)
+    assert backend.here.readers_elsewhere(["turn-0001"]) == [False]
+    tail = backend.reader.open("turn-0001")
     assert tail is not None
-    assert writer.readers_elsewhere(["turn-0001"]) == [True]
-    reader.close("turn-0001", tail)
-    assert until(lambda: writer.readers_elsewhere(["turn-0001"]) == [False], 3)
+    assert backend.here.readers_elsewhere(["turn-0001"]) == [True]
+    backend.reader.close("turn-0001", tail)
+    assert until(lambda: backend.here.readers_elsewhere(["turn-0001"]) == [False], 3)
 
 
 def test_redis_writes_in_a_window_share_one_entry(redis_url: str) -> None:
@@ -241,11 +306,10 @@ def test_redis_writes_in_a_window_share_one_entry(redis_url: str) -> None:
 
 def test_redis_dead_producer_is_reaped_for_readers_elsewhere(redis_url: str) -> None:
     a, b = connect(redis_url, 5), connect(redis_url, 5)
-    writer, reader = redis_log(a), redis_log(b)
-    writer.renew_lease(0.3)
-    backend = Backend("redis", writer, reader, None)
+    backend = Backend("redis", redis_worker(a), redis_worker(b), None)
+    backend.here.renew_lease(0.3)
     produced(backend, deltas(2, 3), turn_id="turn-dead-1")
-    tail = reader.open("turn-dead-1")
+    tail = backend.reader.open("turn-dead-1")
     assert tail is not None
     # The lease lapses and nothing more is written: readers get error + done.
     assert until(lambda: tail.done, 20)

@@ -22,10 +22,10 @@ import pytest
 import redis
 import requests
 
-from chatapp.store.events_redis import TURN_TAGS
-from chatapp.store.events_redis import turn_tag
+from chatapp.store.layout_redis import TURN_TAGS
+from chatapp.store.layout_redis import turn_tag
 from chatapp.store.redis import connect
-from chatapp.store.redis import slot_pipeline
+from chatapp.store.redis_cluster import slot_pipeline
 from chatapp.upstream.sse_decoder import SSEDecoder
 from tests.conftest import ChatClient
 from tests.conftest import Service

@@ -7,8 +7,8 @@ import redis
 from redis.crc import key_slot
 
 from chatapp.errors import StoreError
-from chatapp.store.events_redis import TURN_TAGS
-from chatapp.store.events_redis import turn_tag
+from chatapp.store.layout_redis import TURN_TAGS
+from chatapp.store.layout_redis import turn_tag
 from chatapp.store.redis import CLUSTER
 from chatapp.store.redis import SENTINEL
 from chatapp.store.redis import SINGLE

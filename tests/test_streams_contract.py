@@ -1,8 +1,9 @@
-"""Runs the turn-log contract suite against memory and a real redis-server.
+"""Runs the store contract (turn log, coordination, history) against memory
+and a real redis-server.
 
 The contract (tests/gevent_contract.py) runs in a gevent-patched subprocess,
-as the service runs; each of its cases is reported here as its own item,
-read from that run's JUnit report.
+as the service runs; each of its cases, once per backend, is reported here
+as its own item, read from that run's JUnit report.
 """
 
 from __future__ import annotations
@@ -85,12 +86,24 @@ def _read_report(report: Path) -> dict[str, str | None]:
     return found
 
 
-def test_the_contract_has_its_cases() -> None:
-    assert len(CASES) >= 24, CASES
+BACKENDS = ("memory", "redis")
+CONCEPTS = ("TestEventLogContract", "TestCoordinationContract", "TestHistoryContract")
+
+
+def test_every_contract_case_is_an_item_for_each_backend() -> None:
+    """Each concept's cases are collected, each once per backend."""
+    backends: dict[str, set[str]] = {}
+    for case in CASES:
+        name, _, param = case.partition("[")
+        if name.split("::")[0] in CONCEPTS:
+            backends.setdefault(name, set()).add(param.rstrip("]"))
+    for concept in CONCEPTS:
+        assert any(n.startswith(concept + "::") for n in backends), (concept, CASES)
+    assert {n: b for n, b in backends.items() if b != set(BACKENDS)} == {}
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_turn_log_contract_under_gevent(
+def test_store_contract_under_gevent(
     case: str, outcomes: dict[str, str | None]
 ) -> None:
     assert case in outcomes, f"{case} did not run: {sorted(outcomes)}"

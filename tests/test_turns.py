@@ -21,6 +21,7 @@ from chatapp.config import load_config
 from chatapp.errors import ProviderError
 from chatapp.store.conversations import MemoryHistory
 from chatapp.store.conversations import StoredMessage
+from chatapp.store.coordination import MemoryCoordination
 from chatapp.store.events import MemoryEventLog
 from chatapp.turns import read
 from chatapp.turns.model import TurnEnd
@@ -78,8 +79,10 @@ def relay_with(provider: object, **settings: object) -> tuple[Relay, list[TurnEn
         "ORPHAN_SECONDS": 30.0,
         **{name.upper(): value for name, value in settings.items()},
     }
+    log = MemoryEventLog()
     relay = Relay(
-        MemoryEventLog(),
+        log,
+        MemoryCoordination(log),
         MemoryHistory(60),
         provider,  # type: ignore[arg-type]
         load_config(environ={}, overrides=values),

@@ -376,6 +376,7 @@ def test_the_first_token_wait_never_outlasts_the_whole_turn() -> None:
 
 def test_a_turn_can_start_on_the_fallback_model() -> None:
     from chatapp.store.conversations import MemoryHistory
+    from chatapp.store.coordination import MemoryCoordination
     from chatapp.store.events import MemoryEventLog
     from chatapp.tokens import Identity
     from chatapp.turns.relay import Relay
@@ -394,7 +395,8 @@ def test_a_turn_can_start_on_the_fallback_model() -> None:
             "ANTHROPIC_API_KEY": "ak",
         }
     )
-    relay = Relay(MemoryEventLog(), MemoryHistory(60), upstream, config)
+    log = MemoryEventLog()
+    relay = Relay(log, MemoryCoordination(log), MemoryHistory(60), upstream, config)
     ids = TurnIds.mint(None)
     earlier = start_turn(
         relay, config, Identity("visitor-1"), "Hello", ids, fallback=True

@@ -11,8 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-# Forget expired entries once the record holds this many.
-PRUNE_AT = 4096
+from chatapp.store.expiring import ExpiringMap
 
 
 class SpentSolutions(Protocol):
@@ -22,18 +21,11 @@ class SpentSolutions(Protocol):
         """Mark `key` used for `ttl` seconds; False when it already was."""
 
 
-class MemorySpentSolutions:
+class MemorySpentSolutions(SpentSolutions):
     """Used solutions of this process alone."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._until: dict[str, float] = {}
+        self._spent: ExpiringMap[str, bool] = ExpiringMap(clock, sweep_every=60)
 
     def claim(self, key: str, ttl: float) -> bool:
-        now = self._clock()
-        if len(self._until) >= PRUNE_AT:
-            self._until = {k: t for k, t in self._until.items() if t > now}
-        if self._until.get(key, 0.0) > now:
-            return False
-        self._until[key] = now + ttl
-        return True
+        return self._spent.add(key, True, ttl)

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import math
 
+from chatapp.store.challenges import SpentSolutions
 from chatapp.store.redis import Client
 from chatapp.store.redis import guard
 
 KEY_PREFIX = "chatapp:altcha:"
 
 
-class RedisSpentSolutions:
+class RedisSpentSolutions(SpentSolutions):
     """Used solutions, one SET NX with a TTL each, on the worker's client."""
 
     def __init__(self, client: Client) -> None:

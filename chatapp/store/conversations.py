@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from typing import Protocol
 
+from chatapp.store.expiring import ExpiringMap
+
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
@@ -99,13 +101,12 @@ class History(Protocol):
 @dataclass
 class _Conversation:
     owner: str
-    expires_at: float
     messages: list[StoredMessage] = field(default_factory=list)
     turns: list[str] = field(default_factory=list)
     feedback: dict[str, str] = field(default_factory=dict)
 
 
-class MemoryHistory:
+class MemoryHistory(History):
     """Conversations and idempotency keys in this process's memory."""
 
     def __init__(
@@ -119,89 +120,61 @@ class MemoryHistory:
         self._ttl = ttl
         self._turn_seconds = turn_seconds
         self._max_messages = max_messages
-        self._clock = clock
-        self._conversations: dict[str, _Conversation] = {}
-        self._keys: dict[str, tuple[str, float]] = {}
+        self._conversations: ExpiringMap[str, _Conversation] = ExpiringMap(
+            clock, sweep_every=30, on_expire=self._unindex
+        )
+        self._keys: ExpiringMap[str, str] = ExpiringMap(clock, sweep_every=30)
+        self._turns: dict[str, str] = {}  # turn -> conversation, while it lives
         self._owners: dict[str, set[str]] = {}
-        self._next_sweep = 0.0
-
-    def _sweep(self) -> float:
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._next_sweep = now + 30
-            for cid in [
-                c for c, v in self._conversations.items() if v.expires_at <= now
-            ]:
-                self._forget(cid)
-            for key in [k for k, (_, exp) in self._keys.items() if exp <= now]:
-                del self._keys[key]
-        return now
-
-    def _get(self, conversation_id: str) -> _Conversation | None:
-        now = self._sweep()
-        conversation = self._conversations.get(conversation_id)
-        if conversation is None or conversation.expires_at <= now:
-            return None
-        return conversation
 
     def create(self, conversation_id: str, owner: str, first: StoredMessage) -> None:
-        self._conversations[conversation_id] = _Conversation(
-            owner, self._sweep() + self._ttl + self._turn_seconds, [first]
+        self._conversations.set(
+            conversation_id,
+            _Conversation(owner, [first]),
+            self._ttl + self._turn_seconds,
         )
 
     def owner(self, conversation_id: str) -> str | None:
-        conversation = self._get(conversation_id)
+        conversation = self._conversations.get(conversation_id)
         return conversation.owner if conversation else None
 
     def append(self, conversation_id: str, message: StoredMessage) -> None:
-        conversation = self._get(conversation_id)
+        conversation = self._conversations.get(conversation_id)
         if conversation is None:
             return
         conversation.messages.append(message)
         del conversation.messages[: -self._max_messages]
-        now = self._clock()
         if message.role == "user":  # a turn starts: hold it for the turn
-            until = now + self._ttl + self._turn_seconds
-            conversation.expires_at = max(conversation.expires_at, until)
+            ttl = self._ttl + self._turn_seconds
+            self._conversations.extend(conversation_id, ttl)
         else:
-            conversation.expires_at = now + self._ttl
+            self._conversations.expire(conversation_id, self._ttl)
 
     def touch(self, conversation_id: str) -> None:
-        conversation = self._get(conversation_id)
-        if conversation is not None:
-            conversation.expires_at = self._clock() + self._ttl
+        self._conversations.expire(conversation_id, self._ttl)
 
     def messages(self, conversation_id: str) -> list[StoredMessage]:
-        conversation = self._get(conversation_id)
+        conversation = self._conversations.get(conversation_id)
         return list(conversation.messages) if conversation else []
 
     def claim_idempotency(self, key: str, value: str, ttl: float) -> str | None:
-        now = self._sweep()
-        held = self._keys.get(key)
-        if held is not None and held[1] > now:
-            return held[0]
-        self._keys[key] = (value, now + ttl)
-        return None
+        if self._keys.add(key, value, ttl):
+            return None
+        return self._keys.get(key)
 
     def idempotent(self, key: str) -> str | None:
-        now = self._sweep()
-        held = self._keys.get(key)
-        return held[0] if held is not None and held[1] > now else None
+        return self._keys.get(key)
 
     def cached_answer(self, key: str) -> str | None:
-        now = self._sweep()
-        held = self._keys.get("answer|" + key)
-        return held[0] if held is not None and held[1] > now else None
+        return self._keys.get("answer|" + key)
 
     def cache_answer(self, key: str, value: str, ttl: float) -> None:
-        self._keys["answer|" + key] = (value, self._sweep() + ttl)
+        self._keys.set("answer|" + key, value, ttl)
 
-    def _forget(self, conversation_id: str) -> None:
-        conversation = self._conversations.pop(conversation_id, None)
-        if conversation is None:
-            return
+    def _unindex(self, conversation_id: str, conversation: _Conversation) -> None:
+        """Drop what points at a conversation that is gone."""
         for turn_id in conversation.turns:
-            self._keys.pop("turn|" + turn_id, None)
+            self._turns.pop(turn_id, None)
         mine = self._owners.get(conversation.owner)
         if mine is not None:
             mine.discard(conversation_id)
@@ -209,40 +182,39 @@ class MemoryHistory:
                 del self._owners[conversation.owner]
 
     def remember_turn(self, conversation_id: str, owner: str, turn_id: str) -> None:
-        conversation = self._get(conversation_id)
+        conversation = self._conversations.get(conversation_id)
         if conversation is None:
             return
         conversation.turns.append(turn_id)
         self._owners.setdefault(owner, set()).add(conversation_id)
         # Lives as long as its conversation: forgotten with it, never before.
-        self._keys["turn|" + turn_id] = (conversation_id, float("inf"))
+        self._turns[turn_id] = conversation_id
 
     def turns(self, conversation_id: str) -> list[str]:
-        conversation = self._get(conversation_id)
+        conversation = self._conversations.get(conversation_id)
         return list(conversation.turns) if conversation else []
 
     def conversation_of(self, turn_id: str) -> str | None:
-        now = self._sweep()
-        held = self._keys.get("turn|" + turn_id)
-        if held is None or held[1] <= now or self._get(held[0]) is None:
+        conversation_id = self._turns.get(turn_id)
+        if conversation_id is None or self._conversations.get(conversation_id) is None:
             return None
-        return held[0]
+        return conversation_id
 
     def conversations_of(self, owner: str) -> list[str]:
         mine = self._owners.get(owner, set())
-        return [cid for cid in sorted(mine) if self._get(cid) is not None]
+        return [c for c in sorted(mine) if self._conversations.get(c) is not None]
 
     def set_feedback(self, conversation_id: str, turn_id: str, value: str) -> None:
-        conversation = self._get(conversation_id)
+        conversation = self._conversations.get(conversation_id)
         if conversation is not None:
             conversation.feedback[turn_id] = value
 
     def feedback(self, conversation_id: str) -> dict[str, str]:
-        conversation = self._get(conversation_id)
+        conversation = self._conversations.get(conversation_id)
         return dict(conversation.feedback) if conversation else {}
 
     def drop_last_exchange(self, conversation_id: str) -> None:
-        conversation = self._get(conversation_id)
+        conversation = self._conversations.get(conversation_id)
         if conversation is None:
             return
         roles = [m.role for m in conversation.messages]
@@ -253,4 +225,5 @@ class MemoryHistory:
     def delete(self, conversation_id: str, owner: str) -> None:
         conversation = self._conversations.get(conversation_id)
         if conversation is not None and conversation.owner == owner:
-            self._forget(conversation_id)
+            self._conversations.pop(conversation_id)
+            self._unindex(conversation_id, conversation)

@@ -29,10 +29,11 @@ import math
 import time
 from typing import Any
 
+from chatapp.store.conversations import History
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.redis import Client
 from chatapp.store.redis import guard
-from chatapp.store.redis import slot_pipeline
+from chatapp.store.redis_cluster import slot_pipeline
 
 
 def _conv(conversation_id: str) -> str:
@@ -65,7 +66,7 @@ return length
 """
 
 
-class RedisHistory:
+class RedisHistory(History):
     """Conversations and idempotency keys shared by every worker and host."""
 
     def __init__(

@@ -2,12 +2,14 @@
 
 A turn's producer is its log's only writer: it registers the turn with its
 `start` frame, appends the frames that follow and finishes with the frames
-that end in `done`. Readers `open` a turn and follow its `Tail`. Besides
-frames the log carries the few facts a turn needs across workers: a cancel
-request and whether readers elsewhere are still there.
+that end in `done`. Readers `open` a turn and follow its `Tail`. What
+workers tell each other about turns (cancels, readers, leases) is the other
+concept of a turn's storage: coordination.py.
 
-`MemoryEventLog` serves one process; `RedisEventLog` (events_redis.py) shares
-turns across workers and hosts.
+`MemoryEventLog` serves one process; `RedisEventLog` (events_redis.py, with
+follower_redis.py for turns produced elsewhere) shares turns across workers
+and hosts. Both implement all of `EventLog`; tests/gevent_contract.py holds
+them to the same contract.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from chatapp.store.expiring import ExpiringMap
 from chatapp.store.tail import Tail
 from chatapp.store.turn import TurnInfo
 
@@ -42,21 +45,6 @@ class EventLog(Protocol):
     def info(self, turn_id: str) -> TurnInfo | None:
         """Return the turn's facts, or None when unknown or expired."""
 
-    def request_cancel(self, turn_id: str) -> None:
-        """Ask whichever process runs the turn to cancel it."""
-
-    def on_cancel(self, callback: Callable[[str], None]) -> None:
-        """Call `callback(turn_id)` in this process when a cancel is asked."""
-
-    def cancels_requested(self, turn_ids: list[str]) -> list[bool]:
-        """Tell, for each turn, whether a cancel was asked for."""
-
-    def readers_elsewhere(self, turn_ids: list[str]) -> list[bool]:
-        """Tell, for each turn, whether readers in other processes follow it."""
-
-    def renew_lease(self, seconds: float) -> None:
-        """Tell other processes this one still produces its turns."""
-
     def ping(self) -> None:
         """Raise StoreError when the backing store does not answer."""
 
@@ -76,37 +64,29 @@ class EventLog(Protocol):
 class _Turn:
     info: TurnInfo
     tail: Tail
-    expires_at: float
-    cancel: bool = False
 
 
-class MemoryEventLog:
+class MemoryEventLog(EventLog):
     """Turn log for one process: every reader follows the producer's own tail."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._turns: dict[str, _Turn] = {}
-        self._clock = clock
-        self._listeners: list[Callable[[str], None]] = []
-        self._next_sweep = 0.0
-        self._forgotten: dict[str, float] = {}  # deleted turn -> remembered until
+        # An expired turn's readers learn its log is lost.
+        self._turns: ExpiringMap[str, _Turn] = ExpiringMap(
+            clock, on_expire=lambda _, turn: turn.tail.lose()
+        )
+        self._forgotten: ExpiringMap[str, bool] = ExpiringMap(clock)
 
     def _get(self, turn_id: str) -> _Turn | None:
-        now = self._clock()
-        if now >= self._next_sweep:
-            self._sweep(now)
-        turn = self._turns.get(turn_id)
-        if turn is None or turn.expires_at <= now:
-            return None
-        return turn
+        return self._turns.get(turn_id)
 
-    def _sweep(self, now: float) -> None:
-        self._next_sweep = now + 5
-        for turn_id in [k for k, t in self._turns.items() if t.expires_at <= now]:
-            self._turns.pop(turn_id).tail.lose()
+    def frames(self, turn_id: str) -> list[bytes]:
+        """The frames the turn's log holds (none once it expired)."""
+        turn = self._get(turn_id)
+        return list(turn.tail.frames) if turn else []
 
     def create(self, info: TurnInfo, start: bytes, ttl: float) -> Tail:
         tail = Tail([start])
-        self._turns[info.id] = _Turn(info, tail, self._clock() + ttl)
+        self._turns.set(info.id, _Turn(info, tail), ttl)
         return tail
 
     def append(self, turn_id: str, tail: Tail, frames: list[bytes]) -> None:
@@ -114,9 +94,7 @@ class MemoryEventLog:
 
     def finish(self, turn_id: str, tail: Tail, frames: list[bytes], ttl: float) -> None:
         tail.extend(frames, done=True)
-        turn = self._turns.get(turn_id)
-        if turn is not None:
-            turn.expires_at = self._clock() + ttl
+        self._turns.expire(turn_id, ttl)
 
     def open(self, turn_id: str) -> Tail | None:
         turn = self._get(turn_id)
@@ -132,36 +110,14 @@ class MemoryEventLog:
         turn = self._get(turn_id)
         return turn.info if turn else None
 
-    def request_cancel(self, turn_id: str) -> None:
-        turn = self._get(turn_id)
-        if turn is None:
-            return
-        turn.cancel = True
-        for callback in self._listeners:
-            callback(turn_id)
-
-    def on_cancel(self, callback: Callable[[str], None]) -> None:
-        self._listeners.append(callback)
-
-    def cancels_requested(self, turn_ids: list[str]) -> list[bool]:
-        return [bool((t := self._get(i)) and t.cancel) for i in turn_ids]
-
-    def readers_elsewhere(self, turn_ids: list[str]) -> list[bool]:
-        return [False] * len(turn_ids)  # there is no elsewhere
-
-    def renew_lease(self, seconds: float) -> None:
-        """Nothing to renew: producer and readers share this process."""
-
     def ping(self) -> None:
         """Memory always answers."""
 
     def forget(self, turn_id: str, remember: float) -> None:
-        turn = self._turns.pop(turn_id, None)
+        turn = self._turns.pop(turn_id)
         if turn is not None:
             turn.tail.lose()
-        now = self._clock()
-        self._forgotten = {t: at for t, at in self._forgotten.items() if at > now}
-        self._forgotten[turn_id] = now + remember
+        self._forgotten.set(turn_id, True, remember)
 
     def forgotten(self, turn_id: str) -> bool:
-        return self._forgotten.get(turn_id, 0.0) > self._clock()
+        return self._forgotten.get(turn_id) is not None

@@ -34,6 +34,7 @@ from typing import cast
 
 import redis
 
+from chatapp.store.expiring import ExpiringMap
 from chatapp.store.redis import guard
 
 log = logging.getLogger(__name__)
@@ -75,29 +76,28 @@ class LimitStore(Protocol):
         """Add (or with a negative amount, give back) tokens for the day."""
 
 
-class MemoryLimitStore:
+class MemoryLimitStore(LimitStore):
     """Slots and budgets of this process alone."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._slots: dict[str, dict[str, float]] = {}
+        self._slots: dict[str, ExpiringMap[str, bool]] = {}
         self._tokens: dict[str, dict[str, int]] = {}
 
     def take_slot(self, client: str, ticket: str, limit: int, ttl: float) -> bool:
-        now = self._clock()
-        held = {t: end for t, end in self._slots.get(client, {}).items() if end > now}
+        held = self._slots.get(client)
+        if held is None:
+            held = self._slots[client] = ExpiringMap(self._clock)
         if len(held) >= limit:
-            self._slots[client] = held
             return False
-        held[ticket] = now + ttl
-        self._slots[client] = held
+        held.set(ticket, True, ttl)
         return True
 
     def free_slot(self, client: str, ticket: str) -> None:
         held = self._slots.get(client)
         if held is not None:
-            held.pop(ticket, None)
-            if not held:
+            held.pop(ticket)
+            if not len(held):
                 del self._slots[client]
 
     def hold_tokens(self, client: str, day: str, amount: int, budget: int) -> bool:
@@ -153,7 +153,7 @@ return 1
 TOKENS_KEEP_SECONDS = 2 * 86400
 
 
-class RedisLimitStore:
+class RedisLimitStore(LimitStore):
     """Slots and budgets shared by every worker and host through Redis."""
 
     def __init__(self, client: redis.Redis) -> None:

@@ -12,17 +12,23 @@ One hash tag for all of them: the script that checks and reserves both
 periods names three keys, which Redis Cluster needs in one slot. A worker
 hands the settlements of its ended turns to its next reservation (or to a
 flush a moment later), so a turn costs the shared store one command more
-than the daily token budget alone: the reservation.
+than the daily token budget alone: the reservation. Every Redis failure
+leaves RedisSpendStore as StoreError.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Protocol
 from typing import cast
 
 import redis
+
+from chatapp.store.expiring import ExpiringMap
+from chatapp.store.redis import guard
 
 TAG = "chatapp:spend:{site}"
 PERIODS = ("day", "month")
@@ -131,13 +137,13 @@ def _choose(ask: Ask, used: list[int]) -> tuple[str, int, tuple[str, ...]]:
     return model, cost, refused
 
 
-class MemorySpendStore:
+class MemorySpendStore(SpendStore):
     """The spend of this process alone."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._periods: dict[str, list[int]] = {}  # "day:…" -> [used, spent]
         self._models: dict[str, dict[str, list[int]]] = {}
-        self._alerts: set[str] = set()
+        self._alerts: ExpiringMap[str, bool] = ExpiringMap(clock, sweep_every=3600)
 
     def _pair(self, periods: Periods) -> list[list[int]]:
         keys = (f"day:{periods.day}", f"month:{periods.month}")
@@ -173,10 +179,7 @@ class MemorySpendStore:
         return totals, {m: (e[0], e[1]) for m, e in models.items()}
 
     def claim_alert(self, name: str, ttl: int) -> bool:
-        if name in self._alerts:
-            return False
-        self._alerts.add(name)
-        return True
+        return self._alerts.add(name, True, ttl)
 
 
 # Apply a worker's settled turns, then check both periods' hard ceilings and
@@ -226,13 +229,14 @@ return {model, cost, refused, used[1], used[2], spent[1], spent[2]}
 """
 
 
-class RedisSpendStore:
+class RedisSpendStore(SpendStore):
     """The spend of every worker and host, shared through Redis."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._r = client
         self._reserve = client.register_script(_RESERVE)
 
+    @guard("spend: reserve")
     def reserve(
         self, periods: Periods, ask: Ask | None, settle: Settlement | None
     ) -> Verdict:
@@ -263,6 +267,7 @@ class RedisSpendStore:
             Totals((nums[0], nums[1]), (nums[2], nums[3])),
         )
 
+    @guard("spend: read totals")
     def totals(self, periods: Periods) -> tuple[Totals, dict[str, tuple[int, int]]]:
         day, month, models = _keys(periods)
         with self._r.pipeline(transaction=False) as pipe:
@@ -281,6 +286,7 @@ class RedisSpendStore:
             by_model,
         )
 
+    @guard("spend: claim alert")
     def claim_alert(self, name: str, ttl: int) -> bool:
         return bool(self._r.set(f"{TAG}:alert:{name}", "1", nx=True, ex=ttl))
 

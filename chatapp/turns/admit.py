@@ -45,6 +45,7 @@ from chatapp.errors import QuotaExceeded
 from chatapp.errors import StoreError
 from chatapp.errors import TooManyStreams
 from chatapp.settings import Settings
+from chatapp.store.coordination import Coordination
 from chatapp.store.limits import Hold
 from chatapp.store.limits import LimitStore
 from chatapp.store.limits import MemoryLimitStore
@@ -53,7 +54,6 @@ from chatapp.store.redis import guard
 from chatapp.store.redis import ping
 from chatapp.store.spend import SpendStore
 from chatapp.turns.failover import Failover
-from chatapp.turns.holds import Leases
 from chatapp.turns.holds import Reservation
 from chatapp.turns.holds import estimate_tokens
 from chatapp.turns.holds import seconds_to_utc_midnight
@@ -88,7 +88,7 @@ class Gate:
         running: Callable[[], int],
         client: redis.Redis | None,
         clock: Callable[[], float] = time.time,
-        leases: Leases | None = None,
+        leases: Coordination | None = None,
         readers: Callable[[], int] = lambda: 0,
         alert: Callable[[Alert], None] | None = None,
     ) -> None:

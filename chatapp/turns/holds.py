@@ -37,7 +37,6 @@ import math
 from dataclasses import dataclass
 from datetime import UTC
 from datetime import datetime
-from typing import Protocol
 
 from chatapp.errors import ApiError
 from chatapp.store.limits import LimitStore
@@ -91,13 +90,3 @@ class Reservation:
     spend_store: SpendStore | None = None
     periods: Periods | None = None
     refusal: ApiError | None = None  # the site's ceiling: unless answered cached
-
-
-class Leases(Protocol):
-    """Which workers are alive, and what a turn wrote: the shared turn log."""
-
-    worker: str
-
-    def workers_alive(self, workers: list[str]) -> list[bool]: ...
-
-    def streamed_chars(self, turn_id: str) -> int: ...

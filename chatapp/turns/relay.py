@@ -18,6 +18,7 @@ from chatapp.errors import ProviderError
 from chatapp.errors import StoreError
 from chatapp.settings import Settings
 from chatapp.store.conversations import History
+from chatapp.store.coordination import Coordination
 from chatapp.store.events import EventLog
 from chatapp.store.tail import Tail
 from chatapp.turns.model import TurnEnd
@@ -47,24 +48,26 @@ class Relay:
     def __init__(
         self,
         events: EventLog,
+        coordination: Coordination,
         history: History,
         provider: Upstream,
         settings: Settings,
         moderator: Moderator | None = None,
     ) -> None:
         self.events = events
+        self.coordination = coordination
         self.history = history
         self.provider = provider
         self.settings = settings
         self.runs: dict[str, Run] = {}
         self.on_end: list[Callable[[TurnEnd], None]] = []
         self.parts = Parts(events, history, provider, settings, self._ended, moderator)
-        self.supervisor = Supervisor(self.runs, events, settings, self._cancel_local)
+        self.supervisor = Supervisor(
+            self.runs, events, coordination, settings, self._cancel_local
+        )
         self.draining = False
-        events.on_cancel(self._cancel_local)
-        resubscribed = getattr(events, "on_resubscribe", None)
-        if resubscribed is not None:
-            resubscribed(self._recheck_cancels)
+        coordination.on_cancel(self._cancel_local)
+        coordination.on_resubscribe(self._recheck_cancels)
 
     @property
     def running(self) -> int:
@@ -127,7 +130,7 @@ class Relay:
         if turn_id in self.runs:
             self._cancel_local(turn_id)
         else:
-            self.events.request_cancel(turn_id)
+            self.coordination.request_cancel(turn_id)
 
     def _cancel_local(self, turn_id: str, reason: str = "cancelled") -> None:
         run = self.runs.get(turn_id)
@@ -143,7 +146,7 @@ class Relay:
         """Look up cancels that may have been asked while we did not listen."""
         ids = list(self.runs)
         try:
-            asked = self.events.cancels_requested(ids)
+            asked = self.coordination.cancels_requested(ids)
         except StoreError:
             return
         for turn_id, yes in zip(ids, asked, strict=True):

@@ -145,8 +145,8 @@ class SpendHolds:
         for periods, settlement in self.governor.take_pending().items():
             try:
                 verdict = shared.reserve(periods, None, settlement)
-            except redis.RedisError as exc:
-                log.warning("spend: could not settle (%s)", type(exc).__name__)
+            except StoreError as exc:
+                log.warning("spend: could not settle (%s)", exc)
                 self._keep_unsettled({periods: settlement}, exc)
                 self._flush_later(FLUSH_SECONDS)
                 return
@@ -182,8 +182,8 @@ class SpendHolds:
             ttl = periods.day_ttl if alert.period == "day" else periods.month_ttl
             try:
                 won = store.claim_alert(name, ttl)
-            except redis.RedisError as exc:
-                log.warning("spend: could not claim an alert (%s)", type(exc).__name__)
+            except StoreError as exc:
+                log.warning("spend: could not claim an alert (%s)", exc)
                 continue
             governor.claimed(name)
             if won and self._alert is not None:

@@ -20,6 +20,7 @@ from chatapp.errors import ProviderError
 from chatapp.errors import StoreError
 from chatapp.settings import Settings
 from chatapp.settings.value import LEASE_SECONDS
+from chatapp.store.coordination import Coordination
 from chatapp.store.events import EventLog
 from chatapp.turns.produce import Run
 from chatapp.turns.produce import TurnCancelled
@@ -39,11 +40,13 @@ class Supervisor:
         self,
         runs: dict[str, Run],
         events: EventLog,
+        coordination: Coordination,
         settings: Settings,
         cancel: Callable[[str, str], None],
     ) -> None:
         self._runs = runs
         self._events = events
+        self._coordination = coordination
         self._settings = settings
         self._cancel = cancel
         self._greenlet: gevent.Greenlet | None = None
@@ -146,7 +149,7 @@ class Supervisor:
         if not alone:
             return
         try:
-            elsewhere = self._events.readers_elsewhere([r.info.id for r in alone])
+            elsewhere = self._coordination.readers_elsewhere([r.info.id for r in alone])
         except StoreError:
             log.warning("supervisor: shared storage did not answer")
             return
@@ -159,7 +162,7 @@ class Supervisor:
 
     def _renew_lease(self) -> None:
         try:
-            self._events.renew_lease(LEASE_SECONDS)
+            self._coordination.renew_lease(LEASE_SECONDS)
             self._lease_at = time.monotonic()
         except StoreError:
             log.warning("supervisor: could not renew this worker's lease")

@@ -24,7 +24,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import cast
 
 import redis
 import requests
@@ -45,7 +44,6 @@ from chatapp.tokens import REFRESH_GRACE_SECONDS
 from chatapp.tokens import Identity
 from chatapp.turns.admit import Admission
 from chatapp.turns.admit import Gate
-from chatapp.turns.holds import Leases
 from chatapp.turns.spend import Alert
 from chatapp.upstream.webhook import Webhook
 from chatapp.web import limits_storage
@@ -227,13 +225,12 @@ def init_limits(app: Flask) -> Gate:
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {"client": client}
     else:
         app.config["RATELIMIT_STORAGE_URI"] = "memory://"
-    leases = st.events if client is not None else None
     caps: ReaderCaps = app.extensions[READERS]
     state_gate = Gate(
         st.settings,
         lambda: st.relay.running,
         client,
-        leases=cast("Leases | None", leases),
+        leases=st.coordination,
         readers=lambda: caps.open,
         alert=_spend_alerts(st.settings.alert_webhook, st.http),
     )
