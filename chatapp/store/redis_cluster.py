@@ -16,8 +16,10 @@ from redis.cluster import RedisCluster
 from redis.exceptions import AskError
 from redis.exceptions import RedisClusterException
 
+from chatapp.errors import ChatappError
 
-class ClusterUnavailable(redis.ConnectionError):
+
+class ClusterUnavailable(redis.ConnectionError, ChatappError):
     """No node of the cluster answered, or a slot has no primary right now.
 
     redis-py raises RedisClusterException (and SlotNotCoveredError) for these,
