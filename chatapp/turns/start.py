@@ -217,15 +217,11 @@ def start_turn(
         settle(relay, ids.conversation_id)
         history.drop_last_exchange(ids.conversation_id)
     earlier_messages, now = _ask(history, identity, ids, message)
-    request = _request(
-        settings,
-        model,
-        (
-            *context(earlier_messages, settings.history_max_chars),
-            Message("user", message),
-        ),
-        route=route,
+    asked = (
+        *context(earlier_messages, settings.history_max_chars),
+        Message("user", message),
     )
+    request = _request(settings, model, asked, route=route)
     history.remember_turn(ids.conversation_id, identity.owner, ids.turn_id)
     sources = None
     if knowledge is not None:
