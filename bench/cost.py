@@ -242,7 +242,11 @@ class CostRun:
             service = self.bench.start_service(target, n)
             try:
                 service.warm_up(2 * service.worker_count)
-                hold = run_hold_phase(self.bench, n, service)
+                # Opened at --hold-rate: one worker starts a few hundred
+                # turns a second, and a turn refused or timed out in a
+                # rush says nothing about holding streams.
+                ramp = n / self.args.hold_rate
+                hold = run_hold_phase(self.bench, n, service, ramp)
             finally:
                 self.bench.stop_service(service)
             self.result["hold"][target.label] = hold
@@ -253,7 +257,7 @@ class CostRun:
         bench.start_upstream()
         if "redis" in self.args.modes:
             bench.start_redis()
-        for mode in self.args.modes:
+        for mode in self.args.modes if self.args.loops else ():
             self.run_floor(mode)
             before = bench.opt.before_root is not None
             for label, target, requests in rows_of(mode, before):
@@ -476,6 +480,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--hold", type=int, default=5000, help="streams held open per mode; 0: none"
     )
+    parser.add_argument(
+        "--hold-rate",
+        type=float,
+        default=150.0,
+        help="streams opened per second in the hold (default 150)",
+    )
+    parser.add_argument(
+        "--no-loops",
+        dest="loops",
+        action="store_false",
+        help="only hold --hold streams open (no fixed/marginal/TTFT loops)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="warning",
+        help="the services' CHATAPP_LOG_LEVEL (default warning, as bench.run; "
+        "info, the product's default, adds a JSON line per request and turn)",
+    )
     parser.add_argument("--before-root", type=Path, default=None)
     parser.add_argument("--service-root", type=Path, default=ROOT)
     parser.add_argument("--profile", action="store_true", help="py-spy, memory mode")
@@ -492,6 +514,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def options_for(args: argparse.Namespace, out: Path) -> Options:
     env = [("CHATAPP_TRUSTED_PROXY_HOPS", "1")] if args.addresses == "distinct" else []
+    env.append(("CHATAPP_LOG_LEVEL", args.log_level))
     return Options(
         ns=(args.n,),
         modes=tuple(args.modes),

@@ -893,13 +893,16 @@ def _redis_figures(
     }
 
 
-def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
-    """Open N streams, read the workers' RSS, then cancel them all."""
+def run_hold_phase(
+    bench: Bench, n: int, service: Service, ramp: float | None = None
+) -> dict[str, Any]:
+    """Open N streams (over `ramp` seconds), read the workers' RSS, cancel them."""
     workers = service.workers()
     idle = rss_bytes(workers)
     t0 = time.monotonic() + bench.opt.client_start
     scenario = "relay_hold" if service.target.kind == "plain" else "hold"
-    clients = bench.start_clients(scenario, n, service.port, t0)
+    extra = {} if ramp is None else {"ramp": ramp}
+    clients = bench.start_clients(scenario, n, service.port, t0, **extra)
     held = 0
     for _, reader in clients:
         line = reader.next(max(1.0, bench.time_left()))
