@@ -35,7 +35,6 @@ from itsdangerous import SignatureExpired
 from itsdangerous import Signer
 from itsdangerous import TimestampSigner
 from itsdangerous import URLSafeTimedSerializer
-from itsdangerous.encoding import want_bytes
 
 from chatapp.text import scrub
 
@@ -130,13 +129,13 @@ class _KeyedSigner(TimestampSigner):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._derived: dict[bytes, bytes] = {}
+        # Keyed by the argument as given: None (the signing key) or a key.
+        self._derived: dict[str | bytes | None, bytes] = {}
 
     def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
-        key = self.secret_keys[-1] if secret_key is None else want_bytes(secret_key)
-        derived = self._derived.get(key)
+        derived = self._derived.get(secret_key)
         if derived is None:
-            derived = self._derived[key] = super().derive_key(secret_key)
+            derived = self._derived[secret_key] = super().derive_key(secret_key)
         return derived
 
 
@@ -266,7 +265,7 @@ def _human(value: Any) -> Human | None:
 
 
 def _loads(
-    serializer: _Serializer, token: str | None, max_age: int
+    serializer: URLSafeTimedSerializer, token: str | None, max_age: int
 ) -> tuple[dict[str, Any], float]:
     """Verify a token; return its payload and when it was signed."""
     if not token or not isinstance(token, str) or len(token) > 2048:
