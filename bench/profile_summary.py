@@ -31,7 +31,7 @@ PIECES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "flask-limiter hit",
         ("flask_limiter/", "/limits/", "chatapp/web/limiter.py", "moving_window.py"),
     ),
-    ("token signing/verifying", ("itsdangerous/", "chatapp/tokens.py", "hmac.py")),
+    ("token signing/verifying", ("itsdangerous/", "chatapp/tokens.py")),
     ("JSON logging", ("logging/", "chatapp/web/logs.py")),
     (
         "CORS, request id, guards",
