@@ -95,6 +95,15 @@ class Config:
     # EventSource does beside its fetch() calls; with several workers a
     # stream is then often read in another worker than its POST's.
     stream_conn: str = "same"
+    # "two": POST /api/chat for JSON, then GET its stream_url (EventSource).
+    # "one": POST with Accept: text/event-stream and read the turn's stream
+    # from the POST's own response (SPEC: one request per turn).
+    requests_per_turn: str = "two"
+    # "single": every VU is 127.0.0.1, one client to the service's limits (the
+    # worst case). "distinct": each VU sends its own X-Forwarded-For address
+    # (the service runs with CHATAPP_TRUSTED_PROXY_HOPS=1), so the limiter
+    # keeps a window per visitor, as behind a reverse proxy.
+    addresses: str = "single"
 
     @property
     def window_start(self) -> float:
@@ -238,6 +247,15 @@ class Client:
         self.page_tokens: list[str] = []
         self.in_turn: set[int] = set()
         self._seq = 0
+        # Which of the run's client processes this is: VUs' addresses differ.
+        self._proc_index = int(config.name.rsplit("c", 1)[-1] or 0)
+
+    def address(self, vu: int) -> dict[str, str]:
+        """The X-Forwarded-For header of one VU, or none in single mode."""
+        if self.cfg.addresses != "distinct":
+            return {}
+        k = self._proc_index
+        return {"X-Forwarded-For": f"10.{k % 256}.{vu // 256 % 256}.{vu % 256}"}
 
     def rid(self, prefix: str = "t") -> str:
         self._seq += 1
@@ -248,28 +266,36 @@ class Client:
     def fetch_page_tokens(self) -> None:
         conn = Connection(HOST, self.cfg.port)
         try:
-            for _ in range(max(1, min(self.cfg.page_tokens, self.cfg.vus))):
-                html = conn.request("GET", "/", {"Accept": "text/html"}).body.decode()
+            for i in range(max(1, min(self.cfg.page_tokens, self.cfg.vus))):
+                html = conn.request(
+                    "GET", "/", {"Accept": "text/html", **self.address(i)}
+                ).body.decode()
                 start = html.index(TOKEN_MARK) + len(TOKEN_MARK)
                 self.page_tokens.append(html[start : html.index('"', start)])
         finally:
             conn.close()
 
-    def start_turn(
-        self, conn: Connection, vu: int, pace: Pace, rid: str, *, track: bool = False
-    ) -> dict[str, Any] | None:
-        """POST /api/chat as the page does; None (error counted) when refused."""
-        body = json.dumps(
+    def turn_body(self, vu: int, pace: Pace, rid: str, *, track: bool) -> bytes:
+        return json.dumps(
             {
                 "message": f"Tell me something. {marker(rid, pace, track=track)}",
                 "token": self.page_tokens[vu % len(self.page_tokens)],
             }
         ).encode()
+
+    def start_turn(
+        self, conn: Connection, vu: int, pace: Pace, rid: str, *, track: bool = False
+    ) -> dict[str, Any] | None:
+        """POST /api/chat as the page does; None (error counted) when refused."""
         response = conn.request(
             "POST",
             "/api/chat",
-            {"Content-Type": "application/json", "Accept": "application/json"},
-            body,
+            {
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+                **self.address(vu),
+            },
+            self.turn_body(vu, pace, rid, track=track),
         )
         if response.status != 201:
             self.rec.errors[f"http_{response.status}_{_error_code(response)}"] += 1
@@ -278,12 +304,45 @@ class Client:
         turn["_worker"] = response.headers.get(WORKER_HEADER)
         return turn
 
-    def open_stream(self, conn: Connection, url: str) -> Response | None:
+    def start_streamed_turn(
+        self, conn: Connection, vu: int, pace: Pace, rid: str
+    ) -> Response | None:
+        """POST /api/chat asking for the event stream itself; None if refused.
+
+        A service that answers 201 JSON does not do one request per turn:
+        that counts as `unsupported_one_request` (the bench prints "n/a").
+        """
+        conn.send(
+            "POST",
+            "/api/chat",
+            {
+                "Content-Type": "application/json",
+                "Accept": "text/event-stream",
+                **self.address(vu),
+            },
+            self.turn_body(vu, pace, rid, track=False),
+        )
+        head = conn.head()
+        if head.status == 201:
+            conn.body(head)
+            self.rec.errors["unsupported_one_request"] += 1
+            return None
+        if head.status != 200 or not head.chunked:
+            conn.body(head)
+            self.rec.errors[f"http_{head.status}_{_error_code(head)}"] += 1
+            return None
+        return head
+
+    def open_stream(self, conn: Connection, url: str, vu: int = 0) -> Response | None:
         """GET the stream URL as EventSource does; None (error counted) if refused."""
         conn.send(
             "GET",
             url,
-            {"Accept": "text/event-stream", "Cache-Control": "no-cache"},
+            {
+                "Accept": "text/event-stream",
+                "Cache-Control": "no-cache",
+                **self.address(vu),
+            },
             b"",
         )
         head = conn.head()
@@ -336,13 +395,24 @@ class Client:
         """POST on `conn`, read the stream on `events` (maybe the same one)."""
         pace = self.cfg.pace
         sent = time.monotonic()
+        if self.cfg.requests_per_turn == "one":
+            streamed = self.start_streamed_turn(conn, vu, pace, self.rid())
+            if streamed is None:
+                gevent.sleep(0.2)
+                return
+            if self.rec.in_window(sent):
+                self.rec.post.append(time.monotonic() - sent)
+            stream = Stream(self.rec, sent, conn.chunks(streamed))
+            self.read_events(conn, stream)
+            stream.check(pace)
+            return
         turn = self.start_turn(conn, vu, pace, self.rid())
         if turn is None:
             gevent.sleep(0.2)  # a refused browser does not retry at once
             return
         if self.rec.in_window(sent):
             self.rec.post.append(time.monotonic() - sent)
-        head = self.open_stream(events, turn["stream_url"])
+        head = self.open_stream(events, turn["stream_url"], vu)
         if head is None:
             return
         stream = Stream(self.rec, sent, events.chunks(head))
@@ -494,7 +564,7 @@ class Client:
                 posted = time.monotonic()
                 if turn is None:
                     return
-                head = self.open_stream(conn, turn["stream_url"])
+                head = self.open_stream(conn, turn["stream_url"], i)
                 if head is None:
                     return
                 timeline["post"].append(posted - sent)

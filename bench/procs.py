@@ -134,9 +134,26 @@ def rss_bytes(pids: Sequence[int]) -> int:
     return total
 
 
+def open_files(pids: Sequence[int]) -> int:
+    """Count the file descriptors these processes hold open."""
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            continue
+    return total
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """Sum user plus system CPU time of these processes."""
-    total = 0
+    user, system = cpu_split(pids)
+    return user + system
+
+
+def cpu_split(pids: Sequence[int]) -> tuple[float, float]:
+    """Sum user and, apart, system (kernel) CPU time of these processes."""
+    user = system = 0
     for pid in pids:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -144,8 +161,9 @@ def cpu_seconds(pids: Sequence[int]) -> float:
             continue
         # The command name may hold spaces; the fields after its ')' do not.
         fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / CLOCK_TICKS
+        user += int(fields[11])
+        system += int(fields[12])
+    return user / CLOCK_TICKS, system / CLOCK_TICKS
 
 
 def wait_until(

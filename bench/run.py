@@ -46,7 +46,9 @@ from typing import Any
 from bench.procs import Children
 from bench.procs import children_of
 from bench.procs import cpu_seconds
+from bench.procs import cpu_split
 from bench.procs import free_port
+from bench.procs import open_files
 from bench.procs import raise_nofile_limit
 from bench.procs import rss_bytes
 from bench.procs import wait_until
@@ -143,6 +145,8 @@ class Options:
     cancel_phase: bool = True
     profile: bool = False
     redis_url: str = ""  # the redis mode's CHATAPP_REDIS_URL; "" = our own server
+    # Settings added to every chatapp service's environment (bench.cost).
+    service_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def client_start(self) -> float:
@@ -428,6 +432,7 @@ class Bench:
                 "CHATAPP_WORKERS": str(target.workers),
             }
         )
+        env.update(dict(self.opt.service_env))
         if orphan is not None:
             env["CHATAPP_ORPHAN_SECONDS"] = str(orphan)
         if target.redis:
@@ -756,12 +761,20 @@ def wait_for_quiet(bench: Bench, run: Run, phase: str) -> None:
 
 
 def run_loop_phase(
-    bench: Bench, scenario: str, n: int, port: int, service: Service | None = None
+    bench: Bench,
+    scenario: str,
+    n: int,
+    port: int,
+    service: Service | None = None,
+    client_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run `load` (chatapp), `relay` (the plain relay) or `floor` (the upstream)."""
+    """Run `load` (chatapp), `relay` (the plain relay) or `floor` (the upstream).
+
+    `client_extra` goes into the load clients' Config (see bench.loadgen).
+    """
     opt = bench.opt
     t0 = time.monotonic() + opt.client_start
-    clients = bench.start_clients(scenario, n, port, t0)
+    clients = bench.start_clients(scenario, n, port, t0, **(client_extra or {}))
     ws = t0 + opt.ramp(n) + opt.settle
     we = ws + opt.window
     client_pids = [p.pid for p, _ in clients]
@@ -774,6 +787,7 @@ def run_loop_phase(
         taken = {
             "t": time.monotonic(),
             "workers_cpu": cpu_seconds(workers),
+            "workers_sys": cpu_split(workers)[1],
             "client_cpu": cpu_seconds(client_pids),
             "upstream_cpu": cpu_seconds(upstream_pid),
             "redis_cpu": cpu_seconds(redis_pid),
@@ -817,6 +831,8 @@ def run_loop_phase(
     if service is not None:
         cpu = after["workers_cpu"] - before["workers_cpu"]
         out["service_cpu_share"] = cpu / span
+        # The kernel's part (system time): mostly socket reads and writes.
+        out["service_sys_share"] = (after["workers_sys"] - before["workers_sys"]) / span
         out["service_cpu_ms_per_1k_tokens"] = cpu * 1e6 / tokens if tokens else None
         out["peak_rss_during_load"] = peak_rss
         if "redis_commands" in after:
@@ -877,13 +893,16 @@ def _redis_figures(
     }
 
 
-def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
-    """Open N streams, read the workers' RSS, then cancel them all."""
+def run_hold_phase(
+    bench: Bench, n: int, service: Service, ramp: float | None = None
+) -> dict[str, Any]:
+    """Open N streams (over `ramp` seconds), read the workers' RSS, cancel them."""
     workers = service.workers()
     idle = rss_bytes(workers)
     t0 = time.monotonic() + bench.opt.client_start
     scenario = "relay_hold" if service.target.kind == "plain" else "hold"
-    clients = bench.start_clients(scenario, n, service.port, t0)
+    extra = {} if ramp is None else {"ramp": ramp}
+    clients = bench.start_clients(scenario, n, service.port, t0, **extra)
     held = 0
     for _, reader in clients:
         line = reader.next(max(1.0, bench.time_left()))
@@ -896,6 +915,7 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
         samples.append(rss_bytes(workers))
         time.sleep(0.3)
     open_rss = max(samples)
+    open_fds = open_files(workers)
     for proc, _ in clients:
         assert proc.stdin is not None
         proc.stdin.write(b"release\n")
@@ -913,6 +933,7 @@ def run_hold_phase(bench: Bench, n: int, service: Service) -> dict[str, Any]:
         "idle_rss": idle,
         "open_rss": open_rss,
         "rss_per_stream": (open_rss - idle) / held if held else None,
+        "open_fds": open_fds,
         "cancel_p50": percentile(latencies, 50),
         "cancel_p99": percentile(latencies, 99),
         "cancelled": len(latencies),

@@ -32,6 +32,8 @@ from typing import Any
 import jwt
 from itsdangerous import BadData
 from itsdangerous import SignatureExpired
+from itsdangerous import Signer
+from itsdangerous import TimestampSigner
 from itsdangerous import URLSafeTimedSerializer
 
 # Raised here; they live in chatapp/errors.py's one tree.
@@ -107,6 +109,40 @@ class WPUser:
     site: str
 
 
+class _KeyedSigner(TimestampSigner):
+    """itsdangerous's timestamp signer, deriving each key once, not per call.
+
+    Deriving a key hashes the salt and the secret; a signer's keys and salt
+    never change, so it is done the first time each key is used.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Keyed by the argument as given: None (the signing key) or a key.
+        self._derived: dict[str | bytes | None, bytes] = {}
+
+    def derive_key(self, secret_key: str | bytes | None = None) -> bytes:
+        derived = self._derived.get(secret_key)
+        if derived is None:
+            derived = self._derived[secret_key] = super().derive_key(secret_key)
+        return derived
+
+
+class _Serializer(URLSafeTimedSerializer):
+    """itsdangerous's serializer, building its one signer once, not per call."""
+
+    default_signer = _KeyedSigner
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._signer = super().make_signer(self.salt)
+
+    def make_signer(self, salt: str | bytes | None = None) -> Signer:
+        if salt is None or salt == self.salt:
+            return self._signer
+        return super().make_signer(salt)
+
+
 def new_identity(wp_user: WPUser | None = None) -> Identity:
     """Mint a fresh visitor, carrying the WordPress user when one is verified."""
     visitor = secrets.token_urlsafe(12)
@@ -128,8 +164,8 @@ class TokenSigner:
     ) -> None:
         # itsdangerous signs with the last key of the list; SPEC says the first.
         ordered = list(reversed(keys))
-        self._page = URLSafeTimedSerializer(ordered, salt=PAGE_SALT)
-        self._stream = URLSafeTimedSerializer(ordered, salt=STREAM_SALT)
+        self._page = _Serializer(ordered, salt=PAGE_SALT)
+        self._stream = _Serializer(ordered, salt=STREAM_SALT)
         self.page_ttl = page_ttl
         self.stream_ttl = stream_ttl
         self._clock = clock

@@ -134,6 +134,27 @@ def test_a_turn_streams_its_text_then_usage_then_one_done() -> None:
     assert relay.history.messages("conv-0001")[-1].content == "Hello there"
 
 
+def test_the_first_write_carries_the_retry_line_and_the_frames_waiting() -> None:
+    relay, _ = relay_with(Scripted(["a", "b"]))
+    info = started(relay)
+    everything = follow(relay, info.id)
+    tail = relay.open(info.id)
+    assert tail is not None
+    try:
+        fresh = read.stream(tail, 0, heartbeat=15, wake=0.05, client_gone=lambda: False)
+        first = next(fresh)
+        assert first == sse.retry(read.RETRY_MS) + b"".join(tail.frames)
+        assert events_of(iter([first])) == everything
+        assert list(fresh) == []
+        # A reader already at the end gets the retry line alone, at once.
+        caught_up = read.stream(
+            tail, len(tail.frames), heartbeat=15, wake=0.05, client_gone=lambda: False
+        )
+        assert list(caught_up) == [sse.retry(read.RETRY_MS)]
+    finally:
+        relay.close(info.id, tail)
+
+
 def test_a_resumed_reader_gets_only_what_comes_after_its_id() -> None:
     relay, _ = relay_with(Scripted(["a", "b", "c"]))
     info = started(relay)

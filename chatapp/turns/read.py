@@ -47,8 +47,20 @@ def stream(
     wake: float,
     client_gone: Callable[[], bool],
 ) -> Generator[bytes]:
-    """Yield the turn's SSE bytes after event `after`, live until `done`."""
-    yield sse.retry(RETRY_MS)
+    """Yield the turn's SSE bytes after event `after`, live until `done`.
+
+    Each chunk is one write to the client, so a chunk carries every frame
+    waiting when it is made; the first one also carries the `retry:` line.
+    """
+    frames = tail.frames
+    end = len(frames)
+    if end > after:
+        # Frames already there (`start`, at least, for a new turn) go out
+        # with the retry line: one write where there were two.
+        yield sse.retry(RETRY_MS) + b"".join(frames[after:end])
+        after = end
+    else:
+        yield sse.retry(RETRY_MS)
     last_write = time.monotonic()
     while True:
         frames = tail.frames

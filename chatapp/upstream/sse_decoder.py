@@ -132,7 +132,9 @@ class SSEDecoder:
             return []
         self._after_cr = text[-1] == "\r"
 
-        lines = _LINE_END.split(text)
+        # Without a CR the only line ending is LF: str.split, a third of
+        # the regular expression's cost on a provider's usual chunk.
+        lines = text.split("\n") if "\r" not in text else _LINE_END.split(text)
         tail = lines.pop()
         if lines and self._pending:
             self._pending.append(lines[0])

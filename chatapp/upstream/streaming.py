@@ -60,7 +60,9 @@ def parse_json(data: str) -> dict[str, Any]:
         raise ProviderError("provider_error", "The provider sent malformed data.")
     # harden #11: an escaped lone surrogate ("\\ud800") becomes U+FFFD here,
     # or no frame, poll answer or history entry holding it could be encoded.
-    return dict(scrub_parsed(data, value))
+    # (The dict itself, not a copy: once per token.)
+    scrubbed: dict[str, Any] = scrub_parsed(data, value)
+    return scrubbed
 
 
 def check_stream(response: Any) -> None:
