@@ -81,16 +81,24 @@ def parse(frame_bytes: bytes) -> tuple[int, str, str]:
     )
 
 
+_START = b"id: 1\nevent: start\n"
+
+
 def with_start_fields(chunk: bytes, fields: dict[str, Any]) -> bytes:
-    """Add `fields` to the `start` event that opens `chunk`; the rest as it was."""
-    head, sep, rest = chunk.partition(b"\n\n")
+    """Add `fields` to the `start` event in `chunk`; the rest as it was."""
+    at = chunk.find(_START)
+    before, (head, sep, rest) = chunk[:at], chunk[at:].partition(b"\n\n")
     event_id, event, data = parse(head + sep)
-    return frame(event_id, event, {**json.loads(data), **fields}) + rest
+    return before + frame(event_id, event, {**json.loads(data), **fields}) + rest
 
 
 def is_start(chunk: bytes) -> bool:
-    """Tell whether `chunk` opens with the turn's first event, `start`."""
-    return chunk.startswith(b"id: 1\nevent: start\n")
+    """Tell whether `chunk` carries the turn's first event, `start`.
+
+    A frame opens a chunk or follows an empty line (the `retry:` line's, or
+    another frame's), so a data line can never pass for it.
+    """
+    return chunk.startswith(_START) or b"\n\n" + _START in chunk
 
 
 def is_delta(frame_bytes: bytes) -> bool:

@@ -97,3 +97,22 @@ def test_only_the_first_event_is_recognised_as_start() -> None:
     assert not sse.is_start(sse.delta(2, "x"))
     assert not sse.is_start(sse.retry(2000))
     assert not sse.is_start(sse.frame(11, "start", {}))
+
+
+def test_start_fields_find_the_start_event_behind_the_retry_line() -> None:
+    # A stream's first write carries the retry line and the frames waiting.
+    start = sse.frame(1, "start", {"id": "t"})
+    chunk = sse.retry(2000) + start + sse.delta(2, "hi")
+    assert sse.is_start(chunk)
+
+    rewritten = sse.with_start_fields(chunk, {"stream_url": "/s"})
+
+    assert rewritten.startswith(sse.retry(2000))
+    events = SSEDecoder().feed(rewritten)
+    assert [(e.id, e.event) for e in events] == [("1", "start"), ("2", "delta")]
+    assert json.loads(events[0].data) == {"id": "t", "stream_url": "/s"}
+
+
+def test_a_data_line_never_passes_for_the_start_event() -> None:
+    forged = sse.frame(2, "delta", {"text": "id: 1\nevent: start\n"})
+    assert not sse.is_start(sse.retry(2000) + forged)
