@@ -9,7 +9,7 @@
  * are taken only from the parent window on one of them.
  */
 import { config } from './config.js';
-import { ui } from './messages.js';
+import { ui } from './thread.js';
 
 // How long to let the parent page reload before reloading the frame itself.
 const PARENT_RELOAD_WAIT_MS = 3000;

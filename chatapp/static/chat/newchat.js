@@ -1,0 +1,70 @@
+/* New chat, and its Undo: the earlier conversation back, as it was, for a while. */
+import { announce } from './dom.js';
+import { t } from './i18n.js';
+import { thread, ui } from './thread.js';
+import { conversation } from './conversation.js';
+import { activeTurn, cancelQuietly, setActiveTurn } from './turns.js';
+import { composer } from './composer.js';
+import { followUps } from './followups.js';
+
+const UNDO_MS = 10_000; // how long New chat can be undone
+
+/** Forget the conversation (cancelling an answer being written); undoable for a while. */
+export function newChat() {
+  const turn = activeTurn;
+  if (turn) {
+    setActiveTurn(null);
+    turn.ended = true;
+    turn.stream?.close();
+    clearTimeout(turn.cancelTimer);
+    if (turn.ids) cancelQuietly(turn.ids.cancel_url);
+    turn.answer.finish('stopped', t('msg.stopped'), 'stopped');
+    conversation.pending = null;
+    composer.setBusy(false);
+  }
+  const earlier = { nodes: [...ui.log.childNodes], id: conversation.id };
+  composer.editing = null;
+  conversation.forget();
+  followUps.withdraw();
+  thread.clear();
+  ui.input.focus();
+  if (earlier.nodes.length > 0) undo.offer(earlier);
+  announce(t(earlier.nodes.length > 0 ? 'chat.new_started_undo' : 'chat.new_started'));
+}
+/** "Undo" after New chat: the earlier conversation back, as it was. */
+export const undo = {
+  earlier: null,
+  timer: 0,
+
+  init() {
+    ui.undoButton.addEventListener('click', () => this.restore());
+  },
+
+  offer(earlier) {
+    this.earlier = earlier;
+    ui.undo.hidden = false;
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => this.drop(), UNDO_MS);
+  },
+
+  drop() {
+    const hadFocus = ui.undo.contains(document.activeElement);
+    clearTimeout(this.timer);
+    this.earlier = null;
+    ui.undo.hidden = true;
+    if (hadFocus) ui.input.focus({ preventScroll: true });
+  },
+
+  restore() {
+    const { earlier } = this;
+    if (!earlier || activeTurn) return;
+    ui.log.replaceChildren(...earlier.nodes);
+    thread.update();
+    thread.scrollToEnd();
+    if (earlier.id) conversation.set(earlier.id);
+    this.drop();
+    followUps.offer();
+    ui.input.focus({ preventScroll: true });
+    announce(t('chat.restored'));
+  },
+};
