@@ -29,7 +29,7 @@ from chatapp.knowledge.index import telling
 CONNECT_TIMEOUT_SECONDS = 5
 # The rarer terms that choose a search's candidates hold at most this many
 # passages together (the rarest term always counts, whatever it holds).
-RANKED_PASSAGES = 250
+RANKED_PASSAGES = 1000
 # A search that takes longer is abandoned: the turn goes on without sources.
 STATEMENT_TIMEOUT_MS = 5000
 # Any number will do as long as every host uses the same one: it serialises
