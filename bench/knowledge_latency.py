@@ -55,7 +55,11 @@ def fill(index: Index, target: int) -> tuple[int, list[tuple[str, str]]]:
             continue
         total += index.replace(url, found.title, list(found.passages))
         if kind == "text/html":  # questions about the documentation, not the filler
-            topics.extend((p.headings or p.title, url) for p in found.passages[:3])
+            # The passage's own heading, not the page's lead before it.
+            topics.extend(
+                (p.headings.rsplit(" > ", 1)[-1] or p.title, url)
+                for p in found.passages[:3]
+            )
     return total, topics
 
 

@@ -127,3 +127,53 @@ def test_a_text_files_declared_charset_is_honoured() -> None:
     assert doc.title == "Öffnungszeiten: täglich"
     odd = extract(b"plain", url="u", content_type="text/plain; charset=no-such")
     assert odd.passages[0].text == "plain"
+
+
+def man_page(description: str = "") -> str:
+    # The shape of AsciiDoc's man pages (git's among them): the NAME line sits
+    # in the header beside <h1>, outside the content container.
+    words = " ".join(f"filler{i}" for i in range(60))
+    return (
+        "<html><head><title>git-clean(1)</title></head><body class='manpage'>"
+        "<div id='header'><h1>git-clean(1) Manual Page</h1><h2>NAME</h2>"
+        "<div class='sectionbody'><p>git-clean - Remove untracked files from "
+        "the working tree</p></div></div><div id='content'>"
+        f"<div class='sect1'><h2>DESCRIPTION</h2><div class='sectionbody'>"
+        f"<div class='paragraph'><p>Cleans the tree. {description} {words}</p></div>"
+        f"</div></div><div class='sect1'><h2>OPTIONS</h2>"
+        f"<div class='sectionbody'><p>Use -n for a dry run. {words}</p></div></div>"
+        "</div></body></html>"
+    )
+
+
+def test_a_man_pages_name_line_heads_every_passage() -> None:
+    doc = extract(man_page(), url="http://docs.test/git-clean")
+    lead = "git-clean - Remove untracked files from the working tree"
+    assert [p.headings for p in doc.passages] == [
+        f"{lead} > DESCRIPTION",
+        f"{lead} > OPTIONS",
+    ]
+
+
+def test_a_lead_already_in_the_content_is_not_repeated() -> None:
+    page = (
+        "<html><body><article><h1>Returns</h1><p>Send it back within thirty "
+        "days for a full refund of the price you paid.</p><h2>Exchanges</h2>"
+        "<p>Exchanges are free of charge for another size or colour.</p>"
+        "</article></body></html>"
+    )
+    doc = extract(page, url="http://shop.test/returns")
+    assert [p.headings for p in doc.passages] == ["", "Exchanges"]
+
+
+def test_a_code_span_broken_over_lines_does_not_hide_the_next_heading() -> None:
+    # trafilatura writes such a <code> as a fence opened mid-line; the
+    # fence's closing line must not be taken for an opening one.
+    doc = extract(
+        man_page("See <code>git update-index\n--split-index</code> for more."),
+        url="http://docs.test/git-clean",
+    )
+    assert [p.headings.rsplit(" > ", 1)[-1] for p in doc.passages] == [
+        "DESCRIPTION",
+        "OPTIONS",
+    ]

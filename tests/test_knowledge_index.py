@@ -13,6 +13,7 @@ from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import open_index
 from chatapp.knowledge.pg_index import PgIndex
+from chatapp.knowledge.pg_index import narrow
 from chatapp.knowledge.sqlite_index import SqliteIndex
 from tests.conftest import free_port
 
@@ -248,9 +249,10 @@ def test_an_unreachable_index_raises_index_unavailable(
 
 
 def test_words_in_most_passages_cost_nothing_and_still_match_alone(
-    tmp_path: Path,
+    index: Index,
 ) -> None:
-    index = SqliteIndex(tmp_path / "k.db")
+    # Both engines leave such words out (index.telling); Postgres ranks only
+    # the passages holding the rarer words (pg_index.narrow).
     filler = [
         Passage("https://s.test/log", "Log", "", f"common entry number{i}")
         for i in range(1200)
@@ -263,4 +265,11 @@ def test_words_in_most_passages_cost_nothing_and_still_match_alone(
     # A write is seen at once: the counts behind the choice start over.
     add(index, "https://s.test/more", "More", ("", "zebra zebra"))
     assert "https://s.test/more" in urls(index.search("zebra"))
-    index.close()
+    assert urls(index.search("common zebra", limit=1)) == ["https://s.test/more"]
+
+
+def test_postgres_ranks_only_the_passages_of_the_rarer_words() -> None:
+    counts = {"git": 5000, "rebase": 300, "onto": 40, "interactive": 800}
+    assert narrow(list(counts), counts, 10_000) == ["onto", "rebase"]
+    assert narrow(["git"], counts, 10_000) == ["git"]  # the rarest always
+    assert narrow(list(counts), counts, 900) == list(counts)  # small: all

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import trafilatura
 from trafilatura.metadata import extract_title
@@ -23,6 +24,10 @@ MAX_PASSAGES = 200
 TARGET_WORDS = 220
 MAX_WORDS = 320
 
+# The page's lead (the paragraphs beside its <h1>, outside the main content)
+# is kept up to this many words; a longer block is the content itself.
+LEAD_WORDS = 80
+
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 MARKDOWN_TYPES = ("text/markdown", "text/x-markdown")
 TEXT_TYPES = ("text/plain",)
@@ -32,6 +37,7 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _BLANK_LINES = re.compile(r"\n\s*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_WORDS = re.compile(r"\w+")
 
 
 class UnsupportedContent(KnowledgeError):
@@ -68,10 +74,11 @@ def extract(
     if kind in HTML_TYPES:
         # Bytes go to trafilatura as they are: it reads the page's own
         # charset (meta tag, or a guess) where a wrong header would garble it.
-        found_title, markdown = _main_content(content[:MAX_INPUT_CHARS], url)
+        found_title, lead, markdown = _main_content(content[:MAX_INPUT_CHARS], url)
         title = title or found_title
         sections = _sections(markdown)
     else:
+        lead = ""
         markdown = _decode(content, content_type)[:MAX_INPUT_CHARS]
         if kind in MARKDOWN_TYPES:
             sections = _sections(markdown)
@@ -81,7 +88,7 @@ def extract(
             sections = [((), text)] if text else []
     if not title:
         title = _first_heading(sections) or _first_line(markdown) or url
-    passages = split(url, title, sections)
+    passages = split(url, title, sections, lead=lead)
     return Extracted(url=url, title=title, passages=tuple(passages), modified=modified)
 
 
@@ -100,7 +107,7 @@ def _decode(content: str | bytes, content_type: str) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-def _main_content(html: str | bytes, url: str) -> tuple[str, str]:
+def _main_content(html: str | bytes, url: str) -> tuple[str, str, str]:
     # trafilatura drops navigation, headers, footers, cookie banners, scripts
     # and comments, and keeps headings as Markdown so the split below can
     # follow them. Without recall bias, short product pages come back empty.
@@ -108,8 +115,9 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str]:
     # `fast` skips the fallback extractors: together about 2x the pages/s.
     tree = load_html(html)
     if tree is None:
-        return "", ""
+        return "", "", ""
     title = extract_title(tree) or ""
+    paragraphs = _lead(tree)  # before trafilatura, which may prune the tree
     document = trafilatura.bare_extraction(
         tree,
         url=url or None,
@@ -124,10 +132,34 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str]:
         deduplicate=False,
         output_format="python",
     )
-    if not isinstance(document, Document):
-        return title.strip(), ""
+    markdown = document.text or "" if isinstance(document, Document) else ""
     # With output_format="python", .text is the body as Markdown already.
-    return title.strip(), document.text or ""
+    lead = " ".join(p for p in paragraphs if not _contains(markdown, p))
+    return title.strip(), lead, markdown
+
+
+def _lead(tree: Any) -> list[str]:
+    """The paragraphs in the block of the page's first <h1>, when short.
+
+    trafilatura keeps the main content container and drops the page header
+    around it; on AsciiDoc's man pages (git's, and many projects') that
+    header holds the NAME line, the one sentence that says what the page is
+    for ("git-clean - Remove untracked files from the working tree").
+    """
+    heads = tree.xpath("//body//h1")
+    block = heads[0].getparent() if heads else None
+    if block is None or block.tag == "body":
+        return []
+    texts = (" ".join(p.text_content().split()) for p in block.iter("p"))
+    paragraphs = [text for text in texts if text]
+    words = sum(len(text.split()) for text in paragraphs)
+    return paragraphs if words <= LEAD_WORDS else []
+
+
+def _contains(markdown: str, text: str) -> bool:
+    """Tell whether `text`'s words appear in a row in `markdown`."""
+    needle = " ".join(_WORDS.findall(text.lower()))
+    return f" {needle} " in f" {' '.join(_WORDS.findall(markdown.lower()))} "
 
 
 def _sections(markdown: str) -> list[tuple[tuple[str, ...], str]]:
@@ -144,7 +176,9 @@ def _sections(markdown: str) -> list[tuple[tuple[str, ...], str]]:
         body.clear()
 
     for line in markdown.splitlines():
-        if _FENCE.match(line):
+        # trafilatura writes a <code> that spans lines as a fence opened at
+        # the end of a line of text: every unpaired ``` on a line toggles.
+        if _FENCE.match(line) or line.lstrip()[:3] != "```" and line.count("```") % 2:
             fenced = not fenced
         match = None if fenced else _HEADING.match(line)
         if match is None:
@@ -183,15 +217,28 @@ def _first_line(text: str) -> str:
 
 
 def split(
-    url: str, title: str, sections: list[tuple[tuple[str, ...], str]]
+    url: str,
+    title: str,
+    sections: list[tuple[tuple[str, ...], str]],
+    *,
+    lead: str = "",
 ) -> list[Passage]:
-    """Split sections into passages of a few hundred words, headings kept."""
+    """Split sections into passages of a few hundred words, headings kept.
+
+    A `lead` (the page's one-line summary, when the main content lacks it)
+    starts every heading path, so that each passage carries what its page
+    is about: git-clean's "--dry-run" option is found as part of the page
+    that removes untracked files. A page with no other text keeps the lead
+    as its one passage.
+    """
+    if lead and not sections:
+        sections = [((), lead)]
     passages: list[Passage] = []
     for headings, body in sections:
         # The page's own title as first heading adds nothing to the path.
         if headings and headings[0].casefold() == title.casefold():
             headings = headings[1:]
-        path = " > ".join(headings)
+        path = " > ".join((lead, *headings) if lead else headings)
         for chunk in _chunks(body):
             passages.append(Passage(url=url, title=title, headings=path, text=chunk))
             if len(passages) >= MAX_PASSAGES:

@@ -16,6 +16,7 @@ from chatapp.knowledge.embed import VectorCache
 from chatapp.knowledge.embed import embed_passages
 from chatapp.knowledge.embed import hybrid_search
 from chatapp.knowledge.index import CANDIDATES
+from chatapp.knowledge.index import SMALL_INDEX
 from chatapp.knowledge.index import WEIGHTS
 from chatapp.knowledge.index import DocumentInfo
 from chatapp.knowledge.index import IndexStats
@@ -23,8 +24,12 @@ from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import query_terms
 from chatapp.knowledge.index import rank
+from chatapp.knowledge.index import telling
 
 CONNECT_TIMEOUT_SECONDS = 5
+# The rarer terms that choose a search's candidates hold at most this many
+# passages together (the rarest term always counts, whatever it holds).
+RANKED_PASSAGES = 1000
 # A search that takes longer is abandoned: the turn goes on without sources.
 STATEMENT_TIMEOUT_MS = 5000
 # Any number will do as long as every host uses the same one: it serialises
@@ -70,21 +75,51 @@ CREATE INDEX IF NOT EXISTS knowledge_passages_tsv
 CREATE INDEX IF NOT EXISTS knowledge_passages_url ON knowledge_passages (url);
 """
 
+# The candidates are the passages holding one of the question's rarer terms
+# (`narrow`), and only they are ranked, by every telling term (`query`):
+# ts_rank reads each candidate's whole tsvector (TOASTed, about 5 buffers a
+# passage), which over every passage holding "git" cost 250 ms a search.
+# Ranked on ids alone, joined to the text only for the candidates kept.
 SEARCH = f"""
-SELECT url, title, headings, body,
-       ts_rank(%(weights)s::float4[], tsv, query, %(norm)s) AS score
-FROM knowledge_passages, to_tsquery('english'::regconfig, %(query)s) AS query
-WHERE tsv @@ query
-ORDER BY score DESC
-LIMIT {CANDIDATES}
+SELECT p.url, p.title, p.headings, p.body, c.score
+FROM (
+    SELECT id, ts_rank(
+        %(weights)s::float4[], tsv,
+        to_tsquery('english'::regconfig, %(query)s), %(norm)s
+    ) AS score
+    FROM knowledge_passages
+    WHERE tsv @@ to_tsquery('english'::regconfig, %(narrow)s)
+    ORDER BY score DESC
+    LIMIT {CANDIDATES}
+) AS c JOIN knowledge_passages AS p ON p.id = c.id
 """
-# The visitor's page may rank below the candidates and still deserve a place.
-SEARCH_PAGE = f"""
-SELECT url, title, headings, body,
-       ts_rank(%(weights)s::float4[], tsv, query, %(norm)s) AS score
-FROM knowledge_passages, to_tsquery('english'::regconfig, %(query)s) AS query
-WHERE tsv @@ query AND url = %(prefer)s
-LIMIT {CANDIDATES}
+# The visitor's page may rank below the candidates and still deserve a place:
+# its passages are ranked too, in the same statement (no page: no rows).
+SEARCH_WITH_PAGE = f"""
+({SEARCH})
+UNION ALL
+(
+    SELECT url, title, headings, body,
+           ts_rank(%(weights)s::float4[], tsv, query, %(norm)s) AS score
+    FROM knowledge_passages, to_tsquery('english'::regconfig, %(query)s) AS query
+    WHERE url = %(prefer)s AND tsv @@ query
+    LIMIT {CANDIDATES}
+)
+"""
+# What changes when any document is stored or dropped (the documents table
+# has one row per page), then how many passages hold each term not yet
+# counted, through the GIN index: one round trip. A term that is a stop word
+# for 'english' makes an empty query and counts 0 (not present).
+COUNTS = """
+SELECT NULL, count(*), coalesce(sum(passages), 0),
+       coalesce(max(indexed), 0)::float8
+FROM knowledge_documents
+UNION ALL
+SELECT term, (
+    SELECT count(*) FROM knowledge_passages
+    WHERE tsv @@ to_tsquery('english'::regconfig, term)
+), 0, 0
+FROM unnest(%s::text[]) AS term
 """
 
 
@@ -95,6 +130,11 @@ class PgIndex:
         self.url = url
         self.embedder = embedder
         self._vectors = VectorCache()
+        # Passages holding each query term, for _telling, until the documents
+        # change; `_total` counts all passages.
+        self._counts: dict[str, int] = {}
+        self._counts_version: tuple[Any, ...] = ()
+        self._total = 0
         self._lock = threading.Lock()
         self._conn: psycopg.Connection[Any] | None = None
         self._pid = 0
@@ -206,20 +246,20 @@ class PgIndex:
         self, query: str, *, limit: int = 8, prefer_url: str | None = None
     ) -> list[Passage]:
         """Return the best passages for `query`, best first."""
-        # Terms are runs of word characters, so none can be tsquery syntax.
-        terms = " | ".join(query_terms(query))
+        terms = query_terms(query)
         if not terms or limit <= 0:
             return []
-        params = {
-            "weights": RANK_WEIGHTS,
-            "norm": RANK_NORMALISATION,
-            "prefer": prefer_url or "",
-            "query": terms,
-        }
         with self._db() as db:
-            rows = db.execute(SEARCH, params).fetchall()
-            if prefer_url:
-                rows += db.execute(SEARCH_PAGE, params).fetchall()
+            # Terms are runs of word characters, so none can be tsquery syntax.
+            terms = self._telling(db, terms)
+            params = {
+                "weights": RANK_WEIGHTS,
+                "norm": RANK_NORMALISATION,
+                "prefer": prefer_url or "",
+                "query": " | ".join(terms),
+                "narrow": " | ".join(narrow(terms, self._counts, self._total)),
+            }
+            rows = db.execute(SEARCH_WITH_PAGE, params).fetchall()
         hits = {
             (u, b): Passage(url=u, title=t, headings=h, text=b, score=float(s))
             for u, t, h, b, s in rows
@@ -246,6 +286,21 @@ class PgIndex:
             limit=limit,
             prefer_url=prefer_url,
         )
+
+    def _telling(self, db: psycopg.Connection[Any], terms: list[str]) -> list[str]:
+        """The terms worth matching (index.telling), counted once per change."""
+        missing = [t for t in terms if t not in self._counts]
+        rows = db.execute(COUNTS, (missing,)).fetchall()
+        version = tuple(rows[0][1:])
+        if version != self._counts_version:
+            # Counted before a change: count every term again.
+            self._counts.clear()
+            self._counts_version = version
+            self._total = int(version[1])
+            if len(missing) < len(terms):
+                rows = db.execute(COUNTS, (terms,)).fetchall()
+        self._counts.update((str(t), int(n)) for t, n, _, _ in rows[1:])
+        return telling(terms, self._counts, self._total)
 
     def _all_vectors(self) -> list[tuple[int, bytes]]:
         with self._db() as db:
@@ -285,6 +340,25 @@ class PgIndex:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def narrow(terms: list[str], counts: dict[str, int], total: int) -> list[str]:
+    """The rarest terms whose passages add up to RANKED_PASSAGES (one at least).
+
+    A passage holding none of them holds only common words of the question,
+    which BM25 and ts_rank score low: it would not be among the candidates.
+    Below SMALL_INDEX passages every term chooses, as on SQLite.
+    """
+    if total < SMALL_INDEX:
+        return terms
+    chosen: list[str] = []
+    held = 0
+    for term in sorted(terms, key=lambda t: counts.get(t, 0)):
+        held += counts.get(term, 0)
+        if chosen and held > RANKED_PASSAGES:
+            break
+        chosen.append(term)
+    return chosen
 
 
 def _clean(text: str) -> str:

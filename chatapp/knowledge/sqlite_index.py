@@ -22,12 +22,10 @@ from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import query_terms
 from chatapp.knowledge.index import rank
+from chatapp.knowledge.index import telling
 
 # Readers never wait in WAL mode; a writer waits this long for another one.
 BUSY_TIMEOUT_MS = 5000
-
-# Below this many passages every search is cheap: no term is dropped.
-SMALL_INDEX = 1000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -265,13 +263,7 @@ class SqliteIndex:
         )
 
     def _telling(self, db: sqlite3.Connection, terms: list[str]) -> list[str]:
-        """Drop the terms in more than half the passages (keep one at least).
-
-        bm25() gives such a term an IDF of almost nothing (FTS5 floors the
-        negative value at 1e-6), so it cannot change the order; but every
-        passage holding it must be scored, which made half the cost of a
-        search at 10,000 passages. Counts are cached until the index changes.
-        """
+        """The terms worth matching (index.telling), counted once per change."""
         version = (db.execute("PRAGMA data_version").fetchone()[0], self._writes)
         if version != self._counts_version:
             self._counts.clear()
@@ -283,12 +275,7 @@ class SqliteIndex:
                     "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH ?",
                     (f'"{term}"',),
                 ).fetchone()[0]
-        present = [t for t in terms if self._counts[t] > 0]
-        telling = [t for t in present if self._counts[t] * 2 <= self._total]
-        if self._total < SMALL_INDEX or not present:
-            return terms
-        # Nothing but common words matched: the rarest of them still ranks.
-        return telling or [min(present, key=lambda t: self._counts[t])]
+        return telling(terms, self._counts, self._total)
 
     def _all_vectors(self) -> list[tuple[int, bytes]]:
         with self._db() as db:
