@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import zlib
 from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field
@@ -23,8 +29,10 @@ import urllib3.exceptions
 from lxml import etree
 
 from chatapp.knowledge.extract import CONTENT_TYPES
+from chatapp.knowledge.extract import Extracted
 from chatapp.knowledge.extract import extract
 from chatapp.knowledge.extract import media_type
+from chatapp.knowledge.index import DocumentInfo
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import KnowledgeError
 
@@ -39,6 +47,9 @@ MAX_REDIRECTS = 5
 MAX_SITEMAPS = 100
 MAX_PAGES = 20_000
 CHUNK_BYTES = 64 * 1024
+# Pages fetched and extracted at once: while one page is parsed, the next
+# ones download. Each holds at most MAX_BYTES, so memory stays bounded.
+FETCHERS = 4
 XML_TYPES = ("application/xml", "text/xml")
 # Which documents the crawler owns: only those it may drop when they leave
 # the sitemap. Pushed and added documents are never touched by a crawl.
@@ -102,6 +113,15 @@ class Fetched:
 
 
 @dataclass(frozen=True, slots=True)
+class Ready:
+    """A page fetched and extracted, waiting to be written to the index."""
+
+    url: str
+    document: Extracted
+    fetched: Fetched
+
+
+@dataclass(frozen=True, slots=True)
 class Listed:
     """A page a source names, with the sitemap's lastmod when it gave one."""
 
@@ -147,6 +167,7 @@ class Crawler:
         max_bytes: int = MAX_BYTES,
         max_pages: int = MAX_PAGES,
         owner: str = CRAWL_OWNER,
+        fetchers: int = FETCHERS,
     ) -> None:
         self.index = index
         self.sources = [urldefrag(s.strip())[0] for s in sources if s.strip()]
@@ -162,6 +183,8 @@ class Crawler:
         self.max_bytes = max_bytes
         self.max_pages = max_pages
         self.owner = owner
+        self.fetchers = max(1, fetchers)
+        self._bytes_lock = threading.Lock()
         self.robots: dict[str, RobotFileParser | None] = {}
         self.report = CrawlReport()
         self.complete = True  # every source read: pages absent from it may go
@@ -170,8 +193,8 @@ class Crawler:
         """Fetch every source's pages, index what changed, drop what left."""
         started = time.monotonic()
         pages = self.listed()
-        for page in pages.values():
-            self._record(self.page(page))
+        for result in self.pages(pages.values()):
+            self._record(result)
         if self.complete:
             for info in self.index.documents():
                 gone = info.url not in pages and origin(info.url) in self.hosts
@@ -275,9 +298,34 @@ class Crawler:
 
     # -- pages ---------------------------------------------------------------
 
+    def pages(self, listed: Iterable[Listed]) -> Iterator[PageResult]:
+        """Fetch and extract up to `fetchers` pages at once; index them in turn.
+
+        Only this thread touches the index; the others fetch and parse.
+        """
+        todo = iter(listed)
+        running: set[Future[PageResult | Ready]] = set()
+        known: dict[Future[PageResult | Ready], DocumentInfo | None] = {}
+        with ThreadPoolExecutor(self.fetchers, "crawl") as pool:
+            while True:
+                while len(running) < self.fetchers and (page := next(todo, None)):
+                    info = self.index.document(page.url)
+                    future = pool.submit(self.prepare, page, info)
+                    running.add(future)
+                    known[future] = info
+                if not running:
+                    return
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield self.store(future.result(), known.pop(future))
+
     def page(self, page: Listed) -> PageResult:
         """Fetch one page if it may have changed, and index it."""
         known = self.index.document(page.url)
+        return self.store(self.prepare(page, known), known)
+
+    def prepare(self, page: Listed, known: DocumentInfo | None) -> PageResult | Ready:
+        """Fetch and extract one page; a PageResult when there is nothing to add."""
         if (
             known is not None
             and page.lastmod is not None
@@ -295,33 +343,40 @@ class Crawler:
             return PageResult(page.url, exc.outcome, detail=str(exc))
         if fetched.status == 304 and known is not None:
             return PageResult(page.url, UNCHANGED, known.passages, "304")
-        if fetched.status in (404, 410):
-            if known is not None:
-                self.index.remove(page.url)
-                return PageResult(page.url, REMOVED, detail=f"HTTP {fetched.status}")
-            return PageResult(page.url, FAILED, detail=f"HTTP {fetched.status}")
+        if fetched.status in (404, 410) and known is not None:
+            return PageResult(page.url, REMOVED, detail=f"HTTP {fetched.status}")
         if fetched.status != 200:
             return PageResult(page.url, FAILED, detail=f"HTTP {fetched.status}")
         if media_type(fetched.content_type) not in CONTENT_TYPES:
             return PageResult(page.url, UNSUPPORTED, detail=fetched.content_type)
-        modified = page.lastmod or _http_date(fetched.last_modified)
         document = self.run(
             extract,
             fetched.body,
             url=page.url,
             content_type=fetched.content_type,
-            modified=modified,
+            modified=page.lastmod or _http_date(fetched.last_modified),
         )
+        return Ready(page.url, document, fetched)
+
+    def store(
+        self, prepared: PageResult | Ready, known: DocumentInfo | None
+    ) -> PageResult:
+        """Write what `prepare` made of a page to the index."""
+        if isinstance(prepared, PageResult):
+            if prepared.outcome == REMOVED and known is not None:
+                self.index.remove(prepared.url)
+            return prepared
+        document, fetched = prepared.document, prepared.fetched
         count = self.index.replace(
-            page.url,
+            prepared.url,
             document.title,
             list(document.passages),
-            modified=modified,
+            modified=document.modified,
             etag=fetched.etag,
             last_modified=fetched.last_modified,
             owner=self.owner,
         )
-        return PageResult(page.url, INDEXED, count)
+        return PageResult(prepared.url, INDEXED, count)
 
     def fetch(
         self,
@@ -357,7 +412,8 @@ class Crawler:
                     url = target
                     continue
                 body = self._read(response, url, ends)
-                self.report.bytes += len(body)
+                with self._bytes_lock:
+                    self.report.bytes += len(body)
                 return Fetched(
                     url=url,
                     status=response.status_code,
