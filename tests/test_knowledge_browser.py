@@ -114,6 +114,34 @@ def test_citations_become_links_and_the_sources_follow_the_answer(
     assert chat.watch.console_errors == [] and chat.watch.page_errors == []
 
 
+def test_a_reload_shows_the_answers_citations_and_sources_again(
+    context: BrowserContext, service: Service
+) -> None:
+    chat = ChatPage(context.new_page(), service.url).open("/")
+    answer = "Refunds take five working days [1]; parcels leave on Mondays [2]."
+    chat.send(Behaviour(text=answer, delay_ms=2).as_directive())
+    chat.wait_answer_finished()
+    expect(chat.answers.last.locator("a.cite")).to_have_count(2)
+
+    chat.reload()
+    expect(chat.answers).to_have_count(1)
+    restored = chat.answers.last
+    expect(restored.locator(".msg__body")).to_contain_text("five working days")
+    cites = restored.locator(".msg__body a.cite")
+    expect(cites).to_have_count(2)
+    expect(cites.nth(0)).to_have_attribute("href", RETURNS)
+    expect(cites.nth(1)).to_have_attribute("href", SHIPPING)
+    expect(cites.nth(0)).to_have_attribute("rel", "noopener noreferrer")
+    listed = restored.locator("[data-chatapp-sources]")
+    expect(listed.get_by_role("heading", name="Sources")).to_be_visible()
+    items = listed.locator("li a")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_have_text("Returns <b>policy</b> (opens in a new tab)")
+    expect(items.nth(1)).to_have_attribute("href", SHIPPING)
+    assert axe_violations(chat.page) == []
+    assert chat.watch.console_errors == [] and chat.watch.page_errors == []
+
+
 def test_an_answer_without_knowledge_has_no_sources(
     context: BrowserContext, openai_service: Any
 ) -> None:

@@ -132,6 +132,8 @@ def conversation_messages(
         message = {"role": m.role, "content": m.content, "created_at": m.created_at}
         if m.role == "assistant" and m.turn:
             message["turn_id"] = m.turn  # lets the page rate a restored answer
+        if m.role == "assistant" and m.sources:
+            message["sources"] = list(m.sources)  # and show what it cited
         out.append(message)
     return out
 

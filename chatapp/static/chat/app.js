@@ -702,7 +702,11 @@ async function restoreConversation() {
     for (const message of history.messages ?? []) {
       if (message.role === 'user') nodes.push(userMessage(message.content));
       else if (message.role === 'assistant') {
-        const answer = new AssistantMessage({ text: message.content, finished: true });
+        const answer = new AssistantMessage({
+          text: message.content,
+          finished: true,
+          sources: readSources(message.sources),
+        });
         if (typeof message.turn_id === 'string') feedback.attach(answer, message.turn_id);
         nodes.push(answer.node);
       }
