@@ -192,6 +192,67 @@ def test_the_widget_sends_its_host_page_as_page_url(
         site.close()
 
 
+def test_the_widget_reads_its_host_page_again_at_each_message(
+    context: BrowserContext,
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+    tmp_path: Path,
+) -> None:
+    site = LocalSite()
+    try:
+        chat = service_factory(
+            **knowledge_settings(
+                fake_provider, tmp_path, CHATAPP_EMBED_ORIGINS=site.origin
+            )
+        )
+        owner = Owner(chat.url)
+        owner.put(f"{site.origin}/jackets", "The Alpha jacket costs 120.")
+        owner.put(f"{site.origin}/coats", "The Beta coat costs 150.")
+        host = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<title>Shop</title><script src="{chat.url}/widget.js" defer>'
+            "</script></head><body><main><h1>Shop</h1></main></body></html>"
+        )
+        site.files["/jackets"] = (host.encode(), "text/html; charset=utf-8")
+        page = context.new_page()
+        posted: list[dict[str, Any]] = []
+        page.on(
+            "request",
+            lambda r: (
+                posted.append(json.loads(r.post_data or "{}"))
+                if r.url.endswith("/api/chat") and r.method == "POST"
+                else None
+            ),
+        )
+        page.goto(f"{site.origin}/jackets")
+        page.locator("chatapp-widget button[data-chatapp-launcher]").click()
+        frame = page.frame_locator("chatapp-widget iframe")
+        textarea = frame.locator("form[data-chatapp-form] textarea")
+        answers = frame.locator("[data-role='assistant'][data-state='done']")
+        textarea.fill("How much is the Alpha jacket?")
+        textarea.press("Enter")
+        expect(answers).to_have_count(1)
+        assert posted[-1]["page_url"] == f"{site.origin}/jackets"
+
+        # The single-page app moves on; the widget's frame stays as it was.
+        page.evaluate("() => history.pushState({}, '', '/coats#reviews')")
+        textarea.fill("And how much is the Beta coat?")
+        textarea.press("Enter")
+        expect(answers).to_have_count(2)
+        assert posted[-1]["page_url"] == f"{site.origin}/coats"
+        chat_calls = [
+            r for r in fake_provider.requests if r.path.endswith("/completions")
+        ]
+        assert chat_calls[-1].body is not None
+        system = str(chat_calls[-1].body["messages"][0]["content"])
+        # The new page is the one the model is told the visitor reads.
+        current = system.index('page="current"')
+        assert "Beta coat" in system[current : current + 400]
+        assert axe_violations(page) == []
+    finally:
+        site.close()
+
+
 def test_a_source_that_is_no_web_page_is_named_never_linked(
     context: BrowserContext,
     service_factory: ServiceFactory,

@@ -6,7 +6,7 @@
 import { config } from './config.js';
 import { announce, codePoints, h, icon } from './dom.js';
 import { formatDuration, formatShortWait, t } from './i18n.js';
-import { initEmbed, reloadChat, tellAnswer } from './embed.js';
+import { hostPage, initEmbed, reloadChat, tellAnswer } from './embed.js';
 import { AssistantMessage, Notice, thread, ui, userMessage } from './messages.js';
 import { ApiError, Session, TurnStream, callApi, newKey } from './transport.js';
 import { botCheck } from './altcha.js';
@@ -182,13 +182,15 @@ async function startTurn(text, { userNode = null, key = newKey(), replaceLast = 
 
   let accepted;
   let altcha = await botCheck.solution(); // ready by now unless typed in a flash
+  // A single-page host may have moved on since the frame loaded: ask now.
+  const pageUrl = await hostPage();
   const post = () => session.authorised((token) => callApi(`${config.api}/chat`, {
     method: 'POST',
     headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
     onResponse: (response) => { if (response.status === 201) showAllowance(response.headers); },
     json: withPageUrl(turn.conversationId
       ? { message: text, token, conversation_id: turn.conversationId, ...(turn.replaceLast ? { replace_last: true } : {}) }
-      : { message: text, token }),
+      : { message: text, token }, pageUrl),
   }));
   try {
     try {
