@@ -170,89 +170,139 @@ def start_turn(
     `describe(turn_id, conversation_id)` builds the response body, so that a
     retry with the same key gets the very same body back. The caller has
     checked that `identity` owns `conversation_id`. `admitted` says which
-    model the turn asks (the spend governor's soft ceiling picks
-    CHATAPP_FALLBACK_MODEL) and whether the site's ceiling refuses it;
-    `fallback` asks the fallback model only. Without a fallback model
-    configured, both ask the primary.
-    With `replace_last` the conversation's last exchange is dropped first
-    (its running turn ended), so the model never sees the answer being
-    replaced.
+    model the turn asks (past the soft ceiling, CHATAPP_FALLBACK_MODEL) and
+    whether the site's ceiling refuses it; `fallback` asks the fallback
+    model only (without one configured, both ask the primary). With
+    `replace_last` the last exchange is dropped first (its running turn
+    ended), so the model never sees the answer being replaced.
     """
     history = relay.history
-    model = (admitted.model if admitted else "") or config["MODEL"]
-    fallback_model = config["FALLBACK_MODEL"]
-    on_fallback = bool(fallback_model) and (
-        fallback or (model == fallback_model and model != config["MODEL"])
-    )
-    if on_fallback:
-        model = fallback_model
+    model, route = _model(config, admitted, fallback)
+    turn_id, prepared = new_id(), None
     refusal = admitted.refusal if admitted else None
-    if refusal is not None and (
-        conversation_id is not None or not _cached(history, config, message, model)
-    ):
-        raise refusal
-    turn_id = new_id()
+    if refusal is not None:
+        # Only a cached first answer serves: keyed as cached, sources and all.
+        if conversation_id is not None:
+            raise refusal
+        prepared = _prepare(
+            config, model, route, message, [], knowledge, page_url, turn_id
+        )
+        key = _cache_key(config, None, message, prepared[0])
+        if key is None or history.cached_answer(key) is None:
+            raise refusal
     cid = conversation_id or new_id()
     body = describe(turn_id, cid)
-    if idempotency_key:
-        ttl = config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"]
-        earlier = history.claim_idempotency(
-            idempotency_scope(identity, idempotency_key), json.dumps(body), ttl
-        )
-        if earlier is not None:
-            return json.loads(earlier), False
+    earlier = _claim(history, config, identity, idempotency_key, body)
+    if earlier is not None:
+        return earlier, False
+    question = StoredMessage("user", message, time.time(), turn_id)
+    earlier_messages = _ask(
+        relay, identity, cid, conversation_id, question, replace_last
+    )
+    request, sources = prepared or _prepare(
+        config, model, route, message, earlier_messages, knowledge, page_url, turn_id
+    )
+    info = TurnInfo(turn_id, identity.owner, cid, question.created_at)
+    key = _cache_key(config, conversation_id, message, request)
+    cached = history.cached_answer(key) if key is not None else None
+    if cached is not None:
+        relay.replay(info, cached, model, sources=sources)
+    else:
+        relay.start(info, request, cache_key=key, sources=sources)
+    return body, True
+
+
+def _claim(
+    history: History,
+    config: dict[str, Any],
+    identity: Identity,
+    idempotency_key: str | None,
+    body: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Claim the idempotency key for `body`; the earlier body if it was taken."""
+    if not idempotency_key:
+        return None
+    ttl = config["STREAM_TTL"] + config["UPSTREAM_TOTAL_TIMEOUT"]
+    earlier = history.claim_idempotency(
+        idempotency_scope(identity, idempotency_key), json.dumps(body), ttl
+    )
+    return json.loads(earlier) if earlier is not None else None
+
+
+def _ask(
+    relay: Relay,
+    identity: Identity,
+    cid: str,
+    conversation_id: str | None,
+    question: StoredMessage,
+    replace_last: bool,
+) -> list[StoredMessage]:
+    """Store the question in its conversation; return the messages before it."""
+    history = relay.history
     if replace_last and conversation_id:
         settle(relay, conversation_id)
         history.drop_last_exchange(conversation_id)
-    earlier_messages = history.messages(cid) if conversation_id else []
-    now = time.time()
+    earlier = history.messages(cid) if conversation_id else []
     if conversation_id is None:
-        history.create(
-            cid, identity.owner, StoredMessage("user", message, now, turn_id)
-        )
+        history.create(cid, identity.owner, question)
     else:
-        history.append(cid, StoredMessage("user", message, now, turn_id))
+        history.append(cid, question)
+    history.remember_turn(cid, identity.owner, question.turn)
+    return earlier
+
+
+def _model(
+    config: dict[str, Any], admitted: Admitted | None, fallback: bool
+) -> tuple[str, str]:
+    """The model a turn asks, and its route: "primary" or "fallback"."""
+    model = (admitted.model if admitted else "") or config["MODEL"]
+    fallback_model = config["FALLBACK_MODEL"]
+    if fallback_model and (
+        fallback or (model == fallback_model and model != config["MODEL"])
+    ):
+        return fallback_model, "fallback"
+    return model, "primary"
+
+
+def _prepare(
+    config: dict[str, Any],
+    model: str,
+    route: str,
+    message: str,
+    earlier: list[StoredMessage],
+    knowledge: Knowledge | None,
+    page_url: str | None,
+    turn_id: str,
+) -> tuple[ChatRequest, list[dict[str, Any]] | None]:
+    """The request as the model will see it, and the sources it may cite."""
     request = ChatRequest(
         model=model,
         system=config["SYSTEM_PROMPT"],
         messages=(
-            *context(earlier_messages, config["HISTORY_MAX_CHARS"]),
+            *context(earlier, config["HISTORY_MAX_CHARS"]),
             Message("user", message),
         ),
         max_output_tokens=config["MAX_OUTPUT_TOKENS"],
         temperature=config["TEMPERATURE"],
         reasoning_effort=config["REASONING_EFFORT"] or None,
-        route="fallback" if on_fallback else "primary",
+        route=route,
     )
-    history.remember_turn(cid, identity.owner, turn_id)
-    sources = None
-    if knowledge is not None:
-        # Before the cache lookup: the key then covers the sources' text.
-        request, found = knowledge.consult(
-            request, page_url=page_url, earlier=earlier_messages, turn_id=turn_id
-        )
-        sources = [source.as_json() for source in found.sources]
-    info = TurnInfo(turn_id, identity.owner, cid, now)
-    key = None
+    if knowledge is None:
+        return request, None
+    # Before the cache lookup: the key then covers the sources' text.
+    request, found = knowledge.consult(
+        request, page_url=page_url, earlier=earlier, turn_id=turn_id
+    )
+    return request, [source.as_json() for source in found.sources]
+
+
+def _cache_key(
+    config: dict[str, Any],
+    conversation_id: str | None,
+    message: str,
+    request: ChatRequest,
+) -> str | None:
+    """The answer cache's key for a new conversation's first turn, else None."""
     if config["CACHE_TTL"] and conversation_id is None and cacheable(message):
-        key = cache_key(request, config["PROVIDER"])
-        cached = history.cached_answer(key)
-        if cached is not None:
-            relay.replay(info, cached, model, sources=sources)
-            return body, True
-    relay.start(info, request, cache_key=key, sources=sources)
-    return body, True
-
-
-def _cached(history: History, config: dict[str, Any], message: str, model: str) -> bool:
-    """Whether a new conversation's first message has a cached answer."""
-    if not config["CACHE_TTL"]:
-        return False
-    request = ChatRequest(
-        model=model,
-        system=config["SYSTEM_PROMPT"],
-        messages=(Message("user", message),),
-        max_output_tokens=config["MAX_OUTPUT_TOKENS"],
-        temperature=config["TEMPERATURE"],
-    )
-    return history.cached_answer(cache_key(request, config["PROVIDER"])) is not None
+        return cache_key(request, config["PROVIDER"])
+    return None
