@@ -229,16 +229,19 @@ def test_the_widget_reads_its_host_page_again_at_each_message(
         frame = page.frame_locator("chatapp-widget iframe")
         textarea = frame.locator("form[data-chatapp-form] textarea")
         answers = frame.locator("[data-role='assistant'][data-state='done']")
+        # Wired up, and set up by the widget (which says it names its page).
+        frame.locator("form[data-chatapp-form][data-ready]").wait_for()
+        expect(textarea).to_be_focused()
         textarea.fill("How much is the Alpha jacket?")
         textarea.press("Enter")
-        expect(answers).to_have_count(1)
+        expect(answers).to_have_count(1, timeout=20_000)
         assert posted[-1]["page_url"] == f"{site.origin}/jackets"
 
         # The single-page app moves on; the widget's frame stays as it was.
         page.evaluate("() => history.pushState({}, '', '/coats#reviews')")
         textarea.fill("And how much is the Beta coat?")
         textarea.press("Enter")
-        expect(answers).to_have_count(2)
+        expect(answers).to_have_count(2, timeout=20_000)
         assert posted[-1]["page_url"] == f"{site.origin}/coats"
         chat_calls = [
             r for r in fake_provider.requests if r.path.endswith("/completions")
