@@ -47,8 +47,10 @@ MAX_REDIRECTS = 5
 MAX_SITEMAPS = 100
 MAX_PAGES = 20_000
 CHUNK_BYTES = 64 * 1024
-# Pages fetched and extracted at once: while one page is parsed, the next
-# ones download. Each holds at most MAX_BYTES, so memory stays bounded.
+# Pages fetched at once: while one page is parsed, the next ones download.
+# Each holds at most MAX_BYTES, so memory stays bounded. Pages are parsed
+# one at a time: the GIL would serialise them anyway, and parse trees
+# built in several threads at once grow the heap (an arena per thread).
 FETCHERS = 4
 XML_TYPES = ("application/xml", "text/xml")
 # Which documents the crawler owns: only those it may drop when they leave
@@ -185,6 +187,7 @@ class Crawler:
         self.owner = owner
         self.fetchers = max(1, fetchers)
         self._bytes_lock = threading.Lock()
+        self._parsing = threading.Lock()
         self.robots: dict[str, RobotFileParser | None] = {}
         self.report = CrawlReport()
         self.complete = True  # every source read: pages absent from it may go
@@ -349,13 +352,14 @@ class Crawler:
             return PageResult(page.url, FAILED, detail=f"HTTP {fetched.status}")
         if media_type(fetched.content_type) not in CONTENT_TYPES:
             return PageResult(page.url, UNSUPPORTED, detail=fetched.content_type)
-        document = self.run(
-            extract,
-            fetched.body,
-            url=page.url,
-            content_type=fetched.content_type,
-            modified=page.lastmod or _http_date(fetched.last_modified),
-        )
+        with self._parsing:
+            document = self.run(
+                extract,
+                fetched.body,
+                url=page.url,
+                content_type=fetched.content_type,
+                modified=page.lastmod or _http_date(fetched.last_modified),
+            )
         return Ready(page.url, document, fetched)
 
     def store(
