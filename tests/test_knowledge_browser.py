@@ -114,6 +114,34 @@ def test_citations_become_links_and_the_sources_follow_the_answer(
     assert chat.watch.console_errors == [] and chat.watch.page_errors == []
 
 
+def test_a_reload_shows_the_answers_citations_and_sources_again(
+    context: BrowserContext, service: Service
+) -> None:
+    chat = ChatPage(context.new_page(), service.url).open("/")
+    answer = "Refunds take five working days [1]; parcels leave on Mondays [2]."
+    chat.send(Behaviour(text=answer, delay_ms=2).as_directive())
+    chat.wait_answer_finished()
+    expect(chat.answers.last.locator("a.cite")).to_have_count(2)
+
+    chat.reload()
+    expect(chat.answers).to_have_count(1)
+    restored = chat.answers.last
+    expect(restored.locator(".msg__body")).to_contain_text("five working days")
+    cites = restored.locator(".msg__body a.cite")
+    expect(cites).to_have_count(2)
+    expect(cites.nth(0)).to_have_attribute("href", RETURNS)
+    expect(cites.nth(1)).to_have_attribute("href", SHIPPING)
+    expect(cites.nth(0)).to_have_attribute("rel", "noopener noreferrer")
+    listed = restored.locator("[data-chatapp-sources]")
+    expect(listed.get_by_role("heading", name="Sources")).to_be_visible()
+    items = listed.locator("li a")
+    expect(items).to_have_count(2)
+    expect(items.nth(0)).to_have_text("Returns <b>policy</b> (opens in a new tab)")
+    expect(items.nth(1)).to_have_attribute("href", SHIPPING)
+    assert axe_violations(chat.page) == []
+    assert chat.watch.console_errors == [] and chat.watch.page_errors == []
+
+
 def test_an_answer_without_knowledge_has_no_sources(
     context: BrowserContext, openai_service: Any
 ) -> None:
@@ -160,6 +188,70 @@ def test_the_widget_sends_its_host_page_as_page_url(
         assert call.body is not None
         # The host page is the document: the model is told it is the current one.
         assert 'page=\\"current\\"' in json.dumps(call.body)
+    finally:
+        site.close()
+
+
+def test_the_widget_reads_its_host_page_again_at_each_message(
+    context: BrowserContext,
+    service_factory: ServiceFactory,
+    fake_provider: FakeProvider,
+    tmp_path: Path,
+) -> None:
+    site = LocalSite()
+    try:
+        chat = service_factory(
+            **knowledge_settings(
+                fake_provider, tmp_path, CHATAPP_EMBED_ORIGINS=site.origin
+            )
+        )
+        owner = Owner(chat.url)
+        owner.put(f"{site.origin}/jackets", "The Alpha jacket costs 120.")
+        owner.put(f"{site.origin}/coats", "The Beta coat costs 150.")
+        host = (
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            f'<title>Shop</title><script src="{chat.url}/widget.js" defer>'
+            "</script></head><body><main><h1>Shop</h1></main></body></html>"
+        )
+        site.files["/jackets"] = (host.encode(), "text/html; charset=utf-8")
+        page = context.new_page()
+        posted: list[dict[str, Any]] = []
+        page.on(
+            "request",
+            lambda r: (
+                posted.append(json.loads(r.post_data or "{}"))
+                if r.url.endswith("/api/chat") and r.method == "POST"
+                else None
+            ),
+        )
+        page.goto(f"{site.origin}/jackets")
+        page.locator("chatapp-widget button[data-chatapp-launcher]").click()
+        frame = page.frame_locator("chatapp-widget iframe")
+        textarea = frame.locator("form[data-chatapp-form] textarea")
+        answers = frame.locator("[data-role='assistant'][data-state='done']")
+        # Wired up, and set up by the widget (which says it names its page).
+        frame.locator("form[data-chatapp-form][data-ready]").wait_for()
+        expect(textarea).to_be_focused()
+        textarea.fill("How much is the Alpha jacket?")
+        textarea.press("Enter")
+        expect(answers).to_have_count(1, timeout=20_000)
+        assert posted[-1]["page_url"] == f"{site.origin}/jackets"
+
+        # The single-page app moves on; the widget's frame stays as it was.
+        page.evaluate("() => history.pushState({}, '', '/coats#reviews')")
+        textarea.fill("And how much is the Beta coat?")
+        textarea.press("Enter")
+        expect(answers).to_have_count(2, timeout=20_000)
+        assert posted[-1]["page_url"] == f"{site.origin}/coats"
+        chat_calls = [
+            r for r in fake_provider.requests if r.path.endswith("/completions")
+        ]
+        assert chat_calls[-1].body is not None
+        system = str(chat_calls[-1].body["messages"][0]["content"])
+        # The new page is the one the model is told the visitor reads.
+        current = system.index('page="current"')
+        assert "Beta coat" in system[current : current + 400]
+        assert axe_violations(page) == []
     finally:
         site.close()
 

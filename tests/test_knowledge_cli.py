@@ -165,16 +165,18 @@ def test_the_service_crawls_its_sources_at_start_up_with_one_worker_of_two(
         )
 
     wait_for(crawled, 60, "the start-up crawl")
-    assert index.search("express delivery")[0].url == site.url("/shipping.html")
-    assert site.hits["/private.html"] == 0
-    documents = len(index.documents())
-    index.close()
 
     def counted() -> str:
         text = requests.get(service.url + "/metrics", timeout=5).text
         return text if "\nchatapp_knowledge_documents " in text else ""
 
+    # The gauge is set when the crawl has ended (pages are fetched several
+    # at a time, so the pages above may be done before the others).
     metrics = wait_for(counted, 30, "the crawl's metrics")
+    assert index.search("express delivery")[0].url == site.url("/shipping.html")
+    assert site.hits["/private.html"] == 0
+    documents = len(index.documents())
+    index.close()
     indexed = f'chatapp_knowledge_crawl_pages_total{{outcome="indexed"}} {documents}.0'
     assert indexed in metrics
     assert 'chatapp_knowledge_crawl_pages_total{outcome="disallowed"} 1.0' in metrics

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -218,3 +221,62 @@ def test_one_redis_lock_holder_at_a_time_and_only_the_holder_releases(
     second.release()
     assert client.get("chatapp:knowledge:crawl") is None
     client.close()
+
+
+class _MeetingSite(ThreadingHTTPServer):
+    """Each page answers only once `fetchers` pages are being fetched at once."""
+
+    def __init__(self, pages: int, fetchers: int) -> None:
+        super().__init__(("127.0.0.1", 0), _MeetingHandler)
+        self.pages = pages
+        self.meeting = threading.Barrier(fetchers, timeout=5)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}{path}"
+
+
+class _MeetingHandler(BaseHTTPRequestHandler):
+    server: _MeetingSite
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path == "/robots.txt":
+            body, kind = b"User-agent: *\n", "text/plain"
+        elif self.path == "/sitemap.xml":
+            urls = "".join(
+                f"<url><loc>{self.server.url(f'/p{n}.html')}</loc></url>"
+                for n in range(self.server.pages)
+            )
+            body, kind = f"<urlset>{urls}</urlset>".encode(), "application/xml"
+        else:
+            try:
+                self.server.meeting.wait()
+            except threading.BrokenBarrierError:
+                self.send_error(503)
+                return
+            words = " ".join(["tent"] * 40)
+            body = f"<html><body><h1>{self.path}</h1><p>{words}</p></body></html>"
+            body, kind = body.encode(), "text/html"  # type: ignore[assignment]
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_pages_are_fetched_several_at_a_time_and_indexed_by_one_thread(
+    index: SqliteIndex,
+) -> None:
+    # Every page waits for the next: a crawler fetching one at a time gets 503s.
+    site = _MeetingSite(pages=8, fetchers=crawl.FETCHERS)
+    serving = threading.Thread(target=site.serve_forever, daemon=True)
+    serving.start()
+    try:
+        report = Crawler(index, [site.url("/sitemap.xml")]).crawl()
+    finally:
+        site.shutdown()
+        site.server_close()
+    assert report.counts() == {crawl.INDEXED: 8}
+    assert len(index.documents()) == 8

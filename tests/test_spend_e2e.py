@@ -235,6 +235,46 @@ def test_a_cached_answer_is_served_at_the_ceiling(
     end_all(client, held)
 
 
+def test_a_cached_answer_with_sources_is_served_at_the_ceiling(
+    service_factory: ServiceFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    # With site knowledge on, the answer is cached under a key that covers
+    # its sources: the ceiling's check must look for it under that key too.
+    service = service_factory(
+        **spend_settings(
+            fake_provider,
+            CHATAPP_SPEND_LIMITS="0.35/day",
+            CHATAPP_CACHE_TTL="60",
+            CHATAPP_KNOWLEDGE="on",
+            CHATAPP_KNOWLEDGE_URL=f"sqlite:///{tmp_path / 'knowledge.sqlite3'}",
+        )
+    )
+    pushed = requests.put(
+        service.url + "/api/knowledge/documents",
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        json={
+            "url": "https://shop.test/returns",
+            "content": "Refunds are paid within five working days.",
+            "content_type": "text/plain",
+            "title": "Returns",
+        },
+        timeout=30,
+    )
+    assert pushed.status_code in (200, 201), pushed.text
+    client = ChatClient(service.url)
+    question = "fake: | Refunds take five working days [1]."
+    _, first = client.answer(question)
+    [sources] = data_of(first, "sources")
+    assert sources["sources"][0]["url"] == "https://shop.test/returns"
+    held = [client.start(STALL) for _ in range(3)]
+    assert client.post(message="a new question").status_code == 429
+
+    _, events = client.answer(question)
+    assert data_of(events, "start")[0]["cached"] is True
+    assert data_of(events, "sources") == [sources]
+    end_all(client, held)
+
+
 # -- alerts ---------------------------------------------------------------------------
 
 

@@ -7,8 +7,15 @@ robots.txt honoured), index what changed and drop what left the sitemap.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait
 from dataclasses import dataclass
 from dataclasses import field
 from email.utils import parsedate_to_datetime
@@ -18,6 +25,7 @@ from urllib.parse import urldefrag
 import requests
 
 from chatapp.knowledge.extract import CONTENT_TYPES
+from chatapp.knowledge.extract import Extracted
 from chatapp.knowledge.extract import extract
 from chatapp.knowledge.extract import media_type
 from chatapp.knowledge.fetch import DEADLINE_SECONDS
@@ -31,10 +39,12 @@ from chatapp.knowledge.fetch import TIMEOUT_SECONDS
 from chatapp.knowledge.fetch import TOO_LARGE as TOO_LARGE
 from chatapp.knowledge.fetch import UNCHANGED
 from chatapp.knowledge.fetch import UNSUPPORTED
+from chatapp.knowledge.fetch import Fetched
 from chatapp.knowledge.fetch import Fetcher
 from chatapp.knowledge.fetch import FetchError
 from chatapp.knowledge.fetch import new_session
 from chatapp.knowledge.fetch import origin
+from chatapp.knowledge.index import DocumentInfo
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.sitemap import MAX_PAGES
 from chatapp.knowledge.sitemap import MAX_SITEMAPS
@@ -45,6 +55,11 @@ from chatapp.knowledge.sitemap import parse_sitemap
 # Which documents the crawler owns: only those it may drop when they leave
 # the sitemap. Pushed and added documents are never touched by a crawl.
 CRAWL_OWNER = "crawl"
+# Pages fetched at once: while one page is parsed, the next ones download.
+# Each holds at most MAX_BYTES, so memory stays bounded. Pages are parsed
+# one at a time: the GIL would serialise them anyway, and parse trees
+# built in several threads at once grow the heap (an arena per thread).
+FETCHERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +90,15 @@ class CrawlReport:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A page fetched and extracted, waiting to be written to the index."""
+
+    url: str
+    document: Extracted
+    fetched: Fetched
+
+
 class Crawler:
     """Crawl the sources into an index; one instance per crawl."""
 
@@ -92,6 +116,7 @@ class Crawler:
         max_bytes: int = MAX_BYTES,
         max_pages: int = MAX_PAGES,
         owner: str = CRAWL_OWNER,
+        fetchers: int = FETCHERS,
     ) -> None:
         self.index = index
         self.sources = [urldefrag(s.strip())[0] for s in sources if s.strip()]
@@ -110,6 +135,8 @@ class Crawler:
         self.run = run or (lambda fn, *args, **kw: fn(*args, **kw))
         self.max_pages = max_pages
         self.owner = owner
+        self.fetchers = max(1, fetchers)
+        self._parsing = threading.Lock()
         self.report = CrawlReport()
         self.complete = True  # every source read: pages absent from it may go
 
@@ -117,8 +144,8 @@ class Crawler:
         """Fetch every source's pages, index what changed, drop what left."""
         started = time.monotonic()
         pages = self.listed()
-        for page in pages.values():
-            self._record(self.page(page))
+        for result in self.pages(pages.values()):
+            self._record(result)
         if self.complete:
             for info in self.index.documents():
                 gone = info.url not in pages and origin(info.url) in self.hosts
@@ -196,9 +223,34 @@ class Crawler:
 
     # -- pages ---------------------------------------------------------------
 
+    def pages(self, listed: Iterable[Listed]) -> Iterator[PageResult]:
+        """Fetch and extract up to `fetchers` pages at once; index them in turn.
+
+        Only this thread touches the index; the others fetch and parse.
+        """
+        todo = iter(listed)
+        running: set[Future[PageResult | Ready]] = set()
+        known: dict[Future[PageResult | Ready], DocumentInfo | None] = {}
+        with ThreadPoolExecutor(self.fetchers, "crawl") as pool:
+            while True:
+                while len(running) < self.fetchers and (page := next(todo, None)):
+                    info = self.index.document(page.url)
+                    future = pool.submit(self.prepare, page, info)
+                    running.add(future)
+                    known[future] = info
+                if not running:
+                    return
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    yield self.store(future.result(), known.pop(future))
+
     def page(self, page: Listed) -> PageResult:
         """Fetch one page if it may have changed, and index it."""
         known = self.index.document(page.url)
+        return self.store(self.prepare(page, known), known)
+
+    def prepare(self, page: Listed, known: DocumentInfo | None) -> PageResult | Ready:
+        """Fetch and extract one page; a PageResult when there is nothing to add."""
         if (
             known is not None
             and page.lastmod is not None
@@ -216,33 +268,41 @@ class Crawler:
             return PageResult(page.url, exc.outcome, detail=str(exc))
         if fetched.status == 304 and known is not None:
             return PageResult(page.url, UNCHANGED, known.passages, "304")
-        if fetched.status in (404, 410):
-            if known is not None:
-                self.index.remove(page.url)
-                return PageResult(page.url, REMOVED, detail=f"HTTP {fetched.status}")
-            return PageResult(page.url, FAILED, detail=f"HTTP {fetched.status}")
+        if fetched.status in (404, 410) and known is not None:
+            return PageResult(page.url, REMOVED, detail=f"HTTP {fetched.status}")
         if fetched.status != 200:
             return PageResult(page.url, FAILED, detail=f"HTTP {fetched.status}")
         if media_type(fetched.content_type) not in CONTENT_TYPES:
             return PageResult(page.url, UNSUPPORTED, detail=fetched.content_type)
-        modified = page.lastmod or _http_date(fetched.last_modified)
-        document = self.run(
-            extract,
-            fetched.body,
-            url=page.url,
-            content_type=fetched.content_type,
-            modified=modified,
-        )
+        with self._parsing:
+            document = self.run(
+                extract,
+                fetched.body,
+                url=page.url,
+                content_type=fetched.content_type,
+                modified=page.lastmod or _http_date(fetched.last_modified),
+            )
+        return Ready(page.url, document, fetched)
+
+    def store(
+        self, prepared: PageResult | Ready, known: DocumentInfo | None
+    ) -> PageResult:
+        """Write what `prepare` made of a page to the index."""
+        if isinstance(prepared, PageResult):
+            if prepared.outcome == REMOVED and known is not None:
+                self.index.remove(prepared.url)
+            return prepared
+        document, fetched = prepared.document, prepared.fetched
         count = self.index.replace(
-            page.url,
+            prepared.url,
             document.title,
             list(document.passages),
-            modified=modified,
+            modified=document.modified,
             etag=fetched.etag,
             last_modified=fetched.last_modified,
             owner=self.owner,
         )
-        return PageResult(page.url, INDEXED, count)
+        return PageResult(prepared.url, INDEXED, count)
 
 
 def _http_date(text: str) -> float | None:

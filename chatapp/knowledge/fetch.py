@@ -8,6 +8,7 @@ its robots.txt. requests never follows a redirect by itself here.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,6 +106,7 @@ class Fetcher:
         self.max_bytes = max_bytes
         self.robots: dict[str, RobotFileParser | None] = {}
         self.bytes = 0  # of every body read
+        self._bytes_lock = threading.Lock()  # pages are fetched at once
 
     def allowed(self, url: str) -> bool:
         """Whether robots.txt lets us fetch `url` (and it is on a source's host)."""
@@ -176,7 +178,8 @@ class Fetcher:
                     url = target
                     continue
                 body = self._read(response, url, ends)
-                self.bytes += len(body)
+                with self._bytes_lock:
+                    self.bytes += len(body)
                 return Fetched(
                     url=url,
                     status=response.status_code,

@@ -36,10 +36,16 @@
   const embedUrl = new URL('embed', script.src);
   // The page the visitor reads goes to the chat as page_url (site knowledge
   // favours it), when it is a web page of a sensible length.
-  const withHostPage = (url) => {
+  // Read again at each message the chat sends (`chatapp:where`): in a
+  // single-page app the address changes while the frame stays.
+  const hostPage = () => {
     const page = window.location.href.split('#')[0];
+    return /^https?:/.test(page) && page.length <= 2048 ? page : '';
+  };
+  const withHostPage = (url) => {
+    const page = hostPage();
     const framed = new URL(url.href);
-    if (/^https?:/.test(page) && page.length <= 2048) framed.searchParams.set('page_url', page);
+    if (page) framed.searchParams.set('page_url', page);
     return framed;
   };
   if (lang) embedUrl.searchParams.set('lang', lang);
@@ -229,6 +235,7 @@
         const data = event.data;
         if (data?.type === 'chatapp:close' && this.isOpen) this.close();
         else if (data?.type === 'chatapp:ready') this.chatReady();
+        else if (data?.type === 'chatapp:where') this.post({ type: 'chatapp:page', id: data.id, url: hostPage() });
         else if (data?.type === 'chatapp:answer') {
           const detail = { turn_id: String(data.turn_id), conversation_id: String(data.conversation_id) };
           this.dispatchEvent(new CustomEvent('chatapp:answer', { detail }));
@@ -246,7 +253,8 @@
     chatReady() {
       this.ready = true;
       // The chat's own bar (with its close button) replaces this title bar.
-      this.post({ type: 'chatapp:setup', greeting, suggestions, close: true });
+      // page: this widget names its host page when the chat asks.
+      this.post({ type: 'chatapp:setup', greeting, suggestions, close: true, page: true });
       this.root.classList.add('has-bar');
       for (const message of this.outbox.splice(0)) this.post(message);
       // A focus asked before the chat listened (it loads its words first).

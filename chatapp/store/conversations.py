@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field
+from typing import Any
 from typing import Protocol
 
 from chatapp.store.expiring import ExpiringMap
@@ -38,6 +39,9 @@ class StoredMessage:
     # The turn this message asked (user) or answered (assistant); "" for
     # messages stored before turns were recorded.
     turn: str = ""
+    # On an answer with site knowledge: what it could cite as [n], as the
+    # `sources` event gave it ({"n", "title", "url"}), so a reload shows them.
+    sources: tuple[dict[str, Any], ...] = ()
 
 
 class History(Protocol):

@@ -41,10 +41,30 @@ def _conv(conversation_id: str) -> str:
 
 
 def _encode(message: StoredMessage) -> str:
-    value = {"role": message.role, "content": message.content, "at": message.created_at}
+    value: dict[str, Any] = {
+        "role": message.role,
+        "content": message.content,
+        "at": message.created_at,
+    }
     if message.turn:
         value["turn"] = message.turn
+    if message.sources:
+        value["sources"] = list(message.sources)
     return json.dumps(value)
+
+
+def _decode(item: bytes) -> StoredMessage:
+    value: dict[str, Any] = json.loads(item)
+    sources = value.get("sources")
+    return StoredMessage(
+        value["role"],
+        value["content"],
+        value["at"],
+        value.get("turn", ""),
+        tuple(s for s in sources if isinstance(s, dict))
+        if isinstance(sources, list)
+        else (),
+    )
 
 
 # KEYS[1] the conversation; ARGV: the message, the most messages kept, the
@@ -125,15 +145,7 @@ class RedisHistory(History):
     def messages(self, conversation_id: str) -> list[StoredMessage]:
         with guard("read messages"):
             items = self._r.lrange(_conv(conversation_id), 1, -1)
-        out = []
-        for item in items:
-            value: dict[str, Any] = json.loads(item)
-            out.append(
-                StoredMessage(
-                    value["role"], value["content"], value["at"], value.get("turn", "")
-                )
-            )
-        return out
+        return [_decode(item) for item in items]
 
     def claim_idempotency(self, key: str, value: str, ttl: float) -> str | None:
         with guard("idempotency"):

@@ -218,7 +218,7 @@ def close(answer: Answer) -> None:
     # Numbered under the lock: a `thinking` status being written by the
     # supervisor lands before them.
     with run.lock:
-        close_turn(parts, end, run.tail, text, answer.final_frames())
+        close_turn(parts, end, run.tail, text, answer.final_frames(), run.sources or [])
 
 
 def moderate(moderator: Moderator, run: Run, request: ChatRequest) -> None:
@@ -259,7 +259,7 @@ def replay(
     final += [sse.delta(n, text), sse.frame(n + 1, "done", {"finish_reason": "stop"})]
     # Nothing was spent upstream: no usage event, and zero to settle.
     end = TurnEnd(info, "stop", None, 0, 0, len(text), None, cached=True)
-    close_turn(parts, end, tail, text, final)
+    close_turn(parts, end, tail, text, final, sources or [])
 
 
 def sources_frame(event_id: int, sources: list[dict[str, Any]]) -> bytes:
@@ -288,9 +288,14 @@ def start_frame(
 
 
 def close_turn(
-    parts: Parts, end: TurnEnd, tail: Tail, text: str, final: list[bytes]
+    parts: Parts,
+    end: TurnEnd,
+    tail: Tail,
+    text: str,
+    final: list[bytes],
+    sources: list[dict[str, Any]],
 ) -> None:
-    """Record the answer and the end, then let `done` out.
+    """Record the answer (with the sources it could cite) and the end, then `done`.
 
     History and limits come before `done`, so that a client that saw `done`
     finds its answer stored and its stream slot free.
@@ -304,7 +309,7 @@ def close_turn(
         try:
             parts.history.append(
                 info.conversation_id,
-                StoredMessage("assistant", text, time.time(), info.id),
+                StoredMessage("assistant", text, time.time(), info.id, tuple(sources)),
             )
         except StoreError:
             log.exception("turn %s: could not store its answer", info.id)

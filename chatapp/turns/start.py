@@ -134,6 +134,8 @@ def conversation_messages(
         message = {"role": m.role, "content": m.content, "created_at": m.created_at}
         if m.role == "assistant" and m.turn:
             message["turn_id"] = m.turn  # lets the page rate a restored answer
+        if m.role == "assistant" and m.sources:
+            message["sources"] = list(m.sources)  # and show what it cited
         out.append(message)
     return out
 
@@ -206,10 +208,17 @@ def start_turn(
     history = relay.history
     model, route = _model(settings, admitted, fallback)
     refusal = admitted.refusal if admitted else None
-    if refusal is not None and (
-        ids.continues or not _cached(history, settings, message, model)
-    ):
-        raise refusal
+    prepared = None
+    if refusal is not None:
+        # Only a cached first answer serves: keyed as cached, sources and all.
+        if ids.continues:
+            raise refusal
+        prepared = _prepare(
+            settings, model, route, message, [], knowledge, page_url, ids
+        )
+        key = _cache_key(settings, ids, message, prepared[0])
+        if key is None or history.cached_answer(key) is None:
+            raise refusal
     earlier = _claim(history, settings, identity, idempotent)
     if earlier is not None:
         return earlier
@@ -217,23 +226,17 @@ def start_turn(
         settle(relay, ids.conversation_id)
         history.drop_last_exchange(ids.conversation_id)
     earlier_messages, now = _ask(history, identity, ids, message)
-    asked = (
-        *context(earlier_messages, settings.history_max_chars),
-        Message("user", message),
-    )
-    request = _request(settings, model, asked, route=route)
     history.remember_turn(ids.conversation_id, identity.owner, ids.turn_id)
-    sources = None
-    if knowledge is not None:
-        # Before the cache lookup: the key then covers the sources' text.
-        request, found = knowledge.consult(
-            request, page_url=page_url, earlier=earlier_messages, turn_id=ids.turn_id
-        )
-        sources = [source.as_json() for source in found.sources]
-    info = TurnInfo(ids.turn_id, identity.owner, ids.conversation_id, now)
-    _run(
-        relay, settings, info, request, message if not ids.continues else None, sources
+    request, sources = prepared or _prepare(
+        settings, model, route, message, earlier_messages, knowledge, page_url, ids
     )
+    info = TurnInfo(ids.turn_id, identity.owner, ids.conversation_id, now)
+    key = _cache_key(settings, ids, message, request)
+    cached = history.cached_answer(key) if key is not None else None
+    if cached is not None:
+        relay.replay(info, cached, model, sources=sources)
+    else:
+        relay.start(info, request, cache_key=key, sources=sources)
     return None
 
 
@@ -301,29 +304,32 @@ def _request(
     )
 
 
-def _run(
-    relay: Relay,
+def _prepare(
     settings: Settings,
-    info: TurnInfo,
-    request: ChatRequest,
-    first_question: str | None,
-    sources: list[dict[str, Any]] | None,
-) -> None:
-    """Answer from the cache when a new conversation's question is there, or
-    start generating. Only a first question may use the cache."""
-    key = None
-    if settings.cache_ttl and first_question is not None and cacheable(first_question):
-        key = cache_key(request, settings.provider)
-        cached = relay.history.cached_answer(key)
-        if cached is not None:
-            relay.replay(info, cached, request.model, sources=sources)
-            return
-    relay.start(info, request, cache_key=key, sources=sources)
+    model: str,
+    route: str,
+    message: str,
+    earlier: list[StoredMessage],
+    knowledge: Knowledge | None,
+    page_url: str | None,
+    ids: TurnIds,
+) -> tuple[ChatRequest, list[dict[str, Any]] | None]:
+    """The request as the model will see it, and the sources it may cite."""
+    asked = (*context(earlier, settings.history_max_chars), Message("user", message))
+    request = _request(settings, model, asked, route=route)
+    if knowledge is None:
+        return request, None
+    # Before the cache lookup: the key then covers the sources' text.
+    request, found = knowledge.consult(
+        request, page_url=page_url, earlier=earlier, turn_id=ids.turn_id
+    )
+    return request, [source.as_json() for source in found.sources]
 
 
-def _cached(history: History, settings: Settings, message: str, model: str) -> bool:
-    """Whether a new conversation's first message has a cached answer."""
-    if not settings.cache_ttl:
-        return False
-    request = _request(settings, model, (Message("user", message),))
-    return history.cached_answer(cache_key(request, settings.provider)) is not None
+def _cache_key(
+    settings: Settings, ids: TurnIds, message: str, request: ChatRequest
+) -> str | None:
+    """The answer cache's key for a new conversation's first turn, else None."""
+    if settings.cache_ttl and not ids.continues and cacheable(message):
+        return cache_key(request, settings.provider)
+    return None

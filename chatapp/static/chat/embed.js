@@ -5,6 +5,9 @@
  * A widget's host page drives the chat from here: `chatapp:setup` (greeting,
  * suggestions, the close button), `chatapp:prefill`, `chatapp:ask`; the chat
  * says `chatapp:ready` and, for each finished answer, `chatapp:answer`.
+ * A widget that says so in its setup is asked, at each message, which page
+ * its host shows now (`chatapp:where`, answered by `chatapp:page`): in a
+ * single-page app the address changes while the frame stays.
  * Messages go only to origins in CHATAPP_EMBED_ORIGINS, never to "*", and
  * are taken only from the parent window on one of them.
  */
@@ -13,6 +16,9 @@ import { ui } from './thread.js';
 
 // How long to let the parent page reload before reloading the frame itself.
 const PARENT_RELOAD_WAIT_MS = 3000;
+// How long a message waits for the widget to name its host page; it
+// answers at once, so this only matters for a host page that hangs.
+const WHERE_WAIT_MS = 1000;
 
 /** The parent origins this frame may talk to. */
 function parentOrigins() {
@@ -63,6 +69,31 @@ export function reloadChat() {
 }
 
 let answerTargets = [];
+// Set once a widget said it answers `chatapp:where`: [origin], else null.
+let whereTarget = null;
+let whereAsked = 0;
+const whereWaiting = new Map();
+
+/**
+ * The address the host page shows now, as its widget tells it; null when
+ * there is no such widget (then /embed?page_url= stands) or it is silent.
+ */
+export function hostPage() {
+  if (!whereTarget) return Promise.resolve(null);
+  const id = ++whereAsked;
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      whereWaiting.delete(id);
+      resolve(null);
+    }, WHERE_WAIT_MS);
+    whereWaiting.set(id, (url) => {
+      clearTimeout(timer);
+      whereWaiting.delete(id);
+      resolve(typeof url === 'string' ? url : null);
+    });
+    window.parent.postMessage({ type: 'chatapp:where', id }, whereTarget);
+  });
+}
 
 /** Tell the parent (a widget) that an answer was written. */
 export function tellAnswer({ turn_id, conversation_id }) {
@@ -91,8 +122,10 @@ export function initEmbed(host) {
     else if (data?.type === 'chatapp:setup') {
       // A widget around us has no title bar of its own: this bar closes it.
       if (closer && data.close === true) closer.hidden = false;
+      if (data.page === true) whereTarget = event.origin;
       host.setup({ greeting: data.greeting, suggestions: data.suggestions });
-    } else if (data?.type === 'chatapp:prefill') host.prefill(data.text);
+    } else if (data?.type === 'chatapp:page') whereWaiting.get(data.id)?.(data.url);
+    else if (data?.type === 'chatapp:prefill') host.prefill(data.text);
     else if (data?.type === 'chatapp:ask') host.ask(data.text);
   });
   return { ready: () => tellParent(targets, { type: 'chatapp:ready' }) };

@@ -23,8 +23,11 @@ export function userMessage(text) {
 const RECONNECTING = t('msg.reconnecting');
 
 export class AssistantMessage {
-  constructor({ text = '', finished = false } = {}) {
+  constructor({ text = '', finished = false, sources = null } = {}) {
     this.text = text;
+    // What the answer may cite (site knowledge): from its `sources` event,
+    // or from history on a reload; shown once the answer is done.
+    this.sources = sources;
     this.createdAt = performance.now(); // "Thinking…" counts from here
     this.frame = 0;
     this.ending = null; // [state, note, kind] once finished, until drawn

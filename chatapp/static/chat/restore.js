@@ -9,6 +9,7 @@ import { beginTurn, readTurn } from './turns.js';
 import { composer } from './composer.js';
 import { followUps } from './followups.js';
 import { feedback } from './feedback.js';
+import { readSources } from './sources.js';
 
 export async function restoreConversation() {
   const saved = storage.load();
@@ -25,7 +26,11 @@ export async function restoreConversation() {
     for (const message of history.messages ?? []) {
       if (message.role === 'user') nodes.push(userMessage(message.content));
       else if (message.role === 'assistant') {
-        const answer = new AssistantMessage({ text: message.content, finished: true });
+        const answer = new AssistantMessage({
+          text: message.content,
+          finished: true,
+          sources: readSources(message.sources),
+        });
         if (typeof message.turn_id === 'string') feedback.attach(answer, message.turn_id);
         nodes.push(answer.node);
       }

@@ -2,7 +2,8 @@
  * Site knowledge on the page: the pages an answer may cite (the `sources`
  * event) listed under it, and each `[n]` in the answer made a link to
  * source n. Only http(s) addresses become links; they open in a new tab.
- * The page the visitor reads (`/embed?page_url=`) goes with every message.
+ * The page the visitor reads goes with every message: as its widget names
+ * it at the time (embed.js), else as `/embed?page_url=` gave it.
  */
 import { h } from './dom.js';
 import { t } from './i18n.js';
@@ -36,9 +37,10 @@ export function hostPageUrl() {
   return url ? url.split('#')[0] : null;
 }
 
-/** Add the host page to a message's fields, when there is one. */
-export function withPageUrl(fields) {
-  const pageUrl = hostPageUrl();
+/** Add the host page (`current`, else the frame's page_url) to a message's fields. */
+export function withPageUrl(fields, current = null) {
+  const named = webUrl(current);
+  const pageUrl = named ? named.split('#')[0] : hostPageUrl();
   return pageUrl ? { ...fields, page_url: pageUrl } : fields;
 }
 

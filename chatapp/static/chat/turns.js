@@ -1,7 +1,7 @@
 /* A turn's lifecycle: send, accept, read its stream, end, stop, and the refusals and failures worded. */
 import { config } from './config.js';
 import { formatDuration, t } from './i18n.js';
-import { reloadChat, tellAnswer } from './embed.js';
+import { hostPage, reloadChat, tellAnswer } from './embed.js';
 import { AssistantMessage, Notice, userMessage } from './messages.js';
 import { thread } from './thread.js';
 import { callApi, newKey, postForEvents } from './transport.js';
@@ -117,12 +117,14 @@ export async function startTurn(text, { userNode = null, key = newKey(), replace
 
   let opened;
   let altcha = await botCheck.solution(); // ready by now unless typed in a flash
+  // A single-page host may have moved on since the frame loaded: ask now.
+  const pageUrl = await hostPage();
   const request = (token) => ({
     headers: altcha ? { 'Idempotency-Key': key, 'X-Altcha': altcha } : { 'Idempotency-Key': key },
     onResponse: (response) => { if (response.ok) showAllowance(response.headers); },
     json: withPageUrl(turn.conversationId
       ? { message: text, token, conversation_id: turn.conversationId, ...(turn.replaceLast ? { replace_last: true } : {}) }
-      : { message: text, token }),
+      : { message: text, token }, pageUrl),
   });
   // One request per turn: the answer streams in the POST's own response.
   const post = () => session.authorised((token) => postForEvents(`${config.api}/chat`, request(token)));
