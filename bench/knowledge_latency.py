@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from chatapp.knowledge.engines import open_index
 from chatapp.knowledge.extract import extract
 from chatapp.knowledge.index import Index
-from chatapp.knowledge.index import open_index
 from chatapp.turns.knowledge import Knowledge
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Message

@@ -41,7 +41,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     settings = load_config(overrides=test_config)
     app = Flask(__name__)
     _flask_config(app, settings)
-    init_state(app, settings)
+    state = init_state(app, settings)
+    state.relay.on_end.append(logs.log_end)  # after the metrics' hook
     # Before the limits: the gate asks this registry how many readers are open.
     app.extensions[READERS] = ReaderCaps(
         per_client=settings.readers_per_client,

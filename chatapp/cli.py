@@ -14,9 +14,9 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from chatapp.extensions import settings
+from chatapp.knowledge.engines import open_index
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import KnowledgeError
-from chatapp.knowledge.index import open_index
 from chatapp.knowledge.index import sqlite_path
 from chatapp.knowledge.lock import CrawlLock
 from chatapp.knowledge.lock import FileLock

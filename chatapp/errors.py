@@ -13,7 +13,7 @@ ChatappError
     ContentBlocked            moderation flagged the user's message
     UnsupportedParameter      (upstream/http.py) a field the provider refused
   SSEDecodeError            (upstream/sse_decoder.py) a malformed event stream
-  TurnCancelled             (turns/produce.py) the turn was cancelled
+  TurnCancelled             (turns/run.py) the turn was cancelled
   KnowledgeError            (knowledge/index.py) site knowledge failed
     IndexUnavailable, EmbeddingError, FetchError, UnsupportedContent,
     InvalidDocument

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,13 +23,11 @@ from chatapp.store.events import EventLog
 from chatapp.store.events import MemoryEventLog
 from chatapp.tokens import TokenSigner
 from chatapp.turns.knowledge import Knowledge
-from chatapp.turns.model import TurnEnd
 from chatapp.turns.relay import Relay
 from chatapp.upstream import build_provider
 from chatapp.upstream.moderation import Moderator
 from chatapp.upstream.moderation import OpenAIModerator
 from chatapp.upstream.retry import Resilient
-from chatapp.web.logs import log_turn
 
 # Pooled Redis connections a worker may open: commands are short and never
 # block (the follower and the cancel listener have connections of their own).
@@ -92,7 +89,6 @@ def init_state(app: Flask, settings: Settings) -> State:
     )
     provider.on_attempt.append(metrics.upstream_attempt)
     relay.on_end.append(metrics.turn_ended)
-    relay.on_end.append(log_end)
     state = State(
         settings,
         signer,
@@ -174,7 +170,7 @@ def _knowledge(
     if not settings.knowledge:
         return None
     from chatapp.knowledge.embed import make_embedder
-    from chatapp.knowledge.index import open_index
+    from chatapp.knowledge.engines import open_index
 
     embedder = make_embedder(
         settings.embeddings_model,
@@ -189,27 +185,6 @@ def _knowledge(
         max_chars=settings.knowledge_max_chars,
         observe=metrics.retrieved,
     )
-
-
-def log_end(end: TurnEnd) -> None:
-    """Write a turn's `turn.ended` line."""
-    log_turn(
-        "turn.ended",
-        turn_id=end.info.id,
-        finish_reason=end.finish_reason,
-        error=end.error_code,
-        input_tokens=end.input_tokens,
-        output_tokens=end.output_tokens,
-        output_chars=end.output_chars,
-        ttft_ms=_ms(end.first_token_seconds),
-        max_gap_ms=_ms(end.max_gap_seconds),
-        duration_ms=_ms(time.time() - end.info.created_at),
-        cached=end.cached,
-    )
-
-
-def _ms(seconds: float | None) -> float | None:
-    return round(seconds * 1000, 1) if seconds is not None else None
 
 
 def state() -> State:

@@ -14,8 +14,8 @@ from playwright.sync_api import Browser
 from playwright.sync_api import BrowserContext
 from playwright.sync_api import expect
 
+from chatapp.knowledge.engines import open_index
 from chatapp.knowledge.index import Passage
-from chatapp.knowledge.index import open_index
 from tests.browser import ChatPage
 from tests.browser import LocalSite
 from tests.browser import new_context

@@ -10,9 +10,9 @@ import pytest
 from chatapp.knowledge.embed import OpenAIEmbedder
 from chatapp.knowledge.embed import fuse
 from chatapp.knowledge.embed import make_embedder
+from chatapp.knowledge.engines import open_index
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import Passage
-from chatapp.knowledge.index import open_index
 from tests.fake_embeddings import FakeEmbeddings
 
 ENGINES = ["sqlite", "postgres"]

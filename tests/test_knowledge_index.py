@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from chatapp.knowledge.engines import open_index
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
-from chatapp.knowledge.index import open_index
 from chatapp.knowledge.pg_index import PgIndex
 from chatapp.knowledge.pg_index import narrow
 from chatapp.knowledge.sqlite_index import SqliteIndex

@@ -10,10 +10,10 @@ from typing import cast
 
 import pytest
 
+from chatapp.knowledge.engines import open_index
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
-from chatapp.knowledge.index import open_index
 from chatapp.knowledge.retrieve import STRICT
 from chatapp.knowledge.retrieve import STRICT_NOTHING_FOUND
 from chatapp.knowledge.retrieve import Source

@@ -6,13 +6,9 @@ import re
 from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 from typing import Protocol
 
 from chatapp.errors import ChatappError
-
-if TYPE_CHECKING:
-    from chatapp.knowledge.embed import Embedder
 
 # How much more a match in the title and in the heading path counts than one
 # in the body (FTS5 bm25() column weights; Postgres's A/B/C weights follow).
@@ -206,26 +202,3 @@ def sqlite_path(url: str, instance_path: str | Path) -> Path | None:
     if not url.startswith("sqlite:///"):
         return None
     return Path(instance_path) / (url.removeprefix("sqlite:///") or DEFAULT_SQLITE_FILE)
-
-
-def open_index(
-    url: str, instance_path: str | Path, embedder: Embedder | None = None
-) -> Index:
-    """Open the index `url` names (CHATAPP_KNOWLEDGE_URL).
-
-    `sqlite:///` alone is a file in the instance folder, `sqlite:///name` a
-    path relative to it, `sqlite:////abs/path` an absolute one;
-    `postgresql://…` is one index shared by every host. With an `embedder`
-    (CHATAPP_EMBEDDINGS_MODEL, see embed.make_embedder), passages are also
-    embedded and searches are hybrid.
-    """
-    path = sqlite_path(url, instance_path)
-    if path is not None:
-        from chatapp.knowledge.sqlite_index import SqliteIndex
-
-        return SqliteIndex(path, embedder)
-    if url.startswith(("postgresql://", "postgres://")):
-        from chatapp.knowledge.pg_index import PgIndex
-
-        return PgIndex(url, embedder)
-    raise ValueError("must start with sqlite:/// or postgresql://")

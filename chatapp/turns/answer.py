@@ -9,17 +9,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 from typing import Any
 
 from chatapp import sse
 from chatapp.errors import ProviderError
+from chatapp.turns.run import Parts
+from chatapp.turns.run import Run
 from chatapp.upstream.base import Attempt
 from chatapp.upstream.base import Chunk
-
-if TYPE_CHECKING:
-    from chatapp.turns.produce import Parts
-    from chatapp.turns.produce import Run
 
 # Lifecycle lines go to the logger the JSON log set-up names for turns.
 turn_log = logging.getLogger("chatapp.turn")

@@ -23,13 +23,13 @@ from chatapp.store.events import EventLog
 from chatapp.store.tail import Tail
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
-from chatapp.turns.produce import Parts
-from chatapp.turns.produce import Run
-from chatapp.turns.produce import TurnCancelled
-from chatapp.turns.produce import interrupt
 from chatapp.turns.produce import produce
 from chatapp.turns.produce import replay
 from chatapp.turns.produce import start_frame
+from chatapp.turns.run import Parts
+from chatapp.turns.run import Run
+from chatapp.turns.run import TurnCancelled
+from chatapp.turns.run import interrupt
 from chatapp.turns.supervise import Supervisor
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Upstream

@@ -22,9 +22,9 @@ from chatapp.settings import Settings
 from chatapp.settings.value import LEASE_SECONDS
 from chatapp.store.coordination import Coordination
 from chatapp.store.events import EventLog
-from chatapp.turns.produce import Run
-from chatapp.turns.produce import TurnCancelled
-from chatapp.turns.produce import interrupt
+from chatapp.turns.run import Run
+from chatapp.turns.run import TurnCancelled
+from chatapp.turns.run import interrupt
 
 log = logging.getLogger(__name__)
 

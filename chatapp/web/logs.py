@@ -35,6 +35,7 @@ from werkzeug.wsgi import ClosingIterator
 from chatapp.addresses import address_key
 from chatapp.masking import mask
 from chatapp.settings import Settings
+from chatapp.turns.model import TurnEnd
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Read by gunicorn's access line (gunicorn.conf.py) from the WSGI environ.
@@ -224,5 +225,22 @@ def _error_code(response: Response) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 1)
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds * 1000, 1) if seconds is not None else None
+
+
+def log_end(end: TurnEnd) -> None:
+    """Write a turn's `turn.ended` line."""
+    log_turn(
+        "turn.ended",
+        turn_id=end.info.id,
+        finish_reason=end.finish_reason,
+        error=end.error_code,
+        input_tokens=end.input_tokens,
+        output_tokens=end.output_tokens,
+        output_chars=end.output_chars,
+        ttft_ms=_ms(end.first_token_seconds),
+        max_gap_ms=_ms(end.max_gap_seconds),
+        duration_ms=_ms(time.time() - end.info.created_at),
+        cached=end.cached,
+    )
