@@ -1,11 +1,13 @@
-/* The chat page's entry module (of / and /embed): what a widget's host page asks, and start-up. */
+/* The chat page's entry module (of / and /embed): what a widget's host page asks, the pieces wired together, start-up. */
 import { h } from './dom.js';
 import { initEmbed } from './embed.js';
 import { thread, ui } from './thread.js';
-import { activeTurn, startTurn } from './turns.js';
+import { activeTurn, conversation } from './conversation.js';
 import { composer } from './composer.js';
-import { undo, newChat } from './newchat.js';
 import { followUps } from './followups.js';
+import { undo } from './undo.js';
+import { startTurn, stop } from './turns.js';
+import { newChat } from './newchat.js';
 import { dataControls } from './visitordata.js';
 import { restoreConversation } from './restore.js';
 
@@ -41,6 +43,16 @@ const host = {
     box.hidden = questions.length === 0;
   },
 };
+
+// ---------------------------------------------------------------- wiring
+
+// Imports only go down (see docs/ui.md); what a lower module must call above
+// it is handed to it here.
+composer.onSend((text, editing) => followUps.send(text, editing));
+composer.onStop(stop);
+composer.onUpdate(() => followUps.updateRegenerate());
+followUps.onStart(startTurn);
+conversation.onChange(() => dataControls.update());
 
 // ---------------------------------------------------------------- start-up
 

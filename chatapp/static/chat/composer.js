@@ -3,11 +3,13 @@ import { config } from './config.js';
 import { announce, codePoints } from './dom.js';
 import { formatDuration, formatShortWait, t } from './i18n.js';
 import { thread, ui } from './thread.js';
-import { conversation } from './conversation.js';
-import { activeTurn, startTurn, stop } from './turns.js';
-import { followUps } from './followups.js';
+import { activeTurn } from './conversation.js';
 
 const COUNTER_FROM = 0.8; // show the length counter from 80 % of the limit
+
+// What Send and Stop do, and who follows the composer's state: given by
+// app.js, since the modules that act on them (followups.js, turns.js) sit above this one.
+const hooks = { send: () => {}, stop: () => {}, updated: [] };
 
 export const composer = {
   busy: false,
@@ -34,11 +36,11 @@ export const composer = {
     document.addEventListener('keydown', (event) => {
       if (event.key === 'Escape' && activeTurn && !event.defaultPrevented && !event.isComposing) {
         event.preventDefault();
-        stop();
+        hooks.stop();
       }
     });
     ui.input.addEventListener('input', () => this.update());
-    ui.stop.addEventListener('click', stop);
+    ui.stop.addEventListener('click', () => hooks.stop());
     if (!CSS.supports('field-sizing', 'content')) {
       // Grow with the text where CSS cannot (CSSOM writes are CSP-safe).
       ui.input.addEventListener('input', () => {
@@ -47,6 +49,20 @@ export const composer = {
       });
     }
     this.update();
+  },
+
+  /** `send(text, editing)`: the text to send, and what Edit left to replace (or null). */
+  onSend(send) {
+    hooks.send = send;
+  },
+
+  onStop(stop) {
+    hooks.stop = stop;
+  },
+
+  /** Called after every update(), e.g. to enable Regenerate only when a send could go now. */
+  onUpdate(listener) {
+    hooks.updated.push(listener);
   },
 
   text() {
@@ -99,15 +115,7 @@ export const composer = {
     this.update();
     const { editing } = this;
     this.editing = null;
-    const stillLast = editing?.userNode?.isConnected && editing.userNode === followUps.lastUser();
-    if (editing && conversation.id && (editing.replace || stillLast)) {
-      followUps.withdraw();
-      thread.remove(editing.answerNode);
-      thread.remove(editing.userNode);
-      startTurn(text, { replaceLast: true });
-      return;
-    }
-    startTurn(text);
+    hooks.send(text, editing);
   },
 
   /** Put refused text back, unless the person has already typed something new. */
@@ -148,8 +156,8 @@ export const composer = {
       const left = config.maxChars - length;
       ui.counter.textContent = over ? t('counter.over', { n: -left }) : t('counter.left', { n: left });
     }
+    for (const listener of hooks.updated) listener();
     // The counter is announced when it crosses a threshold, not per key.
-    followUps.regenerate.disabled = !this.canSendNow();
     const level = over ? 'over' : showCounter ? 'near' : 'none';
     if (level !== this.level) {
       if (level === 'near') announce(`${ui.counter.textContent}.`);

@@ -1,10 +1,19 @@
-/* The conversation kept across reloads: its id, the turn being answered, the token that owns it. */
+/* The conversation kept across reloads (its id, the turn being answered, the token that owns it), and the turn running now. */
 import { config } from './config.js';
 import { ui } from './thread.js';
 import { Session } from './transport.js';
-import { dataControls } from './visitordata.js';
 
 const STORAGE_KEY = 'chatapp:v1';
+
+/** The turn running on this page (set by turns.js; by New chat and Delete when they end it), read live by the rest. */
+export let activeTurn = null;
+
+export function setActiveTurn(turn) {
+  activeTurn = turn;
+}
+
+// Told when the conversation's id is set or forgotten (app.js: Download and Delete show or hide).
+const changeListeners = [];
 
 // ----------------------------------------------------------------- storage
 
@@ -51,7 +60,7 @@ export const conversation = {
   set(id) {
     this.id = id;
     this.save();
-    dataControls.update();
+    this.changed();
   },
 
   save() {
@@ -68,6 +77,14 @@ export const conversation = {
     this.id = null;
     this.pending = null;
     storage.clear();
-    dataControls.update();
+    this.changed();
+  },
+
+  onChange(listener) {
+    changeListeners.push(listener);
+  },
+
+  changed() {
+    for (const listener of changeListeners) listener();
   },
 };

@@ -2,9 +2,11 @@
 import { announce, h, icon } from './dom.js';
 import { t } from './i18n.js';
 import { thread, ui } from './thread.js';
-import { conversation } from './conversation.js';
-import { activeTurn, startTurn } from './turns.js';
+import { activeTurn, conversation } from './conversation.js';
 import { composer } from './composer.js';
+
+// How a turn starts (turns.js's startTurn, given by app.js: turns.js sits above this module).
+let startTurn = () => {};
 
 /**
  * Regenerate (on the last answer) and Edit (on the last user message). Each
@@ -30,6 +32,29 @@ export const followUps = {
   init() {
     this.regenerate.addEventListener('click', () => this.runRegenerate());
     this.edit.addEventListener('click', () => this.runEdit());
+  },
+
+  /** `start(text, options)` starts a turn. */
+  onStart(start) {
+    startTurn = start;
+  },
+
+  /** Send the composer's text: after Edit, in place of the last exchange while it still is the last. */
+  send(text, editing) {
+    const stillLast = editing?.userNode?.isConnected && editing.userNode === this.lastUser();
+    if (editing && conversation.id && (editing.replace || stillLast)) {
+      this.withdraw();
+      thread.remove(editing.answerNode);
+      thread.remove(editing.userNode);
+      startTurn(text, { replaceLast: true });
+      return;
+    }
+    startTurn(text);
+  },
+
+  /** Regenerate only when a send could go now (after each composer update). */
+  updateRegenerate() {
+    this.regenerate.disabled = !composer.canSendNow();
   },
 
   lastUser() {

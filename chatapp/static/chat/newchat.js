@@ -1,13 +1,12 @@
-/* New chat, and its Undo: the earlier conversation back, as it was, for a while. */
+/* New chat: forget the conversation (ending an answer being written), undoable for a while (undo.js). */
 import { announce } from './dom.js';
 import { t } from './i18n.js';
 import { thread, ui } from './thread.js';
-import { conversation } from './conversation.js';
-import { activeTurn, cancelQuietly, setActiveTurn } from './turns.js';
+import { activeTurn, conversation, setActiveTurn } from './conversation.js';
+import { cancelQuietly } from './turns.js';
 import { composer } from './composer.js';
 import { followUps } from './followups.js';
-
-const UNDO_MS = 10_000; // how long New chat can be undone
+import { undo } from './undo.js';
 
 /** Forget the conversation (cancelling an answer being written); undoable for a while. */
 export function newChat() {
@@ -31,40 +30,3 @@ export function newChat() {
   if (earlier.nodes.length > 0) undo.offer(earlier);
   announce(t(earlier.nodes.length > 0 ? 'chat.new_started_undo' : 'chat.new_started'));
 }
-/** "Undo" after New chat: the earlier conversation back, as it was. */
-export const undo = {
-  earlier: null,
-  timer: 0,
-
-  init() {
-    ui.undoButton.addEventListener('click', () => this.restore());
-  },
-
-  offer(earlier) {
-    this.earlier = earlier;
-    ui.undo.hidden = false;
-    clearTimeout(this.timer);
-    this.timer = setTimeout(() => this.drop(), UNDO_MS);
-  },
-
-  drop() {
-    const hadFocus = ui.undo.contains(document.activeElement);
-    clearTimeout(this.timer);
-    this.earlier = null;
-    ui.undo.hidden = true;
-    if (hadFocus) ui.input.focus({ preventScroll: true });
-  },
-
-  restore() {
-    const { earlier } = this;
-    if (!earlier || activeTurn) return;
-    ui.log.replaceChildren(...earlier.nodes);
-    thread.update();
-    thread.scrollToEnd();
-    if (earlier.id) conversation.set(earlier.id);
-    this.drop();
-    followUps.offer();
-    ui.input.focus({ preventScroll: true });
-    announce(t('chat.restored'));
-  },
-};

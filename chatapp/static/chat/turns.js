@@ -10,22 +10,15 @@ import { botCheck } from './altcha.js';
 import { showAllowance } from './ratelimit.js';
 import { onAnswering, onReasoning, onStatus } from './thinking.js';
 import { readSources, withPageUrl } from './sources.js';
-import { conversation, session } from './conversation.js';
+import { activeTurn, conversation, session, setActiveTurn } from './conversation.js';
 import { composer } from './composer.js';
 import { followUps } from './followups.js';
-import { undo } from './newchat.js';
+import { undo } from './undo.js';
 import { feedback, turnIdOf } from './feedback.js';
 
 // After Stop, the stream normally ends with done/cancelled within a second;
 // past this, end the turn locally so the composer can never stay locked.
 const CANCEL_GRACE_MS = 5000;
-
-export let activeTurn = null;
-
-/** For New chat and Delete, which end the running turn from outside. */
-export function setActiveTurn(turn) {
-  activeTurn = turn;
-}
 
 // Each stream error `code` worded in the visitor's language (the API's own
 // English `message` is never shown).
@@ -94,7 +87,7 @@ export function beginTurn({ text, key, userNode, ids = null, replaceLast = false
     ended: false,
     cancelTimer: 0,
   };
-  activeTurn = turn;
+  setActiveTurn(turn);
   // Older "Try again" buttons would put their answer out of order now.
   Notice.retireAll();
   followUps.withdraw();
@@ -146,7 +139,7 @@ export async function startTurn(text, { userNode = null, key = newKey(), replace
   } catch (err) {
     if (altcha) botCheck.spent({ verified: false });
     if (activeTurn !== turn) return; // "New chat" was pressed meanwhile
-    activeTurn = null;
+    setActiveTurn(null);
     thread.remove(turn.answer.node);
     composer.setBusy(false);
     if (!turn.stopRequested) refuse(turn, err);
@@ -255,7 +248,7 @@ function endTurn(turn, reason) {
   }
 
   if (activeTurn === turn) {
-    activeTurn = null;
+    setActiveTurn(null);
     composer.setBusy(false);
     followUps.offer();
   }

@@ -4,11 +4,10 @@ import { announce, h } from './dom.js';
 import { t } from './i18n.js';
 import { Notice } from './messages.js';
 import { thread, ui } from './thread.js';
-import { conversation, session } from './conversation.js';
-import { activeTurn, setActiveTurn } from './turns.js';
+import { activeTurn, conversation, session, setActiveTurn } from './conversation.js';
 import { composer } from './composer.js';
 import { followUps } from './followups.js';
-import { undo } from './newchat.js';
+import { undo } from './undo.js';
 
 /** "Download" (a Markdown transcript) and "Delete this conversation". */
 export const dataControls = {
