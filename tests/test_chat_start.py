@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from flask import url_for
 from flask.testing import FlaskClient
 
 from chatapp import create_app
@@ -53,6 +54,33 @@ def test_another_visitors_idempotency_key_starts_its_own_turn(app: Flask) -> Non
     assert again.get_json() == first.get_json()
     assert other.get_json()["id"] != first.get_json()["id"]
     assert other.get_json()["conversation_id"] != first.get_json()["conversation_id"]
+
+
+@pytest.mark.parametrize("root", ["", "/chat-prefix", "/a b"])
+def test_the_turn_urls_are_url_fors_under_any_script_root(
+    app: Flask, root: str
+) -> None:
+    # Behind a proxy mounting the app under a path (SCRIPT_NAME), both URLs
+    # carry it, spelt exactly as url_for spells them.
+    client = app.test_client()
+    base = f"http://localhost{root}"
+    token = client.post(
+        "/api/token", base_url=base, headers={"Origin": OWN}
+    ).get_json()["token"]
+    response = client.post(
+        "/api/chat",
+        base_url=base,
+        json={"token": token, "message": "hello"},
+        headers={"Idempotency-Key": "urls-1", "Origin": OWN},
+    )
+    assert response.status_code == 201, response.get_json()
+    body = response.get_json()
+    stream_token = body["stream_url"].partition("?t=")[2]
+    with app.test_request_context("/api/chat", base_url=base):
+        ids = {"turn_id": body["id"], "t": stream_token}
+        assert body["stream_url"] == url_for("api.events", **ids)
+        assert body["cancel_url"] == url_for("api.cancel", **ids)
+    assert body["cancel_url"].startswith(f"{root}/api/chat/")
 
 
 def test_a_draining_worker_refuses_new_turns(app: Flask) -> None:

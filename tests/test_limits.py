@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 import redis
+from flask import g
+from flask_limiter import RateLimitExceeded
 
 from chatapp import create_app
 from chatapp.addresses import address_key
@@ -27,6 +29,7 @@ from chatapp.turns.holds import tokens_spent
 from chatapp.turns.holds import utc_day
 from chatapp.turns.model import TurnEnd as TurnOutcome
 from chatapp.turns.model import TurnInfo
+from chatapp.web.limiter import _hit_chat_limits
 from chatapp.web.limiter import client_for
 from chatapp.web.limiter import client_key
 from tests.conftest import RedisServer
@@ -120,6 +123,29 @@ def test_a_visitor_or_a_bad_token_is_the_address(app: Any) -> None:
 def test_a_budget_below_one_turns_hold_is_refused_at_start() -> None:
     with pytest.raises(ConfigError, match="CHATAPP_DAILY_TOKEN_BUDGET"):
         create_app({"DAILY_TOKEN_BUDGET": 100, "MAX_OUTPUT_TOKENS": 1024})
+
+
+def _hits_until_refused(app: Any, tries: int = 5) -> int:
+    """Hit the chat limits as one client until refused; the hits taken."""
+    for taken in range(tries):
+        remote = {"REMOTE_ADDR": "192.0.2.9"}
+        with app.test_request_context("/api/chat", method="POST", environ_base=remote):
+            g.chatapp_hitting = True
+            try:
+                _hit_chat_limits()
+            except RateLimitExceeded:
+                return taken
+    return tries
+
+
+def test_each_app_keeps_its_own_rate_limit_string() -> None:
+    # The parsed limits are kept per string: apps in one process never share
+    # them, and a second look at a string counts with what it says.
+    one = create_app({"RATE_LIMITS": "1/minute"})
+    two = create_app({"RATE_LIMITS": "3/minute;100/day"})
+    assert _hits_until_refused(one) == 1
+    assert _hits_until_refused(two) == 3
+    assert _hits_until_refused(create_app({"RATE_LIMITS": "1/minute"})) == 1
 
 
 # -- what a turn cost ------------------------------------------------------------------

@@ -113,3 +113,37 @@ def test_gunicorn_formats_its_lines_as_the_app_does() -> None:
     formatter = json.loads(result.stdout)
     assert formatter.pop("()") == "pythonjsonlogger.json.JsonFormatter"
     assert formatter == JSON_FORMAT
+
+
+def test_configured_logging_writes_the_same_lines() -> None:
+    # configure_logging stops logging from finding each record's caller,
+    # thread and process: no line writes them, so every line stays the same.
+    probe = (
+        "import io, json, logging\n"
+        "from pythonjsonlogger.json import JsonFormatter\n"
+        "from chatapp.web.logs import JSON_FORMAT, configure_logging, log_turn\n"
+        "out = io.StringIO()\n"
+        "handler = logging.StreamHandler(out)\n"
+        "handler.setFormatter(JsonFormatter(**JSON_FORMAT))\n"
+        "logging.getLogger('chatapp').addHandler(handler)\n"
+        "logging.getLogger('chatapp').setLevel(logging.INFO)\n"
+        "log_turn('turn.ended', turn_id='t-1', error=None, cached=False)\n"
+        "configure_logging('INFO')\n"
+        "log_turn('turn.ended', turn_id='t-1', error=None, cached=False)\n"
+        "print(out.getvalue(), end='')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    before, after = (json.loads(row) for row in result.stdout.splitlines())
+    assert before.pop("time") and after.pop("time")
+    assert after == before
+    assert list(after) == [
+        "level", "logger", "event", "turn_id", "error", "cached"
+    ]  # fmt: skip
+    assert '"turn_id": "t-1"' in result.stderr  # the root handler's line

@@ -54,11 +54,15 @@ POLL_WAIT = 25.0
 def _reply(ids: TurnIds, renewed: str | None) -> dict[str, Any]:
     """The 201's body for a turn: its ids, its URLs, a renewed page token."""
     token = state().signer.stream_token(ids.turn_id)
+    stream_url = url_for("api.events", turn_id=ids.turn_id, t=token)
+    # The cancel route is the events route's sibling: one url_for builds both
+    # (script root, quoting and all), the second URL by swapping the last step.
+    path, _, query = stream_url.partition("?")
     reply = {
         "id": ids.turn_id,
         "conversation_id": ids.conversation_id,
-        "stream_url": url_for("api.events", turn_id=ids.turn_id, t=token),
-        "cancel_url": url_for("api.cancel", turn_id=ids.turn_id, t=token),
+        "stream_url": stream_url,
+        "cancel_url": f"{path.removesuffix('/events')}/cancel?{query}",
     }
     if renewed is not None:
         reply["token"] = renewed

