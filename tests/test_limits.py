@@ -301,3 +301,31 @@ def test_the_gate_counts_in_memory_while_redis_is_away(
         return _slots(private_redis, visitor) == 1
 
     wait_for(shared_again, 10, "the gate to use Redis again", every=0.2)
+
+
+def test_memory_limits_purge_at_a_steady_pace_and_still_count() -> None:
+    """A hit within a second of the last purge starts no purge timer of its
+    own (limits' memory storage started one for nearly every hit), and the
+    window counts the same whether or not a purge has run."""
+    from limits import parse
+    from limits.storage import storage_from_string
+
+    from chatapp.web.limits_storage import MEMORY_SCHEME
+    from chatapp.web.limits_storage import PURGE_EVERY
+    from chatapp.web.moving_window import CountingMovingWindow
+
+    now = [1000.0]
+    storage = storage_from_string(f"{MEMORY_SCHEME}://", clock=lambda: now[0])
+    window = CountingMovingWindow(storage)
+    item = parse("3 per minute")
+    storage.timer.join()  # the one the storage starts at birth
+    first = storage.timer
+
+    assert [window.hit(item, "visitor") for _ in range(4)] == [True] * 3 + [False]
+    assert storage.timer is first  # four hits, no purge timer started
+
+    now[0] += PURGE_EVERY
+    assert not window.hit(item, "visitor")  # still full: a purge drops nothing live
+    assert storage.timer is not first  # one purge, a second on
+    storage.timer.join()
+    assert window.get_window_stats(item, "visitor").remaining == 0

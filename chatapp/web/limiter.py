@@ -256,7 +256,7 @@ def init_limits(app: Flask) -> Gate:
         app.config["RATELIMIT_STORAGE_URI"] = f"{limits_storage.SCHEME}://"
         app.config["RATELIMIT_STORAGE_OPTIONS"] = {"client": client}
     else:
-        app.config["RATELIMIT_STORAGE_URI"] = "memory://"
+        app.config["RATELIMIT_STORAGE_URI"] = f"{limits_storage.MEMORY_SCHEME}://"
     caps: ReaderCaps = app.extensions[READERS]
     state_gate = Gate(
         st.settings,
