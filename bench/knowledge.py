@@ -9,6 +9,10 @@ rate, memory and index size, for SQLite and Postgres.
     .venv/bin/python -m bench.knowledge --docs /usr/share/debian-reference \
         --questions bench/knowledge_questions_debian_reference.json --quality-only
 
+    # hybrid retrieval too, with a real model (bench/embeddings_server.py)
+    .venv/bin/python -m bench.knowledge --quality-only \
+        --embeddings http://127.0.0.1:8765/v1
+
 The doc set is served as it is installed, with a sitemap of its pages, by
 `python -m http.server` in a child process (so its CPU is not ours). The
 questions are bench/knowledge_questions.json. Nothing here is tuned on them.
@@ -31,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +46,7 @@ import requests
 
 from bench.procs import free_port
 from chatapp.knowledge.crawl import Crawler
+from chatapp.knowledge.embed import OpenAIEmbedder
 from chatapp.knowledge.embed import VectorCache
 from chatapp.knowledge.index import CANDIDATES
 from chatapp.knowledge.index import Index
@@ -334,6 +340,62 @@ def vector_cost(passages: int, dims: int = 1536) -> dict[str, float]:
     }
 
 
+class RememberingEmbedder:
+    """An endpoint's vectors, each text embedded once in this run.
+
+    Both engines index the same passages: the second gets them from here,
+    and so costs no second embedding of the whole doc set.
+    """
+
+    def __init__(self, embedder: OpenAIEmbedder) -> None:
+        self.embedder = embedder
+        self.known: dict[str, np.ndarray] = {}
+        self.seconds = 0.0
+        self.texts = 0
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        missing = list(dict.fromkeys(t for t in texts if t not in self.known))
+        if missing:
+            started = time.perf_counter()
+            rows = self.embedder.embed(missing)
+            self.seconds += time.perf_counter() - started
+            self.texts += len(missing)
+            self.known.update(zip(missing, rows, strict=True))
+        return np.vstack([self.known[t] for t in texts])
+
+
+def hybrid(
+    index: SqliteIndex,
+    work: Path,
+    embedder: RememberingEmbedder,
+    questions: list[dict[str, Any]],
+    base: str,
+) -> dict[str, Any]:
+    """Embed the crawled passages into a second SQLite index; its recall, cost."""
+    hybrid_index = SqliteIndex(work / "hybrid.sqlite3", embedder)
+    passages = copy_documents(index, hybrid_index)
+    h1, h3, misses = recall(
+        lambda q: ranked_pages(hybrid_index.search(q, limit=40), base), questions
+    )
+    # The question's embedding is what hybrid adds to a search's wall clock
+    # (the vector product is in vector_cost): one request, not remembered.
+    samples = []
+    for item in questions:
+        started = time.perf_counter()
+        embedder.embedder.embed([item["q"]])
+        samples.append((time.perf_counter() - started) * 1000)
+    hybrid_index.close()
+    return {
+        "recall": {"at1": h1, "at3": h3},
+        "misses": misses,
+        "passages": passages,
+        "embed_seconds": round(embedder.seconds, 1),
+        "passages_per_s": round(embedder.texts / embedder.seconds, 1),
+        "question_embedding_ms_p50": round(statistics.median(samples), 1),
+        "load_average": os.getloadavg(),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", default="/usr/share/doc/git-doc")
@@ -343,7 +405,19 @@ def main() -> None:
     )
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--show-misses", action="store_true")
+    parser.add_argument(
+        "--embeddings",
+        metavar="BASE_URL",
+        help="also rank hybrid, with the OpenAI-compatible endpoint at BASE_URL "
+        "(bench/embeddings_server.py serves a real model)",
+    )
+    parser.add_argument("--embeddings-model", default="all-MiniLM-L6-v2")
     args = parser.parse_args()
+    embedder = (
+        RememberingEmbedder(OpenAIEmbedder(args.embeddings, args.embeddings_model))
+        if args.embeddings
+        else None
+    )
     docs = Path(args.docs)
     questions = json.loads(Path(args.questions).read_text())["questions"]
     results: dict[str, Any] = {"questions": len(questions)}
@@ -390,6 +464,13 @@ def main() -> None:
         }
         if args.show_misses:
             results["misses"] = {"plain_bm25_pages": b_miss, "sqlite": s_miss}
+        if embedder is not None:
+            found = hybrid(index, work, embedder, questions, base)
+            results["recall"]["sqlite_hybrid"] = found.pop("recall")
+            h_miss = found.pop("misses")
+            if args.show_misses:
+                results["misses"]["sqlite_hybrid"] = h_miss
+            results["embeddings"] = found
 
         if not args.no_postgres:
             with postgres() as url:
@@ -401,6 +482,18 @@ def main() -> None:
                 results["recall"]["postgres"] = {"at1": p1, "at3": p3}
                 if args.show_misses:
                     results["misses"]["postgres"] = p_miss
+                if embedder is not None:
+                    # The same documents again, now with (remembered) vectors.
+                    pg_hybrid = PgIndex(url, embedder)
+                    copy_documents(index, pg_hybrid)
+                    h1, h3, h_miss = recall(
+                        lambda q: ranked_pages(pg_hybrid.search(q, limit=40), base),
+                        questions,
+                    )
+                    results["recall"]["postgres_hybrid"] = {"at1": h1, "at3": h3}
+                    if args.show_misses:
+                        results["misses"]["postgres_hybrid"] = h_miss
+                    pg_hybrid.close()
                 if not args.quality_only:
                     held = grow(pg, index, TARGET_PASSAGES)
                     results["postgres_latency_ms"] = latency(pg, questions)

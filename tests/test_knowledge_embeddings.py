@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from chatapp.knowledge.embed import OpenAIEmbedder
+from chatapp.knowledge.embed import VectorCache
 from chatapp.knowledge.embed import fuse
+from chatapp.knowledge.embed import hybrid_search
 from chatapp.knowledge.embed import make_embedder
 from chatapp.knowledge.engines import open_index
 from chatapp.knowledge.index import Index
@@ -114,3 +118,44 @@ def test_reciprocal_rank_fusion_rewards_agreement() -> None:
     fused = fuse([a, b, c], [b], limit=3)
     assert [p.url for p in fused] == ["u1", "u0", "u2"]
     assert len(fuse([a, b, c], [c, b], limit=2)) == 2
+
+
+class FixedEmbedder:
+    """Embeds every question as the first axis."""
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        return np.array([[1.0, 0.0, 0.0, 0.0]] * len(texts), dtype=np.float32)
+
+
+def near(cosine: float, axis: int) -> bytes:
+    """A unit vector at `cosine` to the first axis, off towards `axis`."""
+    vector = np.zeros(4, dtype=np.float32)
+    vector[0], vector[axis] = cosine, (1 - cosine**2) ** 0.5
+    return vector.tobytes()
+
+
+def test_the_vector_ranking_weighs_page_evidence_like_the_lexical_one() -> None:
+    # Page A answers with two passages, page B with one a little nearer.
+    passages = {
+        1: Passage("https://s.test/a", "A", "", "first"),
+        2: Passage("https://s.test/a", "A", "", "second"),
+        3: Passage("https://s.test/b", "B", "", "lone"),
+    }
+    vectors = [(1, near(0.80, 1)), (2, near(0.78, 2)), (3, near(0.85, 3))]
+
+    def search(prefer_url: str | None = None) -> list[str]:
+        found = hybrid_search(
+            "question",
+            [],
+            FixedEmbedder(),
+            VectorCache(),
+            version=(3,),
+            load=lambda: vectors,
+            fetch=lambda ids: {i: passages[i] for i in ids},
+            limit=3,
+            prefer_url=prefer_url,
+        )
+        return [p.text for p in found]
+
+    assert search() == ["first", "second", "lone"]
+    assert search(prefer_url="https://s.test/b") == ["lone", "first", "second"]
