@@ -171,6 +171,10 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Service:
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> Service:
+        """Start gunicorn; `wait_ready` waits for it to answer."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
@@ -179,6 +183,9 @@ class Service:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        return self
+
+    def wait_ready(self) -> Service:
         wait_for(self._ready, 30, f"the service on {self.url}")
         return self
 
@@ -213,10 +220,17 @@ class Service:
             return []
 
     def stop(self) -> None:
+        self.signal_stop()
+        self.wait_stopped()
+
+    def signal_stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             # Quick shutdown: a graceful one waits out idle keep-alive
             # connections, which tests do not need.
             self.proc.send_signal(signal.SIGQUIT)
+
+    def wait_stopped(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -235,6 +249,14 @@ class ServiceFactory:
         self.started: list[Service] = []
 
     def __call__(self, **settings: Any) -> Service:
+        return self._made(settings).start()
+
+    def many(self, *settings: dict[str, Any]) -> list[Service]:
+        """Start several services at once: they boot side by side."""
+        made = [self._made(each).spawn() for each in settings]
+        return [service.wait_ready() for service in made]
+
+    def _made(self, settings: dict[str, Any]) -> Service:
         env = _clean_env()
         env.update(
             {
@@ -255,11 +277,13 @@ class ServiceFactory:
         log_path = self.tmp / f"gunicorn-{port}.log"
         service = Service(env, port, log_path)
         self.started.append(service)
-        return service.start()
+        return service
 
     def stop_all(self) -> None:
         for service in self.started:
-            service.stop()
+            service.signal_stop()
+        for service in self.started:
+            service.wait_stopped()
 
 
 @pytest.fixture
