@@ -25,6 +25,7 @@ from tests.fake_provider import FakeProvider
 pytestmark = [pytest.mark.browser]
 
 ANSWER_CHARS = 30_000
+LONG_ANSWER_TIMEOUT_MS = 60_000
 # The growing block's nodes: its element and the line break after it.
 TAIL_NODES_BOUND = 3
 # The renderer's window (MAX_CHARS_PER_FRAME in chat/render.js) plus one
@@ -103,6 +104,8 @@ def stream_answer(
     once the answer has finished.
     """
     context = new_context(browser)
+    # 2,500 deltas take a few seconds, and many more on a busy machine.
+    context.set_default_timeout(LONG_ANSWER_TIMEOUT_MS)
     context.add_init_script(init_script)
     chat = ChatPage(context.new_page(), base_url).open()
     chat.page.evaluate("() => window.__streaming?.()")
