@@ -62,7 +62,9 @@ for arg in "$@"; do
     exec .venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
   fi
 done
+# Each part ends with its 15 slowest steps, so a CI log shows where the time goes.
 status=0
-.venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder -m "not serial" "$@" || status=$?
-.venv/bin/pytest -p no:xdist -m serial "$@" || status=$((status ? status : $?))
+.venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder --durations=15 \
+  -m "not serial" "$@" || status=$?
+.venv/bin/pytest -p no:xdist --durations=15 -m serial "$@" || status=$((status ? status : $?))
 exit "$status"
