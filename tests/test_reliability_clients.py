@@ -222,9 +222,10 @@ STUCK_ANSWER = Behaviour(text="x" * 160_000, pieces=1200, delay_ms=300)
 NORMAL_READERS = 4
 NORMAL_ANSWER = Behaviour(text="word " * 80, pieces=5, delay_ms=100)
 NORMAL_DELTAS = 80
-# Long enough that the first readers stuck are not dropped before the last
-# ones are, on a machine busy with other tests.
-SEND_TIMEOUT = 30.0
+# The default: long enough that on a machine busy with other tests the
+# first readers stuck are not dropped before the others have been timed
+# beside them.
+SEND_TIMEOUT = 60.0
 # Worker memory per stuck stream: a parked greenlet, its request and the one
 # chunk it is writing (here at most the ~40 KB of frames the turn had when it
 # joined). 256 KiB leaves room for allocator slack on a busy machine.
