@@ -222,10 +222,7 @@ STUCK_ANSWER = Behaviour(text="x" * 160_000, pieces=1200, delay_ms=300)
 NORMAL_READERS = 4
 NORMAL_ANSWER = Behaviour(text="word " * 80, pieces=5, delay_ms=100)
 NORMAL_DELTAS = 80
-# The default: long enough that on a machine busy with other tests the
-# first readers stuck are not dropped before the others have been timed
-# beside them.
-SEND_TIMEOUT = 60.0
+SEND_TIMEOUT = 20.0
 # Worker memory per stuck stream: a parked greenlet, its request and the one
 # chunk it is writing (here at most the ~40 KB of frames the turn had when it
 # joined). 256 KiB leaves room for allocator slack on a busy machine.
@@ -259,7 +256,7 @@ def test_five_hundred_readers_that_never_read_are_bounded_and_slow_no_one(
         sockets.append(stuck_reader(service, turns[n // READERS_PER_TURN].stream_url))
     wait_for(
         lambda: blocked_sockets(service.port) >= STUCK_READERS,
-        60,
+        30,
         "every stuck reader's socket buffers to fill",
         every=0.2,
     )
