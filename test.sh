@@ -48,9 +48,12 @@ fi
 # `serial`, whole files spread over CHATAPP_TEST_WORKERS processes
 # (pytest-xdist --dist loadfile: a module's shared services stay in one
 # process; the tests wait on their servers far more than they compute, so
-# more processes than cores pay), in collection order, which starts the long
-# battery first (tests/conftest.py), instead of xdist's biggest-file-first. Then the `serial` ones alone: they compare
-# timings, which other tests running beside them would blur.
+# more processes than cores pay), in collection order, which starts the
+# longest files first, each on a process of its own (tests/conftest.py),
+# instead of xdist's biggest-file-first. Then the `serial` ones alone (the
+# Redis failovers, timed against a bound): other tests beside them would
+# blur their timings. Timing comparisons belong in bench/, so the serial
+# part stays short.
 # With a selection among the arguments (a path, -k or -m), it is yours: one
 # run. Exit code 5 (no test collected) fails like any other.
 workers="${CHATAPP_TEST_WORKERS:-3}"
@@ -59,7 +62,9 @@ for arg in "$@"; do
     exec .venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
   fi
 done
+# Each part ends with its 15 slowest steps, so a CI log shows where the time goes.
 status=0
-.venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder -m "not serial" "$@" || status=$?
-.venv/bin/pytest -p no:xdist -m serial "$@" || status=$((status ? status : $?))
+.venv/bin/pytest -n "$workers" --dist loadfile --no-loadscope-reorder --durations=15 \
+  -m "not serial" "$@" || status=$?
+.venv/bin/pytest -p no:xdist --durations=15 -m serial "$@" || status=$((status ? status : $?))
 exit "$status"

@@ -57,13 +57,60 @@ def wait_for(predicate: Any, timeout: float, what: str, every: float = 0.02) -> 
 # -- ordering -------------------------------------------------------------------
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Start the long battery first: spread over processes, it must not end last.
+# The two longest files (minutes each, most of it CPU), first: each starts at
+# once on a process of its own.
+LONGEST = ("test_reliability_fuzz.py", "test_reliability_soak.py")
+# Fixtures that start real servers: a test that uses one takes seconds.
+SERVER_FIXTURES = {
+    "service_factory",
+    "module_services",
+    "openai_service",
+    "anthropic_service",
+    "browser",
+    "redis_server",
+    "postgres_server",
+    "fake_provider",
+}
 
-    The sort is stable, so every other test keeps its order, and every xdist
-    process collects the same order, as it must.
+
+def _weight(item: pytest.Item) -> tuple[int, int]:
+    """The longest files, the rest of the battery, real servers, the rest."""
+    if item.path.name in LONGEST:
+        return (0, LONGEST.index(item.path.name))
+    if item.get_closest_marker("reliability"):
+        return (1, 0)
+    if item.get_closest_marker("e2e") or item.get_closest_marker("browser"):
+        return (2, 0)
+    return (
+        (2, 0) if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) else (3, 0)
+    )
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Longest files first, so that no long one starts last (xdist --dist loadfile).
+
+    xdist hands each process one file, then one more file queued behind it,
+    then the next file whenever a process has two tests or fewer left. So the
+    two longest files (one test each) go first, on processes of their own,
+    and the files queued behind them are two quick ones; then the rest of
+    the battery, the files with real servers, and the quick ones, which fill
+    in at the end. The sorts are stable, and every xdist process collects the
+    same order, as it must.
     """
-    items.sort(key=lambda item: item.get_closest_marker("reliability") is None)
+    files: dict[Path, list[pytest.Item]] = {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+    weight = {path: min(map(_weight, tests)) for path, tests in files.items()}
+    order = sorted(files, key=weight.__getitem__)
+    workers = getattr(config, "workerinput", {}).get("workercount", 0)
+    quick = [path for path in order if weight[path][0] == 3][:2]
+    if workers >= 2 and len(order) > workers + 2 and len(quick) == 2:
+        for path in quick:
+            order.remove(path)
+        order[workers:workers] = quick
+    items[:] = [item for path in order for item in files[path]]
 
 
 # -- redis ------------------------------------------------------------------
@@ -171,6 +218,10 @@ class Service:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Service:
+        return self.spawn().wait_ready()
+
+    def spawn(self) -> Service:
+        """Start gunicorn; `wait_ready` waits for it to answer."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
@@ -179,7 +230,12 @@ class Service:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self._ready, 30, f"the service on {self.url}")
+        return self
+
+    def wait_ready(self) -> Service:
+        # Booting takes a second; on a machine busy with other runs (or with
+        # services booting side by side) it can take many.
+        wait_for(self._ready, 60, f"the service on {self.url}")
         return self
 
     def _ready(self) -> bool:
@@ -213,10 +269,17 @@ class Service:
             return []
 
     def stop(self) -> None:
+        self.signal_stop()
+        self.wait_stopped()
+
+    def signal_stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             # Quick shutdown: a graceful one waits out idle keep-alive
             # connections, which tests do not need.
             self.proc.send_signal(signal.SIGQUIT)
+
+    def wait_stopped(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
@@ -235,6 +298,14 @@ class ServiceFactory:
         self.started: list[Service] = []
 
     def __call__(self, **settings: Any) -> Service:
+        return self._made(settings).start()
+
+    def many(self, *settings: dict[str, Any]) -> list[Service]:
+        """Start several services at once: they boot side by side."""
+        made = [self._made(each).spawn() for each in settings]
+        return [service.wait_ready() for service in made]
+
+    def _made(self, settings: dict[str, Any]) -> Service:
         env = _clean_env()
         env.update(
             {
@@ -255,11 +326,13 @@ class ServiceFactory:
         log_path = self.tmp / f"gunicorn-{port}.log"
         service = Service(env, port, log_path)
         self.started.append(service)
-        return service.start()
+        return service
 
     def stop_all(self) -> None:
         for service in self.started:
-            service.stop()
+            service.signal_stop()
+        for service in self.started:
+            service.wait_stopped()
 
 
 @pytest.fixture
