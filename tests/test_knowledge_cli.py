@@ -184,6 +184,27 @@ def test_the_service_crawls_its_sources_at_start_up_with_one_worker_of_two(
     assert site.hits["/sitemap.xml"] == 1  # one worker crawled, the other did not
 
 
+@pytest.mark.e2e
+def test_a_worker_mid_crawl_quits_when_told(
+    tmp_path: Path, service_factory: ServiceFactory
+) -> None:
+    """A crawl's page in flight must not hold the worker at exit. It once
+    did: concurrent.futures' exit hook waited on its threads (greenlets,
+    under gevent) until the page's 30 s deadline, and gunicorn killed the
+    worker first."""
+    with ShopSite() as site:  # with its page that trickles a byte at a time
+        service = service_factory(
+            CHATAPP_KNOWLEDGE="on",
+            CHATAPP_KNOWLEDGE_URL=f"sqlite:///{tmp_path / 'knowledge.sqlite3'}",
+            CHATAPP_KNOWLEDGE_SOURCES=site.sitemap,
+        )
+        wait_for(lambda: site.hits["/slow.html"] > 0, 60, "the slow page's fetch")
+        assert service.proc is not None
+        service.signal_stop()
+        # gunicorn gives a worker 30 s (graceful_timeout) before it kills it.
+        assert service.proc.wait(20) == 0
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [

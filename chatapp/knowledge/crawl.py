@@ -13,6 +13,7 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import Executor
 from concurrent.futures import Future
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait
@@ -22,7 +23,10 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urldefrag
 
+import gevent
+import gevent.pool
 import requests
+from gevent import monkey
 
 from chatapp.knowledge.extract import CONTENT_TYPES
 from chatapp.knowledge.extract import Extracted
@@ -229,20 +233,16 @@ class Crawler:
         Only this thread touches the index; the others fetch and parse.
         """
         todo = iter(listed)
-        running: set[Future[PageResult | Ready]] = set()
-        known: dict[Future[PageResult | Ready], DocumentInfo | None] = {}
-        with ThreadPoolExecutor(self.fetchers, "crawl") as pool:
+        running: dict[Any, DocumentInfo | None] = {}
+        with _executor(self.fetchers) as pool:
             while True:
                 while len(running) < self.fetchers and (page := next(todo, None)):
                     info = self.index.document(page.url)
-                    future = pool.submit(self.prepare, page, info)
-                    running.add(future)
-                    known[future] = info
+                    running[pool.submit(self.prepare, page, info)] = info
                 if not running:
                     return
-                done, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    yield self.store(future.result(), known.pop(future))
+                for task in _first_done(running):
+                    yield self.store(_result(task), running.pop(task))
 
     def page(self, page: Listed) -> PageResult:
         """Fetch one page if it may have changed, and index it."""
@@ -312,3 +312,39 @@ def _http_date(text: str) -> float | None:
         return parsedate_to_datetime(text).timestamp()
     except (TypeError, ValueError):
         return None
+
+
+class _Greenlets(Executor):
+    """An executor of greenlets, for a process gevent has monkey-patched.
+
+    There, concurrent.futures' threads are greenlets too, and its exit hook
+    waits on them when the interpreter exits: a gunicorn worker that had
+    crawled did not quit until gunicorn killed it (15 s in the tests).
+    """
+
+    def __init__(self) -> None:
+        self._group = gevent.pool.Group()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return self._group.spawn(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._group.kill()
+
+
+def _executor(workers: int) -> Executor:
+    if monkey.is_module_patched("threading"):
+        return _Greenlets()
+    return ThreadPoolExecutor(workers, "crawl")
+
+
+def _first_done(tasks: Iterable[Any]) -> list[Any]:
+    """The tasks that are done, once at least one is: futures or greenlets."""
+    tasks = list(tasks)
+    if isinstance(tasks[0], Future):
+        return list(wait(tasks, return_when=FIRST_COMPLETED).done)
+    return list(gevent.wait(tasks, count=1))
+
+
+def _result(task: Any) -> Any:
+    return task.result() if isinstance(task, Future) else task.get()
