@@ -165,7 +165,8 @@ class Behaviour:
     html: bool = False
     # Sent with an error status as the Retry-After header (seconds).
     retry_after: int | None = None
-    # Anthropic: an in-stream overloaded_error before any text (HTTP 200).
+    # An in-stream error before any text (HTTP 200): Anthropic's recorded
+    # overloaded_error, OpenAI's server_error chunk.
     overloaded: bool = False
     # Refuse this request field with OpenAI's recorded 400, whatever the model.
     refuse: str | None = None
@@ -568,6 +569,13 @@ def _events(
         recorded = split_events(_read_fixture(fixtures_dir, ANTHROPIC_ERROR_STREAM))
         end = _cut_after_content(provider, recorded, 1) - 1
         return [*recorded[:end], recorded[-1]]
+    if provider == "openai" and behaviour.overloaded:
+        # The opening chunk (the role, no text), then the error chunk.
+        opening = split_events(_read_fixture(fixtures_dir, MAIN_FIXTURE[provider]))
+        return [
+            *opening[: _cut_after_content(provider, opening, 1) - 1],
+            OPENAI_MIDSTREAM_ERROR,
+        ]
     if behaviour.fixture is not None or behaviour.text is None:
         name = behaviour.fixture or MAIN_FIXTURE[provider]
         events = split_events(_read_fixture(fixtures_dir, name))

@@ -604,6 +604,18 @@ def test_fail_next_fails_that_many_requests_then_answers(
     assert statuses == [(503, "3"), (503, "3"), (200, None)]
 
 
+def test_overloaded_openai_sends_the_error_chunk_before_any_text(
+    upstream: Upstream,
+) -> None:
+    with upstream.call("openai", "fake: overloaded") as response:
+        assert response.status_code == 200
+        events = parse_sse(raw_body(response))
+    chunks = [json.loads(data) for _, data in events]
+    assert "error" not in chunks[0] and chunks[0]["choices"][0]["delta"]["role"]
+    assert not any(c["choices"][0]["delta"].get("content") for c in chunks[:-1])
+    assert chunks[-1]["error"]["type"] == "server_error"
+
+
 def test_overloaded_sends_the_recorded_error_event_before_any_text(
     upstream: Upstream,
 ) -> None:

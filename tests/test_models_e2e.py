@@ -342,6 +342,21 @@ def test_retry_after_and_an_overloaded_event_are_retried(
     assert len(fake_provider.requests) == 3
 
 
+def test_an_openai_error_chunk_before_any_text_is_retried(
+    service_factory: ServiceFactory, fake_provider: FakeProvider
+) -> None:
+    service = service_factory(
+        **openai_settings(fake_provider, CHATAPP_UPSTREAM_RETRIES="1")
+    )
+    fake_provider.enqueue(Behaviour(overloaded=True))
+    _, events = ChatClient(service.url).answer("fake: | asked again")
+    assert text_of(events) == "asked again"
+    assert data_of(events, "error") == []
+    retrying = [s for s in statuses(events) if s["state"] == "retrying"]
+    assert [s["attempt"] for s in retrying] == [2]
+    assert len(fake_provider.requests) == 2
+
+
 def test_a_primary_that_is_down_hands_over_to_the_fallback_model(
     service_factory: ServiceFactory, fake_provider: FakeProvider
 ) -> None:

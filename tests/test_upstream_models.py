@@ -23,6 +23,7 @@ from chatapp.upstream.http import UnsupportedParameter
 from chatapp.upstream.http import bad_request
 from chatapp.upstream.http import retry_after
 from chatapp.upstream.http import status_error
+from chatapp.upstream.openai_compat import stream_error
 from chatapp.upstream.retry import Resilient
 from chatapp.upstream.retry import Route
 from tests.fake_provider import REFUSED_PARAMETER_FIXTURE
@@ -415,3 +416,25 @@ def test_a_turn_can_start_on_the_fallback_model() -> None:
     )
     assert b"cheap" in b"".join(tail.frames)
     assert main.asked == [] and spare.asked == ["small"]
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "reason"),
+    [
+        ({"type": "server_error", "code": None}, "provider_unavailable", "5xx"),
+        (
+            {"type": "requests", "code": "rate_limit_exceeded"},
+            "provider_rate_limited",
+            "429",
+        ),
+        ({"type": "overloaded"}, "provider_unavailable", "overloaded"),
+        ({"type": "invalid_request_error", "code": "bad"}, "provider_error", None),
+        ("not an object", "provider_error", None),
+    ],
+)
+def test_openai_in_stream_errors_say_whether_asking_again_helps(
+    error: Any, code: str, reason: str | None
+) -> None:
+    failure = stream_error(error)
+    assert (failure.code, failure.reason) == (code, reason)
+    assert failure.retryable is (reason is not None)

@@ -154,9 +154,7 @@ class _Batch:
 
     def take(self, payload: dict[str, Any]) -> None:
         if "error" in payload:
-            raise ProviderError(
-                "provider_error", "The provider reported an error mid-answer."
-            )
+            raise stream_error(payload["error"])
         choices = payload.get("choices")
         if choices and isinstance(choices, list) and isinstance(choices[0], dict):
             choice = choices[0]
@@ -204,6 +202,36 @@ class _Batch:
             "".join(self.thoughts) if self.thoughts is not None else "",
             self.cached_input_tokens,
         )
+
+
+# An in-stream error's code or type -> (SPEC code, why asking again may help)
+ERROR_KINDS: dict[str, tuple[str, str | None]] = {
+    "server_error": ("provider_unavailable", "5xx"),
+    "overloaded": ("provider_unavailable", "overloaded"),
+    "rate_limit_exceeded": ("provider_rate_limited", "429"),
+}
+
+
+def stream_error(error: Any) -> ProviderError:
+    """Turn an in-stream `{"error": …}` chunk into SPEC's error.
+
+    A server error or a rate limit is worth asking again while nothing was
+    sent (the retry wrapper decides); anything else is the provider's refusal.
+    """
+    kind: tuple[str, str | None] = ("provider_error", None)
+    if isinstance(error, dict):
+        for key in ("code", "type"):
+            name = error.get(key)
+            if isinstance(name, str) and name in ERROR_KINDS:
+                kind = ERROR_KINDS[name]
+                break
+    code, reason = kind
+    return ProviderError(
+        code,
+        "The provider reported an error mid-answer.",
+        retryable=reason is not None,
+        reason=reason,
+    )
 
 
 def _int(value: Any) -> int | None:
