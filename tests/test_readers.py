@@ -16,6 +16,7 @@ from chatapp.web.readers import READERS_PER_CLIENT
 from chatapp.web.readers import READERS_PER_TURN
 from chatapp.web.readers import ReaderCaps
 from chatapp.web.readers import ReaderSlot
+from chatapp.web.readers import unsent_bytes
 from tests.conftest import ChatClient
 from tests.conftest import Service
 from tests.conftest import ServiceFactory
@@ -186,6 +187,77 @@ def test_a_reader_whose_write_waits_past_the_send_timeout_is_dropped() -> None:
     assert stuck.evicted and not idle.evicted and not writing.evicted
     assert caps.open_for_turn("t") == 1
     assert caps.stalls == 1
+
+
+@contextlib.contextmanager
+def tcp_pair(rcvbuf: int = 4096) -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A server-side and a client-side socket over 127.0.0.1."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        client.connect(listener.getsockname())
+        server, _ = listener.accept()
+    with server, client:
+        yield server, client
+
+
+def write_unsent(caps: ReaderCaps, slot: ReaderSlot, server: socket.socket) -> None:
+    """Write through `sending` until bytes wait unsent in the server's socket."""
+    server.setblocking(False)
+    chunk = b"x" * 65536
+    while unsent_bytes(server.fileno()) == 0:
+        for piece in caps.sending(slot, iter([chunk])):
+            with contextlib.suppress(BlockingIOError):
+                server.send(piece)
+
+
+def test_a_reader_whose_bytes_wait_untaken_is_dropped_at_the_send_timeout() -> None:
+    # No write blocks here: the kernel holds what the client did not take.
+    caps = ReaderCaps(send_timeout=10)
+    closed = Closed()
+    with tcp_pair() as (server, _client):
+        slot = caps.acquire("c", "t", closed.closer("untaken"), server.fileno())
+        write_unsent(caps, slot, server)
+        assert slot.sending_since is None and unsent_bytes(server.fileno()) > 0
+        assert caps.drop_stalled(now=100.0) == 0  # first seen waiting
+        assert caps.drop_stalled(now=109.9) == 0
+        assert caps.drop_stalled(now=110.0) == 1
+    assert closed.names == ["untaken"] and slot.evicted and caps.stalls == 1
+
+
+def test_a_reader_that_takes_bytes_is_not_dropped() -> None:
+    caps = ReaderCaps(send_timeout=10)
+    closed = Closed()
+    with tcp_pair() as (server, client):
+        slot = caps.acquire("c", "t", closed.closer("slow"), server.fileno())
+        write_unsent(caps, slot, server)
+        assert caps.drop_stalled(now=100.0) == 0
+        before = unsent_bytes(server.fileno())
+        client.settimeout(5)
+        # The client reads: the kernel's queue shrinks once it says so.
+        wait_for(
+            lambda: client.recv(65536) and unsent_bytes(server.fileno()) < before,
+            10,
+            "the server's queue to shrink",
+        )
+        assert caps.drop_stalled(now=109.0) == 0  # progress: the wait restarts
+        assert caps.drop_stalled(now=118.9) == 0
+        assert unsent_bytes(server.fileno()) > 0
+        assert caps.drop_stalled(now=119.0) == 1
+    assert closed.names == ["slow"]
+
+
+def test_a_reader_with_nothing_unsent_is_never_dropped() -> None:
+    caps = ReaderCaps(send_timeout=10)
+    closed = Closed()
+    with tcp_pair() as (server, _client):
+        slot = caps.acquire("c", "t", closed.closer("idle"), server.fileno())
+        for piece in caps.sending(slot, iter([b"data: hi\n\n"])):
+            server.sendall(piece)
+        wait_for(lambda: unsent_bytes(server.fileno()) == 0, 10, "the bytes to go")
+        assert caps.drop_stalled(now=100.0) == 0
+        assert caps.drop_stalled(now=1000.0) == 0
+    assert closed.names == [] and not slot.evicted
 
 
 def test_sending_marks_a_chunk_only_while_the_server_writes_it() -> None:

@@ -217,8 +217,10 @@ def delta_gaps(reader: RawReader) -> tuple[list[float], int]:
 STUCK_READERS = 500
 STUCK_TURNS = STUCK_READERS // READERS_PER_TURN
 # Long answers of 1,200-character pieces, 300 ms apart: 4 KB a second per
-# turn, about 40 s; answers may be long enough for that.
-STUCK_ANSWER = Behaviour(text="x" * 160_000, pieces=1200, delay_ms=300)
+# turn, about 120 s, so they outlast the send timeout by far: a reader
+# dropped while its turn still runs was dropped by the send timeout, not by
+# the turn's end. They are cancelled once that is seen.
+STUCK_ANSWER = Behaviour(text="x" * 480_000, pieces=1200, delay_ms=300)
 NORMAL_READERS = 4
 NORMAL_ANSWER = Behaviour(text="word " * 80, pieces=5, delay_ms=100)
 NORMAL_DELTAS = 80
@@ -274,6 +276,8 @@ def test_five_hundred_readers_that_never_read_are_bounded_and_slow_no_one(
         every=0.25,
     )
     dropped_after = time.monotonic() - stuck_at
+    # Every stuck turn is still answering: the drops were the send timeout's.
+    still_answering = fake_provider.open_streams
     rss_after = rss_bytes(worker)
     closed = sum(closed_by_server(sock) for sock in sockets[:20])
     per_stream = (rss_stuck - rss_before) / STUCK_READERS
@@ -295,6 +299,7 @@ def test_five_hundred_readers_that_never_read_are_bounded_and_slow_no_one(
             "normal_gap_max_ms_beside": round(max(beside) * 1000, 1),
             "send_timeout_s": SEND_TIMEOUT,
             "seconds_from_stuck_to_all_dropped": round(dropped_after, 1),
+            "turns_still_answering_at_the_drop": still_answering,
             "sampled_sockets_closed_by_server": closed,
         },
     )
@@ -303,7 +308,11 @@ def test_five_hundred_readers_that_never_read_are_bounded_and_slow_no_one(
     assert deltas == alone_deltas == NORMAL_READERS * NORMAL_DELTAS
     # Dropped by the send timeout, counted from a full buffer: not held on.
     assert dropped_after <= SEND_TIMEOUT + 20
+    assert still_answering == STUCK_TURNS
     assert closed == 20
+    for turn in turns:
+        assert client.cancel(turn).status_code == 202
+    assert fake_provider.wait_all_closed(15)
     client.http.close()
     assert "Traceback" not in service.log()
 

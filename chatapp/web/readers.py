@@ -17,16 +17,23 @@ wakes a reader blocked on a client that stopped reading; its EventSource, if
 any is still there, reconnects with Last-Event-ID and loses nothing.
 
 A client that stops reading (but keeps its connection) is also dropped on
-its own, however few readers it holds: once the kernel's buffers are full, a
-write to it blocks; one that has not finished after CHATAPP_STREAM_SEND_TIMEOUT
-(60 s) ends that reader the same way. Until then it holds a parked greenlet
-and the one chunk it was writing, never more: its turn's frames are shared.
+its own, however few readers it holds, once it has taken no bytes for
+CHATAPP_STREAM_SEND_TIMEOUT (60 s): either a write to it has been blocked
+that long (the kernel's buffers are full), or bytes have been waiting unsent
+in its socket that long without the client taking any. The second case is the
+usual one: Linux grows a socket's send buffer to megabytes, more than most
+answers, so a chat stream's writes rarely block. Until then a stuck reader
+holds a parked greenlet, the one chunk it was writing and the kernel's copy
+of what it has not taken: its turn's frames are shared.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
+import struct
+import termios
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -56,6 +63,10 @@ class ReaderSlot:
     evicted: bool = False
     # When the chunk being written was handed to the server; None between writes.
     sending_since: float | None = None
+    fd: int = -1  # the client's socket, to ask the kernel what it has not taken
+    sent: int = 0  # bytes of chunks the server finished writing
+    taken: int = 0  # the most the client was seen to have taken (sent - unsent)
+    waiting_since: float | None = None  # since when unsent bytes made no progress
 
 
 class ReaderCaps:
@@ -77,10 +88,10 @@ class ReaderCaps:
         self._watch: gevent.Greenlet | None = None
 
     def acquire(
-        self, client: str, turn_id: str, close: Callable[[], None]
+        self, client: str, turn_id: str, close: Callable[[], None], fd: int = -1
     ) -> ReaderSlot:
         """Admit a reader, making the oldest give way past either cap."""
-        slot = ReaderSlot(client, turn_id, close)
+        slot = ReaderSlot(client, turn_id, close, fd=fd)
         turn = self._by_turn.setdefault(turn_id, [])
         mine = self._by_client.setdefault(client, [])
         turn.append(slot)
@@ -111,15 +122,15 @@ class ReaderCaps:
             slot.sending_since = time.monotonic()
             yield chunk
             slot.sending_since = None
+            slot.sent += len(chunk)
 
     def drop_stalled(self, now: float) -> int:
-        """End every reader whose write has waited past the send timeout."""
+        """End every reader whose client has taken no bytes for the send timeout."""
         stalled = [
             slot
             for held in self._by_turn.values()
             for slot in held
-            if slot.sending_since is not None
-            and now - slot.sending_since >= self.send_timeout
+            if self._stalled(slot, now)
         ]
         for slot in stalled:
             log.info(
@@ -130,6 +141,23 @@ class ReaderCaps:
             self.stalls += 1
             self._evict(slot)
         return len(stalled)
+
+    def _stalled(self, slot: ReaderSlot, now: float) -> bool:
+        if slot.sending_since is not None:
+            return now - slot.sending_since >= self.send_timeout
+        unsent = unsent_bytes(slot.fd)
+        if not unsent:
+            slot.waiting_since = None
+            return False
+        # What the server wrote less what still waits in the kernel is what
+        # the client took (give or take HTTP's chunk framing, which only ever
+        # makes it look smaller): progress is when that grows.
+        taken = slot.sent - unsent
+        if slot.waiting_since is None or taken > slot.taken:
+            slot.taken = max(taken, slot.taken)
+            slot.waiting_since = now
+            return False
+        return now - slot.waiting_since >= self.send_timeout
 
     def _watch_stalls(self) -> None:
         # One timer for all readers, while there are any (as the supervisor).
@@ -156,6 +184,18 @@ class ReaderCaps:
         slot.evicted = True
         self.evictions += 1
         slot.close()
+
+
+def unsent_bytes(fd: int) -> int:
+    """Return how many bytes wait in a TCP socket's send queue; 0 if unknown."""
+    if fd < 0:
+        return 0
+    try:
+        out = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0  # closed meanwhile, or not a socket the kernel can tell about
+    unsent: int = struct.unpack("i", out)[0]
+    return unsent
 
 
 def socket_closer(sock: socket.socket | None) -> Callable[[], None]:

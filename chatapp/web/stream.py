@@ -61,7 +61,12 @@ class EventReader:
         # A few readers per turn and per client on each worker; past a cap
         # the oldest gives way (its socket is shut), never the new one. A poll
         # holds a greenlet for up to its wait as a stream does, so it counts.
-        self._slot = caps.acquire(client, turn_id, socket_closer(self._sock))
+        self._slot = caps.acquire(
+            client,
+            turn_id,
+            socket_closer(self._sock),
+            self._sock.fileno() if self._sock is not None else -1,
+        )
 
     def poll(self, wait: float) -> Response:
         """Answer the events after `after` as JSON, waiting up to `wait`.
