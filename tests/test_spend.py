@@ -512,3 +512,25 @@ def test_a_turn_that_fell_back_is_priced_at_the_model_that_answered() -> None:
         "cheap": {"spent": 0.001, "turns": 1},  # 10 tokens at 100 a million
     }
     assert report["periods"]["day"]["spent"] == 0.003
+
+
+@pytest.mark.parametrize(
+    ("prices", "held"),
+    [
+        ("demo=0/1000;dear=0/3000", 300_000),  # the dearer fallback may answer
+        ("demo=0/1000;cheap=0/100", 100_000),  # the primary is the worst case
+    ],
+)
+def test_a_turn_holds_the_dearer_of_its_model_and_the_fallback(
+    prices: str, held: int
+) -> None:
+    fallback = prices.split(";")[1].split("=")[0]
+    env = {
+        "CHATAPP_MODEL": "demo",
+        "CHATAPP_FALLBACK_MODEL": fallback,
+        "CHATAPP_PRICES": prices,
+        "CHATAPP_SPEND_LIMITS": "1/day",
+        "CHATAPP_MAX_OUTPUT_TOKENS": "100",
+    }
+    ask = Governor(load_config(environ=env)).ask(0)
+    assert (ask.model, ask.cost) == ("demo", held)

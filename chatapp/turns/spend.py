@@ -128,14 +128,20 @@ class Governor:
         return self.model in self.prices
 
     def ask(self, input_chars: int) -> Ask:
-        """What a turn with `input_chars` of input would hold, on either model."""
+        """What a turn with `input_chars` of input would hold, on either model.
+
+        A turn on the primary may end up answered by the fallback (after its
+        retries) and is charged at the fallback's price then: it holds the
+        dearer of the two worst cases, so no ceiling is ever overshot.
+        """
         tokens = estimate_input_tokens(input_chars)
         fallback = self.prices.get(self.fallback, self.prices[self.model])
+        fallback_cost = fallback.cost(tokens, self.max_output)
         return Ask(
             self.model,
-            self.prices[self.model].cost(tokens, self.max_output),
+            max(self.prices[self.model].cost(tokens, self.max_output), fallback_cost),
             self.fallback,
-            fallback.cost(tokens, self.max_output),
+            fallback_cost,
             self.hard,
             self.soft,
         )
