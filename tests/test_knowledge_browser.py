@@ -142,6 +142,29 @@ def test_a_reload_shows_the_answers_citations_and_sources_again(
     assert chat.watch.console_errors == [] and chat.watch.page_errors == []
 
 
+def test_the_downloaded_transcript_lists_the_sources_under_the_answer(
+    context: BrowserContext, service: Service
+) -> None:
+    chat = ChatPage(context.new_page(), service.url).open("/")
+    answer = "Refunds take five working days [1]; parcels leave on Mondays [2]."
+    chat.send(Behaviour(text=answer, delay_ms=2).as_directive())
+    chat.wait_answer_finished()
+    expect(chat.answers.last.locator("[data-chatapp-sources] li")).to_have_count(2)
+
+    with chat.page.expect_download() as info:
+        chat.page.locator("[data-chatapp-download]").click()
+
+    text = Path(info.value.path()).read_text(encoding="utf-8")
+    # As the page lists them: by number, the title a link to the page; the
+    # title's markup is escaped, text to read, never formatting.
+    assert text.endswith(
+        f"{answer}\n\nSources:\n\n"
+        f"1. [Returns \\<b\\>policy\\</b\\>](<{RETURNS}>)\n"
+        f"2. [Shipping](<{SHIPPING}>)\n"
+    )
+    chat.assert_clean()
+
+
 def test_an_answer_without_knowledge_has_no_sources(
     context: BrowserContext, openai_service: Any
 ) -> None:

@@ -13,6 +13,7 @@ import requests
 from chatapp.knowledge.sqlite_index import SqliteIndex
 from chatapp.store.conversations import MemoryHistory
 from chatapp.store.conversations import StoredMessage
+from chatapp.turns.visitor import transcript
 from tests.conftest import ChatClient
 from tests.conftest import RedisServer
 from tests.conftest import ServiceFactory
@@ -93,6 +94,20 @@ def test_an_answers_sources_come_back_with_its_conversation(
     messages = history(client, turn.conversation_id).json()["messages"]
     assert messages[1]["sources"] == sent["sources"]
 
+    # The transcript to keep lists them under the answer, as the page does.
+    kept = client.http.get(
+        f"{client.base_url}/api/conversations/{turn.conversation_id}",
+        params={"format": "markdown"},
+        headers={"X-Chat-Token": client.token},
+        timeout=10,
+    )
+    assert kept.status_code == 200
+    first = sent["sources"][0]
+    listed = f"{ANSWER}\n\nSources:\n\n1. [{first['title']}](<{first['url']}>)\n"
+    assert listed in kept.text
+    cited = [m for m in messages if m.get("sources")]
+    assert kept.text.count("\nSources:\n") == len(cited)
+
 
 def test_memory_history_keeps_an_answers_sources() -> None:
     store = MemoryHistory(60)
@@ -100,3 +115,32 @@ def test_memory_history_keeps_an_answers_sources() -> None:
     store.create("c1", "owner", StoredMessage("user", "q", 1.0, "t1"))
     store.append("c1", StoredMessage("assistant", "a [1]", 2.0, "t1", sources))
     assert store.messages("c1")[1].sources == sources
+
+
+def test_a_transcript_lists_each_answers_sources_under_it() -> None:
+    sources = (
+        {"n": 1, "title": "Shipping & *returns* [EU]", "url": "https://s.test/a_(b)"},
+        {"n": 2, "title": "Notes", "url": "notes.md"},  # added from a file
+        {"n": 3, "title": "", "url": "https://s.test/bare"},
+        {"n": "4", "title": "Malformed", "url": "https://s.test/x"},
+    )
+    text = transcript(
+        "c1",
+        [
+            StoredMessage("user", "Where do you ship?", 0.0, "t1"),
+            StoredMessage("assistant", "Across the EU [1][2].", 60.0, "t1", sources),
+            StoredMessage("user", "Thanks", 120.0, "t2"),
+            StoredMessage("assistant", "You are welcome.", 180.0, "t2"),
+        ],
+    )
+    assert text == (
+        "# Conversation c1\n\n"
+        "## You — 1970-01-01 00:00 UTC\n\nWhere do you ship?\n\n"
+        "## Assistant — 1970-01-01 00:01 UTC\n\nAcross the EU [1][2].\n\n"
+        "Sources:\n\n"
+        "1. [Shipping & \\*returns\\* \\[EU\\]](<https://s.test/a_(b)>)\n"
+        "2. Notes\n"
+        "3. [https://s.test/bare](<https://s.test/bare>)\n\n"
+        "## You — 1970-01-01 00:02 UTC\n\nThanks\n\n"
+        "## Assistant — 1970-01-01 00:03 UTC\n\nYou are welcome.\n"
+    )

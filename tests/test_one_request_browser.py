@@ -15,11 +15,14 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import BrowserContext
 from playwright.sync_api import Request
+from playwright.sync_api import Response
 from playwright.sync_api import expect
 
 from tests.browser import ChatPage
 from tests.browser import CuttingProxy
+from tests.conftest import wait_for
 from tests.fake_provider import Behaviour
+from tests.fake_provider import FakeProvider
 
 pytestmark = pytest.mark.browser
 
@@ -109,3 +112,44 @@ def test_a_dropped_post_completes_through_stream_url(
         chat.assert_clean(allow=("net::ERR_",))
     finally:
         proxy.close()
+
+
+def test_new_chat_between_the_posts_200_and_its_start_cancels_the_turn(
+    context: BrowserContext, openai_service: Any, fake_provider: FakeProvider
+) -> None:
+    # A buffering proxy passes the POST's 200 and holds its body back: the
+    # page has the turn's response but not its `start` event, so no URLs.
+    proxy = CuttingProxy(openai_service.url, buffer_streams=True)
+    long = " ".join(f"w{i}" for i in range(100))
+    try:
+        chat = ChatPage(context.new_page(), proxy.url).open()
+        seen = api_requests(chat)
+        with chat.page.expect_response(is_chat_post) as posted:
+            chat.send(Behaviour(text=long, pieces=100, delay_ms=100).as_directive())
+        assert posted.value.status == 200
+        assert [r for r in seen if r.url.endswith("/cancel")] == []
+
+        with chat.page.expect_request(is_cancel, timeout=15_000) as cancelling:
+            chat.page.get_by_role("button", name="New chat").click()
+
+        cancelled = cancelling.value.response()
+        assert cancelled is not None and cancelled.status == 202
+        # The URLs came from the same Idempotency-Key: the same turn, no other.
+        posts = [r for r in seen if is_chat_post(r)]
+        keys = {r.headers["idempotency-key"] for r in posts}
+        assert len(posts) == 2 and len(keys) == 1
+        wait_for(lambda: fake_provider.closed_by_client == 1, 10, "upstream closed")
+        assert fake_provider.streams_started == 1
+        expect(chat.page.locator("[data-chatapp-log] > *")).to_have_count(0)
+        chat.assert_clean(allow=("net::ERR_",))
+    finally:
+        proxy.close()
+
+
+def is_chat_post(message: Request | Response) -> bool:
+    request = message if isinstance(message, Request) else message.request
+    return request.method == "POST" and urlsplit(request.url).path == "/api/chat"
+
+
+def is_cancel(request: Request) -> bool:
+    return request.method == "POST" and urlsplit(request.url).path.endswith("/cancel")

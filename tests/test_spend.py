@@ -484,3 +484,53 @@ def test_a_refusal_waits_for_the_end_of_its_period(
     periods = periods_at(moment)
     assert periods.day == now[:10].replace("-", "")
     assert periods.month == now[:7].replace("-", "")
+
+
+def test_a_turn_that_fell_back_is_priced_at_the_model_that_answered() -> None:
+    env = {
+        "CHATAPP_MODEL": "demo",
+        "CHATAPP_FALLBACK_MODEL": "cheap",
+        "CHATAPP_PRICES": "demo=0/1000;cheap=0/100",
+        "CHATAPP_SPEND_LIMITS": "1/day",
+        "CHATAPP_MAX_OUTPUT_TOKENS": "100",
+    }
+    gate = Gate(load_config(environ=env), lambda: 0, None)
+    info = TurnInfo("turn-0001", "v:x", "conv-0001", 0.0)
+    held = gate.admit("ip:192.0.2.1")
+    assert held.refusal is None and held.model == "demo"
+    gate.started(held, info.id)
+    # The primary failed after reporting 5 input and 2 output tokens; the
+    # fallback answered with 10 output tokens (the usage is the sum).
+    failed = (("", 5, 2),)
+    gate.turn_finished(
+        TurnEnd(info, "stop", None, 5, 12, 40, None, model="cheap", failed_usage=failed)
+    )
+    report = gate.spend_report()
+    assert report is not None
+    assert report["models"] == {
+        "demo": {"spent": 0.002, "turns": 0},  # 2 tokens at 1000 a million
+        "cheap": {"spent": 0.001, "turns": 1},  # 10 tokens at 100 a million
+    }
+    assert report["periods"]["day"]["spent"] == 0.003
+
+
+@pytest.mark.parametrize(
+    ("prices", "held"),
+    [
+        ("demo=0/1000;dear=0/3000", 300_000),  # the dearer fallback may answer
+        ("demo=0/1000;cheap=0/100", 100_000),  # the primary is the worst case
+    ],
+)
+def test_a_turn_holds_the_dearer_of_its_model_and_the_fallback(
+    prices: str, held: int
+) -> None:
+    fallback = prices.split(";")[1].split("=")[0]
+    env = {
+        "CHATAPP_MODEL": "demo",
+        "CHATAPP_FALLBACK_MODEL": fallback,
+        "CHATAPP_PRICES": prices,
+        "CHATAPP_SPEND_LIMITS": "1/day",
+        "CHATAPP_MAX_OUTPUT_TOKENS": "100",
+    }
+    ask = Governor(load_config(environ=env)).ask(0)
+    assert (ask.model, ask.cost) == ("demo", held)

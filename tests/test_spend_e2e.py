@@ -193,6 +193,33 @@ def test_past_a_soft_ceiling_new_turns_ask_the_fallback_model(
     )
 
 
+def test_a_turn_that_fell_back_is_priced_at_the_fallback_model(
+    service_factory: ServiceFactory, fake_provider: FakeProvider, mode: dict[str, str]
+) -> None:
+    service = service_factory(
+        **spend_settings(
+            fake_provider,
+            CHATAPP_SPEND_LIMITS="1/day",
+            CHATAPP_FALLBACK_MODEL=CHEAP,
+            CHATAPP_UPSTREAM_RETRIES="0",
+            **mode,
+        )
+    )
+    fake_provider.fail_next(1, 503)  # the primary is down: the fallback answers
+    _, events = ChatClient(service.url).answer("fake: | from the fallback")
+    asked = [r.body["model"] for r in fake_provider.requests if r.body]
+    assert asked == [MODEL, CHEAP]
+    [usage] = data_of(events, "usage")
+    assert usage["output_tokens"] > 0
+    # Priced at the fallback's 100 a million output tokens, not the primary's.
+    expected = {CHEAP: {"spent": usage["output_tokens"] * 100 / 1e6, "turns": 1}}
+    wait_for(
+        lambda: spend(service)["models"] == expected,
+        10,
+        f"the turn to be settled as {expected}",
+    )
+
+
 def test_concurrent_turns_never_overshoot_the_ceiling(
     service_factory: ServiceFactory, fake_provider: FakeProvider, mode: dict[str, str]
 ) -> None:

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from chatapp.knowledge.embed import Embedder
 from chatapp.knowledge.embed import VectorCache
@@ -23,6 +22,9 @@ from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import query_terms
 from chatapp.knowledge.index import rank
 from chatapp.knowledge.index import telling
+from chatapp.knowledge.sqlite_pool import Pool
+
+T = TypeVar("T")
 
 # Readers never wait in WAL mode; a writer waits this long for another one.
 BUSY_TIMEOUT_MS = 5000
@@ -87,6 +89,20 @@ LIMIT {CANDIDATES}
 """
 
 
+class Link:
+    """One connection, and what its searches remember about the file through it."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        # Passages holding each query term, for _telling; `writes` counts
+        # this connection's own commits, which PRAGMA data_version ignores
+        # (and whose values only one connection's calls can compare).
+        self.counts: dict[str, int] = {}
+        self.counts_version: tuple[int, int] = (-1, -1)
+        self.total = 0
+        self.writes = 0
+
+
 class SqliteIndex:
     """Passages in an SQLite file: WAL, so readers never wait for the writer."""
 
@@ -96,45 +112,37 @@ class SqliteIndex:
         self.path = Path(path)
         self.embedder = embedder
         self._vectors = VectorCache()
-        # Passages holding each query term, for _telling; `_writes` counts
-        # this connection's own commits, which PRAGMA data_version ignores.
-        self._counts: dict[str, int] = {}
-        self._counts_version: tuple[int, int] = (-1, -1)
-        self._total = 0
-        self._writes = 0
-        self._lock = threading.Lock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
+        # Every call runs with a connection of its own, off the gevent hub
+        # (sqlite_pool): a search no longer stalls the worker's streams.
+        self._pool = Pool(self._connect, _close)
 
-    @contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        # One connection per process (a fork must not share the parent's), used
-        # by one caller at a time. Under gevent no sqlite3 call yields, so a
-        # statement runs whole, and the lock only serialises real threads.
-        with self._lock:
-            try:
-                if self._conn is None or self._pid != os.getpid():
-                    self._conn = self._connect()
-                    self._pid = os.getpid()
-                yield self._conn
-            except sqlite3.Error as exc:
-                raise IndexUnavailable(f"knowledge index {self.path}: {exc}") from exc
+    def _run(self, fn: Callable[[Link], T]) -> T:
+        try:
+            return self._pool.run(fn)
+        except sqlite3.Error as exc:
+            raise IndexUnavailable(f"knowledge index {self.path}: {exc}") from exc
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self) -> Link:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(
             self.path,
             timeout=BUSY_TIMEOUT_MS / 1000,
             isolation_level=None,  # transactions are explicit
-            check_same_thread=False,  # guarded by self._lock
+            # Made in one pool thread, used in others, never two at once.
+            check_same_thread=False,
         )
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        # WAL with NORMAL syncs at checkpoints only: a power cut may lose the
-        # last pages indexed, never corrupt the file; a re-crawl restores them.
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.executescript(SCHEMA)
-        return conn
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # WAL with NORMAL syncs at checkpoints only: a power cut may lose
+            # the last pages indexed, never corrupt the file; a re-crawl
+            # restores them.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.executescript(SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return Link(conn)
 
     def replace(
         self,
@@ -158,68 +166,53 @@ class SqliteIndex:
             (url, seq, title, p.headings, p.text, vec)
             for seq, (p, vec) in enumerate(zip(passages, vectors, strict=True))
         ]
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("DELETE FROM passages WHERE url = ?", (url,))
-                db.executemany(
-                    "INSERT INTO passages (url, seq, title, headings, body, vec) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                db.execute(
-                    "INSERT OR REPLACE INTO documents (url, title, passages, "
-                    "modified, etag, last_modified, owner, indexed) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        url,
-                        title,
-                        len(rows),
-                        modified,
-                        etag,
-                        last_modified,
-                        owner,
-                        time.time(),
-                    ),
-                )
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            self._writes += 1
+        document = (url, title, len(rows), modified, etag, last_modified, owner)
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM passages WHERE url = ?", (url,))
+            db.executemany(
+                "INSERT INTO passages (url, seq, title, headings, body, vec) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            db.execute(
+                "INSERT OR REPLACE INTO documents (url, title, passages, "
+                "modified, etag, last_modified, owner, indexed) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*document, time.time()),
+            )
+
+        self._run(lambda link: _transaction(link, write))
         return len(rows)
 
     def remove(self, url: str) -> bool:
         """Drop the document at `url`; False when there was none."""
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                db.execute("DELETE FROM passages WHERE url = ?", (url,))
-                gone = db.execute("DELETE FROM documents WHERE url = ?", (url,))
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            self._writes += 1
-        return gone.rowcount > 0
+
+        def write(db: sqlite3.Connection) -> int:
+            db.execute("DELETE FROM passages WHERE url = ?", (url,))
+            return db.execute("DELETE FROM documents WHERE url = ?", (url,)).rowcount
+
+        return self._run(lambda link: _transaction(link, write)) > 0
 
     def document(self, url: str) -> DocumentInfo | None:
         """Describe one document, or None."""
-        with self._db() as db:
-            row = db.execute(
+        row = self._run(
+            lambda link: link.conn.execute(
                 "SELECT url, title, passages, modified, etag, last_modified, owner "
                 "FROM documents WHERE url = ?",
                 (url,),
             ).fetchone()
+        )
         return DocumentInfo(*row) if row else None
 
     def documents(self) -> list[DocumentInfo]:
         """Describe every document, by URL."""
-        with self._db() as db:
-            rows = db.execute(
+        rows = self._run(
+            lambda link: link.conn.execute(
                 "SELECT url, title, passages, modified, etag, last_modified, owner "
                 "FROM documents ORDER BY url"
             ).fetchall()
+        )
         return [DocumentInfo(*row) for row in rows]
 
     def search(
@@ -229,13 +222,7 @@ class SqliteIndex:
         terms = query_terms(query)
         if limit <= 0 or not terms:
             return []
-        with self._db() as db:
-            match = " OR ".join(f'"{t}"' for t in self._telling(db, terms))
-            rows = db.execute(SEARCH, (*WEIGHTS, match)).fetchall()
-            if prefer_url:
-                rows += db.execute(
-                    SEARCH_PAGE, (*WEIGHTS, match, prefer_url)
-                ).fetchall()
+        rows = self._run(lambda link: self._lexical(link, terms, prefer_url))
         hits = {
             (u, b): Passage(url=u, title=t, headings=h, text=b, score=float(s))
             for u, t, h, b, s in rows
@@ -243,13 +230,16 @@ class SqliteIndex:
         if self.embedder is None:
             return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
         lexical = rank(list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url)
-        with self._db() as db:
-            version = tuple(
-                db.execute(
+        # The question is embedded here, on the caller's greenlet: only the
+        # index's own calls go to the pool's threads.
+        version = self._run(
+            lambda link: tuple(
+                link.conn.execute(
                     "SELECT count(*), coalesce(max(id), 0) FROM passages "
                     "WHERE vec IS NOT NULL"
                 ).fetchone()
             )
+        )
         return hybrid_search(
             query,
             lexical,
@@ -262,58 +252,91 @@ class SqliteIndex:
             prefer_url=prefer_url,
         )
 
-    def _telling(self, db: sqlite3.Connection, terms: list[str]) -> list[str]:
-        """The terms worth matching (index.telling), counted once per change."""
-        version = (db.execute("PRAGMA data_version").fetchone()[0], self._writes)
-        if version != self._counts_version:
-            self._counts.clear()
-            self._counts_version = version
-            self._total = db.execute("SELECT count(*) FROM passages").fetchone()[0]
-        for term in terms:
-            if term not in self._counts:
-                self._counts[term] = db.execute(
-                    "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH ?",
-                    (f'"{term}"',),
-                ).fetchone()[0]
-        return telling(terms, self._counts, self._total)
+    def _lexical(
+        self, link: Link, terms: list[str], prefer_url: str | None
+    ) -> list[tuple[str, str, str, str, float]]:
+        """The full-text candidates: the best overall, and the visitor's page's."""
+        match = " OR ".join(f'"{t}"' for t in _telling(link, terms))
+        rows: list[tuple[str, str, str, str, float]]
+        rows = link.conn.execute(SEARCH, (*WEIGHTS, match)).fetchall()
+        if prefer_url:
+            rows += link.conn.execute(
+                SEARCH_PAGE, (*WEIGHTS, match, prefer_url)
+            ).fetchall()
+        return rows
 
     def _all_vectors(self) -> list[tuple[int, bytes]]:
-        with self._db() as db:
-            return db.execute(
+        return self._run(
+            lambda link: link.conn.execute(
                 "SELECT id, vec FROM passages WHERE vec IS NOT NULL ORDER BY id"
             ).fetchall()
+        )
 
     def _passages_by_id(self, ids: list[int]) -> dict[int, Passage]:
         if not ids:
             return {}
         marks = ", ".join("?" * len(ids))
-        with self._db() as db:
-            rows = db.execute(
+        rows = self._run(
+            lambda link: link.conn.execute(
                 f"SELECT id, url, title, headings, body FROM passages "
                 f"WHERE id IN ({marks})",
                 ids,
             ).fetchall()
+        )
         return {
             i: Passage(url=u, title=t, headings=h, text=b) for i, u, t, h, b in rows
         }
 
     def stats(self) -> IndexStats:
         """Count documents and passages, and the file's size."""
-        with self._db() as db:
+
+        def count(db: sqlite3.Connection) -> IndexStats:
             documents, passages = db.execute(
                 "SELECT count(*), coalesce(sum(passages), 0) FROM documents"
             ).fetchone()
-            pages, page_size = (
-                db.execute("PRAGMA page_count").fetchone()[0],
-                db.execute("PRAGMA page_size").fetchone()[0],
-            )
-        return IndexStats(documents, passages, pages * page_size)
+            pages = db.execute("PRAGMA page_count").fetchone()[0]
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            return IndexStats(documents, passages, pages * page_size)
+
+        return self._run(lambda link: count(link.conn))
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._pool.close()
+
+
+def _close(link: Link) -> None:
+    link.conn.close()
+
+
+def _transaction(link: Link, write: Callable[[sqlite3.Connection], T]) -> T:
+    """Run `write` in one immediate transaction on `link`; count the commit."""
+    db = link.conn
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = write(db)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    link.writes += 1
+    return result
+
+
+def _telling(link: Link, terms: list[str]) -> list[str]:
+    """The terms worth matching (index.telling), counted once per change."""
+    db = link.conn
+    version = (db.execute("PRAGMA data_version").fetchone()[0], link.writes)
+    if version != link.counts_version:
+        link.counts.clear()
+        link.counts_version = version
+        link.total = db.execute("SELECT count(*) FROM passages").fetchone()[0]
+    for term in terms:
+        if term not in link.counts:
+            link.counts[term] = db.execute(
+                "SELECT count(*) FROM passages_fts WHERE passages_fts MATCH ?",
+                (f'"{term}"',),
+            ).fetchone()[0]
+    return telling(terms, link.counts, link.total)
 
 
 def fts_query(text: str) -> str:

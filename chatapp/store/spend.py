@@ -93,6 +93,12 @@ class Settlement:
         entry[0] += cost
         entry[1] += 1
 
+    def charge(self, model: str, cost: int) -> None:
+        """Fold in spend of no turn of its own: a failed attempt's usage."""
+        self.used += cost
+        self.spent += cost
+        self.models.setdefault(model, [0, 0])[0] += cost
+
     def give_back(self, held: int) -> None:
         """Fold in a reservation whose turn never started."""
         self.used -= held

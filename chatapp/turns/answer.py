@@ -29,15 +29,16 @@ class Answer:
     __slots__ = (
         "append",
         "cached_input_tokens",
-        "carried",
         "chars",
         "error",
+        "failed_usage",
         "finish",
         "first_token",
         "input_tokens",
         "last_text",
         "limit",
         "max_gap",
+        "model",
         "output_tokens",
         "parts",
         "pieces",
@@ -59,8 +60,11 @@ class Answer:
         self.output_tokens: int | None = None
         # Of input_tokens, those read from the provider's prompt cache.
         self.cached_input_tokens: int | None = None
-        # What failed attempts reported spending: it counts too (SPEC).
-        self.carried: tuple[int, int] | None = None
+        # The model the current attempt asks: "" for the one the turn was
+        # admitted at, until a retry names another (the fallback).
+        self.model = ""
+        # What failed attempts reported spending, by model: it counts too (SPEC).
+        self.failed_usage: list[tuple[str, int, int]] = []
         self.first_token: float | None = None
         self.max_gap = 0.0
         self.last_text = 0.0
@@ -130,12 +134,10 @@ class Answer:
         run.attempt_at = now
         run.answering = False
         if self.input_tokens is not None or self.output_tokens is not None:
-            spent_in, spent_out = self.carried or (0, 0)
-            self.carried = (
-                spent_in + (self.input_tokens or 0),
-                spent_out + (self.output_tokens or 0),
-            )
+            spent = (self.model, self.input_tokens or 0, self.output_tokens or 0)
+            self.failed_usage.append(spent)
             self.input_tokens = self.output_tokens = None
+        self.model = attempt.model  # what answers is priced as this model
         turn_log.info(
             "turn.retry",
             extra={
@@ -168,10 +170,13 @@ class Answer:
 
     def settle_usage(self) -> None:
         """Add what failed attempts reported to what the last one did."""
-        if self.carried is not None:
-            self.input_tokens = (self.input_tokens or 0) + self.carried[0]
-            self.output_tokens = (self.output_tokens or 0) + self.carried[1]
-            self.carried = None
+        if self.failed_usage:
+            self.input_tokens = (self.input_tokens or 0) + sum(
+                spent for _, spent, _ in self.failed_usage
+            )
+            self.output_tokens = (self.output_tokens or 0) + sum(
+                spent for _, _, spent in self.failed_usage
+            )
 
     def fail(self, exc: ProviderError, finish: str = "error") -> None:
         """End the answer with SPEC's error event for `exc`."""

@@ -25,3 +25,9 @@ class TurnEnd:
     cancel_seconds: float | None = None  # from a client's cancel to upstream closed
     cached: bool = False
     cached_input_tokens: int | None = None  # of input_tokens, from a prompt cache
+    # The model that answered, when a retry asked another than the admitted
+    # one (CHATAPP_FALLBACK_MODEL); "" for the model the turn was admitted at.
+    model: str = ""
+    # Of the usage above, what failed attempts reported: (model, input,
+    # output) each, the model as in `model`.
+    failed_usage: tuple[tuple[str, int, int], ...] = ()

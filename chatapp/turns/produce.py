@@ -118,6 +118,8 @@ def close(answer: Answer) -> None:
         answer.max_gap if len(answer.pieces) > 1 else None,
         cancel_seconds,
         cached_input_tokens=answer.cached_input_tokens,
+        model=answer.model,
+        failed_usage=tuple(answer.failed_usage),
     )
     text = "".join(answer.pieces)
     if run.cache_key and answer.finish == "stop" and text:

@@ -128,14 +128,20 @@ class Governor:
         return self.model in self.prices
 
     def ask(self, input_chars: int) -> Ask:
-        """What a turn with `input_chars` of input would hold, on either model."""
+        """What a turn with `input_chars` of input would hold, on either model.
+
+        A turn on the primary may end up answered by the fallback (after its
+        retries) and is charged at the fallback's price then: it holds the
+        dearer of the two worst cases, so no ceiling is ever overshot.
+        """
         tokens = estimate_input_tokens(input_chars)
         fallback = self.prices.get(self.fallback, self.prices[self.model])
+        fallback_cost = fallback.cost(tokens, self.max_output)
         return Ask(
             self.model,
-            self.prices[self.model].cost(tokens, self.max_output),
+            max(self.prices[self.model].cost(tokens, self.max_output), fallback_cost),
             self.fallback,
-            fallback.cost(tokens, self.max_output),
+            fallback_cost,
             self.hard,
             self.soft,
         )
@@ -150,18 +156,31 @@ class Governor:
             retry_after=max(1, math.ceil(until - now)),
         )
 
-    def cost(self, model: str, end: TurnEnd) -> int:
-        """What an ended turn cost: its usage, else what it streamed."""
-        if end.cached:
-            return 0
+    def costs(self, admitted: str, end: TurnEnd) -> list[tuple[str, int]]:
+        """What an ended turn cost, by model: its usage, else what it streamed.
+
+        The answer is priced at the model that produced it (`end.model`, a
+        fallback after retries), else at `admitted`, and comes last; usage
+        that failed attempts reported is priced at the model each asked.
+        """
+        failed = [(m or admitted, i, o) for m, i, o in end.failed_usage]
         output = end.output_tokens
+        if output is not None and failed:
+            # The answering attempt's own; None when only failed ones reported.
+            output = (output - sum(o for _, _, o in failed)) or None
         if output is None or end.finish_reason not in NORMAL_ENDS:
             streamed = math.ceil(end.output_chars / CHARS_PER_TOKEN)
             output = max(output or 0, streamed)
+        input_tokens = (end.input_tokens or 0) - sum(i for _, i, _ in failed)
+        costs = [(model, self._price(model, i, o)) for model, i, o in failed]
+        model = end.model or admitted
+        cached = end.cached_input_tokens or 0
+        costs.append((model, self._price(model, input_tokens, output, cached)))
+        return costs
+
+    def _price(self, model: str, tokens_in: int, output: int, cached: int = 0) -> int:
         price = self.prices.get(model)
-        if price is None:
-            return 0
-        return price.cost(end.input_tokens or 0, output, end.cached_input_tokens or 0)
+        return 0 if price is None else price.cost(tokens_in, output, cached)
 
     def reclaimed_cost(self, model: str, held: int, streamed_chars: int) -> int:
         """What a dead worker's turn cost: its input bound, and what it streamed."""

@@ -101,7 +101,12 @@ class SpendHolds:
         if outcome is None or outcome.cached:
             settlement.give_back(held.spend)  # no provider call: no turn of a model
         else:
-            settlement.add(held.model, held.spend, governor.cost(held.model, outcome))
+            # By the model that answered (a fallback's price after retries);
+            # a failed attempt's reported usage by the model it asked.
+            *failed, (model, cost) = governor.costs(held.model, outcome)
+            for asked, spent in failed:
+                settlement.charge(asked, spent)
+            settlement.add(model, held.spend, cost)
         if store is not self.shared:
             verdict = store.reserve(periods, None, settlement)
             self._check_alerts(store, periods, verdict.totals, ())

@@ -8,9 +8,11 @@ the conversation is gone. Knows no Flask.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC
 from datetime import datetime
+from typing import Any
 
 from chatapp.store.conversations import StoredMessage
 from chatapp.turns.relay import Relay
@@ -19,6 +21,10 @@ from chatapp.turns.relay import Relay
 SETTLE_SECONDS = 5.0
 RATINGS = ("up", "down")
 MAX_COMMENT_CHARS = 1000
+# What a transcript links to, and what in a link's text could format,
+# link or stand for another character (an entity such as &lt;).
+WEB_URL = re.compile(r"https?://\S+\Z", re.IGNORECASE)
+MARKDOWN_INLINE = re.compile(r"[\\`*_\[\]<>~!]|&(?=#?\w+;)")
 
 
 def settle(relay: Relay, conversation_id: str) -> list[str]:
@@ -77,10 +83,38 @@ def feedback_value(rating: object, comment: object) -> str:
 
 
 def transcript(conversation_id: str, messages: list[StoredMessage]) -> str:
-    """Write a conversation as a Markdown transcript the visitor can keep."""
+    """Write a conversation as a Markdown transcript the visitor can keep.
+
+    An answer drawn from the site's content is followed by its sources, by
+    the numbers its `[n]` citations use, as the page lists them under it.
+    """
     lines = [f"# Conversation {conversation_id}", ""]
     for message in messages:
         who = {"user": "You", "assistant": "Assistant"}.get(message.role, message.role)
         when = datetime.fromtimestamp(message.created_at, UTC)
         lines += [f"## {who} — {when:%Y-%m-%d %H:%M} UTC", "", message.content, ""]
+        listed = [line for s in message.sources if (line := source_line(s))]
+        if message.role == "assistant" and listed:
+            lines += ["Sources:", "", *listed, ""]
     return "\n".join(lines)
+
+
+def source_line(source: dict[str, Any]) -> str | None:
+    """One source as a Markdown list item: `n. [title](url)`; None if malformed.
+
+    Only an http(s) address becomes a link (a file added on the command line
+    is named, never linked), and nothing in a title can format or link.
+    """
+    n, title, url = source.get("n"), source.get("title"), source.get("url")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        return None
+    url = url if isinstance(url, str) and WEB_URL.match(url) else None
+    title = " ".join(title.split()) if isinstance(title, str) else ""
+    label = MARKDOWN_INLINE.sub(r"\\\g<0>", title or url or "")
+    if not label:
+        return None
+    if url is None:
+        return f"{n}. {label}"
+    # A destination in <…> may hold parentheses, never < or >.
+    target = url.replace("<", "%3C").replace(">", "%3E")
+    return f"{n}. [{label}](<{target}>)"

@@ -288,7 +288,15 @@ def conversation(conversation_id: str) -> Response:
 
 def _transcript(conversation_id: str, messages: list[dict[str, Any]]) -> Response:
     """Answer a conversation as a Markdown file to keep."""
-    stored = [StoredMessage(m["role"], m["content"], m["created_at"]) for m in messages]
+    stored = [
+        StoredMessage(
+            m["role"],
+            m["content"],
+            m["created_at"],
+            sources=tuple(m.get("sources", ())),
+        )
+        for m in messages
+    ]
     response = Response(transcript(conversation_id, stored), mimetype="text/markdown")
     response.headers["Content-Disposition"] = (
         f'attachment; filename="conversation-{conversation_id}.md"'

@@ -2,8 +2,8 @@
 import { announce } from './dom.js';
 import { t } from './i18n.js';
 import { thread, ui } from './thread.js';
-import { activeTurn, conversation, setActiveTurn } from './conversation.js';
-import { cancelQuietly } from './turns.js';
+import { activeTurn, conversation } from './conversation.js';
+import { abandonTurn } from './turns.js';
 import { composer } from './composer.js';
 import { followUps } from './followups.js';
 import { undo } from './undo.js';
@@ -12,12 +12,7 @@ import { undo } from './undo.js';
 export function newChat() {
   const turn = activeTurn;
   if (turn) {
-    setActiveTurn(null);
-    turn.ended = true;
-    turn.stream?.close();
-    clearTimeout(turn.cancelTimer);
-    if (turn.ids) cancelQuietly(turn.ids.cancel_url);
-    turn.answer.finish('stopped', t('msg.stopped'), 'stopped');
+    abandonTurn(turn);
     conversation.pending = null;
     composer.setBusy(false);
   }

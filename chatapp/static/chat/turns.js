@@ -86,6 +86,7 @@ export function beginTurn({ text, key, userNode, ids = null, replaceLast = false
     stopRequested: false,
     ended: false,
     cancelTimer: 0,
+    describe: null, // asks for the turn's URLs again, while the POST's stream has not named them
   };
   setActiveTurn(turn);
   // Older "Try again" buttons would put their answer out of order now.
@@ -146,8 +147,32 @@ export async function startTurn(text, { userNode = null, key = newKey(), replace
     return;
   }
   botCheck.spent({ verified: true }); // accepted: no other solution is asked
-  if (opened.response) readTurn(turn, { body: opened.response, describe });
-  else if (accept(turn, opened.accepted)) readTurn(turn);
+  if (opened.response && activeTurn !== turn) {
+    // "New chat" was pressed while the POST was in flight: the turn's own
+    // stream may be held back (a buffering proxy), so ask for its URLs.
+    opened.response.body?.cancel().catch(() => {});
+    describe().catch(() => {}); // accept() cancels it
+  } else if (opened.response) {
+    readTurn(turn, { body: opened.response, describe });
+  } else if (accept(turn, opened.accepted)) {
+    readTurn(turn);
+  }
+}
+
+/**
+ * "New chat" while `turn` runs: end it here and cancel it on the server,
+ * also when its URLs are not known yet (the POST's 200 came, its `start`
+ * event not yet): the same Idempotency-Key asks for them, and accept()
+ * cancels. A POST still in flight is cancelled by startTurn once answered.
+ */
+export function abandonTurn(turn) {
+  setActiveTurn(null);
+  turn.ended = true;
+  clearTimeout(turn.cancelTimer);
+  turn.stream?.close();
+  if (turn.ids) cancelQuietly(turn.ids.cancel_url);
+  else if (turn.describe) turn.describe().catch(() => {});
+  turn.answer.finish('stopped', t('msg.stopped'), 'stopped');
 }
 
 /**
@@ -170,6 +195,7 @@ function accept(turn, accepted) {
   return true;
 }
 export function readTurn(turn, { body = null, describe = null } = {}) {
+  turn.describe = describe;
   turn.stream = new TurnStream(turn.ids?.stream_url ?? null, {
     body,
     describe,
