@@ -200,7 +200,22 @@ function chatapp_embed_push_token( ?int $now = null ): string {
 }
 
 /**
- * The document chatapp indexes for a post: its permalink, title, rendered HTML, modified time.
+ * A post's rendered content as a whole HTML page.
+ *
+ * chatapp reads the main content of a page. A bare fragment is not one: a post of a single
+ * paragraph renders as one <p>, which parses as no page at all and would be indexed empty.
+ *
+ * @param string $title The post's title, as text.
+ * @param string $body  Its rendered content (the_content).
+ * @return string
+ */
+function chatapp_embed_push_page( string $title, string $body ): string {
+	return '<!DOCTYPE html><html><head><meta charset="utf-8"><title>' . esc_html( $title ) . '</title></head>'
+		. '<body><article>' . $body . '</article></body></html>';
+}
+
+/**
+ * The document chatapp indexes for a post: its permalink, title, rendered page, modified time.
  *
  * @param WP_Post $post The post.
  * @param string  $url  Its permalink.
@@ -208,10 +223,11 @@ function chatapp_embed_push_token( ?int $now = null ): string {
  */
 function chatapp_embed_push_document( $post, string $url ): array {
 	$title = html_entity_decode( wp_strip_all_tags( (string) get_the_title( $post ) ), ENT_QUOTES, 'UTF-8' );
+	$body  = (string) apply_filters( 'the_content', (string) $post->post_content );
 	return array(
 		'url'          => $url,
 		'title'        => $title,
-		'content'      => (string) apply_filters( 'the_content', (string) $post->post_content ),
+		'content'      => chatapp_embed_push_page( $title, $body ),
 		'content_type' => 'text/html',
 		'modified'     => (int) get_post_modified_time( 'U', true, $post ),
 	);
