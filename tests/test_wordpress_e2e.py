@@ -69,12 +69,17 @@ def await_cron(site: WordPressSite) -> dict[str, Any]:
     next edit waits for this one to finish, as an editor's next save would.
     """
 
-    def tried() -> dict[str, Any] | None:
-        state = site.run("state")
-        untried = [job for job in state["queue"].values() if job["attempts"] == 0]
-        return None if untried or state["doing_cron"] else state
+    last: dict[str, Any] = {}
 
-    result: dict[str, Any] = wait_for(tried, PUSH_WITHIN, "WP-Cron's push", every=0.2)
+    def tried() -> dict[str, Any] | None:
+        last.update(site.run("state"))
+        untried = [job for job in last["queue"].values() if job["attempts"] == 0]
+        return None if untried or last["doing_cron"] else dict(last)
+
+    try:
+        result: dict[str, Any] = wait_for(tried, PUSH_WITHIN, "WP-Cron", every=0.2)
+    except TimeoutError:
+        raise AssertionError(f"WP-Cron left pushes untried: {last}") from None
     return result
 
 
@@ -143,11 +148,12 @@ def test_a_published_post_is_cited_an_edit_replaces_it_and_the_trash_removes_it(
     assert site.plugin_notices() == []
 
 
-class DownChatapp:
-    """chatapp's address, held by a server that accepts and never answers.
+class HeldChatapp:
+    """chatapp's address, held by a server that accepts and does not answer.
 
     The worst a push can meet: a connection that hangs. It records each
-    connection and whether the client gave up on it, until `close`.
+    connection and whether the client gave up on it, until `close` drops
+    them or answers them all.
     """
 
     def __init__(self, port: int) -> None:
@@ -185,13 +191,14 @@ class DownChatapp:
         with self.lock:
             return len(self.accepted)
 
-    def close(self) -> None:
-        """Refuse from now on, and drop every held connection unanswered."""
+    def close(self, reply: bytes = b"") -> None:
+        """Refuse from now on; send each held connection `reply` and close it."""
         with self.lock:
             self.listener.close()
             held, self.accepted = self.accepted, []
         for conn in held:
             try:
+                conn.sendall(reply)
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # the client had gone already
@@ -203,7 +210,7 @@ def test_a_push_while_chatapp_is_down_never_holds_up_the_publish_and_cron_retrie
 ) -> None:
     pushed(site)
     chatapp.stop()
-    down = DownChatapp(chatapp.port)
+    down = HeldChatapp(chatapp.port)
     try:
         post = site.run(
             "publish",
@@ -233,5 +240,36 @@ def test_a_push_while_chatapp_is_down_never_holds_up_the_publish_and_cron_retrie
     assert post["url"] in documents(chatapp)
     assert not site.run("state")["queue"]
     question = "When does the Vintermyr depot open on Saturdays?"
+    assert cited(chatapp, question) == [post["url"]]
+    assert site.plugin_notices() == []
+
+
+OK = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    b"Content-Length: 2\r\nConnection: close\r\n\r\n{}"
+)
+
+
+def test_an_edit_saved_while_the_last_push_is_under_way_is_pushed_too(
+    site: WordPressSite, chatapp: Service
+) -> None:
+    pushed(site)
+    chatapp.stop()
+    slow = HeldChatapp(chatapp.port)
+    try:
+        post = site.run(
+            "publish", "Ferry times", "<p>The Skarnes ferry leaves at eight.</p>"
+        )
+        wait_for(slow.connections, PUSH_WITHIN, "WP-Cron's push to reach chatapp")
+        # The editor saves again while that push waits for chatapp's answer.
+        site.run(
+            "edit", str(post["id"]), "<p>The Skarnes ferry now leaves at nine.</p>"
+        )
+    finally:
+        slow.close(OK)  # the first push succeeds
+        chatapp.start()
+    pushed(site)
+    assert post["url"] in documents(chatapp)
+    question = "When does the Skarnes ferry leave?"
     assert cited(chatapp, question) == [post["url"]]
     assert site.plugin_notices() == []

@@ -752,6 +752,47 @@ chatapp_test_case(
 
 chatapp_test_case(
 	'secret',
+	'a save while its push is under way (another request, the same second) is pushed next',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		$post = chatapp_test_publish( 5, 'returns' );
+		chatapp_test_publish( 6, 'hours' );
+		$GLOBALS['chatapp_wp']['http_responses'] = array(
+			static function () use ( $post ): array {
+				// The editor saves post 5 again, and publishes post 7, in their own requests.
+				chatapp_test_other_request(
+					static function () use ( $post ): void {
+						chatapp_test_transition( $post, 'publish', array( 'post_content' => 'Edited.' ) );
+						chatapp_test_publish( 7, 'new' );
+					}
+				);
+				return array( 'response' => array( 'code' => 200 ), 'body' => '{}' );
+			},
+		);
+		wp_schedule_single_event( time(), 'do_pings' ); // as WordPress does on publishing
+		$now = time();
+		wp_clear_scheduled_hook( 'chatapp_embed_push' ); // as wp-cron.php takes the event
+		chatapp_embed_push_run( $now );
+		// wp-cron.php goes on to its next due event, writing the schedule from its own copy.
+		wp_clear_scheduled_hook( 'do_pings' );
+		chatapp_test_other_request(
+			static function (): void {
+				check_same( array( 'post:5', 'post:7' ), array_keys( chatapp_embed_push_queue() ), 'queued meanwhile' );
+				check( false !== wp_next_scheduled( 'chatapp_embed_push' ), 'scheduled' );
+			}
+		);
+		$GLOBALS['chatapp_wp']['http'] = array();
+		chatapp_embed_push_run( $now );
+		$sent = chatapp_test_sent();
+		check_same( array( 'https://wp.example/returns/', 'https://wp.example/new/' ), array_column( array_column( $sent, 2 ), 'url' ), 'pushed next' );
+		check( false !== strpos( $sent[0][2]['content'], '<article>Edited.</article>' ), 'the edit' );
+		check_same( array(), chatapp_embed_push_queue(), 'queue' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
 	'a job chatapp refuses for good is dropped; the latest job for a post wins',
 	static function (): void {
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );

@@ -127,11 +127,21 @@ function chatapp_embed_push_on_delete( $post_id ): void {
 add_action( 'before_delete_post', 'chatapp_embed_push_on_delete', 10, 1 );
 
 /**
- * The queued jobs, by key ('post:<id>' or 'url:<url>').
+ * The queued jobs, by key ('post:<id>' or 'url:<url>'), as stored now.
+ *
+ * Read from the database, never from this request's cache of the option: a cron run lasts
+ * as long as its pushes, and an editor's save meanwhile queues a job in another request.
+ * From a stale copy the run would write that job away.
  *
  * @return array<string, array>
  */
 function chatapp_embed_push_queue(): array {
+	wp_cache_delete( CHATAPP_EMBED_PUSH_QUEUE, 'options' );
+	$missing = wp_cache_get( 'notoptions', 'options' );
+	if ( is_array( $missing ) && isset( $missing[ CHATAPP_EMBED_PUSH_QUEUE ] ) ) {
+		unset( $missing[ CHATAPP_EMBED_PUSH_QUEUE ] );
+		wp_cache_set( 'notoptions', $missing, 'options' );
+	}
 	$queue = get_option( CHATAPP_EMBED_PUSH_QUEUE, array() );
 	return is_array( $queue ) ? $queue : array();
 }
@@ -151,6 +161,8 @@ function chatapp_embed_push_enqueue( string $action, int $post_id, string $url )
 		unset( $queue[ 'url:' . $url ] );
 	}
 	$queue[ $key ] = array(
+		// A save within the same second as the last is still a new job (see forget).
+		'id'       => wp_generate_uuid4(),
 		'action'   => $action,
 		'post_id'  => $post_id,
 		'url'      => $url,
@@ -287,15 +299,13 @@ function chatapp_embed_push_send( array $job ): bool {
  * @param int|null $now Unix time; defaults to the current time.
  */
 function chatapp_embed_push_run( $now = null ): void {
-	$now  = is_int( $now ) ? $now : time();
-	$next = null;
+	$now = is_int( $now ) ? $now : time();
 	foreach ( chatapp_embed_push_queue() as $key => $job ) {
 		if ( ! is_array( $job ) || ! isset( $job['action'], $job['url'] ) ) {
 			chatapp_embed_push_forget( $key, null );
 			continue;
 		}
 		if ( (int) ( $job['due'] ?? 0 ) > $now ) {
-			$next = null === $next ? (int) $job['due'] : min( $next, (int) $job['due'] );
 			continue;
 		}
 		if ( chatapp_embed_push_send( $job ) ) {
@@ -309,10 +319,21 @@ function chatapp_embed_push_run( $now = null ): void {
 		}
 		$due = $now + min( CHATAPP_EMBED_PUSH_RETRY_MAX, CHATAPP_EMBED_PUSH_RETRY_MIN * ( 2 ** ( $attempts - 1 ) ) );
 		chatapp_embed_push_update( $key, $job, array( 'attempts' => $attempts, 'due' => $due ) );
-		$next = null === $next ? $due : min( $next, $due );
 	}
-	if ( null !== $next ) {
-		chatapp_embed_push_schedule( $next );
+	// What is left: retries, and jobs queued while this run sent. Their save scheduled this
+	// event in its own request; this cron run still holds the schedule as it loaded it, and
+	// wp-cron.php, unscheduling its next event, would write that copy back over the save's.
+	// So it reads the schedule afresh, then makes sure the event is in it.
+	wp_cache_delete( 'alloptions', 'options' );
+	wp_cache_delete( 'cron', 'options' );
+	$dues = array();
+	foreach ( chatapp_embed_push_queue() as $job ) {
+		if ( is_array( $job ) ) {
+			$dues[] = (int) ( $job['due'] ?? 0 );
+		}
+	}
+	if ( array() !== $dues ) {
+		chatapp_embed_push_schedule( max( $now, min( $dues ) ) );
 	}
 }
 add_action( CHATAPP_EMBED_PUSH_HOOK, 'chatapp_embed_push_run' );
