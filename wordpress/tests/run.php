@@ -793,6 +793,23 @@ chatapp_test_case(
 
 chatapp_test_case(
 	'secret',
+	'a queued job whose cron event was written away gets it back in wp-admin',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		do_action( 'admin_init' ); // nothing queued: nothing scheduled
+		check_same( false, wp_next_scheduled( 'chatapp_embed_push' ), 'no event for an empty queue' );
+		chatapp_test_publish( 5, 'returns' );
+		wp_clear_scheduled_hook( 'chatapp_embed_push' ); // a busy cron run's stale schedule
+		do_action( 'admin_init' );
+		check( false !== wp_next_scheduled( 'chatapp_embed_push' ), 'event back' );
+		check_same( 1, chatapp_test_run_cron( 'chatapp_embed_push' ), 'cron ran' );
+		check_same( array( 'PUT' ), array_column( chatapp_test_sent(), 0 ), 'pushed' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
 	'a job chatapp refuses for good is dropped; the latest job for a post wins',
 	static function (): void {
 		update_option( 'chatapp_url', CHATAPP_TEST_URL );

@@ -326,6 +326,16 @@ function chatapp_embed_push_run( $now = null ): void {
 	// So it reads the schedule afresh, then makes sure the event is in it.
 	wp_cache_delete( 'alloptions', 'options' );
 	wp_cache_delete( 'cron', 'options' );
+	chatapp_embed_push_schedule_queued( $now );
+}
+add_action( CHATAPP_EMBED_PUSH_HOOK, 'chatapp_embed_push_run' );
+
+/**
+ * Schedule the cron event for the earliest queued job, if any job is queued.
+ *
+ * @param int $now Unix time; a job already due runs at the next cron run.
+ */
+function chatapp_embed_push_schedule_queued( int $now ): void {
 	$dues = array();
 	foreach ( chatapp_embed_push_queue() as $job ) {
 		if ( is_array( $job ) ) {
@@ -336,7 +346,20 @@ function chatapp_embed_push_run( $now = null ): void {
 		chatapp_embed_push_schedule( max( $now, min( $dues ) ) );
 	}
 }
-add_action( CHATAPP_EMBED_PUSH_HOOK, 'chatapp_embed_push_run' );
+
+/**
+ * Give queued jobs their cron event back if it was lost (admin_init: an editor is about).
+ *
+ * A save made while a cron run is busy with WordPress's own slower events, past this
+ * plugin's, schedules the event in its own request; that run then writes back the schedule
+ * as it loaded it, without the event. The job stays queued; here it gets its event again.
+ */
+function chatapp_embed_push_reschedule_lost(): void {
+	if ( false === wp_next_scheduled( CHATAPP_EMBED_PUSH_HOOK ) ) {
+		chatapp_embed_push_schedule_queued( time() );
+	}
+}
+add_action( 'admin_init', 'chatapp_embed_push_reschedule_lost' );
 
 /**
  * Drop a job, unless a newer one for the same key replaced it meanwhile.
