@@ -10,6 +10,10 @@ command -v redis-server >/dev/null || need+=(redis-server)
 [ -x /usr/lib/postgresql/15/bin/initdb ] || need+=(postgresql)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v php >/dev/null || need+=(php-cli)
+# A real WordPress for tests/test_wordpress_e2e.py: Debian's, with its own MariaDB.
+[ -e /usr/share/wordpress/wp-load.php ] || need+=(wordpress)
+[ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
+php -r 'exit(extension_loaded("mysqli") ? 0 : 1);' 2>/dev/null || need+=(php-mysql)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v openssl >/dev/null || need+=(openssl)
@@ -21,7 +25,8 @@ if [ ${#need[@]} -gt 0 ]; then
     exit 1
   fi
   # Installed packages must not start their services here (nginx would take
-  # port 80, redis-server 6379): the tests start their own on free ports.
+  # port 80, redis-server 6379, wordpress's apache2 port 80 too, mariadb its
+  # socket): the tests start their own on free ports.
   guard=
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d

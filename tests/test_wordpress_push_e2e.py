@@ -58,3 +58,19 @@ def test_a_push_chatapp_refuses_or_cannot_receive_stays_queued(
     assert wrong == ["PUT 403", "queued 1"]
     chat.stop()  # chatapp away: the connection is refused
     assert push(chat.url, "publish") == ["PUT 0", "queued 1"]
+
+
+def test_a_post_of_one_paragraph_is_indexed_and_cited(
+    service_factory: ServiceFactory, fake_provider: FakeProvider, tmp_path: Path
+) -> None:
+    # WordPress renders such a post as one <p> element: the plugin must send
+    # it as a page, or chatapp finds no page in it and indexes nothing.
+    chat = service_factory(**knowledge_settings(fake_provider, tmp_path))
+    one = "<p>The Quillmoor lantern has amber glass and a brass handle.</p>\n"
+    result = run_php(PUSH, chat.url, WP_SECRET, "The lantern", one, "publish")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    [document] = Owner(chat.url).list().json()["documents"]
+    assert document["passages"] >= 1
+    client = ChatClient(chat.url)
+    _, events = client.answer("What colour is the Quillmoor lantern's glass?")
+    assert [s["url"] for s in sources_of(events)] == [PAGE]

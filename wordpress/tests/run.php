@@ -635,7 +635,10 @@ chatapp_test_case(
 			array(
 				'url'          => 'https://wp.example/returns/',
 				'title'        => "Returns & refunds, O\u{2019}Neill\u{2019}s way",
-				'content'      => '<p>Refunds take <b>five</b> days.</p>',
+				// A whole page around the rendered post: chatapp finds no page in a lone <p>.
+				'content'      => '<!DOCTYPE html><html><head><meta charset="utf-8"><title>'
+					. "Returns &amp; refunds, O\u{2019}Neill\u{2019}s way</title></head>"
+					. '<body><article><p>Refunds take <b>five</b> days.</p></article></body></html>',
 				'content_type' => 'text/html',
 				'modified'     => strtotime( '2026-12-01 10:00:00 UTC' ),
 			),
@@ -695,7 +698,7 @@ chatapp_test_case(
 		check_same( array( 'PUT', 'DELETE', 'PUT' ), array_column( $sent, 0 ), 'methods' );
 		check( false !== strpos( $sent[1][1], rawurlencode( 'https://wp.example/old-name/' ) ), 'old address removed' );
 		check_same( 'https://wp.example/new-name/', $sent[2][2]['url'], 'new address' );
-		check_same( 'Edited.', $sent[2][2]['content'], 'edited content' );
+		check( false !== strpos( $sent[2][2]['content'], '<article>Edited.</article>' ), 'edited content' );
 	}
 );
 
@@ -744,6 +747,64 @@ chatapp_test_case(
 		chatapp_embed_push_run( $now + 180 ); // answered 200 (the default)
 		check_same( array(), chatapp_embed_push_queue(), 'queue after the retry' );
 		check_same( 3, count( $GLOBALS['chatapp_wp']['http'] ), 'requests' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'a save while its push is under way (another request, the same second) is pushed next',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		$post = chatapp_test_publish( 5, 'returns' );
+		chatapp_test_publish( 6, 'hours' );
+		$GLOBALS['chatapp_wp']['http_responses'] = array(
+			static function () use ( $post ): array {
+				// The editor saves post 5 again, and publishes post 7, in their own requests.
+				chatapp_test_other_request(
+					static function () use ( $post ): void {
+						chatapp_test_transition( $post, 'publish', array( 'post_content' => 'Edited.' ) );
+						chatapp_test_publish( 7, 'new' );
+					}
+				);
+				return array( 'response' => array( 'code' => 200 ), 'body' => '{}' );
+			},
+		);
+		wp_schedule_single_event( time(), 'do_pings' ); // as WordPress does on publishing
+		$now = time();
+		wp_clear_scheduled_hook( 'chatapp_embed_push' ); // as wp-cron.php takes the event
+		chatapp_embed_push_run( $now );
+		// wp-cron.php goes on to its next due event, writing the schedule from its own copy.
+		wp_clear_scheduled_hook( 'do_pings' );
+		chatapp_test_other_request(
+			static function (): void {
+				check_same( array( 'post:5', 'post:7' ), array_keys( chatapp_embed_push_queue() ), 'queued meanwhile' );
+				check( false !== wp_next_scheduled( 'chatapp_embed_push' ), 'scheduled' );
+			}
+		);
+		$GLOBALS['chatapp_wp']['http'] = array();
+		chatapp_embed_push_run( $now );
+		$sent = chatapp_test_sent();
+		check_same( array( 'https://wp.example/returns/', 'https://wp.example/new/' ), array_column( array_column( $sent, 2 ), 'url' ), 'pushed next' );
+		check( false !== strpos( $sent[0][2]['content'], '<article>Edited.</article>' ), 'the edit' );
+		check_same( array(), chatapp_embed_push_queue(), 'queue' );
+	}
+);
+
+chatapp_test_case(
+	'secret',
+	'a queued job whose cron event was written away gets it back in wp-admin',
+	static function (): void {
+		update_option( 'chatapp_url', CHATAPP_TEST_URL );
+		update_option( 'chatapp_push_content', '1' );
+		do_action( 'admin_init' ); // nothing queued: nothing scheduled
+		check_same( false, wp_next_scheduled( 'chatapp_embed_push' ), 'no event for an empty queue' );
+		chatapp_test_publish( 5, 'returns' );
+		wp_clear_scheduled_hook( 'chatapp_embed_push' ); // a busy cron run's stale schedule
+		do_action( 'admin_init' );
+		check( false !== wp_next_scheduled( 'chatapp_embed_push' ), 'event back' );
+		check_same( 1, chatapp_test_run_cron( 'chatapp_embed_push' ), 'cron ran' );
+		check_same( array( 'PUT' ), array_column( chatapp_test_sent(), 0 ), 'pushed' );
 	}
 );
 

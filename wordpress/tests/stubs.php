@@ -47,6 +47,7 @@ function chatapp_test_reset(): void {
 		'actions'         => $actions,
 		'filters'         => $filters,
 		'options'         => array(),
+		'option_cache'    => array(),
 		'user'            => new WP_User(),
 		'caps'            => array(),
 		'home'            => 'https://wp.example',
@@ -65,7 +66,6 @@ function chatapp_test_reset(): void {
 		'http'            => array(),
 		'http_responses'  => array(),
 		'http_live'       => false,
-		'cron'            => array(),
 		'spawned'         => 0,
 		'locale'          => 'en_US',
 	);
@@ -200,22 +200,73 @@ function wp_unique_id( $prefix = '' ) {
 	return $prefix . (string) ++$GLOBALS['chatapp_wp']['unique_id'];
 }
 
-// Options, backed by an array.
+// Options: the database ('options') and this request's cache of it ('option_cache'), as
+// WordPress keeps one: an option read once is not read again in the same request until the
+// request writes it or wp_cache_delete( $option, 'options' ) drops it.
+// chatapp_test_other_request() runs code as another request, leaving this cache stale.
 
 function get_option( $option, $default_value = false ) {
-	return array_key_exists( $option, $GLOBALS['chatapp_wp']['options'] ) ? $GLOBALS['chatapp_wp']['options'][ $option ] : $default_value;
+	$cache = &$GLOBALS['chatapp_wp']['option_cache'];
+	if ( ! array_key_exists( $option, $cache ) ) {
+		$stored           = $GLOBALS['chatapp_wp']['options'];
+		$cache[ $option ] = array_key_exists( $option, $stored ) ? array( $stored[ $option ] ) : array();
+	}
+	return array() === $cache[ $option ] ? $default_value : $cache[ $option ][0];
 }
 
 function update_option( $option, $value, $autoload = null ) {
-	$value = apply_filters( "sanitize_option_{$option}", $value, $option, $value );
-	$GLOBALS['chatapp_wp']['options'][ $option ] = $value;
+	$value  = apply_filters( "sanitize_option_{$option}", $value, $option, $value );
+	$stored = $GLOBALS['chatapp_wp']['options'];
+	// As in WordPress: a value equal to this request's copy is not written, and neither is one
+	// the database holds already (no row changes, so the call "fails" and this request's
+	// copy stays as it was, however stale).
+	if ( get_option( $option, null ) === $value || ( array_key_exists( $option, $stored ) && $stored[ $option ] === $value ) ) {
+		return false;
+	}
+	$GLOBALS['chatapp_wp']['options'][ $option ]      = $value;
+	$GLOBALS['chatapp_wp']['option_cache'][ $option ] = array( $value );
 	return true;
 }
 
 function delete_option( $option ) {
 	$existed = array_key_exists( $option, $GLOBALS['chatapp_wp']['options'] );
 	unset( $GLOBALS['chatapp_wp']['options'][ $option ] );
+	$GLOBALS['chatapp_wp']['option_cache'][ $option ] = array();
 	return $existed;
+}
+
+function wp_cache_delete( $key, $group = '' ) {
+	if ( 'options' === $group && 'alloptions' === $key ) {
+		$GLOBALS['chatapp_wp']['option_cache'] = array(); // every option here is autoloaded
+	} elseif ( 'options' === $group ) {
+		unset( $GLOBALS['chatapp_wp']['option_cache'][ $key ] );
+	}
+	return true;
+}
+
+function wp_cache_get( $key, $group = '', $force = false, &$found = null ) {
+	$found = false;
+	return false;
+}
+
+function wp_cache_set( $key, $data, $group = '', $expire = 0 ) {
+	return true;
+}
+
+/** Run $fn as another request would: its own option cache, the same database. */
+function chatapp_test_other_request( callable $fn ): void {
+	$mine                                   = $GLOBALS['chatapp_wp']['option_cache'];
+	$GLOBALS['chatapp_wp']['option_cache'] = array();
+	try {
+		$fn();
+	} finally {
+		$GLOBALS['chatapp_wp']['option_cache'] = $mine;
+	}
+}
+
+function wp_generate_uuid4() {
+	$hex = bin2hex( random_bytes( 16 ) );
+	return substr( $hex, 0, 8 ) . '-' . substr( $hex, 8, 4 ) . '-4' . substr( $hex, 13, 3 ) . '-a' . substr( $hex, 17, 3 ) . '-' . substr( $hex, 20, 12 );
 }
 
 // Users.
@@ -473,6 +524,9 @@ function wp_remote_request( $url, $args = array() ) {
 	} else {
 		$response = array_shift( $GLOBALS['chatapp_wp']['http_responses'] );
 	}
+	if ( $response instanceof Closure ) {
+		$response = $response(); // What happens elsewhere while the request is under way.
+	}
 	if ( null === $response ) {
 		$response = array( 'response' => array( 'code' => 200 ), 'body' => '{}' );
 	}
@@ -516,16 +570,23 @@ function wp_remote_retrieve_response_code( $response ) {
 	return is_array( $response ) ? ( $response['response']['code'] ?? '' ) : '';
 }
 
-// WP-Cron.
+// WP-Cron: the schedule is the 'cron' option, cached per request like any other (so a cron
+// run works on its own, possibly stale, copy of it, as in WordPress).
+
+function chatapp_test_cron_events(): array {
+	return get_option( 'cron', array() );
+}
 
 function wp_schedule_single_event( $timestamp, $hook, $args = array(), $wp_error = false ) {
-	$GLOBALS['chatapp_wp']['cron'][] = array( 'time' => (int) $timestamp, 'hook' => $hook );
+	$events   = chatapp_test_cron_events();
+	$events[] = array( 'time' => (int) $timestamp, 'hook' => $hook );
+	update_option( 'cron', $events );
 	return true;
 }
 
 function wp_next_scheduled( $hook, $args = array() ) {
 	$times = array();
-	foreach ( $GLOBALS['chatapp_wp']['cron'] as $event ) {
+	foreach ( chatapp_test_cron_events() as $event ) {
 		if ( $event['hook'] === $hook ) {
 			$times[] = $event['time'];
 		}
@@ -534,16 +595,17 @@ function wp_next_scheduled( $hook, $args = array() ) {
 }
 
 function wp_clear_scheduled_hook( $hook, $args = array(), $wp_error = false ) {
-	$before                         = count( $GLOBALS['chatapp_wp']['cron'] );
-	$GLOBALS['chatapp_wp']['cron'] = array_values(
+	$before = chatapp_test_cron_events();
+	$kept   = array_values(
 		array_filter(
-			$GLOBALS['chatapp_wp']['cron'],
+			$before,
 			static function ( $event ) use ( $hook ) {
 				return $event['hook'] !== $hook;
 			}
 		)
 	);
-	return $before - count( $GLOBALS['chatapp_wp']['cron'] );
+	update_option( 'cron', $kept );
+	return count( $before ) - count( $kept );
 }
 
 function spawn_cron( $gmt_time = 0 ) {
@@ -555,14 +617,14 @@ function chatapp_test_run_cron( string $hook, ?int $now = null ): int {
 	$now  = null === $now ? time() : $now;
 	$due  = 0;
 	$kept = array();
-	foreach ( $GLOBALS['chatapp_wp']['cron'] as $event ) {
+	foreach ( chatapp_test_cron_events() as $event ) {
 		if ( $event['hook'] === $hook && $event['time'] <= $now ) {
 			++$due;
 		} else {
 			$kept[] = $event;
 		}
 	}
-	$GLOBALS['chatapp_wp']['cron'] = $kept;
+	update_option( 'cron', $kept );
 	for ( $i = 0; $i < $due; $i++ ) {
 		do_action( $hook );
 	}

@@ -127,11 +127,21 @@ function chatapp_embed_push_on_delete( $post_id ): void {
 add_action( 'before_delete_post', 'chatapp_embed_push_on_delete', 10, 1 );
 
 /**
- * The queued jobs, by key ('post:<id>' or 'url:<url>').
+ * The queued jobs, by key ('post:<id>' or 'url:<url>'), as stored now.
+ *
+ * Read from the database, never from this request's cache of the option: a cron run lasts
+ * as long as its pushes, and an editor's save meanwhile queues a job in another request.
+ * From a stale copy the run would write that job away.
  *
  * @return array<string, array>
  */
 function chatapp_embed_push_queue(): array {
+	wp_cache_delete( CHATAPP_EMBED_PUSH_QUEUE, 'options' );
+	$missing = wp_cache_get( 'notoptions', 'options' );
+	if ( is_array( $missing ) && isset( $missing[ CHATAPP_EMBED_PUSH_QUEUE ] ) ) {
+		unset( $missing[ CHATAPP_EMBED_PUSH_QUEUE ] );
+		wp_cache_set( 'notoptions', $missing, 'options' );
+	}
 	$queue = get_option( CHATAPP_EMBED_PUSH_QUEUE, array() );
 	return is_array( $queue ) ? $queue : array();
 }
@@ -151,6 +161,8 @@ function chatapp_embed_push_enqueue( string $action, int $post_id, string $url )
 		unset( $queue[ 'url:' . $url ] );
 	}
 	$queue[ $key ] = array(
+		// A save within the same second as the last is still a new job (see forget).
+		'id'       => wp_generate_uuid4(),
 		'action'   => $action,
 		'post_id'  => $post_id,
 		'url'      => $url,
@@ -200,7 +212,22 @@ function chatapp_embed_push_token( ?int $now = null ): string {
 }
 
 /**
- * The document chatapp indexes for a post: its permalink, title, rendered HTML, modified time.
+ * A post's rendered content as a whole HTML page.
+ *
+ * chatapp reads the main content of a page. A bare fragment is not one: a post of a single
+ * paragraph renders as one <p>, which parses as no page at all and would be indexed empty.
+ *
+ * @param string $title The post's title, as text.
+ * @param string $body  Its rendered content (the_content).
+ * @return string
+ */
+function chatapp_embed_push_page( string $title, string $body ): string {
+	return '<!DOCTYPE html><html><head><meta charset="utf-8"><title>' . esc_html( $title ) . '</title></head>'
+		. '<body><article>' . $body . '</article></body></html>';
+}
+
+/**
+ * The document chatapp indexes for a post: its permalink, title, rendered page, modified time.
  *
  * @param WP_Post $post The post.
  * @param string  $url  Its permalink.
@@ -208,10 +235,11 @@ function chatapp_embed_push_token( ?int $now = null ): string {
  */
 function chatapp_embed_push_document( $post, string $url ): array {
 	$title = html_entity_decode( wp_strip_all_tags( (string) get_the_title( $post ) ), ENT_QUOTES, 'UTF-8' );
+	$body  = (string) apply_filters( 'the_content', (string) $post->post_content );
 	return array(
 		'url'          => $url,
 		'title'        => $title,
-		'content'      => (string) apply_filters( 'the_content', (string) $post->post_content ),
+		'content'      => chatapp_embed_push_page( $title, $body ),
 		'content_type' => 'text/html',
 		'modified'     => (int) get_post_modified_time( 'U', true, $post ),
 	);
@@ -271,15 +299,13 @@ function chatapp_embed_push_send( array $job ): bool {
  * @param int|null $now Unix time; defaults to the current time.
  */
 function chatapp_embed_push_run( $now = null ): void {
-	$now  = is_int( $now ) ? $now : time();
-	$next = null;
+	$now = is_int( $now ) ? $now : time();
 	foreach ( chatapp_embed_push_queue() as $key => $job ) {
 		if ( ! is_array( $job ) || ! isset( $job['action'], $job['url'] ) ) {
 			chatapp_embed_push_forget( $key, null );
 			continue;
 		}
 		if ( (int) ( $job['due'] ?? 0 ) > $now ) {
-			$next = null === $next ? (int) $job['due'] : min( $next, (int) $job['due'] );
 			continue;
 		}
 		if ( chatapp_embed_push_send( $job ) ) {
@@ -293,13 +319,47 @@ function chatapp_embed_push_run( $now = null ): void {
 		}
 		$due = $now + min( CHATAPP_EMBED_PUSH_RETRY_MAX, CHATAPP_EMBED_PUSH_RETRY_MIN * ( 2 ** ( $attempts - 1 ) ) );
 		chatapp_embed_push_update( $key, $job, array( 'attempts' => $attempts, 'due' => $due ) );
-		$next = null === $next ? $due : min( $next, $due );
 	}
-	if ( null !== $next ) {
-		chatapp_embed_push_schedule( $next );
-	}
+	// What is left: retries, and jobs queued while this run sent. Their save scheduled this
+	// event in its own request; this cron run still holds the schedule as it loaded it, and
+	// wp-cron.php, unscheduling its next event, would write that copy back over the save's.
+	// So it reads the schedule afresh, then makes sure the event is in it.
+	wp_cache_delete( 'alloptions', 'options' );
+	wp_cache_delete( 'cron', 'options' );
+	chatapp_embed_push_schedule_queued( $now );
 }
 add_action( CHATAPP_EMBED_PUSH_HOOK, 'chatapp_embed_push_run' );
+
+/**
+ * Schedule the cron event for the earliest queued job, if any job is queued.
+ *
+ * @param int $now Unix time; a job already due runs at the next cron run.
+ */
+function chatapp_embed_push_schedule_queued( int $now ): void {
+	$dues = array();
+	foreach ( chatapp_embed_push_queue() as $job ) {
+		if ( is_array( $job ) ) {
+			$dues[] = (int) ( $job['due'] ?? 0 );
+		}
+	}
+	if ( array() !== $dues ) {
+		chatapp_embed_push_schedule( max( $now, min( $dues ) ) );
+	}
+}
+
+/**
+ * Give queued jobs their cron event back if it was lost (admin_init: an editor is about).
+ *
+ * A save made while a cron run is busy with WordPress's own slower events, past this
+ * plugin's, schedules the event in its own request; that run then writes back the schedule
+ * as it loaded it, without the event. The job stays queued; here it gets its event again.
+ */
+function chatapp_embed_push_reschedule_lost(): void {
+	if ( false === wp_next_scheduled( CHATAPP_EMBED_PUSH_HOOK ) ) {
+		chatapp_embed_push_schedule_queued( time() );
+	}
+}
+add_action( 'admin_init', 'chatapp_embed_push_reschedule_lost' );
 
 /**
  * Drop a job, unless a newer one for the same key replaced it meanwhile.
