@@ -177,3 +177,21 @@ def test_a_code_span_broken_over_lines_does_not_hide_the_next_heading() -> None:
         "DESCRIPTION",
         "OPTIONS",
     ]
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        "<p>Our shop opens at nine on Sundays.</p>",
+        b"<p>Our shop opens at nine on Sundays.</p>",
+        "<h2>Hours</h2>\n<p>Our shop opens at nine on Sundays.</p>",
+        "<div><ul><li>Our shop opens at nine on Sundays.</li></ul></div>",
+    ],
+)
+def test_an_html_fragment_is_read_as_a_pages_body(
+    fragment: str | bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # What a CMS pushes: a post's rendered body, not a whole page.
+    doc = extract(fragment, url="http://shop.test/hours")
+    assert doc.passages and "opens at nine on Sundays" in doc.passages[0].text
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

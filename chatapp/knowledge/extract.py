@@ -113,7 +113,13 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str, str]:
     # follow them. Without recall bias, short product pages come back empty.
     # Its metadata pass (dates, authors) would double the time per page, and
     # `fast` skips the fallback extractors: together about 2x the pages/s.
-    tree = load_html(html)
+    tree = load_html(html) if _is_document(html) else None
+    if tree is None:
+        # A fragment (a post's rendered body pushed alone, say): lxml would
+        # make no document of it. Parsed as a page's body, it is one.
+        prefix = "<!DOCTYPE html><html><body>"
+        body = prefix.encode() + html if isinstance(html, bytes) else prefix + html
+        tree = load_html(body)
     if tree is None:
         return "", "", ""
     title = extract_title(tree) or ""
@@ -136,6 +142,19 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str, str]:
     # With output_format="python", .text is the body as Markdown already.
     lead = " ".join(p for p in paragraphs if not _contains(markdown, p))
     return title.strip(), lead, markdown
+
+
+def _is_document(html: str | bytes) -> bool:
+    """Tell whether `html` opens as a whole page (a doctype, <html>, <head>,
+    or <body> before any other tag), not as a fragment."""
+    start = html[:2048].lstrip()
+    head = (start.decode("latin-1") if isinstance(start, bytes) else start).lower()
+    head = head.lstrip("\ufeff\xef\xbb\xbf")
+    while head.startswith("<!--"):
+        head = head.partition("-->")[2].lstrip()
+    while head.startswith("<?"):
+        head = head.partition("?>")[2].lstrip()
+    return head.startswith(("<!doctype", "<html", "<head", "<body", "<meta", "<title"))
 
 
 def _lead(tree: Any) -> list[str]:
