@@ -14,12 +14,14 @@ from chatapp.knowledge.embed import Embedder
 from chatapp.knowledge.embed import VectorCache
 from chatapp.knowledge.embed import embed_passages
 from chatapp.knowledge.embed import hybrid_search
+from chatapp.knowledge.index import ABOUT_WEIGHTS
 from chatapp.knowledge.index import CANDIDATES
 from chatapp.knowledge.index import WEIGHTS
 from chatapp.knowledge.index import DocumentInfo
 from chatapp.knowledge.index import IndexStats
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
+from chatapp.knowledge.index import page_lead
 from chatapp.knowledge.index import query_terms
 from chatapp.knowledge.index import rank
 from chatapp.knowledge.index import telling
@@ -65,7 +67,15 @@ CREATE TRIGGER IF NOT EXISTS passages_ad AFTER DELETE ON passages BEGIN
     INSERT INTO passages_fts (passages_fts, rowid, title, headings, body)
     VALUES ('delete', old.id, old.title, old.headings, old.body);
 END;
+-- Each page's title and lead, matched as a whole (index.ABOUT_WEIGHTS); a
+-- row's rowid is its document's.
+CREATE VIRTUAL TABLE IF NOT EXISTS pages_fts USING fts5 (
+    title, lead, tokenize='porter unicode61 remove_diacritics 2'
+);
 """
+# PRAGMA user_version: 1 once pages_fts holds every document (an index file
+# written before it existed is filled from its passages on first open).
+SCHEMA_VERSION = 1
 
 # Ranked on the full-text table alone, joined only for the candidates kept.
 SEARCH = f"""
@@ -75,6 +85,12 @@ FROM (
     FROM passages_fts WHERE passages_fts MATCH ?
     ORDER BY score DESC LIMIT {CANDIDATES}
 ) AS c JOIN passages AS p ON p.id = c.rowid
+"""
+# How well each page's title and lead match, for index.rank.
+SEARCH_ABOUT = f"""
+SELECT d.url, -bm25(pages_fts, ?, ?) AS score
+FROM pages_fts JOIN documents AS d ON d.rowid = pages_fts.rowid
+WHERE pages_fts MATCH ? ORDER BY score DESC LIMIT {CANDIDATES}
 """
 # The visitor's page may rank below the candidates and still deserve a place.
 SEARCH_PAGE = f"""
@@ -134,6 +150,8 @@ class SqliteIndex:
         # last pages indexed, never corrupt the file; a re-crawl restores them.
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.executescript(SCHEMA)
+        if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            _migrate(conn)
         return conn
 
     def replace(
@@ -161,13 +179,14 @@ class SqliteIndex:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                _drop_page(db, url)
                 db.execute("DELETE FROM passages WHERE url = ?", (url,))
                 db.executemany(
                     "INSERT INTO passages (url, seq, title, headings, body, vec) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
-                db.execute(
+                stored = db.execute(
                     "INSERT OR REPLACE INTO documents (url, title, passages, "
                     "modified, etag, last_modified, owner, indexed) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -182,6 +201,10 @@ class SqliteIndex:
                         time.time(),
                     ),
                 )
+                db.execute(
+                    "INSERT INTO pages_fts (rowid, title, lead) VALUES (?, ?, ?)",
+                    (stored.lastrowid, title, page_lead(passages)),
+                )
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -194,6 +217,7 @@ class SqliteIndex:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
+                _drop_page(db, url)
                 db.execute("DELETE FROM passages WHERE url = ?", (url,))
                 gone = db.execute("DELETE FROM documents WHERE url = ?", (url,))
             except BaseException:
@@ -236,13 +260,18 @@ class SqliteIndex:
                 rows += db.execute(
                     SEARCH_PAGE, (*WEIGHTS, match, prefer_url)
                 ).fetchall()
+            about = dict(db.execute(SEARCH_ABOUT, (*ABOUT_WEIGHTS, match)).fetchall())
         hits = {
             (u, b): Passage(url=u, title=t, headings=h, text=b, score=float(s))
             for u, t, h, b, s in rows
         }
         if self.embedder is None:
-            return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
-        lexical = rank(list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url)
+            return rank(
+                list(hits.values()), limit=limit, prefer_url=prefer_url, about=about
+            )
+        lexical = rank(
+            list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url, about=about
+        )
         with self._db() as db:
             version = tuple(
                 db.execute(
@@ -314,6 +343,41 @@ class SqliteIndex:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+
+def _drop_page(db: sqlite3.Connection, url: str) -> None:
+    db.execute(
+        "DELETE FROM pages_fts WHERE rowid IN "
+        "(SELECT rowid FROM documents WHERE url = ?)",
+        (url,),
+    )
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Fill pages_fts from the passages of an index file written before it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while this one waited for the lock.
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            db.execute("DELETE FROM pages_fts")
+            heads: dict[str, list[Passage]] = {}
+            for url, headings in db.execute(
+                "SELECT url, headings FROM passages ORDER BY url, seq"
+            ):
+                heads.setdefault(url, []).append(Passage(url, "", headings, ""))
+            db.executemany(
+                "INSERT INTO pages_fts (rowid, title, lead) "
+                "SELECT rowid, title, ? FROM documents WHERE url = ?",
+                [
+                    (page_lead(heads.get(url, [])), url)
+                    for (url,) in db.execute("SELECT url FROM documents").fetchall()
+                ],
+            )
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def fts_query(text: str) -> str:
