@@ -9,6 +9,11 @@ rate, memory and index size, for SQLite and Postgres.
     .venv/bin/python -m bench.knowledge --docs /usr/share/debian-reference \
         --questions bench/knowledge_questions_debian_reference.json --quality-only
 
+    # the held-out set, never used for tuning (apt-get install debian-handbook)
+    .venv/bin/python -m bench.knowledge \
+        --docs /usr/share/doc/debian-handbook/html/en-US \
+        --questions bench/knowledge_questions_debian_handbook.json --quality-only
+
     # hybrid retrieval too, with a real model (bench/embeddings_server.py)
     .venv/bin/python -m bench.knowledge --quality-only \
         --embeddings http://127.0.0.1:8765/v1
