@@ -8,6 +8,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from chatapp.knowledge.engines import open_index
@@ -388,4 +389,25 @@ def test_a_postgres_table_from_before_page_leads_gets_them_on_connect(
                 ("mover - rename files",)
             ]
     finally:
+        second.close()
+
+
+def test_connecting_to_an_up_to_date_table_waits_for_no_reader(
+    postgres_server: Any,
+) -> None:
+    # A search in flight on another host holds ACCESS SHARE on the table;
+    # a worker connecting meanwhile must not queue behind it (ALTER TABLE
+    # would, until the statement timeout).
+    postgres_server.execute(
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+    )
+    first = PgIndex(postgres_server.url)
+    second = PgIndex(postgres_server.url)
+    try:
+        add(first, "u", "Opening hours", ("", "Open 9 to 5."))
+        with psycopg.connect(postgres_server.url) as reader, reader.transaction():
+            reader.execute("LOCK TABLE knowledge_documents IN ACCESS SHARE MODE")
+            assert urls(second.search("opening hours")) == ["u"]
+    finally:
+        first.close()
         second.close()

@@ -41,10 +41,9 @@ SCHEMA_LOCK = 0x6B6E6F77  # "know"
 # joined by OR rarely are (measured: recall@3 0.62 against 0.42).
 _TOP = max(WEIGHTS)
 RANK_WEIGHTS = "{0, " + ", ".join(str(w / _TOP) for w in reversed(WEIGHTS)) + "}"
-# A page's title (A) and lead (B), as index.ABOUT_WEIGHTS. ts_rank of a
-# short title and lead is on another scale than the passages' (no IDF, so
-# any common word of a title scores): a quarter of it measured best, and no
-# worse than without it on either doc set (BENCHMARKS.md).
+# A page's title (A) and lead (B), as index.ABOUT_WEIGHTS. ts_rank of a short
+# title and lead runs higher than the passages' (no IDF: a title's common word
+# scores); a quarter of it measured best on the tuning sets (BENCHMARKS.md).
 ABOUT_SCALE = 0.25
 ABOUT_RANK_WEIGHTS = (
     "{0, 0, " + ", ".join(str(w / _TOP) for w in reversed(ABOUT_WEIGHTS)) + "}"
@@ -61,16 +60,13 @@ CREATE TABLE IF NOT EXISTS knowledge_documents (
     etag text NOT NULL DEFAULT '',
     last_modified text NOT NULL DEFAULT '',
     owner text NOT NULL DEFAULT '',
-    indexed double precision NOT NULL
-);
--- index.page_lead; a table made before it existed gets it from LEADS.
-ALTER TABLE knowledge_documents
-    ADD COLUMN IF NOT EXISTS lead text NOT NULL DEFAULT '';
-ALTER TABLE knowledge_documents ADD COLUMN IF NOT EXISTS tsv tsvector
-    GENERATED ALWAYS AS (
+    indexed double precision NOT NULL,
+    lead text NOT NULL DEFAULT '',  -- index.page_lead
+    tsv tsvector GENERATED ALWAYS AS (
         setweight(to_tsvector('english'::regconfig, title), 'A')
         || setweight(to_tsvector('english'::regconfig, lead), 'B')
-    ) STORED;
+    ) STORED
+);
 CREATE TABLE IF NOT EXISTS knowledge_passages (
     id bigserial PRIMARY KEY,
     url text NOT NULL REFERENCES knowledge_documents (url) ON DELETE CASCADE,
@@ -90,9 +86,16 @@ CREATE INDEX IF NOT EXISTS knowledge_passages_tsv
 CREATE INDEX IF NOT EXISTS knowledge_passages_url ON knowledge_passages (url);
 """
 
-# Fills in the leads of documents stored before the column existed: the same
-# rule as index.page_lead, in SQL.
+# A table made before pages had leads gets the columns (ALTER TABLE locks the
+# table whole: only then), and its leads by index.page_lead's rule, in SQL.
 LEADS = """
+ALTER TABLE knowledge_documents
+    ADD COLUMN IF NOT EXISTS lead text NOT NULL DEFAULT '';
+ALTER TABLE knowledge_documents ADD COLUMN IF NOT EXISTS tsv tsvector
+    GENERATED ALWAYS AS (
+        setweight(to_tsvector('english'::regconfig, title), 'A')
+        || setweight(to_tsvector('english'::regconfig, lead), 'B')
+    ) STORED;
 UPDATE knowledge_documents AS d SET lead = l.lead
 FROM (
     SELECT url, min(split_part(headings, ' > ', 1)) AS lead
@@ -100,7 +103,7 @@ FROM (
     HAVING count(DISTINCT split_part(headings, ' > ', 1)) = 1
        AND bool_or(strpos(headings, ' > ') > 0)
 ) AS l
-WHERE d.url = l.url
+WHERE d.url = l.url;
 """
 
 # The candidates are the passages holding one of the question's rarer terms
