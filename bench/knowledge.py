@@ -9,6 +9,11 @@ rate, memory and index size, for SQLite and Postgres.
     .venv/bin/python -m bench.knowledge --docs /usr/share/debian-reference \
         --questions bench/knowledge_questions_debian_reference.json --quality-only
 
+    # the held-out set, never used for tuning (apt-get install debian-handbook)
+    .venv/bin/python -m bench.knowledge \
+        --docs /usr/share/doc/debian-handbook/html/en-US \
+        --questions bench/knowledge_questions_debian_handbook.json --quality-only
+
     # hybrid retrieval too, with a real model (bench/embeddings_server.py)
     .venv/bin/python -m bench.knowledge --quality-only \
         --embeddings http://127.0.0.1:8765/v1
@@ -253,12 +258,13 @@ def _passages_of(index: Index, url: str) -> list[Passage]:
     # Read through the SQLite engine's table: the Index protocol has no
     # "passages of a document" call, and the bench needs nothing more.
     assert isinstance(index, SqliteIndex)
-    with index._db() as db:
-        rows = db.execute(
+    rows = index._run(
+        lambda link: link.conn.execute(
             "SELECT url, title, headings, body FROM passages WHERE url = ? "
             "ORDER BY seq",
             (url,),
         ).fetchall()
+    )
     return [Passage(url=u, title=t, headings=h, text=b) for u, t, h, b in rows]
 
 

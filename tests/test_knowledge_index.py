@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from chatapp.knowledge.engines import open_index
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
+from chatapp.knowledge.index import narrow
+from chatapp.knowledge.index import page_lead
 from chatapp.knowledge.pg_index import PgIndex
-from chatapp.knowledge.pg_index import narrow
+from chatapp.knowledge.sqlite_index import SCHEMA
 from chatapp.knowledge.sqlite_index import SqliteIndex
 from tests.conftest import free_port
 
@@ -252,7 +257,7 @@ def test_words_in_most_passages_cost_nothing_and_still_match_alone(
     index: Index,
 ) -> None:
     # Both engines leave such words out (index.telling); Postgres ranks only
-    # the passages holding the rarer words (pg_index.narrow).
+    # the passages holding the rarer words (index.narrow).
     filler = [
         Passage("https://s.test/log", "Log", "", f"common entry number{i}")
         for i in range(1200)
@@ -273,3 +278,136 @@ def test_postgres_ranks_only_the_passages_of_the_rarer_words() -> None:
     assert narrow(list(counts), counts, 10_000) == ["onto", "rebase"]
     assert narrow(["git"], counts, 10_000) == ["git"]  # the rarest always
     assert narrow(list(counts), counts, 900) == list(counts)  # small: all
+
+
+def test_a_pages_lead_outranks_long_pages_that_use_its_words_in_passing(
+    index: Index,
+) -> None:
+    # The lead (a man page's NAME line) starts every heading path of its
+    # page, whose text never says the question's words; a manual says them
+    # in passage after passage, each about something else.
+    lead = "move - Move or rename a file"
+    options = "with options for verbose output, dry runs and forcing, " * 3
+    add(
+        index,
+        "https://s.test/move",
+        "move(1)",
+        (f"{lead} > SYNOPSIS", f"move [options] source destination {options}"),
+        (f"{lead} > OPTIONS", f"--force overwrites the destination {options}"),
+    )
+    add(
+        index,
+        "https://s.test/manual",
+        "User manual",
+        *[
+            (
+                f"Chapter {n}",
+                "To rename a branch, or a remote, give the file its new name: "
+                f"rename, then check the file ({n}).",
+            )
+            for n in range(12)
+        ],
+    )
+    for n in range(30):  # other pages, so that the words are rare ones
+        add(index, f"https://s.test/{n}", f"Shop {n}", ("", f"Opening hours {n}."))
+    assert urls(index.search("how do I rename a file"))[0] == "https://s.test/move"
+
+
+def test_a_pages_lead_is_the_head_every_heading_path_shares() -> None:
+    def lead(*paths: str) -> str:
+        return page_lead([Passage("u", "t", path, "text") for path in paths])
+
+    assert lead("mv - rename files > NAME", "mv - rename files > OPTIONS") == (
+        "mv - rename files"
+    )
+    assert lead("Refunds", "Exchanges") == ""  # sections, no lead
+    assert lead("Refunds", "Refunds") == ""  # one section, no deeper path
+    assert lead() == ""
+
+
+def test_an_sqlite_file_from_before_page_leads_is_migrated_on_open(
+    tmp_path: Path,
+) -> None:
+    # A file written by the previous release: no pages_fts, user_version 0.
+    path = tmp_path / "old.sqlite3"
+    with closing(sqlite3.connect(path)) as db:
+        db.executescript(SCHEMA.split("-- Each page's title")[0])
+        db.execute(
+            "INSERT INTO documents VALUES ('u', 'mover', 2, NULL, '', '', '', 0)"
+        )
+        db.executemany(
+            "INSERT INTO passages (url, seq, title, headings, body) "
+            "VALUES ('u', ?, 'mover', ?, 'text')",
+            [(0, "mover - rename files > NAME"), (1, "mover - rename files > BUGS")],
+        )
+        db.commit()
+    index = SqliteIndex(path)
+    try:
+        index.stats()  # opens, and migrates
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (1,)
+            assert db.execute("SELECT title, lead FROM pages_fts").fetchall() == [
+                ("mover", "mover - rename files")
+            ]
+        assert urls(index.search("rename")) == ["u"]
+        add(index, "u", "mover", ("mover - rename files > NAME", "rename text"))
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT count(*) FROM pages_fts").fetchone() == (1,)
+        index.remove("u")
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT count(*) FROM pages_fts").fetchone() == (0,)
+    finally:
+        index.close()
+
+
+def test_a_postgres_table_from_before_page_leads_gets_them_on_connect(
+    postgres_server: Any,
+) -> None:
+    postgres_server.execute(
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+    )
+    first = PgIndex(postgres_server.url)
+    try:
+        add(
+            first,
+            "u",
+            "mover",
+            ("mover - rename files > NAME", "rename text"),
+            ("mover - rename files > BUGS", "none known"),
+        )
+    finally:
+        first.close()
+    # Back to the previous release's table: no lead, no page tsvector.
+    postgres_server.execute(
+        "ALTER TABLE knowledge_documents DROP COLUMN tsv, DROP COLUMN lead"
+    )
+    second = PgIndex(postgres_server.url)
+    try:
+        assert set(urls(second.search("rename"))) == {"u"}
+        with second._db() as db:
+            assert db.execute("SELECT lead FROM knowledge_documents").fetchall() == [
+                ("mover - rename files",)
+            ]
+    finally:
+        second.close()
+
+
+def test_connecting_to_an_up_to_date_table_waits_for_no_reader(
+    postgres_server: Any,
+) -> None:
+    # A search in flight on another host holds ACCESS SHARE on the table;
+    # a worker connecting meanwhile must not queue behind it (ALTER TABLE
+    # would, until the statement timeout).
+    postgres_server.execute(
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+    )
+    first = PgIndex(postgres_server.url)
+    second = PgIndex(postgres_server.url)
+    try:
+        add(first, "u", "Opening hours", ("", "Open 9 to 5."))
+        with psycopg.connect(postgres_server.url) as reader, reader.transaction():
+            reader.execute("LOCK TABLE knowledge_documents IN ACCESS SHARE MODE")
+            assert urls(second.search("opening hours")) == ["u"]
+    finally:
+        first.close()
+        second.close()

@@ -21,6 +21,7 @@ from chatapp.knowledge.retrieve import fill
 from chatapp.knowledge.retrieve import query_for
 from chatapp.knowledge.retrieve import retrieve
 from chatapp.knowledge.retrieve import source_material
+from chatapp.knowledge.retrieve import spread
 from chatapp.store.conversations import StoredMessage
 from chatapp.turns.knowledge import FAILED
 from chatapp.turns.knowledge import FOUND
@@ -78,6 +79,29 @@ def test_passages_fill_the_budget_best_first_and_skip_what_does_not_fit() -> Non
     kept = fill(passages, 100)
     assert [x.url for x in kept] == ["u1", "u3"]
     assert sum(len(x.text) for x in kept) <= 100
+
+
+def test_a_page_gives_two_passages_before_the_next_pages_get_theirs() -> None:
+    ranked = [p("manual", "m1"), p("manual", "m2"), p("manual", "m3")]
+    ranked += [p("faq", "f1"), p("manual", "m4"), p("howto", "h1")]
+    assert [x.text for x in spread(ranked)] == ["m1", "m2", "f1", "h1", "m3", "m4"]
+
+
+def test_a_turn_sees_more_than_the_one_page_with_most_matches(index: Index) -> None:
+    manual = "https://shop.test/manual"
+    index.replace(
+        manual,
+        "Manual",
+        [
+            Passage(manual, "Manual", f"Part {n}", f"gift wrapping {n}")
+            for n in range(6)
+        ],
+    )
+    text = "Returns are free, and so is gift wrapping when you send one back."
+    index.replace(RETURNS, "Returns", [Passage(RETURNS, "Returns", "", text)])
+    # Room for three passages: two of the manual's, then the next page's.
+    found = retrieve(index, "gift wrapping", max_chars=2 * 15 + len(text))
+    assert [s.url for s in found.sources] == [manual, RETURNS]
 
 
 def test_the_best_passage_alone_is_cut_to_the_budget() -> None:

@@ -15,6 +15,15 @@ from chatapp.errors import ChatappError
 # Measured on git's docs (BENCHMARKS.md): heavier title weights lost there,
 # where titles are command names that questions rarely use.
 WEIGHTS = (1.5, 1.5, 1.0)
+# A page is also matched as a whole by what says what it is about: its title
+# and its lead (`page_lead`), each weighing this much (FTS5 bm25() weights;
+# Postgres's A/B weights follow). The page's match is added, times
+# ABOUT_FACTOR, to each of its passages' scores: a short page whose title
+# or one-line summary holds the question's words is no longer outranked by
+# long pages that mention them in passing (git-mv's "Move or rename a file"
+# for "rename a file"). Measured in BENCHMARKS.md.
+ABOUT_WEIGHTS = (1.0, 1.0)
+ABOUT_FACTOR = 1.0
 # The visitor's own page counts this much more than any other.
 PREFER_FACTOR = 2.0
 # Best-ranked passages an engine hands to `rank`; more cost time, not recall.
@@ -23,6 +32,9 @@ CANDIDATES = 200
 MAX_QUERY_TERMS = 32
 # Below this many passages every search is cheap: no term is dropped.
 SMALL_INDEX = 1000
+# On Postgres, the rarer terms that choose a search's candidates hold at most
+# this many passages together (the rarest term always counts, whatever it holds).
+RANKED_PASSAGES = 1000
 
 _WORD = re.compile(r"\w+")
 # Words too common to tell passages apart; matching them costs time only.
@@ -109,16 +121,55 @@ def telling(terms: list[str], counts: dict[str, int], total: int) -> list[str]:
     return kept or [min(present, key=lambda t: counts[t])]
 
 
+def page_lead(passages: list[Passage]) -> str:
+    """What a page says it is about, beside its title: its heading paths' head.
+
+    The extractor starts every heading path of a page with its lead (a man
+    page's NAME line); a page without one has paths that start with its
+    sections' names, which differ. So the first step of the paths, when all
+    of them start with it and one at least goes on past it, is the lead.
+    pg_index's LEADS computes the same in SQL.
+    """
+    heads = {p.headings.split(" > ", 1)[0] for p in passages}
+    deeper = any(" > " in p.headings for p in passages)
+    return heads.pop() if len(heads) == 1 and deeper else ""
+
+
+def narrow(terms: list[str], counts: dict[str, int], total: int) -> list[str]:
+    """The rarest terms whose passages add up to RANKED_PASSAGES (one at least).
+
+    A passage holding none of them holds only common words of the question,
+    which BM25 and ts_rank score low: it would not be among the candidates.
+    Below SMALL_INDEX passages every term chooses, as on SQLite.
+    """
+    if total < SMALL_INDEX:
+        return terms
+    chosen: list[str] = []
+    held = 0
+    for term in sorted(terms, key=lambda t: counts.get(t, 0)):
+        held += counts.get(term, 0)
+        if chosen and held > RANKED_PASSAGES:
+            break
+        chosen.append(term)
+    return chosen
+
+
 def rank(
-    hits: list[Passage], *, limit: int, prefer_url: str | None = None
+    hits: list[Passage],
+    *,
+    limit: int,
+    prefer_url: str | None = None,
+    about: dict[str, float] | None = None,
 ) -> list[Passage]:
     """Order an engine's candidates: page evidence, then the visitor's page.
 
     A passage gains the score of the next-best passage of its page: a page
     that answers with several passages beats a single lucky match (an index
-    page listing every topic in a line each). Passages of `prefer_url`
-    count PREFER_FACTOR times more.
+    page listing every topic in a line each). It also gains its page's
+    `about` score (title and lead matched as a whole), times ABOUT_FACTOR.
+    Passages of `prefer_url` count PREFER_FACTOR times more.
     """
+    about = about or {}
     hits = sorted(hits, key=lambda p: -p.score)
     top: dict[str, list[float]] = {}  # each page's two best scores
     for hit in hits:
@@ -135,7 +186,7 @@ def rank(
         else:
             bonus = scores[1] if len(scores) > 1 else 0.0
             seen.add(hit.url)
-        score = hit.score + bonus
+        score = hit.score + bonus + ABOUT_FACTOR * about.get(hit.url, 0.0)
         if prefer_url and hit.url == prefer_url:
             score *= PREFER_FACTOR
         ranked.append(replace(hit, score=score))

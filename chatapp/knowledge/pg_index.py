@@ -15,21 +15,20 @@ from chatapp.knowledge.embed import Embedder
 from chatapp.knowledge.embed import VectorCache
 from chatapp.knowledge.embed import embed_passages
 from chatapp.knowledge.embed import hybrid_search
+from chatapp.knowledge.index import ABOUT_WEIGHTS
 from chatapp.knowledge.index import CANDIDATES
-from chatapp.knowledge.index import SMALL_INDEX
 from chatapp.knowledge.index import WEIGHTS
 from chatapp.knowledge.index import DocumentInfo
 from chatapp.knowledge.index import IndexStats
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
+from chatapp.knowledge.index import narrow
+from chatapp.knowledge.index import page_lead
 from chatapp.knowledge.index import query_terms
 from chatapp.knowledge.index import rank
 from chatapp.knowledge.index import telling
 
 CONNECT_TIMEOUT_SECONDS = 5
-# The rarer terms that choose a search's candidates hold at most this many
-# passages together (the rarest term always counts, whatever it holds).
-RANKED_PASSAGES = 1000
 # A search that takes longer is abandoned: the turn goes on without sources.
 STATEMENT_TIMEOUT_MS = 5000
 # Any number will do as long as every host uses the same one: it serialises
@@ -42,6 +41,13 @@ SCHEMA_LOCK = 0x6B6E6F77  # "know"
 # joined by OR rarely are (measured: recall@3 0.62 against 0.42).
 _TOP = max(WEIGHTS)
 RANK_WEIGHTS = "{0, " + ", ".join(str(w / _TOP) for w in reversed(WEIGHTS)) + "}"
+# A page's title (A) and lead (B), as index.ABOUT_WEIGHTS. ts_rank of a short
+# title and lead runs higher than the passages' (no IDF: a title's common word
+# scores); a quarter of it measured best on the tuning sets (BENCHMARKS.md).
+ABOUT_SCALE = 0.25
+ABOUT_RANK_WEIGHTS = (
+    "{0, 0, " + ", ".join(str(w / _TOP) for w in reversed(ABOUT_WEIGHTS)) + "}"
+)
 # 1: divide the rank by 1 + log(length), so long passages don't win by size.
 RANK_NORMALISATION = 1
 
@@ -54,7 +60,12 @@ CREATE TABLE IF NOT EXISTS knowledge_documents (
     etag text NOT NULL DEFAULT '',
     last_modified text NOT NULL DEFAULT '',
     owner text NOT NULL DEFAULT '',
-    indexed double precision NOT NULL
+    indexed double precision NOT NULL,
+    lead text NOT NULL DEFAULT '',  -- index.page_lead
+    tsv tsvector GENERATED ALWAYS AS (
+        setweight(to_tsvector('english'::regconfig, title), 'A')
+        || setweight(to_tsvector('english'::regconfig, lead), 'B')
+    ) STORED
 );
 CREATE TABLE IF NOT EXISTS knowledge_passages (
     id bigserial PRIMARY KEY,
@@ -75,13 +86,36 @@ CREATE INDEX IF NOT EXISTS knowledge_passages_tsv
 CREATE INDEX IF NOT EXISTS knowledge_passages_url ON knowledge_passages (url);
 """
 
+# A table made before pages had leads gets the columns (ALTER TABLE locks the
+# table whole: only then), and its leads by index.page_lead's rule, in SQL.
+LEADS = """
+ALTER TABLE knowledge_documents
+    ADD COLUMN IF NOT EXISTS lead text NOT NULL DEFAULT '';
+ALTER TABLE knowledge_documents ADD COLUMN IF NOT EXISTS tsv tsvector
+    GENERATED ALWAYS AS (
+        setweight(to_tsvector('english'::regconfig, title), 'A')
+        || setweight(to_tsvector('english'::regconfig, lead), 'B')
+    ) STORED;
+UPDATE knowledge_documents AS d SET lead = l.lead
+FROM (
+    SELECT url, min(split_part(headings, ' > ', 1)) AS lead
+    FROM knowledge_passages GROUP BY url
+    HAVING count(DISTINCT split_part(headings, ' > ', 1)) = 1
+       AND bool_or(strpos(headings, ' > ') > 0)
+) AS l
+WHERE d.url = l.url;
+"""
+
 # The candidates are the passages holding one of the question's rarer terms
 # (`narrow`), and only they are ranked, by every telling term (`query`):
 # ts_rank reads each candidate's whole tsvector (TOASTed, about 5 buffers a
 # passage), which over every passage holding "git" cost 250 ms a search.
 # Ranked on ids alone, joined to the text only for the candidates kept.
 SEARCH = f"""
-SELECT p.url, p.title, p.headings, p.body, c.score
+SELECT p.url, p.title, p.headings, p.body, c.score, ts_rank(
+    %(about_weights)s::float4[], d.tsv,
+    to_tsquery('english'::regconfig, %(query)s), %(norm)s
+)
 FROM (
     SELECT id, ts_rank(
         %(weights)s::float4[], tsv,
@@ -92,6 +126,7 @@ FROM (
     ORDER BY score DESC
     LIMIT {CANDIDATES}
 ) AS c JOIN knowledge_passages AS p ON p.id = c.id
+JOIN knowledge_documents AS d ON d.url = p.url
 """
 # The visitor's page may rank below the candidates and still deserve a place:
 # its passages are ranked too, in the same statement (no page: no rows).
@@ -99,10 +134,13 @@ SEARCH_WITH_PAGE = f"""
 ({SEARCH})
 UNION ALL
 (
-    SELECT url, title, headings, body,
-           ts_rank(%(weights)s::float4[], tsv, query, %(norm)s) AS score
-    FROM knowledge_passages, to_tsquery('english'::regconfig, %(query)s) AS query
-    WHERE url = %(prefer)s AND tsv @@ query
+    SELECT p.url, p.title, p.headings, p.body,
+           ts_rank(%(weights)s::float4[], p.tsv, query, %(norm)s) AS score,
+           ts_rank(%(about_weights)s::float4[], d.tsv, query, %(norm)s)
+    FROM knowledge_passages AS p
+    JOIN knowledge_documents AS d ON d.url = p.url,
+    to_tsquery('english'::regconfig, %(query)s) AS query
+    WHERE p.url = %(prefer)s AND p.tsv @@ query
     LIMIT {CANDIDATES}
 )
 """
@@ -161,7 +199,14 @@ class PgIndex:
         conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+            had_leads = conn.execute(
+                "SELECT 1 FROM information_schema.columns WHERE table_schema = "
+                "current_schema() AND table_name = 'knowledge_documents' "
+                "AND column_name = 'lead'"
+            ).fetchone()
             conn.execute(SCHEMA)
+            if not had_leads:
+                conn.execute(LEADS)
         return conn
 
     def replace(
@@ -189,9 +234,10 @@ class PgIndex:
         with self._db() as db, db.transaction():
             db.execute(
                 "INSERT INTO knowledge_documents (url, title, passages, modified, "
-                "etag, last_modified, owner, indexed) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "etag, last_modified, owner, indexed, lead) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (url) DO UPDATE SET title = excluded.title, "
+                "lead = excluded.lead, "
                 "passages = excluded.passages, modified = excluded.modified, "
                 "etag = excluded.etag, last_modified = excluded.last_modified, "
                 "owner = excluded.owner, "
@@ -205,6 +251,7 @@ class PgIndex:
                     last_modified,
                     owner,
                     time.time(),
+                    _clean(page_lead(passages)),
                 ),
             )
             db.execute("DELETE FROM knowledge_passages WHERE url = %s", (url,))
@@ -254,6 +301,7 @@ class PgIndex:
             terms = self._telling(db, terms)
             params = {
                 "weights": RANK_WEIGHTS,
+                "about_weights": ABOUT_RANK_WEIGHTS,
                 "norm": RANK_NORMALISATION,
                 "prefer": prefer_url or "",
                 "query": " | ".join(terms),
@@ -262,11 +310,16 @@ class PgIndex:
             rows = db.execute(SEARCH_WITH_PAGE, params).fetchall()
         hits = {
             (u, b): Passage(url=u, title=t, headings=h, text=b, score=float(s))
-            for u, t, h, b, s in rows
+            for u, t, h, b, s, _ in rows
         }
+        about = {row[0]: float(row[5]) * ABOUT_SCALE for row in rows}
         if self.embedder is None:
-            return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
-        lexical = rank(list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url)
+            return rank(
+                list(hits.values()), limit=limit, prefer_url=prefer_url, about=about
+            )
+        lexical = rank(
+            list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url, about=about
+        )
         with self._db() as db:
             version = tuple(
                 db.execute(
@@ -340,25 +393,6 @@ class PgIndex:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-
-
-def narrow(terms: list[str], counts: dict[str, int], total: int) -> list[str]:
-    """The rarest terms whose passages add up to RANKED_PASSAGES (one at least).
-
-    A passage holding none of them holds only common words of the question,
-    which BM25 and ts_rank score low: it would not be among the candidates.
-    Below SMALL_INDEX passages every term chooses, as on SQLite.
-    """
-    if total < SMALL_INDEX:
-        return terms
-    chosen: list[str] = []
-    held = 0
-    for term in sorted(terms, key=lambda t: counts.get(t, 0)):
-        held += counts.get(term, 0)
-        if chosen and held > RANKED_PASSAGES:
-            break
-        chosen.append(term)
-    return chosen
 
 
 def _clean(text: str) -> str:

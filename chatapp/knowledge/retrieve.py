@@ -24,6 +24,11 @@ SEARCH_LIMIT = 12
 # the earlier question is cut so that it never outweighs the new one.
 PREVIOUS_QUESTION_CHARS = 300
 QUESTION_CHARS = 1000
+# A page gives at most this many of the first passages a turn sees; its
+# others come after every other page's. A long page that matches in many
+# places (a user manual) would otherwise fill the budget alone, and the
+# model would see one page where the right one may be the next.
+PER_PAGE = 2
 
 PREFER = "prefer"
 STRICT = "strict"
@@ -101,12 +106,27 @@ def retrieve(
     found = index.search(
         query_for(question, previous), limit=SEARCH_LIMIT, prefer_url=page_url
     )
-    chosen = fill(found, max_chars)
+    chosen = fill(spread(found), max_chars)
     if not chosen:
         return Retrieved((), STRICT_NOTHING_FOUND if mode == STRICT else "")
     sources, block = source_material(chosen, page_url)
     rule = STRICT_INSTRUCTIONS if mode == STRICT else PREFER_INSTRUCTIONS
     return Retrieved(sources, f"{SOURCES_INSTRUCTIONS} {rule}\n\n{block}")
+
+
+def spread(passages: list[Passage], per_page: int = PER_PAGE) -> list[Passage]:
+    """Put each page's passages past its first `per_page` after all the others.
+
+    The order is kept otherwise, so the pages come in the order of their
+    best passage, as ranked.
+    """
+    seen: dict[str, int] = {}
+    first: list[Passage] = []
+    rest: list[Passage] = []
+    for passage in passages:
+        seen[passage.url] = seen.get(passage.url, 0) + 1
+        (first if seen[passage.url] <= per_page else rest).append(passage)
+    return first + rest
 
 
 def fill(passages: list[Passage], max_chars: int) -> list[Passage]:

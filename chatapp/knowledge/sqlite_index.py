@@ -13,15 +13,20 @@ from chatapp.knowledge.embed import Embedder
 from chatapp.knowledge.embed import VectorCache
 from chatapp.knowledge.embed import embed_passages
 from chatapp.knowledge.embed import hybrid_search
+from chatapp.knowledge.index import ABOUT_WEIGHTS
 from chatapp.knowledge.index import CANDIDATES
 from chatapp.knowledge.index import WEIGHTS
 from chatapp.knowledge.index import DocumentInfo
 from chatapp.knowledge.index import IndexStats
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
+from chatapp.knowledge.index import page_lead
 from chatapp.knowledge.index import query_terms
 from chatapp.knowledge.index import rank
 from chatapp.knowledge.index import telling
+from chatapp.knowledge.sqlite_pages import SCHEMA_VERSION
+from chatapp.knowledge.sqlite_pages import drop_page
+from chatapp.knowledge.sqlite_pages import migrate
 from chatapp.knowledge.sqlite_pool import Pool
 
 T = TypeVar("T")
@@ -67,6 +72,11 @@ CREATE TRIGGER IF NOT EXISTS passages_ad AFTER DELETE ON passages BEGIN
     INSERT INTO passages_fts (passages_fts, rowid, title, headings, body)
     VALUES ('delete', old.id, old.title, old.headings, old.body);
 END;
+-- Each page's title and lead, matched as a whole (index.ABOUT_WEIGHTS); a
+-- row's rowid is its document's.
+CREATE VIRTUAL TABLE IF NOT EXISTS pages_fts USING fts5 (
+    title, lead, tokenize='porter unicode61 remove_diacritics 2'
+);
 """
 
 # Ranked on the full-text table alone, joined only for the candidates kept.
@@ -77,6 +87,12 @@ FROM (
     FROM passages_fts WHERE passages_fts MATCH ?
     ORDER BY score DESC LIMIT {CANDIDATES}
 ) AS c JOIN passages AS p ON p.id = c.rowid
+"""
+# How well each page's title and lead match, for index.rank.
+SEARCH_ABOUT = f"""
+SELECT d.url, -bm25(pages_fts, ?, ?) AS score
+FROM pages_fts JOIN documents AS d ON d.rowid = pages_fts.rowid
+WHERE pages_fts MATCH ? ORDER BY score DESC LIMIT {CANDIDATES}
 """
 # The visitor's page may rank below the candidates and still deserve a place.
 SEARCH_PAGE = f"""
@@ -139,6 +155,8 @@ class SqliteIndex:
             # restores them.
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.executescript(SCHEMA)
+            if conn.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+                migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -168,18 +186,25 @@ class SqliteIndex:
         ]
         document = (url, title, len(rows), modified, etag, last_modified, owner)
 
+        lead = page_lead(passages)
+
         def write(db: sqlite3.Connection) -> None:
+            drop_page(db, url)
             db.execute("DELETE FROM passages WHERE url = ?", (url,))
             db.executemany(
                 "INSERT INTO passages (url, seq, title, headings, body, vec) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
-            db.execute(
+            stored = db.execute(
                 "INSERT OR REPLACE INTO documents (url, title, passages, "
                 "modified, etag, last_modified, owner, indexed) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (*document, time.time()),
+            )
+            db.execute(
+                "INSERT INTO pages_fts (rowid, title, lead) VALUES (?, ?, ?)",
+                (stored.lastrowid, title, lead),
             )
 
         self._run(lambda link: _transaction(link, write))
@@ -189,6 +214,7 @@ class SqliteIndex:
         """Drop the document at `url`; False when there was none."""
 
         def write(db: sqlite3.Connection) -> int:
+            drop_page(db, url)
             db.execute("DELETE FROM passages WHERE url = ?", (url,))
             return db.execute("DELETE FROM documents WHERE url = ?", (url,)).rowcount
 
@@ -222,14 +248,18 @@ class SqliteIndex:
         terms = query_terms(query)
         if limit <= 0 or not terms:
             return []
-        rows = self._run(lambda link: self._lexical(link, terms, prefer_url))
+        rows, about = self._run(lambda link: self._lexical(link, terms, prefer_url))
         hits = {
             (u, b): Passage(url=u, title=t, headings=h, text=b, score=float(s))
             for u, t, h, b, s in rows
         }
         if self.embedder is None:
-            return rank(list(hits.values()), limit=limit, prefer_url=prefer_url)
-        lexical = rank(list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url)
+            return rank(
+                list(hits.values()), limit=limit, prefer_url=prefer_url, about=about
+            )
+        lexical = rank(
+            list(hits.values()), limit=CANDIDATES, prefer_url=prefer_url, about=about
+        )
         # The question is embedded here, on the caller's greenlet: only the
         # index's own calls go to the pool's threads.
         version = self._run(
@@ -254,8 +284,9 @@ class SqliteIndex:
 
     def _lexical(
         self, link: Link, terms: list[str], prefer_url: str | None
-    ) -> list[tuple[str, str, str, str, float]]:
-        """The full-text candidates: the best overall, and the visitor's page's."""
+    ) -> tuple[list[tuple[str, str, str, str, float]], dict[str, float]]:
+        """The full-text candidates (the best overall, and the visitor's
+        page's), and how well each page's title and lead match."""
         match = " OR ".join(f'"{t}"' for t in _telling(link, terms))
         rows: list[tuple[str, str, str, str, float]]
         rows = link.conn.execute(SEARCH, (*WEIGHTS, match)).fetchall()
@@ -263,7 +294,8 @@ class SqliteIndex:
             rows += link.conn.execute(
                 SEARCH_PAGE, (*WEIGHTS, match, prefer_url)
             ).fetchall()
-        return rows
+        about = dict(link.conn.execute(SEARCH_ABOUT, (*ABOUT_WEIGHTS, match)))
+        return rows, about
 
     def _all_vectors(self) -> list[tuple[int, bytes]]:
         return self._run(

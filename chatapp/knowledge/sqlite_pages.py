@@ -1,0 +1,49 @@
+"""The SQLite index's pages_fts: one row per document, its title and lead.
+
+Kept beside sqlite_index: the rows a write drops, and the migration that
+fills the table in an index file written before it existed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from chatapp.knowledge.index import Passage
+from chatapp.knowledge.index import page_lead
+
+# PRAGMA user_version: 1 once pages_fts holds every document (an index file
+# written before it existed is filled from its passages on first open).
+SCHEMA_VERSION = 1
+
+
+def drop_page(db: sqlite3.Connection, url: str) -> None:
+    db.execute(
+        "DELETE FROM pages_fts WHERE rowid IN "
+        "(SELECT rowid FROM documents WHERE url = ?)",
+        (url,),
+    )
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Fill pages_fts from the passages of an index file written before it."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        # Another process may have migrated while this one waited for the lock.
+        if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
+            db.execute("DELETE FROM pages_fts")
+            heads: dict[str, list[Passage]] = {}
+            for url, headings in db.execute(
+                "SELECT url, headings FROM passages ORDER BY url, seq"
+            ):
+                heads.setdefault(url, []).append(Passage(url, "", headings, ""))
+            urls = [url for (url,) in db.execute("SELECT url FROM documents")]
+            db.executemany(
+                "INSERT INTO pages_fts (rowid, title, lead) "
+                "SELECT rowid, title, ? FROM documents WHERE url = ?",
+                [(page_lead(heads.get(url, [])), url) for url in urls],
+            )
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
