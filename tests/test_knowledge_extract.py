@@ -195,3 +195,25 @@ def test_an_html_fragment_is_read_as_a_pages_body(
     doc = extract(fragment, url="http://shop.test/hours")
     assert doc.passages and "opens at nine on Sundays" in doc.passages[0].text
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_a_comment_line_in_a_code_listing_is_not_a_heading() -> None:
+    # trafilatura can give a <pre> back unfenced: its "# comment" lines
+    # would read as Markdown headings and name the passages after them.
+    html = (
+        "<html><body><main><h1>Manual</h1><h2>Ignoring files</h2>"
+        "<p>How to keep generated files out of the repository, with a list"
+        " of patterns in a file at the top of the working tree.</p>"
+        "<pre>$ cat .gitignore\n# Ignore objects and archives.\n*.[oa]\n"
+        "# Ignore generated html files,\n*.html</pre>"
+        "<p>Patterns are matched against paths relative to that file.</p>"
+        "<h2>Next <code>steps</code></h2><p>Commit the ignore file itself so"
+        " that everyone who clones the repository gets the same list.</p>"
+        "</main></body></html>"
+    )
+    doc = extract(html, url="http://docs.test/manual")
+    paths = [p.headings.split(" > ") for p in doc.passages]
+    assert not any("Ignore objects and archives." in path for path in paths)
+    assert ["Ignoring files"] in paths or ["Manual", "Ignoring files"] in paths
+    assert any(path[-1] == "Next steps" for path in paths)
+    assert any("Ignore objects and archives." in p.text for p in doc.passages)

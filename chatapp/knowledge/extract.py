@@ -74,9 +74,11 @@ def extract(
     if kind in HTML_TYPES:
         # Bytes go to trafilatura as they are: it reads the page's own
         # charset (meta tag, or a guess) where a wrong header would garble it.
-        found_title, lead, markdown = _main_content(content[:MAX_INPUT_CHARS], url)
+        found_title, lead, markdown, headings = _main_content(
+            content[:MAX_INPUT_CHARS], url
+        )
         title = title or found_title
-        sections = _sections(markdown)
+        sections = _sections(markdown, headings)
     else:
         lead = ""
         markdown = _decode(content, content_type)[:MAX_INPUT_CHARS]
@@ -107,7 +109,7 @@ def _decode(content: str | bytes, content_type: str) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-def _main_content(html: str | bytes, url: str) -> tuple[str, str, str]:
+def _main_content(html: str | bytes, url: str) -> tuple[str, str, str, frozenset[str]]:
     # trafilatura drops navigation, headers, footers, cookie banners, scripts
     # and comments, and keeps headings as Markdown so the split below can
     # follow them. Without recall bias, short product pages come back empty.
@@ -121,9 +123,14 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str, str]:
         body = prefix.encode() + html if isinstance(html, bytes) else prefix + html
         tree = load_html(body)
     if tree is None:
-        return "", "", ""
+        return "", "", "", frozenset()
     title = extract_title(tree) or ""
-    paragraphs = _lead(tree)  # before trafilatura, which may prune the tree
+    # Before trafilatura, which may prune the tree.
+    paragraphs = _lead(tree)
+    headings = frozenset(
+        _words(element.text_content())
+        for element in tree.iter("h1", "h2", "h3", "h4", "h5", "h6")
+    )
     document = trafilatura.bare_extraction(
         tree,
         url=url or None,
@@ -141,7 +148,7 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str, str]:
     markdown = document.text or "" if isinstance(document, Document) else ""
     # With output_format="python", .text is the body as Markdown already.
     lead = " ".join(p for p in paragraphs if not _contains(markdown, p))
-    return title.strip(), lead, markdown
+    return title.strip(), lead, markdown, headings
 
 
 def _is_document(html: str | bytes) -> bool:
@@ -175,14 +182,24 @@ def _lead(tree: Any) -> list[str]:
     return paragraphs if words <= LEAD_WORDS else []
 
 
+def _words(text: str) -> str:
+    return " ".join(_WORDS.findall(text.lower()))
+
+
 def _contains(markdown: str, text: str) -> bool:
     """Tell whether `text`'s words appear in a row in `markdown`."""
-    needle = " ".join(_WORDS.findall(text.lower()))
-    return f" {needle} " in f" {' '.join(_WORDS.findall(markdown.lower()))} "
+    return f" {_words(text)} " in f" {_words(markdown)} "
 
 
-def _sections(markdown: str) -> list[tuple[tuple[str, ...], str]]:
-    """Cut Markdown at its headings: (heading path, body) in document order."""
+def _sections(
+    markdown: str, headings: frozenset[str] | None = None
+) -> list[tuple[tuple[str, ...], str]]:
+    """Cut Markdown at its headings: (heading path, body) in document order.
+
+    From HTML, `headings` are the page's own <h1>-<h6> texts: a `#` line that
+    is none of them is text (a shell comment in a <pre> that came out
+    unfenced), not a heading.
+    """
     path: list[tuple[int, str]] = []
     sections: list[tuple[tuple[str, ...], str]] = []
     body: list[str] = []
@@ -200,6 +217,9 @@ def _sections(markdown: str) -> list[tuple[tuple[str, ...], str]]:
         if _FENCE.match(line) or line.lstrip()[:3] != "```" and line.count("```") % 2:
             fenced = not fenced
         match = None if fenced else _HEADING.match(line)
+        if match is not None and headings is not None:
+            if _words(match.group(2)) not in headings:
+                match = None
         if match is None:
             body.append(line)
             continue
