@@ -14,6 +14,7 @@ no timer is made per token.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from gevent.hub import Waiter
 from gevent.hub import get_hub
@@ -50,7 +51,7 @@ class Tail:
     def wait(self, timeout: float) -> None:
         """Block this greenlet until the tail changes or `timeout` passes."""
         hub = get_hub()
-        timer = hub.loop.timer(max(0.0, timeout))
+        timer = _timer(hub, timeout)
         try:
             self._park(Waiter(hub), timer)
         finally:
@@ -70,7 +71,9 @@ class Tail:
         # timer. A wake-up meant for an earlier wait is dropped by clear().
         waiter.clear()
         self._waiting.append(waiter)
-        timer.start(waiter.switch, None)  # type: ignore[attr-defined]
+        # again(), not start(): libev leaves a one-shot timer that fired with
+        # a stale expiry, which would end every later wait at once.
+        timer.again(waiter.switch, None)  # type: ignore[attr-defined]
         try:
             waiter.get()
         finally:
@@ -101,12 +104,18 @@ class Sleeper:
     def __init__(self, timeout: float) -> None:
         hub = get_hub()
         self._waiter = Waiter(hub)
-        self._timer = hub.loop.timer(max(0.0, timeout))
+        self._timer = _timer(hub, timeout)
 
     def wait(self, tail: Tail) -> None:
         """Block this greenlet until `tail` changes or the timeout passes."""
-        tail._park(self._waiter, self._timer)  # noqa: SLF001 - the tail's own helper
+        tail._park(self._waiter, self._timer)
 
     def close(self) -> None:
         """Free the timer."""
         self._timer.close()
+
+
+def _timer(hub: Any, timeout: float) -> Any:
+    """A timer that each `again()` starts afresh for `timeout` seconds."""
+    after = max(0.0, timeout)
+    return hub.loop.timer(after, after)
