@@ -272,6 +272,44 @@ def test_sending_marks_a_chunk_only_while_the_server_writes_it() -> None:
     assert slot.sending_since is None
 
 
+def test_sending_closes_its_source_then_calls_on_close_once() -> None:
+    caps = ReaderCaps()
+    slot = caps.acquire("c", "t", lambda: None)
+    happened: list[str] = []
+
+    def source() -> Iterator[bytes]:
+        try:
+            yield b"a"
+            yield b"b"
+        finally:
+            happened.append("source closed")
+
+    chunks = caps.sending(slot, source(), lambda: happened.append("on_close"))
+    assert next(chunks) == b"a"
+    chunks.close()
+    chunks.close()
+    assert happened == ["source closed", "on_close"]
+    assert slot.sending_since is None
+    # Unstarted, it still calls on_close (the server closes every body).
+    unstarted = caps.sending(slot, source(), lambda: happened.append("again"))
+    unstarted.close()
+    assert happened[-1] == "again"
+
+
+def test_sending_edits_chunks_until_one_is_edited() -> None:
+    caps = ReaderCaps()
+    slot = caps.acquire("c", "t", lambda: None)
+    seen: list[bytes] = []
+
+    def edit(chunk: bytes) -> bytes | None:
+        seen.append(chunk)
+        return chunk.upper() if chunk.startswith(b"s") else None
+
+    chunks = caps.sending(slot, iter([b"r", b"s1", b"s2"]), edit=edit)
+    assert list(chunks) == [b"r", b"S1", b"s2"]
+    assert seen == [b"r", b"s1"]
+
+
 @pytest.mark.e2e
 def test_a_client_that_never_reads_is_dropped_at_the_send_timeout(
     service_factory: ServiceFactory, fake_provider: FakeProvider

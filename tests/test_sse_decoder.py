@@ -457,6 +457,66 @@ def test_provider_fixture_with_other_line_endings(
     assert decode(byte_by_byte(converted)) == decode([body])
 
 
+# --- Whole events per read (the decoder's quick path) ------------------------
+
+
+def event_by_event(body: bytes) -> list[bytes]:
+    """Split `body` after each blank line, as a provider's writes arrive."""
+    pieces = body.split(b"\n\n")
+    return [p + b"\n\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+
+
+PROVIDER_LIKE = [
+    # After a first event, each read brings whole `data: ` events.
+    ("plain", b"data: a\n\ndata: b\n\ndata: c\n\ndata: d\n\n"),
+    ("two-per-read", b"data: a\n\ndata: b\n\ndata: c\n\n"),
+    ("invalid-utf8", b"data: a\n\ndata: b\xff\xe2\x82\n\ndata: \xf0\x9f\n\n"),
+    ("no-space", b"data: a\n\ndata:b\n\ndata:  c\n\n"),
+    ("id-then-data", b"data: a\n\nid: 3\ndata: b\n\ndata: c\n\n"),
+    ("multi-line", b"data: a\n\ndata: b\ndata: c\n\ndata: d\n\n"),
+    ("other-field", b"data: a\n\nevent: e\ndata: b\n\ndata: c\n\n"),
+    ("extra-blank", b"data: a\n\ndata: b\n\n\ndata: c\n\n"),
+    ("half-then-rest", b"data: a\n\ndata: b\ndata: c\n\n"),
+    ("cr", b"data: a\n\ndata: b\r\n\r\ndata: c\n\n"),
+    ("bom-later", b"data: a\n\n\xef\xbb\xbfdata: b\n\ndata: c\n\n"),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "body"), PROVIDER_LIKE, ids=[c[0] for c in PROVIDER_LIKE]
+)
+def test_whole_events_per_read_match_one_feed(name: str, body: bytes) -> None:
+    whole = decode([body])
+    assert decode(event_by_event(body)) == whole
+    # Two events a read, and a read that ends mid-event before whole ones.
+    pieces = event_by_event(body)
+    pairs = [b"".join(pieces[i : i + 2]) for i in range(0, len(pieces), 2)]
+    assert decode(pairs) == whole
+    assert decode([body[:3], body[3:]]) == whole
+
+
+@pytest.mark.parametrize(("filename", "count"), PROVIDER_FIXTURES)
+def test_provider_fixture_event_by_event_matches_one_feed(
+    filename: str, count: int
+) -> None:
+    body = (FIXTURES / filename).read_bytes()
+    assert decode(event_by_event(body)) == decode([body])
+
+
+def test_quick_path_keeps_the_last_event_id() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b"id: 7\ndata: a\n\n") == [ev("a", id="7")]
+    assert decoder.feed(b"data: b\n\n") == [ev("b", id="7")]
+    assert decoder.last_event_id == "7"
+
+
+def test_quick_path_line_over_the_limit_raises() -> None:
+    decoder = SSEDecoder(max_line_bytes=10)
+    assert decoder.feed(b"data: a\n\n") == [ev("a")]
+    with pytest.raises(SSEDecodeError, match="longer than 10 bytes"):
+        decoder.feed(b"data: 12345\n\n")
+
+
 # --- Bounded memory ----------------------------------------------------------
 
 

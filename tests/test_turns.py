@@ -23,6 +23,8 @@ from chatapp.store.conversations import MemoryHistory
 from chatapp.store.conversations import StoredMessage
 from chatapp.store.coordination import MemoryCoordination
 from chatapp.store.events import MemoryEventLog
+from chatapp.store.tail import Sleeper
+from chatapp.store.tail import Tail
 from chatapp.turns import read
 from chatapp.turns.model import TurnEnd
 from chatapp.turns.model import TurnInfo
@@ -371,3 +373,30 @@ def test_usage_a_failed_attempt_reported_is_charged_with_the_answer() -> None:
     }
     assert got[3][1] == {"input_tokens": 14, "output_tokens": 2}
     assert (ends[0].input_tokens, ends[0].output_tokens) == (14, 2)
+
+
+@pytest.mark.parametrize("reused", [True, False])
+def test_a_wait_after_a_timed_out_one_blocks_until_the_tail_changes(
+    reused: bool,
+) -> None:
+    # libev leaves a one-shot timer that fired with a stale expiry: restarted
+    # as it was, every later wait of a reader ended at once, and a silent
+    # turn's reader spun instead of sleeping.
+    tail = Tail()
+    sleeper = Sleeper(0.3)
+
+    def wait() -> None:
+        if reused:
+            sleeper.wait(tail)
+        else:
+            tail.wait(0.3)
+
+    wait()  # nothing comes: it times out
+    waiting = gevent.spawn(wait)
+    gevent.idle()
+    gevent.idle()
+    assert not waiting.dead  # still parked: its timer did not fire at once
+    tail.extend([b"x"])
+    waiting.join(5)
+    assert waiting.dead
+    sleeper.close()

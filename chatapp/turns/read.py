@@ -9,6 +9,7 @@ from collections.abc import Generator
 from typing import Any
 
 from chatapp import sse
+from chatapp.store.tail import Sleeper
 from chatapp.store.tail import Tail
 
 RETRY_MS = 2000
@@ -62,34 +63,40 @@ def stream(
     else:
         yield sse.retry(RETRY_MS)
     last_write = time.monotonic()
-    while True:
-        frames = tail.frames
-        end = len(frames)
-        if end > after:
-            chunk = frames[after] if end == after + 1 else b"".join(frames[after:end])
-            after = end
-            yield chunk
-            last_write = time.monotonic()
-            continue
-        if tail.done:
-            if after > end:
-                # The reader saw more than the log kept (its producer died
-                # before writing all it had sent): still end with the end.
-                yield b"".join(f for f in frames[-2:] if not sse.is_delta(f))
-            return
-        if tail.lost:
-            # No ids: made-up ones could hide real events on a resume.
-            yield _LOST
-            return
-        tail.wait(wake)
-        if len(tail.frames) > after or tail.done or tail.lost:
-            continue
-        if client_gone():
-            return
-        now = time.monotonic()
-        if now - last_write >= heartbeat:
-            yield sse.KEEP_ALIVE
-            last_write = now
+    sleeper = Sleeper(wake)
+    try:
+        while True:
+            frames = tail.frames
+            end = len(frames)
+            if end > after:
+                chunk = (
+                    frames[after] if end == after + 1 else b"".join(frames[after:end])
+                )
+                after = end
+                yield chunk
+                last_write = time.monotonic()
+                continue
+            if tail.done:
+                if after > end:
+                    # The reader saw more than the log kept (its producer died
+                    # before writing all it had sent): still end with the end.
+                    yield b"".join(f for f in frames[-2:] if not sse.is_delta(f))
+                return
+            if tail.lost:
+                # No ids: made-up ones could hide real events on a resume.
+                yield _LOST
+                return
+            sleeper.wait(tail)
+            if len(tail.frames) > after or tail.done or tail.lost:
+                continue
+            if client_gone():
+                return
+            now = time.monotonic()
+            if now - last_write >= heartbeat:
+                yield sse.KEEP_ALIVE
+                last_write = now
+    finally:
+        sleeper.close()
 
 
 def poll(

@@ -109,13 +109,23 @@ class OpenAIProvider(SSEProvider):
         finished = False
         try:
             for events in chain((first,), batches) if first is not None else ():
+                payload = None
+                if len(events) == 1 and events[0].data != "[DONE]":
+                    payload = parse_json(events[0].data)
+                    text = _text_only(payload)
+                    if text is not None:
+                        yield Chunk(text)  # the usual token: nothing to gather
+                        continue
                 batch = _Batch()
                 done = False
-                for event in events:
-                    if event.data == "[DONE]":
-                        done = True
-                        break
-                    batch.take(parse_json(event.data))
+                if payload is not None:
+                    batch.take(payload)
+                else:
+                    for event in events:
+                        if event.data == "[DONE]":
+                            done = True
+                            break
+                        batch.take(parse_json(event.data))
                 finished = finished or batch.finish_reason is not None
                 yield batch.chunk() if batch.worth_yielding() else ALIVE
                 if done:
@@ -130,6 +140,30 @@ class OpenAIProvider(SSEProvider):
                 retryable=True,
                 reason="reset",
             )
+
+
+def _text_only(payload: dict[str, Any]) -> str | None:
+    """Return a chunk's text when text is all it says; None for anything else.
+
+    What `_Batch.take` would make of it, for the one shape most chunks have:
+    one choice whose delta is `{"content": text}`, no finish, usage or error.
+    """
+    choices = payload.get("choices")
+    if (
+        not choices
+        or not isinstance(choices, list)
+        or "error" in payload
+        or payload.get("usage") is not None
+    ):
+        return None
+    choice = choices[0]
+    if not isinstance(choice, dict) or choice.get("finish_reason") is not None:
+        return None
+    delta = choice.get("delta")
+    if not isinstance(delta, dict) or len(delta) != 1:
+        return None
+    text = delta.get("content")
+    return text if isinstance(text, str) and text else None
 
 
 class _Batch:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import codecs
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from typing import NoReturn
 
 from chatapp.errors import ChatappError
@@ -36,9 +36,8 @@ class SSEDecodeError(ChatappError, ValueError):
     """Report an event stream this decoder refuses to buffer."""
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
-    """Hold one dispatched event."""
+class ServerSentEvent(NamedTuple):
+    """Hold one dispatched event (immutable; a tuple: made once per token)."""
 
     event: str = "message"
     data: str = ""
@@ -51,6 +50,7 @@ class SSEDecoder:
 
     __slots__ = (
         "_after_cr",
+        "_at_boundary",
         "_data",
         "_decoder",
         "_event_type",
@@ -101,6 +101,8 @@ class SSEDecoder:
         # never ends with a blank line does not reach it.
         self._last_event_id_string = ""
         self._retry: int | None = None
+        # Nothing is held between events: no partial line, field or byte.
+        self._at_boundary = False
 
     @property
     def last_event_id(self) -> str:
@@ -111,6 +113,45 @@ class SSEDecoder:
         """Consume bytes as they arrive; return the events completed by them."""
         if self._failed:
             raise SSEDecodeError("event stream already rejected; call close()")
+        if self._at_boundary and chunk.endswith(b"\n\n"):
+            events = self._data_events(chunk)
+            if events is not None:
+                return events
+        events = self._feed(chunk)
+        # A chunk that ends with LF leaves no byte in the UTF-8 decoder (LF
+        # ends any sequence) and no CR pending.
+        self._at_boundary = (
+            chunk.endswith(b"\n")
+            and not self._pending
+            and not self._data
+            and not self._event_type
+            and self._retry is None
+            and self._started
+        )
+        return events
+
+    def _data_events(self, chunk: bytes) -> list[ServerSentEvent] | None:
+        """Decode whole `data:`-only events at once; None for any other chunk.
+
+        What providers send per token: blocks of one `data: ` line, each
+        ending with a blank line. Lines end at ASCII LF, so the UTF-8 decode
+        of each value alone is that of the whole chunk; anything else (a CR,
+        another field, a long line) goes the general way.
+        """
+        if b"\r" in chunk:
+            return None
+        blocks = chunk[:-2].split(b"\n\n")
+        quick = self._quick_ok_chars
+        for block in blocks:
+            if not block.startswith(b"data: ") or b"\n" in block or len(block) > quick:
+                return None
+        self._last_event_id_string = last_id = self._last_event_id
+        return [
+            ServerSentEvent("message", block[6:].decode("utf-8", "replace"), last_id)
+            for block in blocks
+        ]
+
+    def _feed(self, chunk: bytes) -> list[ServerSentEvent]:
         text = self._decoder.decode(chunk)
         if not text:
             return []

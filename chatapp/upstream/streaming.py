@@ -10,7 +10,9 @@ a turn whose provider went silent (turns/supervise.py).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from collections.abc import Generator
+from functools import partial
 from typing import Any
 from typing import ClassVar
 
@@ -81,6 +83,25 @@ def check_stream(response: Any) -> None:
         )
 
 
+def body_reader(response: Any) -> Callable[[int], bytes]:
+    """Return the cheapest read of each network read's worth of the body.
+
+    A compressing proxy may gzip the stream even though we ask for identity:
+    urllib3's read1 then decodes incrementally. An identity, chunked body
+    (what a provider's event stream is) needs none of that: http.client's
+    own read1, which urllib3's wraps, reads its chunks for about half the
+    CPU, once per token. Its errors are transport errors like urllib3's
+    (`translate_errors`), and the finally of `event_batches` releases or
+    closes the connection as before.
+    """
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    raw: Any = getattr(response, "_fp", None)
+    if response.chunked and encoding in ("", "identity") and hasattr(raw, "read1"):
+        read1: Callable[[int], bytes] = raw.read1
+        return read1
+    return partial(response.read1, decode_content=True)
+
+
 def event_batches(
     pool: Any,
     url: str,
@@ -106,11 +127,10 @@ def event_batches(
         )
         check_stream(response)
         decoder = SSEDecoder()
+        read1 = body_reader(response)
         while True:
             with READING:
-                # A compressing proxy may gzip the stream even though we ask
-                # for identity: read1 decodes incrementally.
-                data = response.read1(READ_SIZE, decode_content=True)
+                data = read1(READ_SIZE)
             if not data:
                 complete = True
                 return

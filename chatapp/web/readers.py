@@ -116,13 +116,15 @@ class ReaderCaps:
                 if not held:
                     del index[key]
 
-    def sending(self, slot: ReaderSlot, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        """Yield `chunks`, marking how long the server has been writing each."""
-        for chunk in chunks:
-            slot.sending_since = time.monotonic()
-            yield chunk
-            slot.sending_since = None
-            slot.sent += len(chunk)
+    def sending(
+        self,
+        slot: ReaderSlot,
+        chunks: Iterator[bytes],
+        on_close: Callable[[], None] | None = None,
+        edit: Callable[[bytes], bytes | None] | None = None,
+    ) -> Sending:
+        """Pass `chunks` on, marking how long the server has been writing each."""
+        return Sending(slot, chunks, on_close, edit)
 
     def drop_stalled(self, now: float) -> int:
         """End every reader whose client has taken no bytes for the send timeout."""
@@ -196,6 +198,65 @@ def unsent_bytes(fd: int) -> int:
         return 0  # closed meanwhile, or not a socket the kernel can tell about
     unsent: int = struct.unpack("i", out)[0]
     return unsent
+
+
+class Sending:
+    """A reader's response body: each chunk marked while the server writes it.
+
+    The server asks it for every token's chunk, so it is one object where a
+    generator, werkzeug's ClosingIterator and a wrapper were. `edit` is
+    applied to each chunk until it returns one (a streamed POST's `start`).
+    `close()` closes `chunks`, then calls `on_close`, once, however the
+    response ended, even unstarted.
+    """
+
+    __slots__ = ("_chunks", "_closed", "_edit", "_last", "_on_close", "_slot")
+
+    def __init__(
+        self,
+        slot: ReaderSlot,
+        chunks: Iterator[bytes],
+        on_close: Callable[[], None] | None,
+        edit: Callable[[bytes], bytes | None] | None,
+    ) -> None:
+        self._slot = slot
+        self._chunks = chunks
+        self._on_close = on_close
+        self._edit = edit
+        self._closed = False
+        self._last = 0  # the size of the chunk being written
+
+    def __iter__(self) -> Sending:
+        return self
+
+    def __next__(self) -> bytes:
+        slot = self._slot
+        slot.sending_since = None  # asked for the next: the last one is written
+        slot.sent += self._last
+        self._last = 0
+        chunk = next(self._chunks)
+        edit = self._edit
+        if edit is not None:
+            edited = edit(chunk)
+            if edited is not None:
+                chunk, self._edit = edited, None
+        slot.sending_since = time.monotonic()
+        self._last = len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        """Close the chunks' source, then run `on_close`, once."""
+        if self._closed:
+            return
+        self._closed = True
+        self._slot.sending_since = None
+        try:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
 
 
 def socket_closer(sock: socket.socket | None) -> Callable[[], None]:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import select
 import socket
 from collections.abc import Callable
-from collections.abc import Generator
 from typing import Any
 
 import gevent.monkey
 from flask import Response
 from flask import jsonify
-from werkzeug.wsgi import ClosingIterator
 
 from chatapp import sse
 from chatapp.metrics import Metrics
@@ -103,8 +101,6 @@ class EventReader:
             wake=wake,
             client_gone=client_gone(self._sock),
         )
-        if start:
-            frames = _with_start(frames, start)
         tail = self._tail
 
         def closed() -> None:
@@ -112,8 +108,8 @@ class EventReader:
 
         # The server closes the body however the response ends, even
         # unstarted; a write that waits past the send timeout ends it.
-        body = ClosingIterator(
-            self._caps.sending(self._slot, frames), [frames.close, closed]
+        body = self._caps.sending(
+            self._slot, frames, closed, _start_editor(start) if start else None
         )
         response = Response(body, headers=sse.STREAM_HEADERS)
         response.direct_passthrough = True  # bytes already: no re-encoding
@@ -130,17 +126,13 @@ class EventReader:
             self._metrics.stream_closed(cause)
 
 
-def _with_start(frames: Generator[bytes], fields: dict[str, Any]) -> Generator[bytes]:
-    """Pass `frames` on, with `fields` added to the `start` event if it is sent."""
-    try:
-        for chunk in frames:
-            if sse.is_start(chunk):
-                yield sse.with_start_fields(chunk, fields)
-                break
-            yield chunk
-        yield from frames
-    finally:
-        frames.close()
+def _start_editor(fields: dict[str, Any]) -> Callable[[bytes], bytes | None]:
+    """Add `fields` to the `start` event of the chunk that carries it."""
+
+    def edit(chunk: bytes) -> bytes | None:
+        return sse.with_start_fields(chunk, fields) if sse.is_start(chunk) else None
+
+    return edit
 
 
 def finished_response() -> Response:
