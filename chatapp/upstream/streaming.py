@@ -83,7 +83,7 @@ def check_stream(response: Any) -> None:
 
 def event_batches(
     pool: Any,
-    url: str,
+    path: str,
     *,
     headers: dict[str, str],
     body: dict[str, Any],
@@ -99,7 +99,7 @@ def event_batches(
     try:
         response = post(
             pool,
-            request_path(url),
+            path,
             headers=headers,
             body=body,
             connect_timeout=connect_timeout,
@@ -158,6 +158,7 @@ class SSEProvider:
     ) -> None:
         self._url = base_url + self.path
         self._pool = upstream_pool(session, self._url)
+        self._path = request_path(self._url)  # parsed once, not per turn
         self._headers = {
             "Accept": "text/event-stream",
             "Content-Type": "application/json",
@@ -175,7 +176,7 @@ class SSEProvider:
         """POST `body` and yield the events of each network read."""
         return event_batches(
             self._pool,
-            self._url,
+            self._path,
             headers=self._headers,
             body=body,
             connect_timeout=self._connect_timeout,
