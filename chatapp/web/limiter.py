@@ -167,7 +167,10 @@ class _ParsedOnce(RouteLimit):
 _PARSED_STRINGS = 16
 
 
-@_ParsedOnce(_chat_rate_limits, limiter=limiter)
+# override_defaults: there are no default or blueprint limits to combine
+# with, and saying so spares flask-limiter looking for the blueprint's on
+# every hit.
+@_ParsedOnce(_chat_rate_limits, limiter=limiter, override_defaults=True)
 def _hit_chat_limits() -> None:
     """Hit the client's rate limits with a turn; raise when over one."""
 
