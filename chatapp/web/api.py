@@ -45,6 +45,7 @@ from chatapp.web.limiter import token_refresh_limit
 from chatapp.web.logs import client_hash
 from chatapp.web.logs import log_turn
 from chatapp.web.logs import prompt_fields
+from chatapp.web.logs import turn_logged
 from chatapp.web.readers import EXTENSION as READER_CAPS
 from chatapp.web.stream import EventReader
 from chatapp.web.stream import finished_response
@@ -140,12 +141,13 @@ def chat() -> Response | tuple[Response, int, dict[str, str]]:
             if earlier is None:
                 admission.started(ids.turn_id)
                 st.metrics.turn_started()
-                log_turn(
-                    "turn.accepted",
-                    turn_id=ids.turn_id,
-                    client=client_hash(),
-                    **prompt_fields(message),
-                )
+                if turn_logged():
+                    log_turn(
+                        "turn.accepted",
+                        turn_id=ids.turn_id,
+                        client=client_hash(),
+                        **prompt_fields(message),
+                    )
         new = earlier is None
         body = earlier or body
     if _wants_events():
