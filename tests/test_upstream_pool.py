@@ -1,15 +1,19 @@
-"""The upstream pool: kept-alive connections, and dropped ones never reused."""
+"""The upstream edge's connections and bodies: kept-alive connections, dropped
+ones never reused, request bodies as the provider parses them."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
 from urllib3.connection import HTTPSConnection
 
+from chatapp.upstream.http import json_body
 from chatapp.upstream.http import post
 from chatapp.upstream.http import upstream_pool
 
@@ -93,3 +97,15 @@ def test_a_connection_still_open_reports_connected(server: OneAnswerServer) -> N
 def test_tls_pools_keep_tls_connections() -> None:
     pool = upstream_pool(requests.Session(), "https://provider.invalid/v1/x")
     assert issubclass(pool.ConnectionCls, HTTPSConnection)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"model": "m", "messages": [{"role": "user", "content": "Hi"}], "n": 1},
+        {"content": 'é 😀 \u2028 \x00 "quoted" \\', "temperature": 0.7},
+        {"content": "a lone \ud800 surrogate"},  # orjson refuses it
+    ],
+)
+def test_request_bodies_parse_back_to_what_was_sent(body: dict[str, Any]) -> None:
+    assert json.loads(json_body(body)) == body

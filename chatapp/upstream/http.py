@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any
 
 import gevent.monkey
+import orjson
 import requests
 import urllib3
 import urllib3.exceptions
@@ -171,7 +172,7 @@ def post(
         return pool.urlopen(
             "POST",
             path,
-            body=json.dumps(body).encode(),
+            body=json_body(body),
             headers=headers,
             # Streams are watched by the relay's watchdog, not by a timer
             # per socket read (read_timeout None).
@@ -182,6 +183,18 @@ def post(
             preload_content=False,
             decode_content=False,
         )
+
+
+def json_body(body: dict[str, Any]) -> bytes:
+    """Encode a request body: orjson's UTF-8 (a fifth of json.dumps' time).
+
+    orjson refuses a lone surrogate in a string, which the standard library
+    writes as an escape: such a body takes the slow path.
+    """
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body).encode()
 
 
 def request_path(url: str) -> str:
