@@ -135,9 +135,9 @@ def _declares_no_limit() -> bool:
     # streams, pages, health checks) before its view runs, for nothing: only
     # the token refresh and admit_turn's own call hit a limit.
     return (
-        request.endpoint != "api.refresh_token"
+        not g.get("chatapp_hitting")  # first: the chat POST's hit asks again
+        and request.endpoint != "api.refresh_token"
         and request.blueprint not in _LIMITED_BLUEPRINTS
-        and not g.get("chatapp_hitting")
     )
 
 
