@@ -155,6 +155,19 @@ else:
     _own_metrics_dir = False
 
 
+def post_worker_init(worker):  # noqa: ANN001, ANN201 -- gunicorn's hook
+    """Leave what the worker loaded out of the cyclic collector's passes.
+
+    The app and its libraries (about 120,000 objects) live as long as the
+    worker, yet every full collection walked them all again: about 100 us
+    of CPU per turn. gc.freeze() moves them to the permanent generation;
+    what turns allocate is collected as before.
+    """
+    import gc
+
+    gc.freeze()
+
+
 def child_exit(server, worker):  # noqa: ANN001, ANN201 -- gunicorn's hook
     """Drop a finished worker's live gauges from the sums."""
     from prometheus_client import multiprocess

@@ -88,8 +88,27 @@ def with_start_fields(chunk: bytes, fields: dict[str, Any]) -> bytes:
     """Add `fields` to the `start` event in `chunk`; the rest as it was."""
     at = chunk.find(_START)
     before, (head, sep, rest) = chunk[:at], chunk[at:].partition(b"\n\n")
-    event_id, event, data = parse(head + sep)
-    return before + frame(event_id, event, {**json.loads(data), **fields}) + rest
+    lines, _, data = head.partition(b"\ndata: ")
+    if _joinable(data, fields):
+        # The bytes frame() would make of the merged object, without parsing
+        # the start event back and encoding it again.
+        more = _utf8(_json(fields))
+        return before + lines + b"\ndata: " + data[:-1] + b"," + more[1:] + sep + rest
+    event_id, event, old = parse(head + sep)
+    return before + frame(event_id, event, {**json.loads(old), **fields}) + rest
+
+
+def _joinable(data: bytes, fields: dict[str, Any]) -> bool:
+    """Whether `fields` can follow a frame's one-line JSON object as they are:
+    a non-empty object, none of whose keys (nor text like them) is new."""
+    return (
+        len(data) > 2
+        and data.startswith(b"{")
+        and data.endswith(b"}")
+        and b"\n" not in data
+        and bool(fields)
+        and not any(_quote(key).encode() in data for key in fields)
+    )
 
 
 def is_start(chunk: bytes) -> bool:

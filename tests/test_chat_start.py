@@ -20,6 +20,7 @@ from chatapp.turns.start import cache_key
 from chatapp.turns.start import context
 from chatapp.upstream.base import ChatRequest
 from chatapp.upstream.base import Message
+from chatapp.web import api
 
 OWN = "http://localhost"  # Flask's test client talks to http://localhost/
 
@@ -81,6 +82,21 @@ def test_the_turn_urls_are_url_fors_under_any_script_root(
         assert body["stream_url"] == url_for("api.events", **ids)
         assert body["cancel_url"] == url_for("api.cancel", **ids)
     assert body["cancel_url"].startswith(f"{root}/api/chat/")
+
+
+@pytest.mark.parametrize(
+    ("turn_id", "token"),
+    [("Tu_rn-0001", "eyJ0Ijoi.axYllw.L77U-_"), ("turn 1", "x"), ("t1", "a+b/c=%")],
+)
+def test_the_events_url_is_url_fors_for_any_value(
+    app: Flask, turn_id: str, token: str
+) -> None:
+    # Made once per script root and filled in; anything url_for would quote
+    # goes through url_for itself.
+    for root in ("", "/chat-prefix", "/a b", ""):
+        with app.test_request_context("/api/chat", base_url=f"http://localhost{root}"):
+            expected = url_for("api.events", turn_id=turn_id, t=token)
+            assert api._events_url(turn_id, token) == expected
 
 
 def test_a_draining_worker_refuses_new_turns(app: Flask) -> None:

@@ -66,6 +66,15 @@ ADDRESSES = [
 @pytest.mark.parametrize(("address", "key"), ADDRESSES)
 def test_address_key(address: str | None, key: str) -> None:
     assert address_key(address) == key
+    assert address_key(address) == key  # asked again: the recent keys
+
+
+def test_recent_address_keys_stay_bounded() -> None:
+    # Each one a new key, far more than are kept: none is mixed up with another.
+    for n in range(1, 3000):
+        address = f"2001:db8:{n:x}::1"
+        assert address_key(address) == f"ip:2001:db8:{n:x}::/56"
+    assert address_key("2001:db8:1::1") == "ip:2001:db8:1::/56"
 
 
 @pytest.fixture

@@ -77,6 +77,19 @@ def test_a_released_reader_frees_its_place_and_forgets_empty_keys() -> None:
     caps.release(second)
     assert caps.open_for_client("c") == caps.open_for_turn("t") == 0
     assert caps._by_turn == caps._by_client == {}
+    assert caps.open == 0
+
+
+def test_the_open_count_follows_every_acquire_eviction_and_release() -> None:
+    caps = ReaderCaps(per_turn=2, per_client=3)
+    slots = []
+    for i in range(12):
+        slots.append(caps.acquire(f"c{i % 4}", f"t{i % 3}", lambda: None))
+        assert caps.open == sum(caps.open_for_turn(f"t{k}") for k in range(3))
+    for slot in slots + slots:  # released twice, evicted ones too
+        caps.release(slot)
+        assert caps.open == sum(caps.open_for_turn(f"t{k}") for k in range(3))
+    assert caps.open == 0
 
 
 def test_the_caps_are_a_handful_per_turn_and_dozens_per_client() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -90,6 +91,28 @@ def test_start_fields_join_the_start_event_and_forge_nothing(url: str) -> None:
         "stream_url": url,
     }
     assert chunk.endswith(rest)
+
+
+@pytest.mark.parametrize(
+    ("data", "fields"),
+    [
+        ({"id": "t", "model": "m", "cached": False}, {"stream_url": "/s?t=a.b"}),
+        ({"id": "t"}, {"stream_url": "/s", "cancel_url": "/c", "token": "x"}),
+        ({"id": "t", "model": 'say "stream_url"'}, {"stream_url": "/s"}),
+        ({"id": "t", "stream_url": "old"}, {"stream_url": "new"}),
+        ({"id": "t"}, {"stream_url": "\u2028\ud800 é"}),
+        ({}, {"stream_url": "/s"}),
+        ({"id": "t"}, {}),
+    ],
+)
+def test_start_fields_are_the_merged_objects_frame(
+    data: dict[str, Any], fields: dict[str, Any]
+) -> None:
+    # Joined as bytes or merged and encoded again: the same frame.
+    rest = sse.delta(2, "hello")
+    chunk = sse.retry(2000) + sse.frame(1, "start", data) + rest
+    merged = sse.retry(2000) + sse.frame(1, "start", {**data, **fields}) + rest
+    assert sse.with_start_fields(chunk, fields) == merged
 
 
 def test_only_the_first_event_is_recognised_as_start() -> None:

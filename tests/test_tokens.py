@@ -6,8 +6,11 @@ import time
 
 import jwt
 import pytest
+from itsdangerous import URLSafeTimedSerializer
 
 from chatapp.tokens import HUMAN_SECONDS
+from chatapp.tokens import PAGE_SALT
+from chatapp.tokens import STREAM_SALT
 from chatapp.tokens import VISITOR_MAX_AGE
 from chatapp.tokens import WP_MAX_AGE
 from chatapp.tokens import Identity
@@ -101,6 +104,19 @@ def test_rotation_first_key_signs_all_verify() -> None:
     with pytest.raises(TokenInvalid):
         old.read_page_token(fresh)
     assert signer("new").read_page_token(fresh).visitor == "w"
+
+
+def test_tokens_are_itsdangerous_defaults_both_ways() -> None:
+    # Tokens signed before the signers named their digest still verify, and
+    # the other way round: the same HMAC-SHA1 signatures.
+    stock_page = URLSafeTimedSerializer("k1", salt=PAGE_SALT)
+    stock_stream = URLSafeTimedSerializer("k1", salt=STREAM_SALT)
+    ours = signer("k1")
+    old = stock_page.dumps({"v": "visitor1", "o": int(time.time())})
+    assert ours.read_page_token(old).visitor == "visitor1"
+    assert ours.check_stream_token(stock_stream.dumps({"t": "turn1"}), "turn1") >= 0
+    assert stock_page.loads(ours.page_token(Identity("v2")))["v"] == "v2"
+    assert stock_stream.loads(ours.stream_token("turn2")) == {"t": "turn2"}
 
 
 @pytest.mark.parametrize("token", [None, "", "garbage", "a.b.c", "x" * 5000])

@@ -33,6 +33,7 @@ moving_window.py), turns/ (policy: admit.py and its parts) and store/
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC
@@ -49,7 +50,14 @@ from chatapp.turns.spend import NORMAL_ENDS
 
 def utc_day(now: float) -> str:
     """Name the UTC day that `now` falls in."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y%m%d")
+    # Unix time has 86,400 seconds to a UTC day: the day's number names it,
+    # and the name is formatted once a day (10 us), not per turn.
+    return _day_name(math.floor(now / 86400))
+
+
+@functools.lru_cache(maxsize=4)
+def _day_name(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, UTC).strftime("%Y%m%d")
 
 
 def seconds_to_utc_midnight(now: float) -> int:

@@ -11,15 +11,20 @@ ours, before the first word, see upstream/retry.py), no compression.
 from __future__ import annotations
 
 import email.utils
+import functools
 import http.client
 import json
+import select
 import time
 from types import TracebackType
 from typing import Any
 
+import gevent.monkey
+import orjson
 import requests
 import urllib3
 import urllib3.exceptions
+from urllib3.util.retry import Retry
 
 from chatapp.errors import ProviderError
 
@@ -29,6 +34,12 @@ ERROR_BODY_LIMIT = 16 * 1024
 MAX_RETRY_AFTER = 10.0
 
 _TIMEOUTS = (urllib3.exceptions.TimeoutError, TimeoutError)
+# What urllib3 makes of `retries=False, redirect=False` on every call, made
+# once: no retries, no redirect followed.
+_NO_RETRIES = Retry(False, redirect=False)
+# The unpatched poll(2): a zero-timeout poll never blocks, and gevent's
+# cooperative one costs ten times as much for the same answer.
+_POLL = gevent.monkey.get_original("select", "poll")
 _TRANSPORT = (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
 
 
@@ -102,12 +113,49 @@ def upstream_pool(session: requests.Session, url: str) -> Any:
     Preparing a request per turn (cookies, hooks, settings merged from the
     environment) cost more CPU than the whole answer's decoding; the pool is
     the same one requests sends through, with the same TLS verification.
+    Its connections check whether a kept-alive socket was dropped with the
+    plain poll(2) (`_QuickCheck`).
     """
     prepared = requests.Request("POST", url).prepare()
     adapter: Any = session.get_adapter(url)
-    return adapter.get_connection_with_tls_context(
+    pool = adapter.get_connection_with_tls_context(
         prepared, verify=True, proxies=None, cert=None
     )
+    pool.ConnectionCls = _quick_check(pool.ConnectionCls)
+    return pool
+
+
+class _QuickCheck:
+    """urllib3's test of a pooled connection, without gevent's poll.
+
+    Before reusing a kept-alive connection the pool asks `is_connected`:
+    urllib3 polls the socket for reading with a zero timeout (readable means
+    closed, or bytes nobody asked for). The same poll, unpatched: 0.7 us
+    against 13.6 us (and about 60 us in a busy worker's profile).
+    """
+
+    sock: Any
+
+    @property
+    def is_connected(self) -> bool:
+        if self.sock is None:
+            return False
+        poller = _POLL()
+        poller.register(self.sock, select.POLLIN)
+        return not poller.poll(0)
+
+
+@functools.cache
+def _quick_check(connection_cls: type) -> type:
+    if issubclass(connection_cls, _QuickCheck):
+        return connection_cls
+    return type(connection_cls.__name__, (_QuickCheck, connection_cls), {})
+
+
+@functools.cache
+def _timeout(connect: float, read: float | None) -> urllib3.Timeout:
+    # urllib3 copies the Timeout it is given: one per pair serves every call.
+    return urllib3.Timeout(connect=connect, read=read)
 
 
 def post(
@@ -124,17 +172,29 @@ def post(
         return pool.urlopen(
             "POST",
             path,
-            body=json.dumps(body).encode(),
+            body=json_body(body),
             headers=headers,
             # Streams are watched by the relay's watchdog, not by a timer
             # per socket read (read_timeout None).
-            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            timeout=_timeout(connect_timeout, read_timeout),
             redirect=False,
-            retries=False,
+            retries=_NO_RETRIES,
             assert_same_host=False,
             preload_content=False,
             decode_content=False,
         )
+
+
+def json_body(body: dict[str, Any]) -> bytes:
+    """Encode a request body: orjson's UTF-8 (0.3 us against json.dumps' 3.6).
+
+    orjson refuses a lone surrogate in a string, which the standard library
+    writes as an escape: such a body takes the slow path.
+    """
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        return json.dumps(body).encode()
 
 
 def request_path(url: str) -> str:

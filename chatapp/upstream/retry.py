@@ -100,7 +100,12 @@ class Resilient:
             routes.append(self.fallback)
         number = 0
         for route in routes:
-            asked = replace(request, model=route.model)
+            # The primary's model is usually the request's own: no copy then.
+            asked = (
+                request
+                if request.model == route.model
+                else replace(request, model=route.model)
+            )
             for retry in range(self._retries + 1):
                 number += 1
                 answered = False

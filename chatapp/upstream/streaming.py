@@ -104,7 +104,7 @@ def body_reader(response: Any) -> Callable[[int], bytes]:
 
 def event_batches(
     pool: Any,
-    url: str,
+    path: str,
     *,
     headers: dict[str, str],
     body: dict[str, Any],
@@ -120,7 +120,7 @@ def event_batches(
     try:
         response = post(
             pool,
-            request_path(url),
+            path,
             headers=headers,
             body=body,
             connect_timeout=connect_timeout,
@@ -178,6 +178,7 @@ class SSEProvider:
     ) -> None:
         self._url = base_url + self.path
         self._pool = upstream_pool(session, self._url)
+        self._path = request_path(self._url)  # parsed once, not per turn
         self._headers = {
             "Accept": "text/event-stream",
             "Content-Type": "application/json",
@@ -195,7 +196,7 @@ class SSEProvider:
         """POST `body` and yield the events of each network read."""
         return event_batches(
             self._pool,
-            self._url,
+            self._path,
             headers=self._headers,
             body=body,
             connect_timeout=self._connect_timeout,

@@ -36,6 +36,8 @@ def too_deep(value: Any, most: int = MAX_JSON_DEPTH) -> bool:
     """
     level = [value] if isinstance(value, dict | list) else []
     for _ in range(most):
+        if not level:
+            return False  # nothing nests deeper: no need to count on
         deeper = []
         for item in level:
             for child in item.values() if isinstance(item, dict) else item:

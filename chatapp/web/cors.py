@@ -93,7 +93,10 @@ def _refuse_foreign_origin() -> Response | None:
 def _add_cors_headers(response: Response) -> Response:
     if not request.path.startswith(API_PREFIX):
         return response
-    response.vary.add("Origin")
+    if "Vary" in response.headers:
+        response.vary.add("Origin")
+    else:
+        response.headers["Vary"] = "Origin"  # nothing to merge: vary.add's result
     origin = listed_origin()
     if origin is None:
         return response

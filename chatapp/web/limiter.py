@@ -135,9 +135,9 @@ def _declares_no_limit() -> bool:
     # streams, pages, health checks) before its view runs, for nothing: only
     # the token refresh and admit_turn's own call hit a limit.
     return (
-        request.endpoint != "api.refresh_token"
+        not g.get("chatapp_hitting")  # first: the chat POST's hit asks again
+        and request.endpoint != "api.refresh_token"
         and request.blueprint not in _LIMITED_BLUEPRINTS
-        and not g.get("chatapp_hitting")
     )
 
 
@@ -167,7 +167,10 @@ class _ParsedOnce(RouteLimit):
 _PARSED_STRINGS = 16
 
 
-@_ParsedOnce(_chat_rate_limits, limiter=limiter)
+# override_defaults: there are no default or blueprint limits to combine
+# with, and saying so spares flask-limiter looking for the blueprint's on
+# every hit.
+@_ParsedOnce(_chat_rate_limits, limiter=limiter, override_defaults=True)
 def _hit_chat_limits() -> None:
     """Hit the client's rate limits with a turn; raise when over one."""
 

@@ -136,7 +136,14 @@ def hash_client(client: str, key: bytes) -> str:
 
 def log_turn(event: str, /, *, level: int = logging.INFO, **fields: Any) -> None:
     """Log one turn lifecycle line, e.g. log_turn("turn.ended", turn_id=..., ...)."""
-    emit(turn_log, level, event, fields)
+    if turn_log.isEnabledFor(level):
+        emit(turn_log, level, event, fields)
+
+
+def turn_logged(level: int = logging.INFO) -> bool:
+    """Tell whether a turn line at `level` is written: its fields cost nothing
+    when it is not (the client's hash, the masked prompt)."""
+    return turn_log.isEnabledFor(level)
 
 
 def emit(

@@ -88,7 +88,10 @@ def idempotency_key(values: dict[str, Any]) -> str | None:
 
 def last_event_id() -> int:
     """Return the id a reader already has (0 for none); ASCII digits only."""
-    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id", "")
+    raw = request.headers.get("Last-Event-ID") or (
+        # No query string, no arguments to parse (a streamed POST has none).
+        request.args.get("last_event_id", "") if request.query_string else ""
+    )
     raw = raw.strip()
     return int(raw) if _EVENT_ID.match(raw) else 0
 

@@ -83,6 +83,7 @@ class ReaderCaps:
         self.send_timeout = send_timeout
         self._by_turn: dict[str, list[ReaderSlot]] = {}
         self._by_client: dict[str, list[ReaderSlot]] = {}
+        self._open = 0  # the slots in _by_turn: admission asks on every turn
         self.evictions = 0
         self.stalls = 0
         self._watch: gevent.Greenlet | None = None
@@ -96,6 +97,7 @@ class ReaderCaps:
         mine = self._by_client.setdefault(client, [])
         turn.append(slot)
         mine.append(slot)
+        self._open += 1
         while len(turn) > self.per_turn:
             self._evict(turn[0])
         while len(mine) > self.per_client:
@@ -113,6 +115,8 @@ class ReaderCaps:
             held = index.get(key)
             if held is not None and slot in held:
                 held.remove(slot)
+                if index is self._by_turn:
+                    self._open -= 1
                 if not held:
                     del index[key]
 
@@ -138,7 +142,7 @@ class ReaderCaps:
             log.info(
                 "reader of turn %s dropped: its client took no bytes for %.0f s",
                 slot.turn_id,
-                now - (slot.sending_since or now),
+                now - (slot.sending_since or slot.waiting_since or now),
             )
             self.stalls += 1
             self._evict(slot)
@@ -171,7 +175,7 @@ class ReaderCaps:
     @property
     def open(self) -> int:
         """Return how many readers are open on this worker, evicted ones not."""
-        return sum(map(len, self._by_turn.values()))
+        return self._open
 
     def open_for_client(self, client: str) -> int:
         """Return how many readers the client holds open on this worker."""
