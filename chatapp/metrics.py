@@ -10,6 +10,7 @@ Everything here is counted per turn or per stream, never per token.
 
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -153,13 +154,37 @@ class Metrics:
             text = generate_latest(self._registry)
         else:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=folder)
+            WorkersCollector(registry, path=folder)
             text = generate_latest(registry)
         if spend is not None:
             registry = CollectorRegistry()
             registry.register(SpendCollector(spend))
             text += generate_latest(registry)
         return text
+
+
+class WorkersCollector(multiprocess.MultiProcessCollector):
+    """The workers' files summed, leaving out a file a worker is creating.
+
+    prometheus_client makes a worker's file empty, then sizes it: a scrape
+    in between read 0 bytes and failed the whole /metrics with a 500. An
+    empty file holds no values yet, so leaving it out changes no sum.
+    """
+
+    def collect(self) -> Any:
+        files = [
+            path
+            for path in glob.glob(os.path.join(self._path, "*.db"))
+            if _has_bytes(path)
+        ]
+        return self.merge(files, accumulate=True)
+
+
+def _has_bytes(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False  # a dead worker's file, removed meanwhile
 
 
 class SpendCollector(Collector):

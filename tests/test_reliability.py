@@ -101,8 +101,9 @@ FAULTS: dict[str, Fault] = {
         Behaviour(location="http://127.0.0.1:9/v1/elsewhere"), "provider_error", "error"
     ),
 }
-# Each provider names its mid-stream error its own way.
-MIDSTREAM_CODE = {"openai": "provider_error", "anthropic": "provider_unavailable"}
+# The recorded mid-stream errors: OpenAI's server_error chunk and Anthropic's
+# overloaded_error both say the provider failed, not that it refused.
+MIDSTREAM_CODE = {"openai": "provider_unavailable", "anthropic": "provider_unavailable"}
 
 
 def worker_fds(service: Service) -> int:
