@@ -304,6 +304,34 @@ def test_redis_writes_in_a_window_share_one_entry(redis_url: str) -> None:
     assert read.frames == [start(), *deltas(2, 11), done(12)]
 
 
+def test_redis_done_reaches_readers_here_only_once_it_is_shared(
+    redis_url: str,
+) -> None:
+    # A client that got `done` here may ask any other host at once (a poll,
+    # a resume): the whole turn must be in Redis by then, even while the
+    # window's batched write holds the turn's outbox.
+    writer = redis_log(connect(redis_url, 5))
+    tail = writer.create(info(), start(), 60)
+    writer.append("turn-0001", tail, [sse.delta(2, "2")])
+    seen: list[bool] = []
+
+    def reader_here() -> None:
+        while not tail.done:
+            tail.wait(5.0)
+        there = redis_log(connect(redis_url, 5)).open("turn-0001")
+        seen.append(there is not None and there.done)
+
+    reader = gevent.spawn(reader_here)
+    outbox = writer._local["turn-0001"][2].lock
+    outbox.acquire()  # a batched write in flight
+    finisher = gevent.spawn(writer.finish, "turn-0001", tail, [done(3)], 60)
+    gevent.idle()  # every greenlet has run as far as it can
+    outbox.release()
+    gevent.joinall([finisher, reader], timeout=10, raise_error=True)
+    assert seen == [True]
+    assert tail.frames == [start(), sse.delta(2, "2"), done(3)]
+
+
 def test_redis_dead_producer_is_reaped_for_readers_elsewhere(redis_url: str) -> None:
     a, b = connect(redis_url, 5), connect(redis_url, 5)
     backend = Backend("redis", redis_worker(a), redis_worker(b), None)

@@ -163,16 +163,23 @@ class RedisEventLog(EventLog):
                 local[2].lock.release()
 
     def _flush(
-        self, turn_id: str, tail: Tail, box: _Outbox, expire: float | None = None
+        self,
+        turn_id: str,
+        tail: Tail,
+        box: _Outbox,
+        expire: float | None = None,
+        last: list[bytes] | None = None,
     ) -> None:
+        # `last`: frames written after the tail's, not yet in it.
+        more = last or []
         with box.lock:
-            end = len(tail.frames)
+            end = len(tail.frames) + len(more)
             if end <= box.flushed and expire is None:
                 return
             key = turn_key(turn_id)
             with guard("append frames"), slot_pipeline(self._r, key) as pipe:
                 if end > box.flushed:
-                    blob = b"".join(tail.frames[box.flushed : end])
+                    blob = b"".join([*tail.frames[box.flushed :], *more])
                     pipe.xadd(key, {"f": blob}, id=f"{end}-0")
                 if expire is not None:
                     pipe.expire(key, int(expire) + 1)
@@ -180,13 +187,16 @@ class RedisEventLog(EventLog):
             box.flushed = end
 
     def finish(self, turn_id: str, tail: Tail, frames: list[bytes], ttl: float) -> None:
-        tail.extend(frames, done=True)
         local = self._local.get(turn_id)
         if local is None:
+            tail.extend(frames, done=True)
             return
         try:
-            self._flush(turn_id, tail, local[2], expire=ttl)
+            # Shared storage first: a reader here that got `done` can then
+            # read the whole turn from any worker or host at once.
+            self._flush(turn_id, tail, local[2], expire=ttl, last=frames)
         finally:
+            tail.extend(frames, done=True)
             # Readers here that come later read Redis like everyone else.
             self._local.pop(turn_id, None)
 
