@@ -95,14 +95,9 @@ def test_a_client_hash_is_keyed_stable_and_opaque() -> None:
     assert len(one) == 16 and "203" not in one
 
 
-def test_gunicorn_formats_its_lines_as_the_app_does() -> None:
-    # gunicorn.conf.py may not import the app, so it spells the format out.
-    probe = (
-        "import json, runpy\n"
-        "conf = runpy.run_path('gunicorn.conf.py')['logconfig_dict']\n"
-        "print(json.dumps(conf['formatters']['json']))\n"
-    )
-    result = subprocess.run(
+def run_probe(probe: str) -> subprocess.CompletedProcess[str]:
+    """Run `probe` in a fresh interpreter at the repository's root."""
+    return subprocess.run(
         [sys.executable, "-c", probe],
         cwd=ROOT,
         capture_output=True,
@@ -110,7 +105,16 @@ def test_gunicorn_formats_its_lines_as_the_app_does() -> None:
         timeout=60,
         check=True,
     )
-    formatter = json.loads(result.stdout)
+
+
+def test_gunicorn_formats_its_lines_as_the_app_does() -> None:
+    # gunicorn.conf.py may not import the app, so it spells the format out.
+    probe = (
+        "import json, runpy\n"
+        "conf = runpy.run_path('gunicorn.conf.py')['logconfig_dict']\n"
+        "print(json.dumps(conf['formatters']['json']))\n"
+    )
+    formatter = json.loads(run_probe(probe).stdout)
     assert formatter.pop("()") == "pythonjsonlogger.json.JsonFormatter"
     assert formatter == JSON_FORMAT
 
@@ -132,14 +136,7 @@ def test_configured_logging_writes_the_same_lines() -> None:
         "log_turn('turn.ended', turn_id='t-1', error=None, cached=False)\n"
         "print(out.getvalue(), end='')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_probe(probe)
     before, after = (json.loads(row) for row in result.stdout.splitlines())
     assert before.pop("time") and after.pop("time")
     assert after == before
