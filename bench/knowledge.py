@@ -82,15 +82,23 @@ def wait_until(probe: Callable[[], bool], seconds: float, what: str) -> None:
 
 
 @contextmanager
-def served(docs: Path) -> Iterator[str]:
-    """Serve the doc set with a sitemap and robots.txt; yield the sitemap URL."""
+def served(docs: Path, exclude: Sequence[str] = ()) -> Iterator[str]:
+    """Serve the doc set with a sitemap and robots.txt; yield the sitemap URL.
+
+    Pages named in ``exclude`` (paths relative to ``docs``) stay out of the
+    sitemap: a doc set's all-in-one page repeats every other page.
+    """
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="chatapp-bench-site-") as tmp:
         site = Path(tmp)
         for entry in docs.iterdir():
             (site / entry.name).symlink_to(entry.resolve())
-        pages = sorted(p.relative_to(docs).as_posix() for p in docs.rglob("*.html"))
+        pages = sorted(
+            page
+            for page in (p.relative_to(docs).as_posix() for p in docs.rglob("*.html"))
+            if page not in exclude
+        )
         urls = "".join(f"<url><loc>{base}/{page}</loc></url>" for page in pages)
         (site / "sitemap.xml").write_text(
             '<?xml version="1.0" encoding="UTF-8"?>'
@@ -409,6 +417,13 @@ def main() -> None:
     parser.add_argument(
         "--quality-only", action="store_true", help="recall only: no latency"
     )
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PAGE",
+        help="leave this page (relative to --docs) out of the sitemap; repeatable",
+    )
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--show-misses", action="store_true")
     parser.add_argument(
@@ -430,7 +445,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="chatapp-bench-knowledge-"))
     try:
         index = SqliteIndex(work / "knowledge.sqlite3")
-        with served(docs) as sitemap:
+        with served(docs, args.exclude) as sitemap:
             base = sitemap.removesuffix("sitemap.xml")
             rss_before = rss_mb()
             cpu = time.process_time()
