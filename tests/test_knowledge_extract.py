@@ -217,3 +217,27 @@ def test_a_comment_line_in_a_code_listing_is_not_a_heading() -> None:
     assert ["Ignoring files"] in paths or ["Manual", "Ignoring files"] in paths
     assert any(path[-1] == "Next steps" for path in paths)
     assert any("Ignore objects and archives." in p.text for p in doc.passages)
+
+
+def test_headings_keep_code_names_whole_and_lose_markdown_escapes() -> None:
+    # API references name their sections after functions: the underscores
+    # of child_process.exec() or ERR_FS_FILE_TOO_LARGE are part of the name,
+    # and an escaped bracket is a bracket.
+    html = (
+        "<html><body><main><h1>Child process</h1>"
+        "<h2><code>child_process.exec(command[, options])</code></h2>"
+        "<p>Spawns a shell and runs a command within that shell, passing the"
+        " output to a callback when the command completes.</p>"
+        "<h2><code>ERR_FS_FILE_TOO_LARGE</code></h2>"
+        "<p>An attempt was made to read a file larger than a buffer can hold,"
+        " which is about two gigabytes.</p>"
+        "<h2>Stream [src] and <em>emphasis</em></h2>"
+        "<p>Streams move data in chunks, so that a large file never has to be"
+        " held in memory whole.</p></main></body></html>"
+    )
+    doc = extract(html, url="http://docs.test/child_process.html")
+    assert [p.headings.rsplit(" > ", 1)[-1] for p in doc.passages] == [
+        "child_process.exec(command[, options])",
+        "ERR_FS_FILE_TOO_LARGE",
+        "Stream [src] and emphasis",
+    ]

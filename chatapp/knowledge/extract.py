@@ -236,8 +236,31 @@ def _sections(
     return sections
 
 
+_CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+# Emphasis markers: a run of * or _ not inside a word (snake_case keeps its
+# underscores) and not escaped.
+_EMPHASIS = re.compile(r"(?<![\\\w])[*_]+|(?<=\w)[*_]+(?!\w)")
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")
+
+
 def _clean_heading(text: str) -> str:
-    return re.sub(r"[*_`]+", "", text).strip()
+    """A Markdown heading's text: code spans as written, no emphasis or escapes.
+
+    `child_process.exec()` stays itself; `**Note**` is Note; `Stream\\[src\\]`
+    is Stream[src].
+    """
+    parts = []
+    last = 0
+    for span in _CODE_SPAN.finditer(text):
+        parts.append(_plain(text[last : span.start()]))
+        parts.append(span.group(2).strip())
+        last = span.end()
+    parts.append(_plain(text[last:]))
+    return "".join(parts).strip()
+
+
+def _plain(text: str) -> str:
+    return _ESCAPED.sub(r"\1", _EMPHASIS.sub("", text))
 
 
 def _first_heading(sections: list[tuple[tuple[str, ...], str]]) -> str:
