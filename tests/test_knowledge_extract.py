@@ -241,3 +241,34 @@ def test_headings_keep_code_names_whole_and_lose_markdown_escapes() -> None:
         "ERR_FS_FILE_TOO_LARGE",
         "Stream [src] and emphasis",
     ]
+
+
+def test_a_site_wide_h1_gives_way_to_the_pages_name_in_its_title() -> None:
+    # Node.js's reference: every page's <h1> is the site's name, and the
+    # <title> says which page it is beside that name.
+    html = (
+        "<html><head><title>File system | Acme Docs v2</title></head><body>"
+        "<header><h1>Acme Docs v2</h1></header><main>"
+        "<h2>File system</h2><p>The file system module reads and writes files"
+        " on the local disk, with promise and callback forms of each call.</p>"
+        "<h3>Reading files</h3><p>Use readFile to load a whole file into memory"
+        " at once, or a stream to read a large one piece by piece.</p>"
+        "</main></body></html>"
+    )
+    doc = extract(html, url="http://docs.test/fs.html")
+    assert doc.title == "File system"
+    paths = [p.headings for p in doc.passages]
+    assert "Reading files" in paths
+    assert not [path for path in paths if "Acme Docs" in path]
+
+
+def test_an_h1_that_is_the_pages_own_name_stays_its_title() -> None:
+    html = (
+        "<html><head><title>git-mv(1)</title></head><body><main>"
+        "<h1>git-mv(1) Manual Page</h1><h2>DESCRIPTION</h2><p>Move or rename a"
+        " file, a directory, or a symlink, and update the index to match.</p>"
+        "</main></body></html>"
+    )
+    assert extract(html, url="http://docs.test/git-mv").title == (
+        "git-mv(1) Manual Page"
+    )

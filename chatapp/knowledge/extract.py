@@ -17,8 +17,9 @@ from chatapp.knowledge.index import Passage
 # Larger inputs are cut here before parsing: lxml's tree of a 100 MB page
 # would cost a worker gigabytes, and no answer needs more than the start.
 MAX_INPUT_CHARS = 2_000_000
-# A document yields at most this many passages (about 60,000 words).
-MAX_PASSAGES = 200
+# A document yields at most this many passages: an API reference gives one
+# per function (Node.js's fs page, 279); MAX_INPUT_CHARS bounds the words.
+MAX_PASSAGES = 1000
 # Passages aim at TARGET words and never exceed MAX: long enough to hold an
 # answer with its context, short enough that several fit a turn's budget.
 TARGET_WORDS = 220
@@ -36,6 +37,8 @@ CONTENT_TYPES = HTML_TYPES + MARKDOWN_TYPES + TEXT_TYPES
 _HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _BLANK_LINES = re.compile(r"\n\s*\n")
+# What separates a page's name from its site's in a <title>.
+_TITLE_PARTS = re.compile(r"\s+(?:[|\-\u2013\u2014\u00b7\u00bb:]|::)\s+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _WORDS = re.compile(r"\w+")
 
@@ -124,7 +127,7 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str, str, frozenset
         tree = load_html(body)
     if tree is None:
         return "", "", "", frozenset()
-    title = extract_title(tree) or ""
+    title, site = _page_title(tree, extract_title(tree) or "")
     # Before trafilatura, which may prune the tree.
     paragraphs = _lead(tree)
     headings = frozenset(
@@ -146,9 +149,40 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str, str, frozenset
         output_format="python",
     )
     markdown = document.text or "" if isinstance(document, Document) else ""
+    if site:
+        markdown = _without_heading(markdown, site)
     # With output_format="python", .text is the body as Markdown already.
     lead = " ".join(p for p in paragraphs if not _contains(markdown, p))
     return title.strip(), lead, markdown, headings
+
+
+def _page_title(tree: Any, found: str) -> tuple[str, str]:
+    """The page's title, and the site's name when its <h1> holds that instead.
+
+    A site whose every page has the same <h1> (its name: "Node.js
+    documentation") says what the page is in its <title>, beside that name
+    ("File system | Node.js documentation"); every page titled by the <h1>
+    would be named alike in a list of sources and match no question.
+    """
+    element = tree.find(".//head/title")
+    text = " ".join(element.text_content().split()) if element is not None else ""
+    parts = [part for part in _TITLE_PARTS.split(text) if part]
+    # "Page | Site" is the common order: an <h1> that reads as the first
+    # part is the page's own name ("Returns policy | Acme").
+    name = found.strip().casefold()
+    if name and any(p.casefold() == name for p in parts[1:]):
+        return parts[0], found.strip()
+    return found, ""
+
+
+def _without_heading(markdown: str, name: str) -> str:
+    """Drop the first heading line that reads `name` (the site's, not the page's)."""
+    lines = markdown.splitlines()
+    for i, line in enumerate(lines):
+        match = _HEADING.match(line)
+        if match and _clean_heading(match.group(2)).casefold() == name.casefold():
+            return "\n".join(lines[:i] + lines[i + 1 :])
+    return markdown
 
 
 def _is_document(html: str | bytes) -> bool:
