@@ -231,7 +231,7 @@ def test_headings_keep_code_names_whole_and_lose_markdown_escapes() -> None:
         "<h2><code>ERR_FS_FILE_TOO_LARGE</code></h2>"
         "<p>An attempt was made to read a file larger than a buffer can hold,"
         " which is about two gigabytes.</p>"
-        "<h2>Stream [src] and <em>emphasis</em></h2>"
+        "<h2>Stream [src] and <em>emphasis</em><a href='#s'>\u00b6</a></h2>"
         "<p>Streams move data in chunks, so that a large file never has to be"
         " held in memory whole.</p></main></body></html>"
     )
@@ -272,3 +272,23 @@ def test_an_h1_that_is_the_pages_own_name_stays_its_title() -> None:
     assert extract(html, url="http://docs.test/git-mv").title == (
         "git-mv(1) Manual Page"
     )
+
+
+def test_permalink_pilcrows_stay_out_of_titles_headings_and_text() -> None:
+    # Sphinx's pages: every heading and every definition ends in a link "¶".
+    html = (
+        "<html><head><title>zipfile \u2014 ZIP archives \u2014 Acme 3.1</title>"
+        "</head><body><div role='main'><section><h1><code>zipfile</code>"
+        " \u2014 ZIP archives<a class='headerlink' href='#m'>\u00b6</a></h1>"
+        "<p>The ZIP file format is a common archive and compression standard;"
+        " this module creates, reads, writes and lists ZIP files.</p><section>"
+        "<h2>Functions<a class='headerlink' href='#f'>\u00b6</a></h2><dl><dt"
+        " id='is_zipfile'>is_zipfile(filename)<a class='headerlink'"
+        " href='#z'>\u00b6</a></dt><dd><p>Returns True if filename is a valid"
+        " ZIP file based on its magic number.</p></dd></dl></section></section>"
+        "</div></body></html>"
+    )
+    doc = extract(html, url="http://docs.test/zipfile.html")
+    assert doc.title == "zipfile \u2014 ZIP archives"
+    assert [p.headings for p in doc.passages] == ["", "Functions"]
+    assert not [p for p in doc.passages if "\u00b6" in p.text]

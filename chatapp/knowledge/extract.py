@@ -127,7 +127,8 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str, str, frozenset
         tree = load_html(body)
     if tree is None:
         return "", "", "", frozenset()
-    title, site = _page_title(tree, extract_title(tree) or "")
+    found = (extract_title(tree) or "").rstrip("\u00b6 ")
+    title, site = _page_title(tree, found)
     # Before trafilatura, which may prune the tree.
     paragraphs = _lead(tree)
     headings = frozenset(
@@ -149,6 +150,8 @@ def _main_content(html: str | bytes, url: str) -> tuple[str, str, str, frozenset
         output_format="python",
     )
     markdown = document.text or "" if isinstance(document, Document) else ""
+    # Sphinx marks every heading and definition with a permalink pilcrow.
+    markdown = markdown.replace("\u00b6", "")
     if site:
         markdown = _without_heading(markdown, site)
     # With output_format="python", .text is the body as Markdown already.
@@ -290,7 +293,8 @@ def _clean_heading(text: str) -> str:
         parts.append(span.group(2).strip())
         last = span.end()
     parts.append(_plain(text[last:]))
-    return "".join(parts).strip()
+    # A permalink mark after the name (Sphinx's pilcrow, a section sign).
+    return "".join(parts).strip().rstrip("\u00b6\u00a7#").rstrip()
 
 
 def _plain(text: str) -> str:
