@@ -34,7 +34,8 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return "sqlite:///"
     server = request.getfixturevalue("postgres_server")
     server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
+        "knowledge_meta CASCADE"
     )
     return str(server.url)
 

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from chatapp.knowledge.engines import open_index
+from chatapp.knowledge.index import OPENING_WORDS
 from chatapp.knowledge.index import Index
 from chatapp.knowledge.index import IndexUnavailable
 from chatapp.knowledge.index import Passage
@@ -20,6 +21,7 @@ from chatapp.knowledge.index import page_lead
 from chatapp.knowledge.pg_index import PgIndex
 from chatapp.knowledge.sqlite_index import SCHEMA
 from chatapp.knowledge.sqlite_index import SqliteIndex
+from chatapp.knowledge.sqlite_pages import SCHEMA_VERSION
 from tests.conftest import free_port
 
 ENGINES = ["sqlite", "postgres"]
@@ -32,7 +34,8 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
     else:
         server = request.getfixturevalue("postgres_server")
         server.execute(
-            "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+            "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
+            "knowledge_meta CASCADE"
         )
         opened = open_index(server.url, tmp_path)
         assert isinstance(opened, PgIndex)
@@ -227,7 +230,8 @@ def test_a_reader_sees_a_writers_commit_from_another_connection(
 
 def test_two_hosts_share_one_postgres_index(postgres_server: Any) -> None:
     postgres_server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
+        "knowledge_meta CASCADE"
     )
     first, second = PgIndex(postgres_server.url), PgIndex(postgres_server.url)
     try:
@@ -325,6 +329,44 @@ def test_a_pages_lead_is_the_head_every_heading_path_shares() -> None:
     assert lead() == ""
 
 
+def test_a_page_that_opens_before_its_first_heading_is_about_its_opening_words() -> (
+    None
+):
+    opening = " ".join(f"w{n}" for n in range(OPENING_WORDS + 10))
+    passages = [
+        Passage("u", "Readline", "", f"The readline module reads lines.\n{opening}"),
+        Passage("u", "Readline", "Class: Interface", "An interface."),
+    ]
+    lead = page_lead(passages)
+    assert lead.startswith("The readline module reads lines. w0")
+    assert len(lead.split()) == OPENING_WORDS
+    # A page whose text starts under a heading has no opening words.
+    assert page_lead(passages[1:]) == ""
+
+
+def test_a_page_found_only_by_its_opening_words_ranks_first(index: Index) -> None:
+    add(
+        index,
+        "https://docs.test/readline",
+        "Readline",
+        ("", "The readline module reads a stream one line at a time."),
+        ("Class: Interface", "Instances are made by createInterface()."),
+        ("Events", "The close event is emitted when the input ends."),
+    )
+    for n in range(3):
+        add(
+            index,
+            f"https://docs.test/fs{n}",
+            f"File system {n}",
+            ("", "The file system module."),
+            ("Streams", "Read a stream of a file: one stream per file."),
+            ("Lines", "A line of a file ends at a newline; read line by line."),
+        )
+    assert urls(index.search("read a stream one line at a time"))[0] == (
+        "https://docs.test/readline"
+    )
+
+
 def test_an_sqlite_file_from_before_page_leads_is_migrated_on_open(
     tmp_path: Path,
 ) -> None:
@@ -345,7 +387,7 @@ def test_an_sqlite_file_from_before_page_leads_is_migrated_on_open(
     try:
         index.stats()  # opens, and migrates
         with closing(sqlite3.connect(path)) as db:
-            assert db.execute("PRAGMA user_version").fetchone() == (1,)
+            assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
             assert db.execute("SELECT title, lead FROM pages_fts").fetchall() == [
                 ("mover", "mover - rename files")
             ]
@@ -364,7 +406,8 @@ def test_a_postgres_table_from_before_page_leads_gets_them_on_connect(
     postgres_server: Any,
 ) -> None:
     postgres_server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
+        "knowledge_meta CASCADE"
     )
     first = PgIndex(postgres_server.url)
     try:
@@ -377,10 +420,11 @@ def test_a_postgres_table_from_before_page_leads_gets_them_on_connect(
         )
     finally:
         first.close()
-    # Back to the previous release's table: no lead, no page tsvector.
+    # Back to an older release's table: no lead, no page tsvector, no meta.
     postgres_server.execute(
         "ALTER TABLE knowledge_documents DROP COLUMN tsv, DROP COLUMN lead"
     )
+    postgres_server.execute("DROP TABLE knowledge_meta")
     second = PgIndex(postgres_server.url)
     try:
         assert set(urls(second.search("rename"))) == {"u"}
@@ -392,6 +436,53 @@ def test_a_postgres_table_from_before_page_leads_gets_them_on_connect(
         second.close()
 
 
+def test_leads_written_before_opening_words_counted_are_filled_on_connect(
+    postgres_server: Any, tmp_path: Path
+) -> None:
+    postgres_server.execute(
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
+        "knowledge_meta CASCADE"
+    )
+    opening = ("", "The readline module reads a stream one line at a time.")
+    first = PgIndex(postgres_server.url)
+    try:
+        add(first, "u", "Readline", opening, ("Events", "close"))
+    finally:
+        first.close()
+    # The last release's table: leads only from heading paths, no meta.
+    postgres_server.execute("UPDATE knowledge_documents SET lead = ''")
+    postgres_server.execute("DROP TABLE knowledge_meta")
+    second = PgIndex(postgres_server.url)
+    try:
+        second.stats()
+        with second._db() as db:
+            assert db.execute("SELECT lead FROM knowledge_documents").fetchall() == [
+                ("The readline module reads a stream one line at a time.",)
+            ]
+    finally:
+        second.close()
+    # SQLite's file of the last release (user_version 1) is filled the same.
+    path = tmp_path / "v1.sqlite3"
+    sqlite = SqliteIndex(path)
+    try:
+        add(sqlite, "u", "Readline", opening, ("Events", "close"))
+    finally:
+        sqlite.close()
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("UPDATE pages_fts SET lead = ''")
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    sqlite = SqliteIndex(path)
+    try:
+        sqlite.stats()
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT lead FROM pages_fts").fetchall() == [
+                ("The readline module reads a stream one line at a time.",)
+            ]
+    finally:
+        sqlite.close()
+
+
 def test_connecting_to_an_up_to_date_table_waits_for_no_reader(
     postgres_server: Any,
 ) -> None:
@@ -399,7 +490,8 @@ def test_connecting_to_an_up_to_date_table_waits_for_no_reader(
     # a worker connecting meanwhile must not queue behind it (ALTER TABLE
     # would, until the statement timeout).
     postgres_server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents CASCADE"
+        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
+        "knowledge_meta CASCADE"
     )
     first = PgIndex(postgres_server.url)
     second = PgIndex(postgres_server.url)

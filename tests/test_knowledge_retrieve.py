@@ -98,7 +98,9 @@ def test_a_turn_sees_more_than_the_one_page_with_most_matches(index: Index) -> N
         ],
     )
     text = "Returns are free, and so is gift wrapping when you send one back."
-    index.replace(RETURNS, "Returns", [Passage(RETURNS, "Returns", "", text)])
+    # Under a heading: the page's opening words would be its lead, and
+    # rank it first for the words it opens with.
+    index.replace(RETURNS, "Returns", [Passage(RETURNS, "Returns", "Costs", text)])
     # Room for three passages: two of the manual's, then the next page's.
     found = retrieve(index, "gift wrapping", max_chars=2 * 15 + len(text))
     assert [s.url for s in found.sources] == [manual, RETURNS]

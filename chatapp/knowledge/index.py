@@ -24,6 +24,9 @@ WEIGHTS = (1.5, 1.5, 1.0)
 # for "rename a file"). Measured in BENCHMARKS.md.
 ABOUT_WEIGHTS = (1.0, 1.0)
 ABOUT_FACTOR = 1.0
+# A page without a lead is about what its opening words say, this many
+# (measured among 20, 30, 40 and 80 in BENCHMARKS.md).
+OPENING_WORDS = 30
 # The visitor's own page counts this much more than any other.
 PREFER_FACTOR = 2.0
 # Best-ranked passages an engine hands to `rank`; more cost time, not recall.
@@ -122,17 +125,24 @@ def telling(terms: list[str], counts: dict[str, int], total: int) -> list[str]:
 
 
 def page_lead(passages: list[Passage]) -> str:
-    """What a page says it is about, beside its title: its heading paths' head.
+    """What a page says it is about, beside its title.
 
     The extractor starts every heading path of a page with its lead (a man
     page's NAME line); a page without one has paths that start with its
     sections' names, which differ. So the first step of the paths, when all
     of them start with it and one at least goes on past it, is the lead.
-    pg_index's LEADS computes the same in SQL.
+    Otherwise a page that opens with text before its first heading says
+    there what it is (a library reference's "The readline module provides
+    an interface for reading data … one line at a time"): its first
+    OPENING_WORDS words are the lead.
     """
     heads = {p.headings.split(" > ", 1)[0] for p in passages}
     deeper = any(" > " in p.headings for p in passages)
-    return heads.pop() if len(heads) == 1 and deeper else ""
+    if len(heads) == 1 and deeper:
+        return heads.pop()
+    if passages and not passages[0].headings:
+        return " ".join(passages[0].text.split()[:OPENING_WORDS])
+    return ""
 
 
 def narrow(terms: list[str], counts: dict[str, int], total: int) -> list[str]:

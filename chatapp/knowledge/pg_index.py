@@ -27,13 +27,11 @@ from chatapp.knowledge.index import page_lead
 from chatapp.knowledge.index import query_terms
 from chatapp.knowledge.index import rank
 from chatapp.knowledge.index import telling
+from chatapp.knowledge.pg_schema import prepare
 
 CONNECT_TIMEOUT_SECONDS = 5
 # A search that takes longer is abandoned: the turn goes on without sources.
 STATEMENT_TIMEOUT_MS = 5000
-# Any number will do as long as every host uses the same one: it serialises
-# the schema's creation when several hosts start at once.
-SCHEMA_LOCK = 0x6B6E6F77  # "know"
 
 # Postgres weighs A, B, C, D; ts_rank takes them as {D, C, B, A}, so title,
 # headings and body keep the proportions of the SQLite engine. ts_rank, not
@@ -50,61 +48,6 @@ ABOUT_RANK_WEIGHTS = (
 )
 # 1: divide the rank by 1 + log(length), so long passages don't win by size.
 RANK_NORMALISATION = 1
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS knowledge_documents (
-    url text PRIMARY KEY,
-    title text NOT NULL,
-    passages integer NOT NULL,
-    modified double precision,
-    etag text NOT NULL DEFAULT '',
-    last_modified text NOT NULL DEFAULT '',
-    owner text NOT NULL DEFAULT '',
-    indexed double precision NOT NULL,
-    lead text NOT NULL DEFAULT '',  -- index.page_lead
-    tsv tsvector GENERATED ALWAYS AS (
-        setweight(to_tsvector('english'::regconfig, title), 'A')
-        || setweight(to_tsvector('english'::regconfig, lead), 'B')
-    ) STORED
-);
-CREATE TABLE IF NOT EXISTS knowledge_passages (
-    id bigserial PRIMARY KEY,
-    url text NOT NULL REFERENCES knowledge_documents (url) ON DELETE CASCADE,
-    seq integer NOT NULL,
-    title text NOT NULL,
-    headings text NOT NULL,
-    body text NOT NULL,
-    vec bytea,  -- float32 unit vector, with embeddings configured
-    tsv tsvector GENERATED ALWAYS AS (
-        setweight(to_tsvector('english'::regconfig, title), 'A')
-        || setweight(to_tsvector('english'::regconfig, headings), 'B')
-        || setweight(to_tsvector('english'::regconfig, body), 'C')
-    ) STORED
-);
-CREATE INDEX IF NOT EXISTS knowledge_passages_tsv
-    ON knowledge_passages USING gin (tsv);
-CREATE INDEX IF NOT EXISTS knowledge_passages_url ON knowledge_passages (url);
-"""
-
-# A table made before pages had leads gets the columns (ALTER TABLE locks the
-# table whole: only then), and its leads by index.page_lead's rule, in SQL.
-LEADS = """
-ALTER TABLE knowledge_documents
-    ADD COLUMN IF NOT EXISTS lead text NOT NULL DEFAULT '';
-ALTER TABLE knowledge_documents ADD COLUMN IF NOT EXISTS tsv tsvector
-    GENERATED ALWAYS AS (
-        setweight(to_tsvector('english'::regconfig, title), 'A')
-        || setweight(to_tsvector('english'::regconfig, lead), 'B')
-    ) STORED;
-UPDATE knowledge_documents AS d SET lead = l.lead
-FROM (
-    SELECT url, min(split_part(headings, ' > ', 1)) AS lead
-    FROM knowledge_passages GROUP BY url
-    HAVING count(DISTINCT split_part(headings, ' > ', 1)) = 1
-       AND bool_or(strpos(headings, ' > ') > 0)
-) AS l
-WHERE d.url = l.url;
-"""
 
 # The candidates are the passages holding one of the question's rarer terms
 # (`narrow`), and only they are ranked, by every telling term (`query`):
@@ -197,16 +140,7 @@ class PgIndex:
             self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
         )
         conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-            had_leads = conn.execute(
-                "SELECT 1 FROM information_schema.columns WHERE table_schema = "
-                "current_schema() AND table_name = 'knowledge_documents' "
-                "AND column_name = 'lead'"
-            ).fetchone()
-            conn.execute(SCHEMA)
-            if not had_leads:
-                conn.execute(LEADS)
+        prepare(conn)
         return conn
 
     def replace(

@@ -12,8 +12,9 @@ from chatapp.knowledge.index import Passage
 from chatapp.knowledge.index import page_lead
 
 # PRAGMA user_version: 1 once pages_fts holds every document (an index file
-# written before it existed is filled from its passages on first open).
-SCHEMA_VERSION = 1
+# written before it existed is filled from its passages on first open); 2
+# once a page without a lead has its opening words as one (index.page_lead).
+SCHEMA_VERSION = 2
 
 
 def drop_page(db: sqlite3.Connection, url: str) -> None:
@@ -25,17 +26,20 @@ def drop_page(db: sqlite3.Connection, url: str) -> None:
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Fill pages_fts from the passages of an index file written before it."""
+    """Fill pages_fts from the passages of an index file written before it
+    (or before its leads were what index.page_lead now makes of a page)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         # Another process may have migrated while this one waited for the lock.
         if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             db.execute("DELETE FROM pages_fts")
             heads: dict[str, list[Passage]] = {}
-            for url, headings in db.execute(
-                "SELECT url, headings FROM passages ORDER BY url, seq"
+            # Only a page's first passage is read whole: its opening words.
+            for url, headings, body in db.execute(
+                "SELECT url, headings, CASE seq WHEN 0 THEN body ELSE '' END "
+                "FROM passages ORDER BY url, seq"
             ):
-                heads.setdefault(url, []).append(Passage(url, "", headings, ""))
+                heads.setdefault(url, []).append(Passage(url, "", headings, body))
             urls = [url for (url,) in db.execute("SELECT url FROM documents")]
             db.executemany(
                 "INSERT INTO pages_fts (rowid, title, lead) "
