@@ -294,7 +294,7 @@ def _clean_heading(text: str) -> str:
         last = span.end()
     parts.append(_plain(text[last:]))
     # A permalink mark after the name (Sphinx's pilcrow, a section sign).
-    return "".join(parts).strip().rstrip("\u00b6\u00a7#").rstrip()
+    return "".join(parts).strip().rstrip("\u00b6\u00a7").rstrip()
 
 
 def _plain(text: str) -> str:
