@@ -342,6 +342,9 @@ def test_a_page_that_opens_before_its_first_heading_is_about_its_opening_words()
     assert len(lead.split()) == OPENING_WORDS
     # A page whose text starts under a heading has no opening words.
     assert page_lead(passages[1:]) == ""
+    # A menu the extractor kept above the text is not what the page says.
+    menu = Passage("u", "Debugger", "", "- Node.js v20\n- Table of contents\n- Index")
+    assert page_lead([menu, *passages]).startswith("The readline module")
 
 
 def test_a_page_found_only_by_its_opening_words_ranks_first(index: Index) -> None:

@@ -140,9 +140,19 @@ def page_lead(passages: list[Passage]) -> str:
     deeper = any(" > " in p.headings for p in passages)
     if len(heads) == 1 and deeper:
         return heads.pop()
-    if passages and not passages[0].headings:
-        return " ".join(passages[0].text.split()[:OPENING_WORDS])
+    for passage in passages:
+        if passage.headings:
+            break
+        # A bare list of a few words an item, before any text, is a menu
+        # the extractor kept ("- Table of contents\n- Index\n- Options").
+        if not _is_menu(passage.text):
+            return " ".join(passage.text.split()[:OPENING_WORDS])
     return ""
+
+
+def _is_menu(text: str) -> bool:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return all(line[:2] in ("- ", "* ") and len(line.split()) <= 5 for line in lines)
 
 
 def narrow(terms: list[str], counts: dict[str, int], total: int) -> list[str]:

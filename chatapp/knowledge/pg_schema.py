@@ -94,9 +94,10 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
 def _fill_leads(conn: psycopg.Connection[Any]) -> None:
     """Every page's lead from its stored passages, by index.page_lead."""
     pages: dict[str, list[Passage]] = {}
-    # Only a page's first passage is read whole: its opening words.
+    # Only the passages before a page's first heading are read whole: its
+    # opening words.
     for url, headings, body in conn.execute(
-        "SELECT url, headings, CASE seq WHEN 0 THEN body ELSE '' END "
+        "SELECT url, headings, CASE headings WHEN '' THEN body ELSE '' END "
         "FROM knowledge_passages ORDER BY url, seq"
     ):
         pages.setdefault(url, []).append(Passage(url, "", headings, body))

@@ -34,9 +34,10 @@ def migrate(db: sqlite3.Connection) -> None:
         if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             db.execute("DELETE FROM pages_fts")
             heads: dict[str, list[Passage]] = {}
-            # Only a page's first passage is read whole: its opening words.
+            # Only the passages before a page's first heading are read
+            # whole: its opening words.
             for url, headings, body in db.execute(
-                "SELECT url, headings, CASE seq WHEN 0 THEN body ELSE '' END "
+                "SELECT url, headings, CASE headings WHEN '' THEN body ELSE '' END "
                 "FROM passages ORDER BY url, seq"
             ):
                 heads.setdefault(url, []).append(Passage(url, "", headings, body))
