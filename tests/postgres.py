@@ -93,6 +93,13 @@ class PostgresServer:
         with psycopg.connect(self.url, autocommit=True) as conn:
             conn.execute(sql.encode())
 
+    def drop_knowledge_index(self) -> None:
+        """Drop every table the knowledge index keeps, for a fresh start."""
+        self.execute(
+            "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
+            "knowledge_meta CASCADE"
+        )
+
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # "fast" shutdown

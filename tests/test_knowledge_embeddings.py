@@ -33,10 +33,7 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return "sqlite:///"
     server = request.getfixturevalue("postgres_server")
-    server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
-        "knowledge_meta CASCADE"
-    )
+    server.drop_knowledge_index()
     return str(server.url)
 
 

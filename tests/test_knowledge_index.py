@@ -33,10 +33,7 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Index]:
         opened = open_index("sqlite:///", tmp_path)
     else:
         server = request.getfixturevalue("postgres_server")
-        server.execute(
-            "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
-            "knowledge_meta CASCADE"
-        )
+        server.drop_knowledge_index()
         opened = open_index(server.url, tmp_path)
         assert isinstance(opened, PgIndex)
     yield opened
@@ -229,10 +226,7 @@ def test_a_reader_sees_a_writers_commit_from_another_connection(
 
 
 def test_two_hosts_share_one_postgres_index(postgres_server: Any) -> None:
-    postgres_server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
-        "knowledge_meta CASCADE"
-    )
+    postgres_server.drop_knowledge_index()
     first, second = PgIndex(postgres_server.url), PgIndex(postgres_server.url)
     try:
         add(first, "https://s.test/hours", "Opening hours", ("", "Open 9 to 5."))
@@ -408,10 +402,7 @@ def test_an_sqlite_file_from_before_page_leads_is_migrated_on_open(
 def test_a_postgres_table_from_before_page_leads_gets_them_on_connect(
     postgres_server: Any,
 ) -> None:
-    postgres_server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
-        "knowledge_meta CASCADE"
-    )
+    postgres_server.drop_knowledge_index()
     first = PgIndex(postgres_server.url)
     try:
         add(
@@ -442,10 +433,7 @@ def test_a_postgres_table_from_before_page_leads_gets_them_on_connect(
 def test_leads_written_before_opening_words_counted_are_filled_on_connect(
     postgres_server: Any, tmp_path: Path
 ) -> None:
-    postgres_server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
-        "knowledge_meta CASCADE"
-    )
+    postgres_server.drop_knowledge_index()
     opening = ("", "The readline module reads a stream one line at a time.")
     first = PgIndex(postgres_server.url)
     try:
@@ -492,10 +480,7 @@ def test_connecting_to_an_up_to_date_table_waits_for_no_reader(
     # A search in flight on another host holds ACCESS SHARE on the table;
     # a worker connecting meanwhile must not queue behind it (ALTER TABLE
     # would, until the statement timeout).
-    postgres_server.execute(
-        "DROP TABLE IF EXISTS knowledge_passages, knowledge_documents, "
-        "knowledge_meta CASCADE"
-    )
+    postgres_server.drop_knowledge_index()
     first = PgIndex(postgres_server.url)
     second = PgIndex(postgres_server.url)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import replace
 from pathlib import Path
@@ -148,6 +149,20 @@ def page_lead(passages: list[Passage]) -> str:
         if not _is_menu(passage.text):
             return " ".join(passage.text.split()[:OPENING_WORDS])
     return ""
+
+
+# What `stored_leads` reads of each stored passage, in order of url and seq:
+# only the passages before a page's first heading whole (its opening words).
+LEAD_COLUMNS = "url, headings, CASE headings WHEN '' THEN body ELSE '' END"
+
+
+def stored_leads(rows: Iterable[tuple[str, str, str]]) -> dict[str, str]:
+    """Each page's `page_lead` from its stored passages' LEAD_COLUMNS rows,
+    for an engine's migration of an index written before leads were so."""
+    pages: dict[str, list[Passage]] = {}
+    for url, headings, body in rows:
+        pages.setdefault(url, []).append(Passage(url, "", headings, body))
+    return {url: page_lead(passages) for url, passages in pages.items()}
 
 
 def _is_menu(text: str) -> bool:

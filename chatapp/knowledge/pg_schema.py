@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from chatapp.knowledge.index import Passage
-from chatapp.knowledge.index import page_lead
+from chatapp.knowledge.index import LEAD_COLUMNS
+from chatapp.knowledge.index import stored_leads
 
 # Any number will do as long as every host uses the same one: it serialises
 # the schema's creation when several hosts start at once.
@@ -93,18 +93,13 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
 
 def _fill_leads(conn: psycopg.Connection[Any]) -> None:
     """Every page's lead from its stored passages, by index.page_lead."""
-    pages: dict[str, list[Passage]] = {}
-    # Only the passages before a page's first heading are read whole: its
-    # opening words.
-    for url, headings, body in conn.execute(
-        "SELECT url, headings, CASE headings WHEN '' THEN body ELSE '' END "
-        "FROM knowledge_passages ORDER BY url, seq"
-    ):
-        pages.setdefault(url, []).append(Passage(url, "", headings, body))
-    leads = [(page_lead(passages), url) for url, passages in pages.items()]
+    leads = stored_leads(
+        conn.execute(f"SELECT {LEAD_COLUMNS} FROM knowledge_passages ORDER BY url, seq")
+    )
     with conn.cursor() as cur:
         cur.executemany(
-            "UPDATE knowledge_documents SET lead = %s WHERE url = %s", leads
+            "UPDATE knowledge_documents SET lead = %s WHERE url = %s",
+            [(lead, url) for url, lead in leads.items()],
         )
     conn.execute(
         "INSERT INTO knowledge_meta (name, value) VALUES ('leads', %s) "

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sqlite3
 
-from chatapp.knowledge.index import Passage
-from chatapp.knowledge.index import page_lead
+from chatapp.knowledge.index import LEAD_COLUMNS
+from chatapp.knowledge.index import stored_leads
 
 # PRAGMA user_version: 1 once pages_fts holds every document (an index file
 # written before it existed is filled from its passages on first open); 2
@@ -33,19 +33,14 @@ def migrate(db: sqlite3.Connection) -> None:
         # Another process may have migrated while this one waited for the lock.
         if db.execute("PRAGMA user_version").fetchone()[0] < SCHEMA_VERSION:
             db.execute("DELETE FROM pages_fts")
-            heads: dict[str, list[Passage]] = {}
-            # Only the passages before a page's first heading are read
-            # whole: its opening words.
-            for url, headings, body in db.execute(
-                "SELECT url, headings, CASE headings WHEN '' THEN body ELSE '' END "
-                "FROM passages ORDER BY url, seq"
-            ):
-                heads.setdefault(url, []).append(Passage(url, "", headings, body))
+            leads = stored_leads(
+                db.execute(f"SELECT {LEAD_COLUMNS} FROM passages ORDER BY url, seq")
+            )
             urls = [url for (url,) in db.execute("SELECT url FROM documents")]
             db.executemany(
                 "INSERT INTO pages_fts (rowid, title, lead) "
                 "SELECT rowid, title, ? FROM documents WHERE url = ?",
-                [(page_lead(heads.get(url, [])), url) for url in urls],
+                [(leads.get(url, ""), url) for url in urls],
             )
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:
